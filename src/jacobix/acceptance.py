@@ -1,0 +1,128 @@
+"""Acceptance rules: which prefix of a window of guesses the engine may commit.
+
+Vocabulary (as in vLLM's rejection sampler): a sweep checks ``D`` *drafts* (guesses) against
+``D + 1`` model outputs. The leading drafts that pass are *accepted*; the first failing position
+gets a *recovered* value; when every draft passes, the last output is a *bonus* value. Either
+way a sweep commits ``accepted + 1`` values, which is why Jacobi never needs more passes than
+sequential decoding.
+
+All rules are pure: tensors and an explicit generator in, tensors out, no device sync.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from jacobix.sampling import sample, uniform
+
+
+def leading_true(mask: Tensor) -> Tensor:
+    """Length of the all-True prefix of each row of ``mask`` (B, D); returns (B,) long."""
+    return mask.long().cumprod(dim=-1).sum(dim=-1)
+
+
+def greedy_accept(drafts: Tensor, target_tokens: Tensor) -> Tensor:
+    """Exact-match rule of greedy Jacobi decoding (ALGORITHMS.md section 1).
+
+    Args:
+        drafts: (B, D) guessed tokens for positions n .. n+D-1.
+        target_tokens: (B, D+1) argmax of the model at positions n .. n+D, computed from the
+            committed prefix followed by the drafts.
+    Returns:
+        (B,) number of accepted drafts. The committed tokens are ``target_tokens[:, :accepted+1]``:
+        where drafts were accepted they equal the targets, and the target after the last
+        accepted draft is exact because everything it conditions on is.
+    """
+    return leading_true(drafts == target_tokens[:, :-1])
+
+
+def tolerance_accept(guesses: Tensor, outputs: Tensor, *, rtol: float, atol: float) -> Tensor:
+    """Prefix rule for continuous values: a guess passes when the update left it (nearly) unchanged.
+
+    Args:
+        guesses: (B, D, *F) values fed to the model at positions n .. n+D-1.
+        outputs: (B, D+1, *F) updated values at positions n .. n+D.
+        rtol, atol: a guess passes when ``|guess - output| <= atol + rtol * |output|`` everywhere.
+            With both zero the committed values are exactly the sequential solution.
+    Returns:
+        (B,) number of accepted guesses; commit ``outputs[:, :accepted+1]``.
+    """
+    head = outputs[:, :-1]
+    close = (guesses - head).abs() <= atol + rtol * head.abs()  # (B, D, *F)
+    return leading_true(close.flatten(2).all(dim=-1))
+
+
+def relative_residual(guesses: Tensor, outputs: Tensor) -> Tensor:
+    """Per-row ``mean((new - old)^2) / mean(new^2)`` over a window (STARFlow's stopping test).
+
+    Args:
+        guesses: (B, D, *F) values fed to the model, D >= 0.
+        outputs: (B, D+1, *F) updated values.
+    Returns:
+        (B,) residual; 0 for an empty window.
+    """
+    change = (outputs[:, :-1] - guesses).flatten(1).pow(2).mean(-1) if guesses.shape[1] else outputs.new_zeros(outputs.shape[0])
+    scale = outputs.flatten(1).pow(2).mean(-1).clamp_min(torch.finfo(outputs.dtype).tiny)
+    return change / scale
+
+
+def segment_accept(residual: Tensor, sweeps: Tensor, *, tolerance: float, max_sweeps: int, width: int) -> Tensor:
+    """Gauss-Seidel-over-Jacobi rule: keep iterating a segment, then commit all of it at once.
+
+    Args:
+        residual: (B,) relative residual of the sweep just made.
+        sweeps: (B,) sweeps made on the current segment, this one included.
+        tolerance: commit once the residual is at or below it.
+        max_sweeps: commit after this many sweeps whatever the residual.
+        width: values in the segment.
+    Returns:
+        (B,) number of values to commit: ``width`` or 0 (keep iterating).
+    """
+    done = (residual <= tolerance) | (sweeps >= max_sweeps)
+    return torch.where(done, width, 0)
+
+
+def speculative_accept(
+    drafts: Tensor,
+    p_draft: Tensor,
+    p_target: Tensor,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Speculative sampling over a window (SJD, arXiv 2410.01699, eq. 4; Leviathan et al. 2023).
+
+    Draft ``i`` is accepted with probability ``min(1, p_target[i, d_i] / p_draft[i, d_i])``,
+    left to right, until the first rejection. The rejected position is resampled from
+    ``normalize(max(p_target - p_draft, 0))`` (the recovered token); if all drafts pass, a
+    bonus token is sampled from the last target distribution. The committed tokens are then
+    distributed exactly as sequential sampling from ``p_target``, whatever ``p_draft`` is,
+    provided each draft was drawn from its ``p_draft``.
+
+    Args:
+        drafts: (B, D) draft tokens.
+        p_draft: (B, D, V) distribution each draft was drawn from (one-hot for a fixed draft).
+        p_target: (B, D+1, V) target distributions at the D draft positions and one more.
+        generator: source of randomness.
+    Returns:
+        accepted: (B,) number of accepted drafts.
+        next_token: (B,) the recovered or bonus token at position ``accepted``.
+    """
+    b, d = drafts.shape
+    index = drafts[..., None]  # (B, D, 1)
+    target_at_draft = p_target[:, :d].gather(-1, index).squeeze(-1)  # (B, D)
+    draft_at_draft = p_draft.gather(-1, index).squeeze(-1).to(target_at_draft.dtype)  # (B, D)
+    u = uniform((b, d), target_at_draft, generator)
+    # u < p/q, written without the division; a draft the target cannot produce is always rejected.
+    passed = (u * draft_at_draft < target_at_draft) & (target_at_draft > 0)
+    accepted = leading_true(passed)  # (B,)
+
+    # Residual distribution at every position; the bonus slot D has no draft, so it is p_target.
+    p_draft_padded = torch.cat([p_draft.to(p_target.dtype), p_target.new_zeros(b, 1, p_target.shape[-1])], dim=1)
+    rows = torch.arange(b, device=drafts.device)
+    target_row = p_target[rows, accepted]  # (B, V)
+    residual = (target_row - p_draft_padded[rows, accepted]).clamp_min(0.0)  # (B, V)
+    # A rejection with p_target <= p_draft everywhere has probability zero; guard rounding.
+    empty = residual.sum(-1, keepdim=True) <= 0
+    residual = torch.where(empty, target_row, residual)
+    next_token = sample(residual, generator)  # (B,)
+    return accepted, next_token

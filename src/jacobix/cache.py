@@ -1,0 +1,75 @@
+"""A preallocated, position-indexed key/value cache.
+
+Every row writes its keys and values at the slot equal to the token's absolute position, and
+queries attend to the slots at or before their own position. Two facts follow:
+
+- Rollback is an index move. Slots after a row's committed prefix may hold keys of rejected
+  drafts, but a query at position ``t`` never sees slots after ``t``, and the next window
+  overwrites slots ``t' <= t`` before any query reads them. ``rollback`` only records the length.
+- Rows are independent. Each row has its own length, so prompts of different lengths need no
+  padding tricks and rows of a batch accept different numbers of tokens per sweep.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Keys and values of every layer, written by absolute position.
+
+    Args:
+        num_layers: number of attention layers.
+        batch_size: number of rows.
+        num_kv_heads: key/value heads per layer.
+        capacity: slots per row; the largest position written must be below it.
+        head_dim: size of one head.
+        dtype, device: of the buffers.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        capacity: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        shape = (num_layers, batch_size, num_kv_heads, capacity, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
+        self.capacity = capacity
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def write(self, layer: int, positions: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k`` and ``v`` at ``positions`` and return the layer's whole cache.
+
+        Args:
+            layer: layer index.
+            positions: (B, W) absolute position of each window token.
+            k, v: (B, H_kv, W, head_dim).
+        Returns:
+            keys and values of the layer, each (B, H_kv, capacity, head_dim).
+        """
+        b, h, w, d = k.shape
+        index = positions[:, None, :, None].expand(b, h, w, d)  # (B, H_kv, W, D)
+        self.keys[layer].scatter_(2, index, k)
+        self.values[layer].scatter_(2, index, v)
+        return self.keys[layer], self.values[layer]
+
+    def attention_mask(self, positions: Tensor) -> Tensor:
+        """Boolean mask (B, 1, W, capacity): a query sees the slots at or before its position."""
+        slots = torch.arange(self.capacity, device=positions.device)
+        return slots[None, None, None, :] <= positions[:, None, :, None]
+
+    def rollback(self, lengths: Tensor) -> None:
+        """Declare that each row's valid prefix is ``lengths`` slots long (constant time)."""
+        self.lengths.copy_(lengths)

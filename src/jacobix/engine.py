@@ -1,0 +1,238 @@
+"""The model-free engine: Jacobi iteration on a lower-triangular fixed point.
+
+A sequential generator defines ``x_t = F_t(x_<t)`` (noise, if any, lives inside ``F``). Each
+row of a batch has a committed prefix ``x_0 .. x_{n-1}`` and a window of ``D = window - 1``
+guesses for ``x_n .. x_{n+D-1}``. One *sweep* evaluates ``F`` on ``[x_{n-1}] + guesses`` in
+one causal pass, producing ``D + 1`` outputs for ``x_n .. x_{n+D}``; an acceptance rule says how
+many of them to commit; the window slides past them; leftover outputs become the next guesses
+and the init rule fills the fresh slots at the end.
+
+Worked example, window 4 (D = 3), row with n = 10 committed values::
+
+    inputs   x9   g10  g11  g12        positions 9 .. 12
+    outputs  y10  y11  y12  y13        (y10 is exact: it only sees committed values)
+    rule     g10 == y10, g11 != y11  -> 1 accepted draft, commit y10, y11 (n becomes 12)
+    next     guesses y12, y13 carried, one fresh slot for x14 from the init rule
+
+Methods differ only in the ``JacobiProblem`` they hand to :func:`solve`: greedy Jacobi, SJD,
+sequential decoding (window 1) and GS-Jacobi for flows (a segment rule that commits a whole
+segment at once) all run this one loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class FixedPointState:
+    """Committed values of every row, and where each row stands.
+
+    Attributes:
+        values: (B, C, *F) committed values; row b's first ``length[b]`` are valid.
+        length: (B,) number of committed values.
+        limit: (B,) a row is done once ``length >= limit``.
+        done: (B,) rows that need no more sweeps (limit reached or a stop value committed).
+        sweeps_on_window: (B,) sweeps since the row last committed anything (segment rules).
+    """
+
+    values: Tensor
+    length: Tensor
+    limit: Tensor
+    done: Tensor
+    sweeps_on_window: Tensor
+
+    @classmethod
+    def start(cls, prefix: Tensor, prefix_length: Tensor, limit: Tensor, window: int) -> FixedPointState:
+        """State with ``prefix`` (B, L, *F) committed, room for ``limit`` values plus a window."""
+        b, length = prefix.shape[:2]
+        capacity = max(length, int(limit.max())) + window + 1
+        values = prefix.new_zeros((b, capacity, *prefix.shape[2:]))
+        values[:, :length] = prefix
+        limit = limit.to(prefix_length)
+        return cls(
+            values=values,
+            length=prefix_length.clone(),
+            limit=limit,
+            done=prefix_length >= limit,
+            sweeps_on_window=torch.zeros_like(prefix_length),
+        )
+
+    def last_values(self) -> Tensor:
+        """(B, *F) the last committed value of each row (requires length >= 1)."""
+        index = (self.length - 1).clamp_min(0)
+        return self.values[torch.arange(len(index), device=index.device), index]
+
+    def window_positions(self, width: int) -> Tensor:
+        """(B, width) absolute positions ``length .. length + width - 1``."""
+        return self.length[:, None] + torch.arange(width, device=self.length.device)
+
+
+@dataclass
+class Drafts:
+    """Guesses for a window: values (B, D, *F) and, for sampled tokens, what they were drawn from."""
+
+    values: Tensor
+    p_draft: Tensor | None = None  # (B, D, V); None means each draft is fixed (one-hot)
+
+    def shift(self, n_commit: Tensor, width: int) -> tuple[Drafts, Tensor]:
+        """Slide past ``n_commit`` (B,) committed slots, keeping ``width`` slots.
+
+        Returns the carried drafts (fresh slots hold placeholders) and ``fresh`` (B, width), True
+        where a slot has no carried draft and must be filled by the init rule.
+        """
+        total = self.values.shape[1]
+        index = n_commit[:, None] + torch.arange(width, device=n_commit.device)  # (B, width)
+        fresh = index >= total
+        index = index.clamp(max=max(total - 1, 0))
+        return Drafts(_take(self.values, index), None if self.p_draft is None else _take(self.p_draft, index)), fresh
+
+
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """x[b, index[b, j], ...] for x (B, T, *F) and index (B, J); returns (B, J, *F)."""
+    expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
+    return x.gather(1, expanded)
+
+
+@dataclass
+class Acceptance:
+    """What a sweep decided, per row.
+
+    Attributes:
+        n_commit: (B,) values to commit, from the front of ``values``.
+        values: (B, D+1, *F) values for positions n .. n+D.
+        proposals: next guesses for positions n .. n+D (the engine slides them).
+        n_accepted: (B,) drafts that passed the rule (statistics only).
+        finished: (B,) rows whose committed part ends in a stop value, or None.
+    """
+
+    n_commit: Tensor
+    values: Tensor
+    proposals: Drafts
+    n_accepted: Tensor
+    finished: Tensor | None = None
+
+
+class JacobiProblem(Protocol):
+    """A method on the engine: its step function, acceptance rule and draft rule."""
+
+    def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
+        """One causal pass over ``[last committed] + drafts``, then the acceptance rule."""
+        ...
+
+    def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
+        """Fill the fresh slots (a suffix of each row's window; all slots when ``carried`` is None)."""
+        ...
+
+    def rollback(self, state: FixedPointState) -> None:
+        """Forget cached work past each row's committed prefix."""
+        ...
+
+
+@dataclass
+class SweepRecord:
+    """One sweep of one solve, for pictures and consistency distillation (tensors on CPU)."""
+
+    start: Tensor  # (B,) committed length before the sweep
+    drafts: Tensor  # (B, D, *F) guesses fed to the model
+    values: Tensor  # (B, D+1, *F) outputs of the sweep
+    n_accepted: Tensor  # (B,)
+    n_commit: Tensor  # (B,) after the budget clamp
+
+
+@dataclass
+class SolveStats:
+    """Exact counts of one :func:`solve` call."""
+
+    forward_passes: int
+    committed: Tensor  # (P, B) values committed by each pass
+    accepted: Tensor  # (P, B) drafts accepted by each pass
+    active: Tensor  # (P, B) rows that were still running during each pass
+    window: int
+    trajectory: list[SweepRecord] = field(default_factory=list)
+
+
+def solve(
+    problem: JacobiProblem,
+    state: FixedPointState,
+    *,
+    window: int,
+    record: bool = False,
+    on_sweep: Callable[[], None] | None = None,
+) -> SolveStats:
+    """Run sweeps until every row is done; ``state`` is updated in place.
+
+    Args:
+        problem: the method (step function, acceptance rule, draft rule).
+        state: committed prefixes and limits; ``state.length >= 1`` for every row.
+        window: values evaluated per sweep (drafts + 1); 1 is sequential decoding.
+        record: keep a :class:`SweepRecord` per sweep (costs a copy to CPU each sweep).
+        on_sweep: called after every sweep (progress bars).
+    Returns:
+        exact pass and acceptance counts.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    width = window - 1
+    drafts = problem.draft(state, None, torch.ones_like(state.window_positions(width), dtype=torch.bool))
+    committed, accepted, active, trajectory = [], [], [], []
+    while not bool(state.done.all()):  # the one device sync per sweep
+        running = ~state.done
+        decision = problem.sweep(state, drafts)
+        budget = state.limit - state.length
+        n_commit = torch.where(running, torch.minimum(decision.n_commit, budget), 0)
+        if record:
+            trajectory.append(_record(state, drafts, decision, n_commit))
+        _commit(state, decision.values, n_commit)
+        state.sweeps_on_window = torch.where(n_commit > 0, 0, state.sweeps_on_window + running.long())
+        finished = state.length >= state.limit
+        if decision.finished is not None:
+            finished |= decision.finished & running
+        state.done |= finished
+        problem.rollback(state)
+        carried, fresh = decision.proposals.shift(n_commit, width)
+        drafts = problem.draft(state, carried, fresh)
+        committed.append(n_commit)
+        accepted.append(torch.where(running, decision.n_accepted, 0))
+        active.append(running)
+        if on_sweep is not None:
+            on_sweep()
+    b = state.length.shape[0]
+    stack = lambda xs, dtype: torch.stack(xs).cpu() if xs else torch.zeros(0, b, dtype=dtype)  # noqa: E731
+    return SolveStats(
+        forward_passes=len(committed),
+        committed=stack(committed, torch.long),
+        accepted=stack(accepted, torch.long),
+        active=stack(active, torch.bool),
+        window=window,
+        trajectory=trajectory,
+    )
+
+
+def _commit(state: FixedPointState, values: Tensor, n_commit: Tensor) -> None:
+    """Write ``values[:, :n_commit]`` (B, D+1, *F) after each row's prefix."""
+    offsets = torch.arange(values.shape[1], device=values.device)
+    index = state.length[:, None] + offsets  # (B, D+1); in range: capacity >= limit + window
+    keep_new = (offsets[None, :] < n_commit[:, None]).reshape(*index.shape, *([1] * (values.dim() - 2)))
+    old = _take(state.values, index)
+    expanded = index.reshape(*index.shape, *([1] * (values.dim() - 2))).expand_as(values)
+    state.values.scatter_(1, expanded, torch.where(keep_new, values.to(state.values.dtype), old))
+    state.length += n_commit
+
+
+def _record(state: FixedPointState, drafts: Drafts, decision: Acceptance, n_commit: Tensor) -> SweepRecord:
+    return SweepRecord(
+        start=state.length.cpu().clone(),
+        drafts=drafts.values.cpu().clone(),
+        values=decision.values.cpu().clone(),
+        n_accepted=decision.n_accepted.cpu().clone(),
+        n_commit=n_commit.cpu().clone(),
+    )
+
+
+__all__ = ["Acceptance", "Drafts", "FixedPointState", "JacobiProblem", "SolveStats", "SweepRecord", "solve"]

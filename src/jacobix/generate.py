@@ -1,0 +1,264 @@
+"""The public entry point for token models: :func:`generate`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from jacobix.decoding import CausalLM, Guidance, TokenProblem
+from jacobix.drafts import DraftInit, resolve_init
+from jacobix.engine import FixedPointState, SolveStats, SweepRecord, solve
+from jacobix.sampling import LogitsProcessor, SamplingConfig
+
+Method = Literal["ar", "jacobi", "sjd"]
+Prompt = Tensor | Sequence[Sequence[int]] | Sequence[Tensor]
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    """Exact counts and wall time of one :func:`generate` call.
+
+    Attributes:
+        method: "ar", "jacobi" or "sjd".
+        window: tokens evaluated per pass (1 for "ar").
+        forward_passes: decoding passes of the model (the prompt's prefill pass not counted).
+        prefill_passes: 1 when the prompt was prefilled, else 0.
+        new_tokens: tokens generated per row.
+        committed_per_pass: (P, B) tokens committed per pass and row.
+        accepted_per_pass: (P, B) drafts accepted per pass and row.
+        active_per_pass: (P, B) rows still generating during each pass.
+        wall_time_s: seconds, prefill included.
+    """
+
+    method: str
+    window: int
+    forward_passes: int
+    prefill_passes: int
+    new_tokens: list[int]
+    committed_per_pass: Tensor
+    accepted_per_pass: Tensor
+    active_per_pass: Tensor
+    wall_time_s: float
+
+    @property
+    def mean_acceptance_length(self) -> float:
+        """Tokens committed per pass and active row (1 + accepted drafts per pass)."""
+        return float(self.committed_per_pass.sum()) / max(int(self.active_per_pass.sum()), 1)
+
+    @property
+    def tokens_per_pass(self) -> float:
+        """All rows' new tokens over forward passes."""
+        return sum(self.new_tokens) / max(self.forward_passes, 1)
+
+    @property
+    def position_acceptance(self) -> Tensor:
+        """(D,) rate at which draft ``i`` passed, among passes where it was tested."""
+        accepted, active = self.accepted_per_pass, self.active_per_pass
+        slots = torch.arange(self.window - 1)[:, None, None]  # (D, 1, 1)
+        tested = (accepted[None] >= slots) & active[None]  # (D, P, B)
+        passed = (accepted[None] > slots) & active[None]
+        return passed.sum((1, 2)) / tested.sum((1, 2)).clamp_min(1)
+
+    def summary(self) -> dict[str, float | int | str]:
+        return {
+            "method": self.method,
+            "window": self.window,
+            "forward_passes": self.forward_passes,
+            "new_tokens": sum(self.new_tokens),
+            "tokens_per_pass": round(self.tokens_per_pass, 3),
+            "mean_acceptance_length": round(self.mean_acceptance_length, 3),
+            "wall_time_s": round(self.wall_time_s, 4),
+        }
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """Generated tokens per row (prompt excluded, EOS included) and the statistics."""
+
+    tokens: list[Tensor]
+    stats: DecodeStats
+    trajectory: list[SweepRecord]
+
+
+def generate(
+    model: CausalLM,
+    input_ids: Prompt,
+    *,
+    method: Method = "jacobi",
+    max_new_tokens: int = 64,
+    window: int = 16,
+    init: str | DraftInit = "random",
+    row_length: int | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    processors: Sequence[LogitsProcessor] = (),
+    generator: torch.Generator | None = None,
+    cfg_scale: float | None = None,
+    negative_input_ids: Prompt | None = None,
+    eos_token_id: int | None = None,
+    record: bool = False,
+    progress: bool = False,
+) -> GenerateResult:
+    """Generate tokens with sequential decoding, greedy Jacobi decoding or SJD.
+
+    Args:
+        model: a :class:`~jacobix.decoding.CausalLM` (jacobix's own models, or an adapter).
+        input_ids: prompts: a (B, L) tensor, a 1-D tensor, or a list of token lists of any lengths.
+        method: "ar" (sequential reference), "jacobi" (greedy, equal to greedy "ar") or "sjd"
+            (sampling, distributed exactly as sampling "ar").
+        max_new_tokens: tokens to generate per row (fewer if ``eos_token_id`` appears).
+        window: tokens evaluated per pass, i.e. ``window - 1`` drafts; ignored by "ar".
+        init: draft rule for fresh slots: "random", "repeat", "row-above" or a DraftInit.
+        row_length: tokens per image row, for ``init="row-above"``.
+        temperature: 0 for greedy; > 0 samples (required by "sjd").
+        top_k, top_p: filters applied to the target distribution at every position.
+        processors: more logits processors, called with each position's generated index.
+        generator: explicit randomness; a fresh unseeded one if None.
+        cfg_scale: classifier-free guidance scale; needs ``negative_input_ids``.
+        negative_input_ids: unconditional prompts, one per row.
+        eos_token_id: stop a row after this token.
+        record: keep every sweep's drafts and outputs in ``result.trajectory``.
+        progress: show a progress bar of passes.
+    Returns:
+        :class:`GenerateResult` with ``.tokens`` and ``.stats``.
+    """
+    prompts, prompt_length = _pack_prompts(input_ids, model.vocab_size, "input_ids")
+    _check_options(method, max_new_tokens, window, temperature)
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    window = 1 if method == "ar" else window
+    device = _model_device(model)
+    prompts, prompt_length = prompts.to(device), prompt_length.to(device)
+    batch = prompts.shape[0]
+
+    guidance, uncond, uncond_length = None, None, None
+    if cfg_scale is not None or negative_input_ids is not None:
+        if cfg_scale is None or negative_input_ids is None:
+            raise ValueError("classifier-free guidance needs both cfg_scale and negative_input_ids")
+        uncond, uncond_length = _pack_prompts(negative_input_ids, model.vocab_size, "negative_input_ids")
+        if uncond.shape[0] != batch:
+            raise ValueError(f"negative_input_ids has {uncond.shape[0]} rows but input_ids has {batch}; give one per row")
+        uncond, uncond_length = uncond.to(device), uncond_length.to(device)
+        guidance = Guidance(scale=float(cfg_scale), position_shift=uncond_length - prompt_length)
+
+    limit = prompt_length + max_new_tokens
+    state = FixedPointState.start(prompts, prompt_length, limit, window)
+    capacity = state.values.shape[1] + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
+    cache = model.new_cache(batch if guidance is None else 2 * batch, capacity)
+    problem = TokenProblem(
+        model,
+        cache,
+        prompt_length=prompt_length,
+        sampling=sampling,
+        processors=processors,
+        init=resolve_init(init, row_length=row_length),
+        generator=generator,
+        guidance=guidance,
+        eos_token_id=eos_token_id,
+        prob_dtype=torch.float64 if _model_dtype(model) == torch.float64 else torch.float32,
+    )
+    start = time.perf_counter()
+    with torch.inference_mode():
+        prefilled = _prefill(model, cache, prompts, prompt_length, uncond, uncond_length)
+        problem.rollback(state)
+        bar = _progress_bar(progress, method)
+        solved = solve(problem, state, window=window, record=record, on_sweep=None if bar is None else bar.update)
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - start
+    tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(batch)]
+    return GenerateResult(tokens=tokens, stats=_decode_stats(method, solved, tokens, prefilled, elapsed), trajectory=solved.trajectory)
+
+
+def _check_options(method: str, max_new_tokens: int, window: int, temperature: float) -> None:
+    if method not in ("ar", "jacobi", "sjd"):
+        raise ValueError(f"unknown method {method!r}; use 'ar', 'jacobi' or 'sjd'")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if window < 1:
+        raise ValueError(f"window must be >= 1 (tokens per pass, drafts + 1), got {window}")
+    if method == "jacobi" and temperature != 0:
+        raise ValueError("method='jacobi' is greedy; for sampling with temperature > 0 use method='sjd'")
+    if method == "sjd" and temperature == 0:
+        raise ValueError("method='sjd' samples and needs temperature > 0; for greedy decoding use method='jacobi'")
+
+
+def _pack_prompts(prompts: Prompt, vocab_size: int, name: str) -> tuple[Tensor, Tensor]:
+    """Right-pad prompts into (B, L) long and their lengths (B,)."""
+    if isinstance(prompts, Tensor):
+        if prompts.dim() == 1:
+            prompts = prompts[None]
+        if prompts.dim() != 2:
+            raise ValueError(f"{name} must be 1-D or 2-D (batch, length), got shape {tuple(prompts.shape)}")
+        rows = list(prompts)
+    else:
+        rows = [torch.as_tensor(row, dtype=torch.long) for row in prompts]
+    if not rows:
+        raise ValueError(f"{name} is empty: give at least one prompt")
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    if int(lengths.min()) == 0:
+        raise ValueError(f"{name} has an empty prompt; every row needs at least one token (e.g. a BOS token)")
+    packed = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row.dim() != 1:
+            raise ValueError(f"{name}: each prompt must be a 1-D sequence of token ids")
+        packed[i, : len(row)] = row.to(torch.long)
+    if int(packed.min()) < 0 or int(packed.max()) >= vocab_size:
+        raise ValueError(f"{name} holds token ids outside [0, {vocab_size}) of this model's vocabulary")
+    return packed, lengths
+
+
+def _prefill(
+    model: CausalLM, cache, prompts: Tensor, lengths: Tensor, uncond: Tensor | None, uncond_lengths: Tensor | None
+) -> int:
+    """Write every prompt token but the last into the cache; the first sweep feeds the last."""
+    rows, row_lengths = [prompts], [lengths]
+    if uncond is not None:
+        width = max(prompts.shape[1], uncond.shape[1])
+        rows = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (prompts, uncond)]
+        row_lengths = [lengths, uncond_lengths]
+    tokens, lengths = torch.cat(rows), torch.cat(row_lengths)  # (M, L), (M,)
+    if tokens.shape[1] <= 1:
+        return 0
+    tokens = tokens[:, :-1]
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    model.forward(tokens, positions, cache)
+    return 1
+
+
+def _decode_stats(method: str, solved: SolveStats, tokens: list[Tensor], prefilled: int, elapsed: float) -> DecodeStats:
+    return DecodeStats(
+        method=method,
+        window=solved.window,
+        forward_passes=solved.forward_passes,
+        prefill_passes=prefilled,
+        new_tokens=[len(t) for t in tokens],
+        committed_per_pass=solved.committed,
+        accepted_per_pass=solved.accepted,
+        active_per_pass=solved.active,
+        wall_time_s=elapsed,
+    )
+
+
+def _model_device(model: CausalLM) -> torch.device:
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters else None
+    return first.device if first is not None else torch.device("cpu")
+
+
+def _model_dtype(model: CausalLM) -> torch.dtype:
+    parameters = getattr(model, "parameters", None)
+    first = next(iter(parameters()), None) if parameters else None
+    return first.dtype if first is not None else torch.float32
+
+
+def _progress_bar(enabled: bool, method: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=f"jacobix {method}", unit="pass", leave=False)

@@ -1,0 +1,213 @@
+"""A small pure-torch Llama-style causal language model with an explicit position-indexed cache.
+
+RMSNorm, rotary position embeddings, SwiGLU and grouped-query attention, as in Llama. The model
+owns no decoding loop: ``forward`` maps a window of tokens at given absolute positions to logits,
+writing keys and values into the cache it is handed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jacobix.cache import KVCache
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlamaConfig:
+    """Shape of a :class:`Llama` model."""
+
+    vocab_size: int
+    dim: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    hidden_dim: int = 384
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "num_layers", "num_heads", "num_kv_heads", "hidden_dim", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LlamaConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"LlamaConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"LlamaConfig.num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
+            )
+        if (self.dim // self.num_heads) % 2:
+            raise ValueError("LlamaConfig: the head size dim // num_heads must be even for rotary embeddings")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin tables, each (max_len, head_dim // 2)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[..., :h], x[..., h:]) of x (B, H, W, hd) by per-position angles (B, 1, W, hd/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
+        self.wq = nn.Linear(config.dim, config.num_heads * config.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
+        b, w, _ = x.shape
+        q = self.wq(x).view(b, w, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, W, hd)
+        k = self.wk(x).view(b, w, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, W, hd)
+        v = self.wv(x).view(b, w, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, W, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            keys, values = cache.write(self.layer, positions, k, v)  # (B, Hkv, C, hd)
+            mask = cache.attention_mask(positions)  # (B, 1, W, C)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+        return self.wo(out.transpose(1, 2).reshape(b, w, -1))  # (B, W, dim)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.w3 = nn.Linear(config.dim, config.hidden_dim, bias=False)
+        self.w2 = nn.Linear(config.hidden_dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: LlamaConfig, layer: int) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config, layer)
+        self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+        self.feed_forward = FeedForward(config)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, positions, cache)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Llama(nn.Module):
+    """Llama-style decoder. ``forward(tokens, positions, cache)`` returns logits (B, W, V)."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        cos, sin = rotary_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos.float(), persistent=False)
+        self.register_buffer("rope_sin", sin.float(), persistent=False)
+
+    def new_cache(self, batch_size: int, capacity: int) -> KVCache:
+        """An empty cache for ``batch_size`` rows of up to ``capacity`` positions."""
+        if capacity > self.config.max_seq_len:
+            raise ValueError(
+                f"a cache of {capacity} positions exceeds this model's max_seq_len ({self.config.max_seq_len}); "
+                "ask for fewer new tokens or a shorter prompt"
+            )
+        weight = self.tok_embeddings.weight
+        return KVCache(
+            num_layers=self.config.num_layers,
+            batch_size=batch_size,
+            num_kv_heads=self.config.num_kv_heads,
+            capacity=capacity,
+            head_dim=self.config.head_dim,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
+
+    def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Logits for a window of tokens.
+
+        Args:
+            tokens: (B, W) token ids.
+            positions: (B, W) absolute positions; defaults to 0..W-1. Required with a cache.
+            cache: written at ``positions``; without it attention is causal within the window.
+        Returns:
+            logits (B, W, V).
+        """
+        b, w = tokens.shape
+        if positions is None:
+            if cache is not None:
+                raise ValueError("forward with a cache needs explicit positions")
+            positions = torch.arange(w, device=tokens.device).expand(b, w)
+        dtype = self.tok_embeddings.weight.dtype
+        cos = self.rope_cos[positions][:, None].to(dtype)  # (B, 1, W, hd/2)
+        sin = self.rope_sin[positions][:, None].to(dtype)
+        x = self.tok_embeddings(tokens)  # (B, W, dim)
+        for layer in self.layers:
+            x = layer(x, cos, sin, positions, cache)
+        return self.output(self.norm(x))  # (B, W, V)
+
+
+def save_llama(model: Llama, directory: str | Path, *, extra: dict | None = None) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (plus ``extra`` keys) into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    meta = {"architecture": "llama", "config": asdict(model.config), **(extra or {})}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+
+
+def load_llama(directory: str | Path) -> tuple[Llama, dict]:
+    """Load a model written by :func:`save_llama`; returns the model and its config.json contents."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    meta = json.loads((directory / "config.json").read_text())
+    if meta.get("architecture") != "llama":
+        raise ValueError(f"{directory}/config.json describes a {meta.get('architecture')!r} model, not 'llama'")
+    model = Llama(LlamaConfig(**meta["config"]))
+    state = load_file(str(directory / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint in {directory} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.eval(), meta

@@ -1,0 +1,1 @@
+"""Scripts that reproduce jacobix's bundled checkpoints (``jacobix train ...``)."""
