@@ -54,17 +54,19 @@ def tolerance_accept(guesses: Tensor, outputs: Tensor, *, rtol: float, atol: flo
 
 
 def relative_residual(guesses: Tensor, outputs: Tensor) -> Tensor:
-    """Per-row ``mean((new - old)^2) / mean(new^2)`` over a window (STARFlow's stopping test).
+    """Per-row ``mean((new - old)^2) / mean(new^2)`` over the guessed positions (STARFlow's test).
 
     Args:
-        guesses: (B, D, *F) values fed to the model, D >= 0.
-        outputs: (B, D+1, *F) updated values.
+        guesses: (B, D, *F) values fed to the model.
+        outputs: (B, D+1, *F) updated values; the last one has no guess and is left out.
     Returns:
         (B,) residual; 0 for an empty window.
     """
-    change = (outputs[:, :-1] - guesses).flatten(1).pow(2).mean(-1) if guesses.shape[1] else outputs.new_zeros(outputs.shape[0])
-    scale = outputs.flatten(1).pow(2).mean(-1).clamp_min(torch.finfo(outputs.dtype).tiny)
-    return change / scale
+    if guesses.shape[1] == 0:
+        return outputs.new_zeros(outputs.shape[0])
+    new = outputs[:, :-1].flatten(1)  # (B, D*F)
+    change = (new - guesses.flatten(1)).pow(2).mean(-1)
+    return change / new.pow(2).mean(-1).clamp_min(torch.finfo(outputs.dtype).tiny)
 
 
 def segment_accept(residual: Tensor, sweeps: Tensor, *, tolerance: float, max_sweeps: int, width: int) -> Tensor:

@@ -42,10 +42,13 @@ class Guidance:
     Attributes:
         scale: guidance scale; 1 reproduces the conditional model.
         position_shift: (B,) unconditional prompt length minus conditional prompt length.
+        last_prompt_token: (B,) last token of each unconditional prompt, fed by the first sweep
+            (later sweeps feed the last generated token, which both rows share).
     """
 
     scale: float
     position_shift: Tensor
+    last_prompt_token: Tensor
 
 
 class TokenProblem:
@@ -90,7 +93,9 @@ class TokenProblem:
         """Guided logits (B, W, V) for tokens (B, W) at positions (B, W)."""
         if self.guidance is None:
             return self.model.forward(tokens, positions, self.cache)
-        both_tokens = torch.cat([tokens, tokens])  # (2B, W)
+        in_prompt = positions[:, :1] + 1 == self.prompt_length[:, None]  # (B, 1) first sweep of the row
+        uncond_first = torch.where(in_prompt, self.guidance.last_prompt_token[:, None], tokens[:, :1])
+        both_tokens = torch.cat([tokens, torch.cat([uncond_first, tokens[:, 1:]], dim=1)])  # (2B, W)
         both_positions = torch.cat([positions, positions + self.guidance.position_shift[:, None]])
         cond, uncond = self.model.forward(both_tokens, both_positions, self.cache).chunk(2)  # (B, W, V) each
         return uncond + self.guidance.scale * (cond - uncond)

@@ -143,7 +143,11 @@ def generate(
         if uncond.shape[0] != batch:
             raise ValueError(f"negative_input_ids has {uncond.shape[0]} rows but input_ids has {batch}; give one per row")
         uncond, uncond_length = uncond.to(device), uncond_length.to(device)
-        guidance = Guidance(scale=float(cfg_scale), position_shift=uncond_length - prompt_length)
+        guidance = Guidance(
+            scale=float(cfg_scale),
+            position_shift=uncond_length - prompt_length,
+            last_prompt_token=uncond[torch.arange(batch, device=device), uncond_length - 1],
+        )
 
     limit = prompt_length + max_new_tokens
     state = FixedPointState.start(prompts, prompt_length, limit, window)

@@ -1,0 +1,45 @@
+"""Offline datasets used to train the bundled models. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path(os.environ.get("JACOBIX_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_HINT = "apt-get install dataset-fashion-mnist (or set JACOBIX_FASHION_MNIST to a folder of the idx .gz files)"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of Fashion-MNIST's ``train`` or ``test`` split."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    images = FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz"
+    labels = FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz"
+    if not images.exists() or not labels.exists():
+        raise FileNotFoundError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR}; install it with: {FASHION_MNIST_HINT}")
+    return _read_idx(images), _read_idx(labels).astype(np.int64)
+
+
+def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits as float images in [0, 1], shape (N, 8, 8), and labels (N,)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn") from error
+    digits = load_digits()
+    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)

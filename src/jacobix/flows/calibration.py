@@ -1,0 +1,196 @@
+"""Per-block GS-Jacobi settings computed from data: CRM, IGM and an automatic schedule.
+
+The GS-Jacobi authors (arXiv 2505.12849) rank blocks by the Convergence Ranking Metric and pick
+each block's initial guess by the Initial Guessing Metric, then set segments and sweep caps by
+hand. :func:`auto_schedule` derives all three from the metrics and one calibration solve on
+data latents, and falls back to sequential inversion for a block whose Jacobi iteration does
+not converge faster than sequential decoding would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jacobix.flows.sampling import INITS, BlockPlan, invert_block
+from jacobix.flows.tarflow import MetaBlock, TarFlow
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutoScheduleConfig:
+    """Knobs of :func:`auto_schedule`.
+
+    Attributes:
+        tolerance: GS-Jacobi relative residual at which a segment is committed.
+        tough_share: a block whose CRM share is at least ``tough_share / num_blocks`` is tough
+            and is split into about ``sqrt(T - 1)`` segments; the others are solved whole.
+        cap_margin: sweep cap = ``ceil(cap_margin * max sweeps seen per segment)`` on calibration data,
+            never above the segment width (where Jacobi is exact).
+        fallback_ratio: a block that needs at least ``fallback_ratio * width`` sweeps per segment on
+            calibration data does not converge usefully and is inverted sequentially.
+    """
+
+    tolerance: float = 1e-4
+    tough_share: float = 1.5
+    cap_margin: float = 1.5
+    fallback_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.tolerance < 0 or self.tough_share <= 0 or self.cap_margin < 1 or not 0 < self.fallback_ratio <= 1:
+            raise ValueError(
+                "AutoScheduleConfig: need tolerance >= 0, tough_share > 0, cap_margin >= 1 and 0 < fallback_ratio <= 1, "
+                f"got {self}"
+            )
+
+
+@dataclass(frozen=True)
+class BlockMetrics:
+    """Metrics of one block, measured on data.
+
+    Attributes:
+        crm: the block's Convergence Ranking Metric (unnormalised).
+        crm_share: crm / sum over blocks.
+        igm: Initial Guessing Metric per candidate init (``INITS`` order).
+        init: the candidate with the smallest IGM.
+    """
+
+    crm: float
+    crm_share: float
+    igm: tuple[float, ...]
+    init: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Result of :func:`auto_schedule`: the plans (block order) and what they were derived from."""
+
+    plans: tuple[BlockPlan, ...]
+    metrics: tuple[BlockMetrics, ...]
+    sweeps_per_segment: tuple[float, ...]  # mean on calibration data, with the block split as planned
+    fallback: tuple[bool, ...]
+
+
+def _block_io(model: TarFlow, images: Tensor, labels: Tensor | None) -> list[tuple[Tensor, Tensor]]:
+    """(input, output) patches (B, T, F) of every block on data, in each block's own order."""
+    x = model.patchify(images)
+    pairs = []
+    for block in model.blocks:
+        z, _ = block(x, labels)
+        pairs.append((block.permute(x), block.permute(z)))
+        x = z
+    return pairs
+
+
+def _shifted_affine(block: MetaBlock, x: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(a, b) (B, T, F) aligned with the positions they transform (position 0 gets zeros)."""
+    a, b = block.affine(x, labels)
+    return F.pad(a[:, :-1], (0, 0, 1, 0)), F.pad(b[:, :-1], (0, 0, 1, 0))
+
+
+@torch.no_grad()
+def crm(block: MetaBlock, x: Tensor, labels: Tensor | None) -> float:
+    """Convergence Ranking Metric (arXiv 2505.12849): ``||mean_B(exp(-a) * x)||_2 * ||W_a||_2 + ||W_b||_2``.
+
+    Args:
+        block: the meta-block; ``W_a``, ``W_b`` are the a- and b-halves of its ``proj_out`` weight
+            (spectral norms).
+        x: (B, T, F) the block's input on data, in its own order.
+        labels: (B,) or None.
+    Returns:
+        the metric; larger means slower Jacobi convergence.
+    """
+    a, _ = _shifted_affine(block, x, labels)
+    w_a, w_b = block.proj_out.weight.chunk(2, dim=0)  # (F, C) each
+    spectral = lambda w: float(torch.linalg.matrix_norm(w.double(), ord=2))  # noqa: E731
+    return float((torch.exp(-a) * x).mean(0).norm()) * spectral(w_a) + spectral(w_b)
+
+
+@torch.no_grad()
+def igm(block: MetaBlock, x: Tensor, z: Tensor, labels: Tensor | None, init: str) -> float:
+    """Initial Guessing Metric: ``||mean_B(x1 - x)||_2`` after one Jacobi step from a candidate start.
+
+    Args:
+        block: the meta-block.
+        x: (B, T, F) its input on data (the solution of the inverse), own order.
+        z: (B, T, F) its output on data (what the inverse starts from), own order.
+        labels: (B,) or None.
+        init: ``z`` (start from z) or ``zeros`` (zeros after the first token).
+    Returns:
+        the metric; smaller is a better initial guess.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    start = z.clone() if init == "z" else F.pad(z[:, :1], (0, 0, 0, z.shape[1] - 1))  # (B, T, F)
+    a, b = _shifted_affine(block, start, labels)
+    step = z * torch.exp(a) + b  # (B, T, F); position 0 gives z_0 exactly
+    return float((step - x).mean(0).norm())
+
+
+@torch.no_grad()
+def block_metrics(model: TarFlow, images: Tensor, labels: Tensor | None) -> tuple[BlockMetrics, ...]:
+    """CRM share and IGM of every block on data ``images`` (B, C, H, W) with ``labels``."""
+    pairs = _block_io(model, images, labels)
+    crms = [crm(block, x, labels) for block, (x, _) in zip(model.blocks, pairs)]
+    total = sum(crms)
+    out = []
+    for block, (x, z), value in zip(model.blocks, pairs, crms):
+        scores = tuple(igm(block, x, z, labels, init) for init in INITS)
+        out.append(BlockMetrics(crm=value, crm_share=value / total, igm=scores, init=INITS[scores.index(min(scores))]))
+    return tuple(out)
+
+
+def segment_sweeps(committed: Tensor) -> Tensor:
+    """Sweeps each segment took, from a solve's ``committed`` (P, B) counts; returns a flat tensor."""
+    passes = torch.arange(1, committed.shape[0] + 1)
+    counts = []
+    for row in committed.T:
+        ends = passes[row > 0]  # (S,)
+        counts.append(torch.diff(ends, prepend=ends.new_zeros(1)))
+    return torch.cat(counts).float() if counts else torch.zeros(0)
+
+
+@torch.no_grad()
+def auto_schedule(model: TarFlow, images: Tensor, labels: Tensor | None = None, config: AutoScheduleConfig = AutoScheduleConfig()) -> Calibration:
+    """Choose segments, sweep caps and initial guesses per block from CRM, IGM and data.
+
+    Deterministic: no randomness, only ``images`` (noised by the caller as in training) and
+    ``labels``.
+
+    Args:
+        model: the flow.
+        images: (B, C, H, W) calibration data in [-1, 1].
+        labels: (B,) classes, or None.
+        config: thresholds.
+    Returns:
+        plans (block order), the metrics and the calibration measurements.
+    """
+    metrics = block_metrics(model, images, labels)
+    t = model.config.num_patches
+    tough = config.tough_share / len(model.blocks)
+    plans, sweeps, fallback = [], [], []
+    x = model.patchify(images)
+    outputs = []
+    for block in model.blocks:
+        x, _ = block(x, labels)
+        outputs.append(x)
+    for index, (block, metric) in enumerate(zip(model.blocks, metrics)):
+        segments = max(1, round(math.sqrt(t - 1))) if metric.crm_share >= tough else 1
+        trial = BlockPlan(mode="gs", segments=segments, max_sweeps=0, tolerance=config.tolerance, init=metric.init)
+        _, stats = invert_block(block, outputs[index], labels, trial)
+        per_segment = segment_sweeps(stats.committed)
+        width = trial.segment_width(t)
+        mean = float(per_segment.mean())
+        cap = min(width, math.ceil(config.cap_margin * float(per_segment.max())))
+        slow = mean >= config.fallback_ratio * width
+        plans.append(BlockPlan(mode="sequential") if slow else BlockPlan(
+            mode="gs", segments=segments, max_sweeps=cap, tolerance=config.tolerance, init=metric.init))
+        sweeps.append(mean)
+        fallback.append(slow)
+    return Calibration(plans=tuple(plans), metrics=metrics, sweeps_per_segment=tuple(sweeps), fallback=tuple(fallback))
+
+
+__all__ = ["AutoScheduleConfig", "BlockMetrics", "Calibration", "auto_schedule", "block_metrics", "crm", "igm", "segment_sweeps"]

@@ -1,0 +1,140 @@
+"""Saving and loading TarFlow checkpoints: jacobix's safetensors format and ml-tarflow's ``.pth``.
+
+A jacobix checkpoint is a folder with ``model.safetensors`` and ``config.json``
+(``{"architecture": "tarflow", "config": {...}, ...}``). Loading checks every parameter's name
+and shape against the config and refuses a mismatch with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from jacobix.flows.tarflow import TarFlow, TarFlowConfig
+
+ARCHITECTURE = "tarflow"
+# Prefixes that wrappers add to ml-tarflow state dicts (DDP, torch.compile).
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def save_tarflow(model: TarFlow, directory: str | Path, *, extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (plus ``extra`` keys) into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"))
+    meta = {"architecture": ARCHITECTURE, "config": asdict(model.config), **(extra or {})}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def read_config(directory: str | Path) -> tuple[TarFlowConfig, dict]:
+    """The :class:`TarFlowConfig` and full metadata of a checkpoint folder."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: a TarFlow checkpoint folder holds model.safetensors and config.json")
+    meta = json.loads(path.read_text())
+    if meta.get("architecture") != ARCHITECTURE:
+        raise ValueError(f"{path} describes a {meta.get('architecture')!r} model, not {ARCHITECTURE!r}")
+    known = {f.name for f in fields(TarFlowConfig)}
+    unknown = sorted(set(meta["config"]) - known)
+    if unknown:
+        raise ValueError(f"{path} has config keys this jacobix does not know: {unknown}; upgrade jacobix or fix the file")
+    return TarFlowConfig(**meta["config"]), meta
+
+
+def load_tarflow(directory: str | Path, config: TarFlowConfig | None = None) -> tuple[TarFlow, dict]:
+    """Load a checkpoint written by :func:`save_tarflow`.
+
+    Args:
+        directory: the checkpoint folder.
+        config: the config the caller expects; None uses the folder's config.json. A config that
+            differs from the one stored is refused.
+    Returns:
+        the model in eval mode, and the config.json contents.
+    """
+    from safetensors.torch import load_file
+
+    stored, meta = read_config(directory)
+    if config is not None and config != stored:
+        diff = {f.name: (getattr(config, f.name), getattr(stored, f.name)) for f in fields(TarFlowConfig)
+                if getattr(config, f.name) != getattr(stored, f.name)}
+        raise ValueError(
+            f"checkpoint {directory} was saved with a different TarFlowConfig; (asked, stored): {diff}. "
+            "Pass config=None to use the stored config, or the matching config."
+        )
+    model = TarFlow(stored)
+    load_checked(model, load_file(str(Path(directory) / "model.safetensors")), source=str(directory))
+    return model.eval(), meta
+
+
+def load_checked(model: TarFlow, state: dict[str, Tensor], *, source: str) -> None:
+    """Load ``state`` into ``model`` after checking names and shapes; refuse any mismatch clearly."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(v.shape)}"
+             for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"checkpoint {source} does not match TarFlowConfig {model.config}: "
+            f"missing {missing[:4]}{'...' if len(missing) > 4 else ''}, unexpected {unexpected[:4]}"
+            f"{'...' if len(unexpected) > 4 else ''}, wrong shapes {wrong[:4]}. "
+            "Build the config the checkpoint was trained with (patch_size, channels, num_blocks, "
+            "layers_per_block, num_classes, img_size, in_channels)."
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def apple_to_jacobix(state: dict[str, Tensor], config: TarFlowConfig) -> dict[str, Tensor]:
+    """Map an ml-tarflow ``Model.state_dict()`` (nvp mode) to :class:`TarFlow` names.
+
+    Parameter names are the same by design; this strips wrapper prefixes and drops the
+    per-block ``attn_mask`` buffers (jacobix masks by position), after checking they are the
+    causal masks the config implies.
+
+    Args:
+        state: ml-tarflow state dict.
+        config: the config the checkpoint was trained with.
+    Returns:
+        a state dict for :class:`TarFlow`.
+    """
+    mapped = {}
+    for key, value in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        if key.endswith(".attn_mask"):
+            t = config.num_patches
+            if tuple(value.shape) != (t, t):
+                raise ValueError(f"{key} is {tuple(value.shape)} but the config has {t} patches: wrong img_size or patch_size")
+            continue
+        mapped[key] = value
+    return mapped
+
+
+def load_apple_checkpoint(path: str | Path, config: TarFlowConfig) -> TarFlow:
+    """Load an ml-tarflow ``.pth`` (e.g. ``afhq_model_8_768_8_8_0.07.pth``) with ``weights_only=True``.
+
+    Args:
+        path: the ``.pth`` file.
+        config: the matching config, e.g. AFHQ: ``TarFlowConfig(in_channels=3, img_size=256,
+            patch_size=8, channels=768, num_blocks=8, layers_per_block=8, num_classes=3,
+            noise_std=0.07)``. ``head_dim`` cannot be read from the weights: ml-tarflow uses 64.
+    Returns:
+        the model in eval mode.
+    """
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
+    model = TarFlow(config)
+    load_checked(model, apple_to_jacobix(state, config), source=str(path))
+    return model.eval()
+
+
+__all__ = ["apple_to_jacobix", "load_apple_checkpoint", "load_checked", "load_tarflow", "read_config", "save_tarflow"]

@@ -1,0 +1,112 @@
+"""The bundled class-conditional image model: a Llama over VQ token grids, and its vocabulary.
+
+Token layout: ``[0, num_codes)`` are image codes, then one token per class, then the null class
+token used as the unconditional prompt of classifier-free guidance. A sequence is
+``[class token] + 14 * 14 codes`` in raster order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from jacobix.images.vq import VQTokenizer, load_vq
+from jacobix.models.llama import Llama, load_llama
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+AR_DIR = ASSETS / "fmnist-ar"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageVocab:
+    """Where codes, class tokens and the null token live in the model's vocabulary.
+
+    Attributes:
+        num_codes: VQ codebook size; codes are tokens ``0 .. num_codes - 1``.
+        num_classes: class tokens follow the codes.
+        grid: tokens per image side (the grid is ``grid x grid``, raster order).
+    """
+
+    num_codes: int
+    num_classes: int
+    grid: int
+
+    def __post_init__(self) -> None:
+        if min(self.num_codes, self.num_classes, self.grid) < 1:
+            raise ValueError(f"ImageVocab fields must be >= 1, got {self}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.num_codes + self.num_classes + 1
+
+    @property
+    def null_token(self) -> int:
+        return self.num_codes + self.num_classes
+
+    @property
+    def image_tokens(self) -> int:
+        return self.grid * self.grid
+
+    def class_tokens(self, labels: Tensor) -> Tensor:
+        """Class labels (B,) in [0, num_classes) to prompt token ids (B,)."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.dim() != 1 or labels.numel() == 0:
+            raise ValueError(f"labels must be a non-empty 1-D sequence of class ids, got shape {tuple(labels.shape)}")
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise ValueError(f"labels must be class ids in [0, {self.num_classes}), got {labels.tolist()[:10]}")
+        return labels + self.num_codes
+
+    def prompts(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Conditional prompts (B, 1) and unconditional (null-token) prompts (B, 1)."""
+        cond = self.class_tokens(labels)[:, None]  # (B, 1)
+        return cond, torch.full_like(cond, self.null_token)
+
+
+@dataclass(frozen=True)
+class CodesOnly:
+    """Logits processor that restricts sampling to image codes (masks class and null tokens)."""
+
+    num_codes: int
+
+    def __call__(self, logits: Tensor, new_positions: Tensor) -> Tensor:
+        masked = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        masked[self.num_codes :] = True
+        return logits.masked_fill(masked, float("-inf"))  # (B, W, V)
+
+
+@dataclass(frozen=True)
+class ImageModel:
+    """The bundled generator: AR transformer, VQ tokenizer and vocabulary."""
+
+    transformer: Llama
+    tokenizer: VQTokenizer
+    vocab: ImageVocab
+    meta: dict
+    directory: Path
+
+
+def load_image_model(directory: str | Path | None = None, *, vq_directory: str | Path | None = None) -> ImageModel:
+    """Load the class-conditional image model (default: bundled ``assets/fmnist-ar`` + ``assets/fmnist-vq``).
+
+    Args:
+        directory: folder written by ``jacobix train image-ar``.
+        vq_directory: tokenizer folder; default: the one named in the model's config.json.
+    Returns:
+        an :class:`ImageModel` in eval mode on the CPU.
+    """
+    directory = Path(directory) if directory is not None else AR_DIR
+    if not (directory / "model.safetensors").exists():
+        raise FileNotFoundError(f"no image model in {directory}; train one with: jacobix train image-ar --out {directory}")
+    transformer, meta = load_llama(directory)
+    if "image" not in meta:
+        raise ValueError(f"{directory}/config.json has no 'image' section; it is not an image model")
+    vocab = ImageVocab(**{k: meta["image"][k] for k in ("num_codes", "num_classes", "grid")})
+    if vocab.vocab_size != transformer.vocab_size:
+        raise ValueError(f"{directory}: vocabulary {transformer.vocab_size} != codes + classes + null ({vocab.vocab_size})")
+    tokenizer = load_vq(vq_directory if vq_directory is not None else ASSETS / meta["image"].get("vq", "fmnist-vq"))
+    if tokenizer.config.codebook_size != vocab.num_codes:
+        raise ValueError(f"tokenizer has {tokenizer.config.codebook_size} codes, the model expects {vocab.num_codes}")
+    return ImageModel(transformer, tokenizer, vocab, meta, directory)

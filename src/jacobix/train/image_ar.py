@@ -1,0 +1,155 @@
+"""Train the bundled class-conditional AR transformer over VQ token grids of Fashion-MNIST.
+
+Needs the tokenizer in ``assets/fmnist-vq`` (``jacobix train vq``). Reproduce
+``src/jacobix/assets/fmnist-ar`` (about 15 minutes on one busy CPU thread)::
+
+    jacobix train image-ar --out src/jacobix/assets/fmnist-ar
+    # or: python -m jacobix.train.image_ar --out src/jacobix/assets/fmnist-ar
+
+Sequences are ``[class token] + 196 codes``; the class token is replaced by the null token with
+probability ``label_dropout`` so that one model serves classifier-free guidance. Besides the
+model, the script writes ``drafts.safetensors``: code frequencies per (class, position) and per
+code above, used by the draft rules of :mod:`jacobix.images.drafts` (no data at generation time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jacobix.datasets import load_fashion_mnist
+from jacobix.images.model import ImageVocab
+from jacobix.images.vq import load_vq
+from jacobix.models.llama import Llama, LlamaConfig, save_llama
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageARTrainConfig:
+    """Optimisation settings of :func:`train`."""
+
+    steps: int = 900
+    batch_size: int = 16
+    lr: float = 2e-3
+    save_every: int = 300
+    warmup: int = 50
+    weight_decay: float = 0.05
+    label_dropout: float = 0.1
+    seed: int = 0
+    threads: int = 1
+    dim: int = 128
+    num_layers: int = 4
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size, self.warmup, self.save_every, self.threads, self.dim, self.num_layers) < 1 or self.lr <= 0:
+            raise ValueError("ImageARTrainConfig needs positive steps, batch_size, warmup, threads, dim, num_layers, lr")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+
+
+def train(out_dir: str | Path, config: ImageARTrainConfig = ImageARTrainConfig(), *, vq_dir: str | Path | None = None) -> Path:
+    """Tokenize the training split, train the transformer, save model and draft tables to ``out_dir``."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    tokenizer = load_vq(vq_dir)
+    vocab = ImageVocab(num_codes=tokenizer.config.codebook_size, num_classes=10, grid=tokenizer.config.grid)
+    codes, labels = _tokenize("train", tokenizer)  # (N, 196), (N,)
+    model = Llama(LlamaConfig(vocab_size=vocab.vocab_size, dim=config.dim, num_layers=config.num_layers, num_heads=4,
+                              num_kv_heads=2, hidden_dim=3 * config.dim, max_seq_len=512))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(config.seed)
+    image_meta = {**asdict(vocab), "vq": Path(vq_dir).name if vq_dir else "fmnist-vq"}
+    save_draft_tables(out_dir, codes, labels, vocab)
+    start = time.perf_counter()
+    for step in range(config.steps):
+        lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = torch.randint(len(codes), (config.batch_size,), generator=generator)
+        inputs, targets = _sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)
+        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == config.steps - 1:
+            log.info("step %d loss %.3f lr %.2e %.0fs", step, loss.item(), lr, time.perf_counter() - start)
+        if step % config.save_every == config.save_every - 1:  # partial checkpoints, overwritten at the end
+            save_llama(model, out_dir, extra={"image": image_meta, "partial_step": step + 1})
+    test_codes, test_labels = _tokenize("test", tokenizer)
+    val_loss = evaluate(model.eval(), test_codes, test_labels, vocab)
+    log.info("test loss %.4f nats/token", val_loss)
+    save_llama(model.train(False), out_dir, extra={"image": image_meta, "test_loss": round(val_loss, 4), "train": asdict(config)})
+    return Path(out_dir)
+
+
+def _tokenize(split: str, tokenizer) -> tuple[Tensor, Tensor]:
+    images, labels = load_fashion_mnist(split)
+    return tokenizer.encode(torch.tensor(images)).flatten(1), torch.tensor(labels)  # (N, 196), (N,)
+
+
+def _sequences(codes: Tensor, labels: Tensor, vocab: ImageVocab, dropout: float, generator: torch.Generator):
+    """Inputs ``[class] + codes[:-1]`` (B, 196) and targets ``codes`` (B, 196)."""
+    prompt = vocab.class_tokens(labels)  # (B,)
+    drop = torch.rand(len(labels), generator=generator) < dropout
+    prompt = torch.where(drop, vocab.null_token, prompt)
+    return torch.cat([prompt[:, None], codes[:, :-1]], dim=1), codes
+
+
+@torch.no_grad()
+def evaluate(model: Llama, codes: Tensor, labels: Tensor, vocab: ImageVocab, n: int = 1000) -> float:
+    """Mean conditional cross-entropy (nats per code) on the first ``n`` sequences."""
+    inputs, targets = _sequences(codes[:n], labels[:n], vocab, 0.0, torch.Generator())
+    losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item() for x, y in zip(inputs.split(100), targets.split(100))]
+    return sum(losses) / len(losses)
+
+
+def save_draft_tables(out_dir: str | Path, codes: Tensor, labels: Tensor, vocab: ImageVocab) -> None:
+    """Write smoothed code frequencies used as draft distributions (``drafts.safetensors``).
+
+    ``position_prior`` (num_classes, 196, num_codes): frequency of each code at each grid cell per
+    class. ``above_transition`` (num_codes, num_codes): frequency of a code given the code above.
+    """
+    from safetensors.torch import save_file
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    k, cells = vocab.num_codes, vocab.image_tokens
+    prior = torch.zeros(vocab.num_classes, cells, k, dtype=torch.float64)
+    prior.index_put_((labels[:, None].expand_as(codes), torch.arange(cells).expand_as(codes), codes),
+                     torch.ones(codes.shape, dtype=torch.float64), accumulate=True)
+    above = torch.zeros(k, k, dtype=torch.float64)
+    up, down = codes[:, : -vocab.grid], codes[:, vocab.grid :]
+    above.index_put_((up.flatten(), down.flatten()), torch.ones(up.numel(), dtype=torch.float64), accumulate=True)
+    tables = {
+        "position_prior": _normalize(prior + 0.01).to(torch.float16),
+        "above_transition": _normalize(above + 0.01).to(torch.float16),
+    }
+    save_file({name: t.contiguous() for name, t in tables.items()}, str(Path(out_dir) / "drafts.safetensors"))
+
+
+def _normalize(counts: Tensor) -> Tensor:
+    return counts / counts.sum(-1, keepdim=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="src/jacobix/assets/fmnist-ar")
+    parser.add_argument("--vq", default=None, help="tokenizer folder (default: bundled fmnist-vq)")
+    parser.add_argument("--steps", type=int, default=ImageARTrainConfig.steps)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    train(args.out, ImageARTrainConfig(steps=args.steps, seed=args.seed), vq_dir=args.vq)
+
+
+if __name__ == "__main__":
+    main()

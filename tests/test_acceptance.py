@@ -1,0 +1,109 @@
+"""Unit tests of the pure acceptance rules on hand-built distributions."""
+
+from __future__ import annotations
+
+import torch
+
+from jacobix.acceptance import (
+    greedy_accept,
+    leading_true,
+    relative_residual,
+    segment_accept,
+    speculative_accept,
+    tolerance_accept,
+)
+
+N = 20000
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_leading_true():
+    mask = torch.tensor([[True, True, False, True], [False, True, True, True], [True, True, True, True]])
+    assert leading_true(mask).tolist() == [2, 0, 4]
+    assert leading_true(torch.zeros(3, 0, dtype=torch.bool)).tolist() == [0, 0, 0]
+
+
+def test_greedy_accept_counts_matching_prefix():
+    drafts = torch.tensor([[4, 5, 6], [4, 9, 6], [1, 5, 6]])
+    targets = torch.tensor([[4, 5, 6, 7], [4, 5, 6, 7], [4, 5, 6, 7]])
+    assert greedy_accept(drafts, targets).tolist() == [3, 1, 0]
+
+
+def test_identical_draft_and_target_accept_everything():
+    p = torch.softmax(torch.randn(N, 3, 7, generator=_gen(), dtype=torch.float64), -1)
+    drafts = torch.multinomial(p.flatten(0, 1), 1, generator=_gen(1)).view(N, 3)
+    p_target = torch.cat([p, p[:, :1]], dim=1)
+    accepted, _ = speculative_accept(drafts, p, p_target, _gen(2))
+    assert torch.all(accepted == 3)
+
+
+def test_disjoint_supports_reject_and_resample_from_target():
+    p_draft = torch.zeros(N, 1, 4, dtype=torch.float64)
+    p_draft[..., :2] = 0.5
+    p_target = torch.zeros(N, 2, 4, dtype=torch.float64)
+    p_target[..., 2:] = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    drafts = torch.randint(2, (N, 1), generator=_gen())
+    accepted, token = speculative_accept(drafts, p_draft, p_target, _gen(1))
+    assert torch.all(accepted == 0)
+    assert set(token.unique().tolist()) <= {2, 3}
+    assert abs((token == 3).double().mean().item() - 0.75) < 0.02
+
+
+def test_one_hot_draft_is_accepted_with_target_probability():
+    p_target = torch.tensor([[0.1, 0.6, 0.3], [0.2, 0.2, 0.6]], dtype=torch.float64).expand(N, 2, 3)
+    drafts = torch.ones(N, 1, dtype=torch.long)
+    p_draft = torch.nn.functional.one_hot(drafts, 3).double()
+    accepted, token = speculative_accept(drafts, p_draft, p_target, _gen())
+    assert abs(accepted.double().mean().item() - 0.6) < 0.02
+    # the committed first token is distributed as p_target[0]
+    first = torch.where(accepted == 1, drafts[:, 0], token)
+    freq = torch.bincount(first, minlength=3).double() / N
+    assert torch.allclose(freq, p_target[0, 0], atol=0.02)
+
+
+def test_draft_zero_where_target_positive_still_gives_target_law():
+    # q puts no mass on token 2, p does: token 2 can only come from the residual
+    p_draft = torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64).expand(N, 1, 3)
+    p_target = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64).expand(N, 2, 3)
+    drafts = torch.multinomial(p_draft[:, 0], 1, replacement=True, generator=_gen())
+    accepted, token = speculative_accept(drafts, p_draft, p_target, _gen(1))
+    first = torch.where(accepted == 1, drafts[:, 0], token)
+    freq = torch.bincount(first, minlength=3).double() / N
+    assert torch.allclose(freq, p_target[0, 0], atol=0.02)
+
+
+def test_bonus_token_comes_from_last_target():
+    p = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64).expand(N, 1, 3)
+    p_target = torch.cat([p, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(N, 1, 3)], dim=1)
+    accepted, token = speculative_accept(torch.ones(N, 1, dtype=torch.long), p, p_target, _gen())
+    assert torch.all(accepted == 1) and torch.all(token == 2)
+
+
+def test_no_drafts_samples_from_target():
+    p_target = torch.tensor([[0.3, 0.7]], dtype=torch.float64).expand(N, 1, 2)
+    accepted, token = speculative_accept(torch.zeros(N, 0, dtype=torch.long), torch.zeros(N, 0, 2), p_target, _gen())
+    assert torch.all(accepted == 0)
+    assert abs(token.double().mean().item() - 0.7) < 0.02
+
+
+def test_tolerance_accept_prefix():
+    outputs = torch.tensor([[[1.0], [2.0], [3.0], [4.0]]])
+    guesses = torch.tensor([[[1.0], [2.05], [3.0]]])
+    assert tolerance_accept(guesses, outputs, rtol=0.0, atol=0.0).tolist() == [1]
+    assert tolerance_accept(guesses, outputs, rtol=0.0, atol=0.1).tolist() == [3]
+    assert tolerance_accept(guesses, outputs, rtol=0.03, atol=0.0).tolist() == [3]
+
+
+def test_relative_residual_and_segment_rule():
+    outputs = torch.ones(2, 4, 3)
+    guesses = torch.ones(2, 3, 3)
+    guesses[1] = 0.0
+    residual = relative_residual(guesses, outputs)
+    assert residual[0] == 0 and torch.isclose(residual[1], torch.tensor(1.0))
+    commit = segment_accept(residual, torch.tensor([1, 1]), tolerance=1e-3, max_sweeps=4, width=4)
+    assert commit.tolist() == [4, 0]
+    commit = segment_accept(residual, torch.tensor([1, 4]), tolerance=1e-3, max_sweeps=4, width=4)
+    assert commit.tolist() == [4, 4]

@@ -1,0 +1,112 @@
+"""The engine is model-free: a linear recurrence solved by Jacobi and Gauss-Seidel-Jacobi sweeps."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from jacobix.acceptance import relative_residual, segment_accept, tolerance_accept
+from jacobix.engine import Acceptance, Drafts, FixedPointState, solve
+from jacobix.cache import KVCache
+
+
+class Recurrence:
+    """x_t = tanh(w * x_{t-1}) + c_t with x_0 = c_0: a nonlinear lower-triangular system."""
+
+    def __init__(self, c: torch.Tensor, w: float, *, rule: str, tol: float = 0.0, max_sweeps: int = 100) -> None:
+        self.c, self.w, self.rule, self.tol, self.max_sweeps = c, w, rule, tol, max_sweeps  # c: (B, T, F)
+        self.calls = 0
+
+    def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
+        self.calls += 1
+        d = drafts.values.shape[1]
+        inputs = torch.cat([state.last_values()[:, None], drafts.values], dim=1)  # (B, D+1, F)
+        positions = state.window_positions(d + 1).clamp(max=self.c.shape[1] - 1)
+        c = self.c.gather(1, positions[..., None].expand(-1, -1, self.c.shape[2]))
+        outputs = torch.tanh(self.w * inputs) + c  # (B, D+1, F)
+        if self.rule == "prefix":
+            accepted = tolerance_accept(drafts.values, outputs, rtol=0.0, atol=self.tol)
+            n_commit = accepted + 1
+        else:
+            accepted = torch.zeros_like(state.length)
+            residual = relative_residual(drafts.values, outputs)
+            n_commit = segment_accept(residual, state.sweeps_on_window + 1, tolerance=self.tol,
+                                      max_sweeps=self.max_sweeps, width=d + 1)
+        return Acceptance(n_commit=n_commit, values=outputs, proposals=Drafts(outputs), n_accepted=accepted)
+
+    def draft(self, state, carried, fresh):
+        zeros = torch.zeros(fresh.shape[0], fresh.shape[1], self.c.shape[2], dtype=self.c.dtype)
+        return Drafts(zeros if carried is None else torch.where(fresh[..., None], zeros, carried.values))
+
+    def rollback(self, state):
+        pass
+
+
+def sequential(c: torch.Tensor, w: float) -> torch.Tensor:
+    x = [c[:, 0]]
+    for t in range(1, c.shape[1]):
+        x.append(torch.tanh(w * x[-1]) + c[:, t])
+    return torch.stack(x, dim=1)
+
+
+def run(problem, c, window, record=False):
+    b, t = c.shape[:2]
+    state = FixedPointState.start(c[:, :1], torch.ones(b, dtype=torch.long), torch.full((b,), t), window)
+    stats = solve(problem, state, window=window, record=record)
+    return state.values[:, :t], stats
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 16, 64])
+def test_prefix_rule_with_zero_tolerance_is_exactly_sequential(window):
+    c = torch.randn(3, 40, 2, generator=torch.Generator().manual_seed(window), dtype=torch.float64)
+    values, stats = run(Recurrence(c, 0.7, rule="prefix"), c, window)
+    assert torch.equal(values, sequential(c, 0.7))
+    assert stats.forward_passes <= 39
+
+
+def test_contraction_converges_in_far_fewer_sweeps_than_positions():
+    c = torch.randn(2, 200, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    values, stats = run(Recurrence(c, 0.3, rule="prefix", tol=1e-8), c, 32)
+    assert torch.allclose(values, sequential(c, 0.3), atol=1e-7)
+    assert stats.forward_passes < 199 / 2
+
+
+def test_segment_rule_commits_whole_segments():
+    c = torch.randn(2, 49, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    problem = Recurrence(c, 0.5, rule="segment", tol=1e-20, max_sweeps=100)
+    values, stats = run(problem, c, 16, record=True)
+    assert torch.allclose(values, sequential(c, 0.5), atol=1e-9)
+    commits = torch.cat([r.n_commit for r in stats.trajectory]).unique().tolist()
+    assert set(commits) <= {0, 16}  # 48 unknowns after x_0: three segments of 16
+    assert int(stats.committed.sum()) == 2 * 48
+
+
+def test_segment_rule_sweep_cap_bounds_the_passes():
+    c = torch.randn(1, 33, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    values, stats = run(Recurrence(c, 0.9, rule="segment", tol=0.0, max_sweeps=3), c, 8)
+    assert stats.forward_passes == 3 * math.ceil(32 / 8)
+
+
+def test_trajectory_records_every_sweep():
+    c = torch.randn(1, 20, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    _, stats = run(Recurrence(c, 0.5, rule="prefix"), c, 4, record=True)
+    assert len(stats.trajectory) == stats.forward_passes
+    starts = [int(r.start) for r in stats.trajectory]
+    assert starts[0] == 1 and starts == sorted(starts)
+    assert sum(int(r.n_commit) for r in stats.trajectory) == 19
+
+
+def test_kv_cache_writes_by_position_and_masks_the_future():
+    cache = KVCache(num_layers=1, batch_size=2, num_kv_heads=1, capacity=6, head_dim=2)
+    k = torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)
+    positions = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    keys, _ = cache.write(0, positions, k, k)
+    assert torch.equal(keys[0, 0, :3], k[0, 0]) and torch.equal(keys[1, 0, 3:], k[1, 0])
+    mask = cache.attention_mask(positions)
+    assert mask.shape == (2, 1, 3, 6)
+    assert mask[0, 0, 0].tolist() == [True, False, False, False, False, False]
+    assert mask[1, 0, 2].tolist() == [True] * 6
+    cache.rollback(torch.tensor([1, 4]))
+    assert cache.lengths.tolist() == [1, 4]

@@ -1,0 +1,187 @@
+"""The bundled image model: tokenizer, exactness and distribution of decoding, draft rules, pictures."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from jacobix import generate
+from jacobix.datasets import load_fashion_mnist
+from jacobix.drafts import CopyInit, DraftContext
+from jacobix.images import png
+from jacobix.images.demo import commit_sweeps
+from jacobix.images.drafts import CodeRandomInit, GridTableInit, resolve_image_init
+from jacobix.images.model import CodesOnly, load_image_model
+from jacobix.images.sample import ImageSampling, generate_images
+
+
+@pytest.fixture(scope="module")
+def image_model():
+    return load_image_model()
+
+
+def test_tokenizer_round_trip_shapes_and_quality(image_model):
+    images, _ = load_fashion_mnist("test")
+    tokens = image_model.tokenizer.encode(images[:64])
+    assert tokens.shape == (64, 14, 14) and tokens.dtype == torch.long
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < image_model.vocab.num_codes
+    recon = image_model.tokenizer.decode(tokens)
+    assert recon.shape == (64, 28, 28)
+    mse = float((recon - torch.tensor(images[:64]).float() / 255).pow(2).mean())
+    assert mse < 0.01  # about 0.0023 (PSNR 26 dB) for the bundled tokenizer
+    torch.testing.assert_close(image_model.tokenizer.decode(tokens.flatten(1)), recon)
+
+
+def test_tokenizer_refuses_class_tokens(image_model):
+    bad = torch.full((1, 14, 14), image_model.vocab.num_codes)
+    with pytest.raises(ValueError, match="strip class tokens"):
+        image_model.tokenizer.decode(bad)
+    with pytest.raises(ValueError, match=r"\(N, 14, 14\)"):
+        image_model.tokenizer.decode(torch.zeros(2, 10, dtype=torch.long))
+
+
+def test_greedy_jacobi_equals_greedy_ar_with_cfg(image_model):
+    labels = torch.tensor([0, 7, 9])
+    outs = [
+        generate_images(image_model, labels, ImageSampling(method=m, window=w, init=i, temperature=0.0, cfg_scale=2.0))
+        for m, w, i in (("ar", 1, "random"), ("jacobi", 16, "random"), ("jacobi", 32, "row-above"))
+    ]
+    torch.testing.assert_close(outs[1].tokens, outs[0].tokens, rtol=0, atol=0)
+    torch.testing.assert_close(outs[2].tokens, outs[0].tokens, rtol=0, atol=0)
+    assert outs[0].batch_passes == 196 and outs[1].batch_passes < 196
+
+
+def _first_token_probs(image_model, label: int, cfg: float) -> torch.Tensor:
+    cond, uncond = image_model.vocab.prompts(torch.tensor([label]))
+    with torch.no_grad():
+        logits_c = image_model.transformer(cond)[0, -1]
+        logits_u = image_model.transformer(uncond)[0, -1]
+    logits = CodesOnly(image_model.vocab.num_codes)(logits_u + cfg * (logits_c - logits_u), torch.zeros(1))
+    return logits.double().softmax(-1)
+
+
+@pytest.mark.parametrize("init", ["random", "prior-above"])
+def test_sjd_with_cfg_first_token_marginal_matches_ar(image_model, init):
+    """Chi-square of SJD's first image token (window 8, drafts for tokens 2..8) against the exact p."""
+    from scipy.stats import chisquare
+
+    n, label, cfg = 4000, 3, 3.0
+    cond, uncond = image_model.vocab.prompts(torch.full((n,), label))
+    out = generate(
+        image_model.transformer, cond, method="sjd", max_new_tokens=3, window=8, temperature=1.0,
+        init=resolve_image_init(init, image_model), processors=(CodesOnly(image_model.vocab.num_codes),),
+        cfg_scale=cfg, negative_input_ids=uncond, generator=torch.Generator().manual_seed(1),
+    )
+    first = torch.stack(out.tokens)[:, 0]
+    p = _first_token_probs(image_model, label, cfg)
+    observed = torch.bincount(first, minlength=len(p)).double()
+    common = p * n >= 5
+    f_obs = torch.cat([observed[common], observed[~common].sum()[None]]).numpy()
+    f_exp = torch.cat([p[common], p[~common].sum()[None]]).numpy()
+    f_exp = f_exp / f_exp.sum() * n
+    assert f_obs[-1] >= 0 and observed[image_model.vocab.num_codes :].sum() == 0
+    assert chisquare(f_obs, f_exp).pvalue > 1e-3
+
+
+def _context(canvas: torch.Tensor, start: int, width: int, fresh_from: int, vocab: int) -> DraftContext:
+    positions = torch.arange(start, start + width)[None]  # (1, D)
+    fresh = torch.arange(width)[None] >= fresh_from
+    return DraftContext(canvas, positions, fresh, torch.tensor([1]), vocab, torch.Generator().manual_seed(0))
+
+
+def test_row_above_init_copies_the_token_above_on_a_hand_built_grid():
+    grid, codes = 4, 16
+    canvas = torch.zeros(1, 1 + 2 * grid * grid, dtype=torch.long)
+    canvas[0, 0] = codes  # class token
+    canvas[0, 1 : 1 + 2 * grid] = torch.arange(2 * grid)  # two committed rows: 0..3, 4..7
+    # window over cells 8..13 (positions 9..14): two carried drafts, then fresh slots
+    canvas[0, 9:11] = torch.tensor([12, 13])
+    tokens, p_draft = CopyInit(grid)(_context(canvas, 9, 6, 2, codes + 1))
+    assert p_draft is None
+    # cells 10, 11 copy cells 6, 7; cells 12, 13 copy cells 8, 9, i.e. the carried drafts 12, 13
+    assert tokens[0, 2:].tolist() == [6, 7, 12, 13]
+
+
+def test_prior_above_init_follows_deterministic_tables():
+    grid, codes = 4, 16
+    prior = torch.full((2, grid * grid, codes), 1.0 / codes)
+    above = torch.eye(codes).roll(1, dims=1) + 1e-9  # the code below c is c + 1 (mod 16)
+    init = GridTableInit(prior, above, codes, grid)
+    canvas = torch.zeros(1, 1 + grid * grid + 8, dtype=torch.long)
+    canvas[0, 0] = codes
+    canvas[0, 1 : 1 + grid] = torch.tensor([3, 5, 7, 9])
+    tokens, p_draft = init(_context(canvas, 1 + grid, 8, 0, codes + 1))
+    assert tokens[0].tolist() == [4, 6, 8, 10, 5, 7, 9, 11]  # second row, then the fresh row below it
+    torch.testing.assert_close(p_draft.sum(-1), torch.ones(1, 8))
+    assert float(p_draft[..., codes:].sum()) == 0.0
+
+
+def test_table_init_draws_from_the_distribution_it_reports():
+    """Lossless SJD needs each draft to be distributed as its reported p_draft."""
+    from scipy.stats import chisquare
+
+    codes, grid, n = 8, 2, 20000
+    prior = torch.softmax(torch.randn(2, grid * grid, codes, generator=torch.Generator().manual_seed(0)), -1)
+    init = GridTableInit(prior, None, codes, grid)
+    canvas = torch.full((n, 1 + grid * grid + 2), 0, dtype=torch.long)
+    canvas[:, 0] = codes
+    context = DraftContext(canvas, torch.full((n, 1), 2), torch.ones(n, 1, dtype=torch.bool), torch.ones(n, dtype=torch.long),
+                           codes + 1, torch.Generator().manual_seed(1))
+    tokens, p_draft = init(context)
+    torch.testing.assert_close(p_draft[0, 0, :codes], prior[0, 1])
+    observed = torch.bincount(tokens[:, 0], minlength=codes).numpy()
+    expected = prior[0, 1].double().numpy()
+    assert chisquare(observed, expected / expected.sum() * n).pvalue > 1e-3
+
+
+def test_code_random_init_never_drafts_class_tokens():
+    canvas = torch.zeros(2, 30, dtype=torch.long)
+    context = DraftContext(canvas, torch.arange(1, 11).expand(2, 10), torch.ones(2, 10, dtype=torch.bool),
+                           torch.ones(2, dtype=torch.long), 20, torch.Generator().manual_seed(0))
+    tokens, p_draft = CodeRandomInit(16)(context)
+    assert int(tokens.max()) < 16
+    torch.testing.assert_close(p_draft.sum(-1), torch.ones(2, 10))
+
+
+def test_bad_inputs_name_the_fix(image_model):
+    with pytest.raises(ValueError, match=r"class ids in \[0, 10\)"):
+        generate_images(image_model, [10])
+    with pytest.raises(ValueError, match="unknown image init"):
+        generate_images(image_model, [1], ImageSampling(init="diagonal"))
+    with pytest.raises(ValueError, match="method"):
+        ImageSampling(method="beam")
+    with pytest.raises(FileNotFoundError, match="jacobix train image-ar"):
+        load_image_model("/nonexistent")
+
+
+def test_commit_sweeps_from_a_hand_made_trajectory():
+    from jacobix.engine import SweepRecord
+
+    def record(start, n):
+        return SweepRecord(torch.tensor(start), torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor(n) - 1, torch.tensor(n))
+
+    trajectory = [record([1, 1], [2, 4]), record([3, 5], [3, 1]), record([6, 6], [0, 0])]
+    sweeps = commit_sweeps(trajectory, prompt_length=1, tokens=5)
+    assert sweeps.tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]]
+
+
+def test_png_files_are_valid(tmp_path):
+    pixels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    data = png.write_png(tmp_path / "a.png", pixels).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (4, 3)
+    idat = data.index(b"IDAT")
+    length = struct.unpack(">I", data[idat - 4 : idat])[0]
+    raw = np.frombuffer(zlib.decompress(data[idat + 4 : idat + 4 + length]), np.uint8).reshape(3, 5)
+    assert (raw[:, 0] == 0).all() and (raw[:, 1:] == pixels).all()
+    rgb = png.tile(np.zeros((5, 2, 2, 3), np.uint8), 2, pad=1)
+    assert rgb.shape == (3 * 3 + 1, 2 * 3 + 1, 3)
+    with pytest.raises(ValueError, match="uint8"):
+        png.write_png(tmp_path / "b.png", pixels.astype(float))
+    animated = png.write_apng(tmp_path / "c.png", [pixels, pixels]).read_bytes()
+    assert b"acTL" in animated and animated.count(b"fcTL") == 2
