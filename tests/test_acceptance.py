@@ -107,3 +107,26 @@ def test_relative_residual_and_segment_rule():
     assert commit.tolist() == [4, 0]
     commit = segment_accept(residual, torch.tensor([1, 4]), tolerance=1e-3, max_sweeps=4, width=4)
     assert commit.tolist() == [4, 4]
+
+
+def test_copy_init_row_above_on_a_hand_built_grid():
+    from jacobix.drafts import CopyInit, DraftContext
+
+    # prompt of 1 token (class), then a 3-wide grid: rows [10 11 12] [13 14 15], window slots at 7..10
+    canvas = torch.tensor([[99, 10, 11, 12, 13, 14, 15, 0, 0, 0, 0, 0]])
+    positions = torch.tensor([[7, 8, 9, 10]])
+    fresh = torch.tensor([[False, True, True, True]])
+    canvas[0, 7] = 42  # a carried draft
+    context = DraftContext(canvas, positions, fresh, torch.tensor([1]), 100, None)
+    tokens, p_draft = CopyInit(3)(context)
+    assert p_draft is None
+    # slot 8 <- 5 (14), slot 9 <- 6 (15), slot 10 <- 7 (the carried 42)
+    assert tokens[0, 1:].tolist() == [14, 15, 42]
+    tokens, _ = CopyInit(1)(context)
+    assert tokens[0, 1:].tolist() == [42, 42, 42]
+    # first image row: the row above is the prompt, so repeat the last known token
+    first_row = DraftContext(canvas, torch.tensor([[1, 2, 3]]), torch.tensor([[True, True, True]]), torch.tensor([1]), 100, None)
+    assert CopyInit(3)(first_row)[0].tolist() == [[99, 99, 99]]
+    # a chain: window of 8 fresh slots after position 6 copies row by row
+    chain = DraftContext(canvas, torch.tensor([[7, 8, 9, 10, 11, 12, 13, 14]])[:, :5], torch.ones(1, 5, dtype=torch.bool), torch.tensor([1]), 100, None)
+    assert CopyInit(3)(chain)[0].tolist() == [[13, 14, 15, 13, 14]]

@@ -64,7 +64,7 @@ class CopyInit:
 
     ``CopyInit(1)`` repeats the last known token. ``CopyInit(row_length)`` is SJD's vertical
     init for image grids (the token one row above), which the SJD authors' code leaves out.
-    Slots are filled left to right, so a fresh slot may copy from an earlier fresh slot.
+    A fresh slot whose source is itself fresh copies what that slot copies.
     """
 
     offset: int = 1
@@ -74,17 +74,14 @@ class CopyInit:
             raise ValueError(f"CopyInit.offset must be >= 1, got {self.offset}")
 
     def __call__(self, context: DraftContext) -> tuple[Tensor, Tensor | None]:
-        canvas = context.canvas.clone()  # (B, C)
-        tokens = torch.empty_like(context.positions)  # (B, D)
-        for slot in range(context.positions.shape[1]):
-            position = context.positions[:, slot : slot + 1]  # (B, 1)
-            source = position - self.offset
-            source = torch.where(source >= context.prompt_length[:, None], source, position - 1)
-            token = canvas.gather(1, source)  # (B, 1)
-            fresh = context.fresh[:, slot : slot + 1]
-            canvas.scatter_(1, position, torch.where(fresh, token, canvas.gather(1, position)))
-            tokens[:, slot : slot + 1] = token
-        return tokens, None
+        positions, offset = context.positions, self.offset  # (B, D)
+        first_fresh = positions[:, :1] + (~context.fresh).sum(1, keepdim=True)  # (B, 1)
+        # Copying from a fresh slot copies what that slot copies: hop back whole offsets until the
+        # source is not fresh, i.e. k = ceil((p - first_fresh + 1) / offset) hops (at least one).
+        hops = torch.div(positions - first_fresh + offset, offset, rounding_mode="floor").clamp_min(1)
+        source = positions - hops * offset  # (B, D)
+        source = torch.where(source >= context.prompt_length[:, None], source, first_fresh - 1)
+        return context.canvas.gather(1, source.clamp_min(0)), None
 
 
 def resolve_init(init: str | DraftInit, *, row_length: int | None = None) -> DraftInit:
