@@ -34,8 +34,8 @@ FETCH_HINT = (
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     steps: int = 1200
-    batch_size: int = 32
-    seq_len: int = 128
+    batch_size: int = 8
+    seq_len: int = 512
     lr: float = 3e-3
     weight_decay: float = 0.1
     warmup: int = 100
