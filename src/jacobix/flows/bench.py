@@ -41,6 +41,7 @@ class TarFlowBenchConfig:
         tolerance: GS-Jacobi relative residual (hand and automatic schedules).
         calibration_samples: real images for the automatic schedule's metrics.
         reference_samples: real images for the FID-proxy.
+        width_cost: the automatic schedule's pass cost model (see ``AutoScheduleConfig``).
         seed: latents, labels and calibration noise.
         threads: torch threads while timing.
     """
@@ -51,6 +52,7 @@ class TarFlowBenchConfig:
     tolerance: float = 1e-4
     calibration_samples: int = 256
     reference_samples: int = 2000
+    width_cost: float = 0.03
     seed: int = 0
     threads: int = 1
 
@@ -167,7 +169,7 @@ def bench_tarflow(
     pick = torch.randperm(len(train_images), generator=generator)[: config.calibration_samples]
     calibration_images = train_images[pick] + model.config.noise_std * torch.randn(train_images[pick].shape, generator=generator)
     calibration = auto_schedule(model, calibration_images, train_labels[pick] if conditional else None,
-                                AutoScheduleConfig(tolerance=config.tolerance))
+                                AutoScheduleConfig(tolerance=config.tolerance, width_cost=config.width_cost))
     noise = torch.randn(config.num_samples, model.config.num_patches, model.config.patch_dim, generator=generator)
     labels = torch.randint(model.config.num_classes, (config.num_samples,), generator=generator) if conditional else None
     guidance = FlowGuidance(scale=config.guidance) if conditional and config.guidance > 0 else None
@@ -178,11 +180,10 @@ def bench_tarflow(
         "gs-jacobi hand": hand,
         "gs-jacobi auto": calibration.plans,
     }
-    rows, baseline, base_seconds = [], None, 0.0
-    for name, schedule in schedules.items():
-        images, passes, seconds = _timed_samples(model, noise, labels, schedule, guidance, config.batch_size)
-        if baseline is None:
-            baseline, base_seconds = images, seconds
+    timed = _timed_samples(model, noise, labels, schedules, guidance, config.batch_size)
+    baseline, base_seconds = timed["sequential (KV cache)"][0], timed["sequential (KV cache)"][2]
+    rows = []
+    for name, (images, passes, seconds) in timed.items():
         deviation = (images - baseline).abs()
         accuracy = _class_accuracy(images, labels) if conditional and dataset == "fashion" else None
         rows.append(SamplerResult(name=name, seconds=seconds, speedup=base_seconds / seconds, forward_passes=passes,
@@ -191,17 +192,23 @@ def bench_tarflow(
     return TarFlowBenchResult(rows=rows, calibration=calibration, hand_schedule=hand, batch_size=config.batch_size)
 
 
-def _timed_samples(model: TarFlow, noise: Tensor, labels: Tensor | None, schedule, guidance, batch_size: int) -> tuple[Tensor, int, float]:
-    """Sample in batches; returns images (N, C, H, W), forward passes and seconds (sampling and denoising)."""
-    images, passes, seconds = [], 0, 0.0
+def _timed_samples(model: TarFlow, noise: Tensor, labels: Tensor | None, schedules: dict, guidance, batch_size: int) -> dict:
+    """Sample every schedule batch by batch, round-robin, so that a machine shared with other jobs
+    slows all samplers alike. Returns ``{name: (images (N, C, H, W), forward passes, seconds)}``;
+    seconds include the denoising step; one untimed warm-up batch runs first."""
+    for schedule in schedules.values():
+        sample_tarflow(model, noise[:batch_size], None if labels is None else labels[:batch_size], schedule=schedule, guidance=guidance)
+    images = {name: [] for name in schedules}
+    passes, seconds = dict.fromkeys(schedules, 0), dict.fromkeys(schedules, 0.0)
     for start in range(0, len(noise), batch_size):
         chunk = slice(start, start + batch_size)
-        begin = time.perf_counter()
-        result = sample_tarflow(model, noise[chunk], None if labels is None else labels[chunk], schedule=schedule, guidance=guidance)
-        seconds += time.perf_counter() - begin
-        images.append(result.images)
-        passes += result.forward_passes
-    return torch.cat(images), passes, seconds
+        for name, schedule in schedules.items():
+            begin = time.perf_counter()
+            result = sample_tarflow(model, noise[chunk], None if labels is None else labels[chunk], schedule=schedule, guidance=guidance)
+            seconds[name] += time.perf_counter() - begin
+            images[name].append(result.images)
+            passes[name] += result.forward_passes
+    return {name: (torch.cat(images[name]), passes[name], seconds[name]) for name in schedules}
 
 
 def _class_accuracy(images: Tensor, labels: Tensor) -> float:

@@ -103,21 +103,21 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
 
 
 def masked_relative_residual(guesses: Tensor, outputs: Tensor, valid: Tensor) -> Tensor:
-    """:func:`~jacobix.acceptance.relative_residual` restricted to valid positions.
+    """:func:`~jacobix.acceptance.relative_residual` restricted to valid guessed positions.
 
     Args:
         guesses: (B, D, F) values fed to the model.
-        outputs: (B, D+1, F) updated values.
+        outputs: (B, D+1, F) updated values; the last one has no guess and is left out.
         valid: (B, D+1) positions inside the block (a window may run past its end).
     Returns:
-        (B,) ``mean_valid((new - old)^2) / mean_valid(new^2)``; 0 where nothing is compared.
+        (B,) ``mean_valid((new - old)^2) / mean_valid(new^2)`` over the D guessed positions;
+        0 where nothing is compared.
     """
-    head = valid[:, :-1, None].to(outputs.dtype)  # (B, D, 1)
-    full = valid[..., None].to(outputs.dtype)  # (B, D+1, 1)
-    features = outputs.shape[-1]
-    change = ((outputs[:, :-1] - guesses).pow(2) * head).sum((1, 2)) / (head.sum((1, 2)) * features).clamp_min(1)
-    scale = (outputs.pow(2) * full).sum((1, 2)) / (full.sum((1, 2)) * features).clamp_min(1)
-    return change / scale.clamp_min(torch.finfo(outputs.dtype).tiny)
+    mask = valid[:, :-1, None].to(outputs.dtype)  # (B, D, 1)
+    new = outputs[:, :-1]  # (B, D, F)
+    change = ((new - guesses).pow(2) * mask).sum((1, 2))
+    scale = (new.pow(2) * mask).sum((1, 2)).clamp_min(torch.finfo(outputs.dtype).tiny)
+    return change / scale
 
 
 class FlowBlockProblem:
