@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jacobix.generate import generate
-from jacobix.models.registry import TextModel, load_text_model
+from jacobix.models.registry import TextModel
 
 DEFAULT_PROMPTS = (
     "ROMEO:\n",
@@ -26,10 +26,11 @@ class Setting:
     """One decoding configuration of the benchmark."""
 
     label: str
-    method: str
-    window: int = 1
+    method: str  # "ar", "jacobi", "sjd"; "hf" / "hf-pld": transformers' greedy / prompt-lookup generate
+    window: int | str = 1
     init: str = "random"
     sampled: bool = False
+    lookahead: bool = False
 
 
 DEFAULT_SETTINGS = (
@@ -39,6 +40,28 @@ DEFAULT_SETTINGS = (
     Setting(label="ar sample", method="ar", sampled=True),
     Setting(label="sjd w16 random", method="sjd", window=16, sampled=True),
     Setting(label="sjd w16 repeat", method="sjd", window=16, init="repeat", sampled=True),
+)
+
+
+HF_PROMPTS = (
+    "Write a short, friendly reply to a friend who invited me to a picnic on Saturday.",
+    "Complete this Python function:\n```python\ndef fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Summarise this passage in two sentences: The Jacobi method solves a system of equations by updating "
+    "every unknown at once from the previous guesses, and repeating until nothing changes. Applied to "
+    "language models, it guesses a whole block of future tokens, checks them all in one pass of the model, "
+    "and keeps the prefix that the model agrees with.",
+    "Repeat the following line five times, one per line: the quick brown fox jumps over the lazy dog",
+)
+
+HF_SETTINGS = (
+    Setting(label="hf greedy", method="hf"),
+    Setting(label="ar greedy", method="ar"),
+    Setting(label="hf prompt-lookup", method="hf-pld"),
+    Setting(label="jacobi w16", method="jacobi", window=16, init="repeat"),
+    Setting(label="jacobi auto", method="jacobi", window="auto", init="repeat"),
+    Setting(label="lookahead auto", method="jacobi", window="auto", init="repeat", lookahead=True),
+    Setting(label="ar sample", method="ar", sampled=True),
+    Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
 )
 
 
@@ -67,6 +90,7 @@ class BenchRow:
     wall_s: float = 0.0
     mismatches: int = 0  # greedy runs whose output differed from greedy AR (must stay 0)
     runs: int = 0
+    prompt_wall: list[float] = field(default_factory=list)  # seconds per prompt (all seeds)
 
     @property
     def tokens_per_pass(self) -> float:
@@ -80,22 +104,25 @@ class TextBenchResult:
 
     def reference(self, row: BenchRow) -> BenchRow:
         """The sequential row that ``row`` is compared with (greedy or sampling AR)."""
-        return next(r for r in self.rows if r.setting.method == "ar" and r.setting.sampled == row.setting.sampled)
+        return next(r for r in self.rows if r.setting.method in ("ar", "hf") and r.setting.sampled == row.setting.sampled)
 
     def table(self) -> str:
-        head = f"{'setting':<20} {'passes':>7} {'tokens':>7} {'tok/pass':>8} {'wall s':>8} {'passes vs AR':>12} {'wall vs AR':>10} {'exact':>6}"
+        head = (f"{'setting':<20} {'passes':>7} {'tokens':>7} {'tok/pass':>8} {'wall s':>8} {'passes vs AR':>12} "
+                f"{'wall vs AR':>10} {'worst prompt':>12} {'exact':>6}")
         lines = [head, "-" * len(head)]
         for row in self.rows:
             ref = self.reference(row)
             exact = "-" if row.setting.sampled else ("yes" if row.mismatches == 0 else f"NO({row.mismatches})")
             lines.append(
                 f"{row.setting.label:<20} {row.passes:>7} {row.tokens:>7} {row.tokens_per_pass:>8.2f} {row.wall_s:>8.3f} "
-                f"{ref.passes / max(row.passes, 1):>11.2f}x {ref.wall_s / max(row.wall_s, 1e-9):>9.2f}x {exact:>6}"
+                f"{ref.passes / max(row.passes, 1):>11.2f}x {ref.wall_s / max(row.wall_s, 1e-9):>9.2f}x "
+                f"{min((a / max(b, 1e-9) for a, b in zip(ref.prompt_wall, row.prompt_wall)), default=0.0):>11.2f}x {exact:>6}"
             )
         c = self.config
         lines.append(
             f"model {c.model}; {len(c.prompts)} prompts x {len(c.seeds)} seeds x {c.max_new_tokens} new tokens; "
-            f"sampling at temperature {c.temperature}; ratios = AR / setting (higher is better); "
+            f"sampling at temperature {c.temperature}; ratios = AR / setting (higher is better; AR = first "
+            f"sequential row of the same mode); worst prompt = lowest per-prompt wall ratio; "
             f"{torch.get_num_threads()} CPU threads"
         )
         return "\n".join(lines)
@@ -103,11 +130,17 @@ class TextBenchResult:
 
 def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextModel | None = None) -> TextBenchResult:
     """Run every setting on every prompt and seed; return summed counts and times."""
-    text_model = text_model or load_text_model(config.model)
+    from jacobix.models.smollm2 import load_named
+
+    text_model = text_model or load_named(config.model)
     rows = [BenchRow(setting=s) for s in config.settings]
     prompts = [text_model.tokenizer.encode(p) for p in config.prompts]
     generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
+    if any(s.window == "auto" for s in config.settings):  # measures pass costs once, outside the timings
+        generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=4, window="auto")
     for prompt in prompts:
+        for row in rows:
+            row.prompt_wall.append(0.0)
         for seed in config.seeds:
             greedy_reference = None
             for row in rows:
@@ -115,6 +148,7 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
                 row.passes += result.stats.forward_passes
                 row.tokens += sum(result.stats.new_tokens)
                 row.wall_s += result.stats.wall_time_s
+                row.prompt_wall[-1] += result.stats.wall_time_s
                 row.runs += 1
                 if not row.setting.sampled:
                     greedy_reference = greedy_reference if greedy_reference is not None else result.tokens[0]
@@ -123,6 +157,13 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
 
 
 def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfig, seed: int):
+    if setting.method in ("hf", "hf-pld"):
+        from jacobix.hf import transformers_generate
+
+        lookup = 10 if setting.method == "hf-pld" else None
+        tokens, passes, seconds = transformers_generate(text_model.model, prompt, max_new_tokens=config.max_new_tokens,
+                                                        eos_token_id=text_model.eos_token_id, prompt_lookup_num_tokens=lookup)
+        return _HFRun(tokens=[tokens], stats=_HFStats(passes, [len(tokens)], seconds))
     sampling = dict(temperature=config.temperature, top_k=config.top_k) if setting.sampled else {}
     return generate(
         text_model.model,
@@ -130,8 +171,22 @@ def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfi
         method=setting.method,
         window=setting.window,
         init=setting.init,
+        lookahead=setting.lookahead,
         max_new_tokens=config.max_new_tokens,
         generator=torch.Generator().manual_seed(seed),
         eos_token_id=text_model.eos_token_id,
         **sampling,
     )
+
+
+@dataclass(frozen=True)
+class _HFStats:
+    forward_passes: int
+    new_tokens: list[int]
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
+class _HFRun:
+    tokens: list
+    stats: _HFStats

@@ -35,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate text with ar, jacobi and/or sjd and compare")
     gen.add_argument("prompt")
-    gen.add_argument("--model", default="shakespeare", help="bundled model name or checkpoint folder")
+    gen.add_argument("--model", default="shakespeare", help="bundled model name (shakespeare, smollm2) or checkpoint folder")
     gen.add_argument("--method", choices=(*METHODS, "all"), default="all")
-    gen.add_argument("--window", type=int, default=16, help="tokens per pass (drafts + 1)")
+    gen.add_argument("--window", type=_window, default=16, help="tokens per pass (drafts + 1), or 'auto'")
+    gen.add_argument("--lookahead", action="store_true", help="draft from an n-gram pool (jacobi, sjd)")
     gen.add_argument("--init", default="repeat", help="draft init: random, repeat")
     gen.add_argument("--temperature", type=float, default=0.8, help="for ar sampling and sjd (jacobi is greedy)")
     gen.add_argument("--top-k", type=int)
@@ -70,10 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from jacobix.models.registry import load_text_model
+def _window(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
-    text_model = load_text_model(args.model)
+
+def _generate(args: argparse.Namespace) -> int:
+    from jacobix.models.smollm2 import load_named
+
+    text_model = load_named(args.model)
     prompt = text_model.tokenizer.encode(args.prompt)
     methods = METHODS if args.method == "all" else (args.method,)
     for method in methods:
@@ -84,6 +89,7 @@ def _generate(args: argparse.Namespace) -> int:
             method=method,
             window=args.window,
             init=args.init,
+            lookahead=args.lookahead,
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature if sampled else 0.0,
             top_k=args.top_k if sampled else None,
@@ -98,16 +104,20 @@ def _generate(args: argparse.Namespace) -> int:
         print(args.prompt + text_model.tokenizer.decode(result.tokens[0]))
         print(
             f"--- {stats.forward_passes} passes for {stats.new_tokens[0]} tokens "
-            f"({stats.tokens_per_pass:.2f} tokens/pass), {stats.wall_time_s:.3f} s\n"
+            f"({stats.tokens_per_pass:.2f} tokens/pass), {stats.wall_time_s:.3f} s"
+            + (f"\n--- {stats.schedule.summary()}" if stats.schedule is not None else "") + "\n"
         )
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "text":
-        from jacobix.bench import TextBenchConfig, bench_text
+        from jacobix.bench import HF_PROMPTS, HF_SETTINGS, TextBenchConfig, bench_text
+        from jacobix.models.smollm2 import HF_TEXT_MODELS
 
+        hf = dict(prompts=HF_PROMPTS, settings=HF_SETTINGS) if args.model in HF_TEXT_MODELS else {}
         config = TextBenchConfig(
+            **hf,
             model=args.model,
             max_new_tokens=60 if args.quick else args.max_new_tokens,
             seeds=tuple(range(1 if args.quick else args.seeds)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -12,6 +12,7 @@ from torch import Tensor
 from jacobix.decoding import CausalLM, Guidance, TokenProblem
 from jacobix.drafts import DraftInit, resolve_init
 from jacobix.engine import FixedPointState, SolveStats, SweepRecord, solve
+from jacobix.lookahead import LookaheadConfig
 from jacobix.sampling import LogitsProcessor, SamplingConfig
 
 Method = Literal["ar", "jacobi", "sjd"]
@@ -32,6 +33,8 @@ class DecodeStats:
         accepted_per_pass: (P, B) drafts accepted per pass and row.
         active_per_pass: (P, B) rows still generating during each pass.
         wall_time_s: seconds, prefill included.
+        schedule: with ``window="auto"`` or ``lookahead``, the :class:`~jacobix.adaptive.ScheduleStats`
+            (passes per width actually evaluated, measured pass costs, pool drafts); else None.
     """
 
     method: str
@@ -43,6 +46,7 @@ class DecodeStats:
     accepted_per_pass: Tensor
     active_per_pass: Tensor
     wall_time_s: float
+    schedule: Any = None
 
     @property
     def mean_acceptance_length(self) -> float:
@@ -72,6 +76,7 @@ class DecodeStats:
             "tokens_per_pass": round(self.tokens_per_pass, 3),
             "mean_acceptance_length": round(self.mean_acceptance_length, 3),
             "wall_time_s": round(self.wall_time_s, 4),
+            **({"schedule": self.schedule.summary()} if self.schedule is not None else {}),
         }
 
 
@@ -90,8 +95,9 @@ def generate(
     *,
     method: Method = "jacobi",
     max_new_tokens: int = 64,
-    window: int = 16,
+    window: int | Literal["auto"] = 16,
     init: str | DraftInit = "random",
+    lookahead: bool | LookaheadConfig = False,
     row_length: int | None = None,
     temperature: float = 0.0,
     top_k: int | None = None,
@@ -107,13 +113,18 @@ def generate(
     """Generate tokens with sequential decoding, greedy Jacobi decoding or SJD.
 
     Args:
-        model: a :class:`~jacobix.decoding.CausalLM` (jacobix's own models, or an adapter).
+        model: a :class:`~jacobix.decoding.CausalLM` (jacobix's own models, or an adapter), or a
+            transformers causal LM (wrapped by :mod:`jacobix.hf`).
         input_ids: prompts: a (B, L) tensor, a 1-D tensor, or a list of token lists of any lengths.
         method: "ar" (sequential reference), "jacobi" (greedy, equal to greedy "ar") or "sjd"
             (sampling, distributed exactly as sampling "ar").
         max_new_tokens: tokens to generate per row (fewer if ``eos_token_id`` appears).
-        window: tokens evaluated per pass, i.e. ``window - 1`` drafts; ignored by "ar".
+        window: tokens evaluated per pass, i.e. ``window - 1`` drafts; ignored by "ar". "auto"
+            chooses per pass (1 to 16) from the measured cost of a pass and the observed
+            acceptance (:mod:`jacobix.adaptive`); ``stats.schedule`` says what it chose.
         init: draft rule for fresh slots: "random", "repeat", "row-above" or a DraftInit.
+        lookahead: draft from an n-gram pool of the prompt, output and Jacobi trajectory
+            (:mod:`jacobix.lookahead`); True or a LookaheadConfig.
         row_length: tokens per image row, for ``init="row-above"``.
         temperature: 0 for greedy; > 0 samples (required by "sjd").
         top_k, top_p: filters applied to the target distribution at every position.
@@ -127,10 +138,13 @@ def generate(
     Returns:
         :class:`GenerateResult` with ``.tokens`` and ``.stats``.
     """
+    model = _as_causal_lm(model)
     prompts, prompt_length = _pack_prompts(input_ids, model.vocab_size, "input_ids")
     _check_options(method, max_new_tokens, window, temperature)
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    window = 1 if method == "ar" else window
+    adaptive = window == "auto" and method != "ar"
+    window = 1 if method == "ar" else (AUTO_MAX_WINDOW if window == "auto" else window)
+    lookahead = (LookaheadConfig() if lookahead is True else lookahead or None) if method != "ar" else None
     device = _model_device(model)
     prompts, prompt_length = prompts.to(device), prompt_length.to(device)
     batch = prompts.shape[0]
@@ -165,6 +179,12 @@ def generate(
         eos_token_id=eos_token_id,
         prob_dtype=torch.float64 if _model_dtype(model) == torch.float64 else torch.float32,
     )
+    if adaptive or lookahead is not None:
+        from jacobix.adaptive import AdaptiveConfig, schedule
+
+        config = AdaptiveConfig(max_window=window)
+        problem = schedule(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
+                           config=config, device=device, dtype=_model_dtype(model))
     start = time.perf_counter()
     with torch.inference_mode():
         prefilled = _prefill(model, cache, prompts, prompt_length, uncond, uncond_length)
@@ -175,15 +195,36 @@ def generate(
             bar.close()
     elapsed = time.perf_counter() - start
     tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(batch)]
-    return GenerateResult(tokens=tokens, stats=_decode_stats(method, solved, tokens, prefilled, elapsed), trajectory=solved.trajectory)
+    stats = _decode_stats(method, solved, tokens, prefilled, elapsed, getattr(problem, "stats", None))
+    return GenerateResult(tokens=tokens, stats=stats, trajectory=solved.trajectory)
 
 
-def _check_options(method: str, max_new_tokens: int, window: int, temperature: float) -> None:
+AUTO_MAX_WINDOW = 16
+
+
+def _as_causal_lm(model: Any) -> CausalLM:
+    """Models with ``new_cache`` pass through; transformers models get the :mod:`jacobix.hf` adapter."""
+    if hasattr(model, "new_cache") and hasattr(model, "forward"):
+        return model
+    if any(c.__module__.startswith("transformers.") for c in type(model).__mro__):
+        from jacobix.hf import as_causal_lm
+
+        return as_causal_lm(model)
+    raise ValueError(
+        f"{type(model).__name__} is not a jacobix CausalLM (vocab_size, new_cache, forward(tokens, positions, cache)) "
+        "nor a transformers causal LM"
+    )
+
+
+def _check_options(method: str, max_new_tokens: int, window: int | str, temperature: float) -> None:
     if method not in ("ar", "jacobi", "sjd"):
         raise ValueError(f"unknown method {method!r}; use 'ar', 'jacobi' or 'sjd'")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if window < 1:
+    if isinstance(window, str):
+        if window != "auto":
+            raise ValueError(f"window must be an int >= 1 or 'auto', got {window!r}")
+    elif window < 1:
         raise ValueError(f"window must be >= 1 (tokens per pass, drafts + 1), got {window}")
     if method == "jacobi" and temperature != 0:
         raise ValueError("method='jacobi' is greedy; for sampling with temperature > 0 use method='sjd'")
@@ -234,7 +275,9 @@ def _prefill(
     return 1
 
 
-def _decode_stats(method: str, solved: SolveStats, tokens: list[Tensor], prefilled: int, elapsed: float) -> DecodeStats:
+def _decode_stats(
+    method: str, solved: SolveStats, tokens: list[Tensor], prefilled: int, elapsed: float, schedule: Any = None
+) -> DecodeStats:
     return DecodeStats(
         method=method,
         window=solved.window,
@@ -245,6 +288,7 @@ def _decode_stats(method: str, solved: SolveStats, tokens: list[Tensor], prefill
         accepted_per_pass=solved.accepted,
         active_per_pass=solved.active,
         wall_time_s=elapsed,
+        schedule=schedule,
     )
 
 

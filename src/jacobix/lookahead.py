@@ -1,0 +1,102 @@
+"""Lookahead decoding's n-gram pool as a draft source (ALGORITHMS.md section 4), model-free.
+
+The pool maps the last ``k`` tokens of a text (a key, ``k`` in ``key_lengths``) to continuations
+seen after that key: in the prompt, in the committed output and in the Jacobi trajectory (each
+sweep's outputs). Before a sweep, the window's drafts are replaced by the best continuation of
+the row's committed text, when there is one. A continuation is a deterministic function of the
+past, so as a draft its distribution is one-hot: SJD stays lossless, greedy Jacobi stays exact.
+
+Worked example, key length 2::
+
+    text     a b c d a b           pool (a, b) -> [(c, d, a, b)], (b, c) -> [(d, a, b)], ...
+    lookup   context ends in "a b" -> drafts c d a b
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class LookaheadConfig:
+    """How the n-gram pool harvests and proposes.
+
+    Attributes:
+        key_lengths: key sizes to try, longest first (a longer matching key is a better predictor).
+        max_candidates: continuations kept per key (lookahead's G); the most recent wins ties.
+        harvest_trajectory: also harvest the model's outputs of every sweep, not only committed text
+            (greedy only: with sampling, uncommitted samples in the pool would make the choice of
+            which carried drafts stay in the window depend on their values, and SJD would lose
+            its exactness; the HF SJD test catches that).
+    """
+
+    key_lengths: tuple[int, ...] = (3, 2, 1)
+    max_candidates: int = 8
+    harvest_trajectory: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.key_lengths or min(self.key_lengths) < 1:
+            raise ValueError(f"LookaheadConfig.key_lengths must be non-empty positive ints, got {self.key_lengths}")
+        if tuple(sorted(self.key_lengths, reverse=True)) != self.key_lengths:
+            raise ValueError(f"LookaheadConfig.key_lengths must be sorted longest first, got {self.key_lengths}")
+        if self.max_candidates < 1:
+            raise ValueError(f"LookaheadConfig.max_candidates must be >= 1, got {self.max_candidates}")
+
+
+class NGramPool:
+    """Continuations (up to ``length`` tokens) keyed by the tokens before them, for one text.
+
+    Args:
+        config: key lengths and candidates per key.
+        length: longest continuation kept (the number of drafts of a window).
+    """
+
+    def __init__(self, config: LookaheadConfig, length: int) -> None:
+        if length < 1:
+            raise ValueError(f"NGramPool length must be >= 1, got {length}")
+        self.config, self.length = config, length
+        self.table: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+
+    def add(self, tokens: list[int], start: int = 0) -> None:
+        """Harvest every key ending at index ``>= start`` of ``tokens`` with the text after it."""
+        for k in self.config.key_lengths:
+            for i in range(max(start - k + 1, 0), len(tokens) - k):
+                self._store(tuple(tokens[i : i + k]), tuple(tokens[i + k : i + k + self.length]))
+
+    def _store(self, key: tuple[int, ...], continuation: tuple[int, ...]) -> None:
+        """Keep the longer of two continuations that extend one another; the newest goes last."""
+        entries = self.table.setdefault(key, [])
+        for j, old in enumerate(entries):
+            shorter, longer = sorted((old, continuation), key=len)
+            if longer[: len(shorter)] == shorter:
+                del entries[j]
+                continuation = longer
+                break
+        entries.append(continuation)
+        if len(entries) > self.config.max_candidates:
+            del entries[0]
+
+    def candidates(self, context: list[int]) -> tuple[int, list[tuple[int, ...]]]:
+        """Continuations of the longest key that ``context`` ends with, most recent first, and that
+        key's index in ``key_lengths`` (the controller keeps acceptance statistics per key length)."""
+        for index, k in enumerate(self.config.key_lengths):
+            if len(context) >= k:
+                found = self.table.get(tuple(context[-k:]))
+                if found:
+                    return index, found[::-1]
+        return -1, []
+
+
+def pick(candidates: list[tuple[int, ...]], carried_first: int | None) -> tuple[int, ...]:
+    """Choose one candidate: the most recent one that agrees with the model's carried guess, else the newest.
+
+    The carried guess for the next slot is the model's own prediction there from the last sweep;
+    a continuation that starts with it is more likely to pass verification.
+    """
+    for candidate in candidates:
+        if carried_first is not None and candidate[0] == carried_first:
+            return candidate
+    return candidates[0]
+
+
+__all__ = ["LookaheadConfig", "NGramPool", "pick"]
