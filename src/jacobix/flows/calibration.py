@@ -10,7 +10,9 @@ converge enough faster than sequential decoding to pay for its wider passes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import json
+from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -211,4 +213,25 @@ def _trial(block: MetaBlock, z: Tensor, labels: Tensor | None, plan: BlockPlan, 
     capped = BlockPlan(mode="gs", segments=plan.segments, max_sweeps=cap, tolerance=plan.tolerance, init=plan.init)
     return cost, capped, float(per_segment.mean())
 
-__all__ = ["AutoScheduleConfig", "BlockMetrics", "Calibration", "auto_schedule", "block_metrics", "crm", "igm", "segment_sweeps"]
+SCHEDULE_FILE = "schedule.json"
+
+
+def save_schedule(plans: tuple[BlockPlan, ...], directory: str | Path, *, source: str) -> Path:
+    """Write per-block plans (block order) to ``directory/schedule.json``; ``source`` says how they were made."""
+    path = Path(directory) / SCHEDULE_FILE
+    path.write_text(json.dumps({"source": source, "plans": [asdict(plan) for plan in plans]}, indent=2))
+    return path
+
+
+def load_schedule(directory: str | Path, num_blocks: int) -> tuple[BlockPlan, ...] | None:
+    """Plans saved by :func:`save_schedule`, or None when the folder has none."""
+    path = Path(directory) / SCHEDULE_FILE
+    if not path.exists():
+        return None
+    plans = tuple(BlockPlan(**plan) for plan in json.loads(path.read_text())["plans"])
+    if len(plans) != num_blocks:
+        raise ValueError(f"{path} has {len(plans)} block plans but the model has {num_blocks} blocks; recalibrate it")
+    return plans
+
+
+__all__ = ["AutoScheduleConfig", "load_schedule", "save_schedule", "BlockMetrics", "Calibration", "auto_schedule", "block_metrics", "crm", "igm", "segment_sweeps"]

