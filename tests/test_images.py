@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from jacobix import generate
 from jacobix.datasets import load_fashion_mnist
 from jacobix.drafts import CopyInit, DraftContext
 from jacobix.images import png
@@ -45,7 +45,7 @@ def test_tokenizer_refuses_class_tokens(image_model):
 
 
 def test_greedy_jacobi_equals_greedy_ar_with_cfg(image_model):
-    labels = torch.tensor([0, 7, 9])
+    labels = torch.tensor([0, 9])
     outs = [
         generate_images(image_model, labels, ImageSampling(method=m, window=w, init=i, temperature=0.0, cfg_scale=2.0))
         for m, w, i in (("ar", 1, "random"), ("jacobi", 16, "random"), ("jacobi", 32, "row-above"))
@@ -55,36 +55,56 @@ def test_greedy_jacobi_equals_greedy_ar_with_cfg(image_model):
     assert outs[0].batch_passes == 196 and outs[1].batch_passes < 196
 
 
-def _first_token_probs(image_model, label: int, cfg: float) -> torch.Tensor:
-    cond, uncond = image_model.vocab.prompts(torch.tensor([label]))
-    with torch.no_grad():
-        logits_c = image_model.transformer(cond)[0, -1]
-        logits_u = image_model.transformer(uncond)[0, -1]
-    logits = CodesOnly(image_model.vocab.num_codes)(logits_u + cfg * (logits_c - logits_u), torch.zeros(1))
-    return logits.double().softmax(-1)
+def _exact_marginals(image_model, label: int, cfg: float, top_k: int, tokens: int, floor: float = 1e-6) -> list[torch.Tensor]:
+    """Exact marginals of the first ``tokens`` image tokens under CFG and top-k, by enumerating prefixes."""
+    from jacobix.sampling import SamplingConfig, process_logits, target_probs
+
+    vocab, config = image_model.vocab, SamplingConfig(temperature=1.0, top_k=top_k)
+    prefixes, weights, marginals = torch.zeros(1, 0, dtype=torch.long), torch.ones(1, dtype=torch.float64), []
+    cond, uncond = (t[0] for t in vocab.prompts(torch.tensor([label])))
+    for _ in range(tokens):
+        n = len(prefixes)
+        with torch.no_grad():
+            logits_c = image_model.transformer(torch.cat([cond.expand(n, 1), prefixes], 1))[:, -1]
+            logits_u = image_model.transformer(torch.cat([uncond.expand(n, 1), prefixes], 1))[:, -1]
+        logits = CodesOnly(vocab.num_codes)(logits_u + cfg * (logits_c - logits_u), torch.zeros(1))
+        p = target_probs(process_logits(logits[:, None], torch.zeros(n, 1, dtype=torch.long), config))[:, 0].double()
+        joint = weights[:, None] * p  # (n, V)
+        marginals.append(joint.sum(0))
+        keep = (joint > floor).nonzero()
+        prefixes = torch.cat([prefixes[keep[:, 0]], keep[:, 1:]], 1)
+        weights = joint[keep[:, 0], keep[:, 1]]
+    return marginals
 
 
-@pytest.mark.parametrize("init", ["random", "prior-above"])
-def test_sjd_with_cfg_first_token_marginal_matches_ar(image_model, init):
-    """Chi-square of SJD's first image token (window 8, drafts for tokens 2..8) against the exact p."""
+def _chi_square_pvalue(samples: torch.Tensor, p: torch.Tensor) -> float:
     from scipy.stats import chisquare
 
-    n, label, cfg = 4000, 3, 3.0
-    cond, uncond = image_model.vocab.prompts(torch.full((n,), label))
-    out = generate(
-        image_model.transformer, cond, method="sjd", max_new_tokens=3, window=8, temperature=1.0,
-        init=resolve_image_init(init, image_model), processors=(CodesOnly(image_model.vocab.num_codes),),
-        cfg_scale=cfg, negative_input_ids=uncond, generator=torch.Generator().manual_seed(1),
-    )
-    first = torch.stack(out.tokens)[:, 0]
-    p = _first_token_probs(image_model, label, cfg)
-    observed = torch.bincount(first, minlength=len(p)).double()
+    n = len(samples)
+    observed = torch.bincount(samples, minlength=len(p)).double()
     common = p * n >= 5
-    f_obs = torch.cat([observed[common], observed[~common].sum()[None]]).numpy()
-    f_exp = torch.cat([p[common], p[~common].sum()[None]]).numpy()
-    f_exp = f_exp / f_exp.sum() * n
-    assert f_obs[-1] >= 0 and observed[image_model.vocab.num_codes :].sum() == 0
-    assert chisquare(f_obs, f_exp).pvalue > 1e-3
+    assert float(observed[p == 0].sum()) == 0, "a token the target cannot produce was sampled"
+    f_obs, f_exp = observed[common], p[common]
+    if float(p[~common].sum()) > 0:  # pool the rare tokens into one bin
+        f_obs, f_exp = torch.cat([f_obs, observed[~common].sum()[None]]), torch.cat([f_exp, p[~common].sum()[None]])
+    return float(chisquare(f_obs.numpy(), (f_exp / f_exp.sum() * n).numpy()).pvalue)
+
+
+@pytest.mark.parametrize("coupled", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_sjd_token_marginals_match_exact_ar_marginals(image_model, coupled):
+    """Tokens 1-3 of SJD with CFG (window 6, top-k 8, prior-above drafts) against the enumerated AR marginals."""
+    n, label, cfg, top_k = 2000, 8, 3.0, 8
+    settings = ImageSampling(method="sjd", window=6, init="prior-above", cfg_scale=cfg, top_k=top_k, coupled=coupled)
+    model = image_model
+    cond, uncond = model.vocab.prompts(torch.full((n,), label))
+    from jacobix.images.sample import _generate_batch
+
+    short = dataclasses.replace(model, vocab=dataclasses.replace(model.vocab, grid=2))  # 4 tokens per "image"
+    init = resolve_image_init(settings.init, model)
+    out = _generate_batch(short, torch.full((n,), label), settings, init, torch.Generator().manual_seed(2), False)
+    tokens = torch.stack(out.tokens)  # (n, 4)
+    for k, p in enumerate(_exact_marginals(model, label, cfg, top_k, 3)):
+        assert _chi_square_pvalue(tokens[:, k], p) > 1e-3, f"token {k}"
 
 
 def _context(canvas: torch.Tensor, start: int, width: int, fresh_from: int, vocab: int) -> DraftContext:

@@ -26,7 +26,7 @@ from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, ImageSamples, generate_images
 
 DEFAULT_OUT = Path("jacobix-out") / "images"
-BEST = ImageSampling(method="sjd", window=64, init="prior-above")
+BEST = ImageSampling(method="sjd", window=16, init="prior-above", coupled=True)
 
 
 @dataclass(frozen=True)

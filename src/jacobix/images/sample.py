@@ -12,7 +12,7 @@ from jacobix.drafts import DraftInit
 from jacobix.engine import SweepRecord
 from jacobix.generate import DecodeStats, generate
 from jacobix.images.coupled import generate_coupled
-from jacobix.images.drafts import resolve_image_init
+from jacobix.images.drafts import IMAGE_INITS, resolve_image_init
 from jacobix.images.model import CodesOnly, ImageModel
 from jacobix.sampling import SamplingConfig
 
@@ -39,7 +39,7 @@ class ImageSampling:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    cfg_scale: float | None = 3.0
+    cfg_scale: float | None = 1.5
     coupled: bool = False
 
     def __post_init__(self) -> None:
@@ -49,6 +49,8 @@ class ImageSampling:
             raise ValueError(f"ImageSampling.window must be >= 1, got {self.window}")
         if self.cfg_scale is not None and self.cfg_scale < 0:
             raise ValueError(f"ImageSampling.cfg_scale must be >= 0 or None, got {self.cfg_scale}")
+        if isinstance(self.init, str) and self.init not in IMAGE_INITS:
+            raise ValueError(f"unknown image init {self.init!r}; use one of {', '.join(IMAGE_INITS)} or a DraftInit callable")
         if self.coupled and self.method != "sjd":
             raise ValueError("ImageSampling.coupled applies to method='sjd' only")
 

@@ -28,7 +28,7 @@ from torch import Tensor
 from jacobix.datasets import load_fashion_mnist
 from jacobix.images.model import ImageVocab
 from jacobix.images.vq import load_vq
-from jacobix.models.llama import Llama, LlamaConfig, save_llama
+from jacobix.models.llama import Llama, LlamaConfig, load_llama, save_llama
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,23 @@ class ImageARTrainConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
 
-def train(out_dir: str | Path, config: ImageARTrainConfig = ImageARTrainConfig(), *, vq_dir: str | Path | None = None) -> Path:
-    """Tokenize the training split, train the transformer, save model and draft tables to ``out_dir``."""
+def train(
+    out_dir: str | Path,
+    config: ImageARTrainConfig = ImageARTrainConfig(),
+    *,
+    vq_dir: str | Path | None = None,
+    init_from: str | Path | None = None,
+) -> Path:
+    """Tokenize the training split, train the transformer, save model and draft tables to ``out_dir``.
+
+    Args:
+        out_dir: checkpoint folder (created).
+        config: optimisation settings and model size.
+        vq_dir: tokenizer folder; default: the bundled ``fmnist-vq``.
+        init_from: continue from the weights in this folder (a second run with a fresh schedule).
+    Returns:
+        ``out_dir``.
+    """
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     tokenizer = load_vq(vq_dir)
@@ -65,6 +80,8 @@ def train(out_dir: str | Path, config: ImageARTrainConfig = ImageARTrainConfig()
     codes, labels = _tokenize("train", tokenizer)  # (N, 196), (N,)
     model = Llama(LlamaConfig(vocab_size=vocab.vocab_size, dim=config.dim, num_layers=config.num_layers, num_heads=4,
                               num_kv_heads=2, hidden_dim=3 * config.dim, max_seq_len=512))
+    if init_from is not None:
+        model.load_state_dict(load_llama(init_from)[0].state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(config.seed)
     image_meta = {**asdict(vocab), "vq": Path(vq_dir).name if vq_dir else "fmnist-vq"}
@@ -88,7 +105,8 @@ def train(out_dir: str | Path, config: ImageARTrainConfig = ImageARTrainConfig()
     test_codes, test_labels = _tokenize("test", tokenizer)
     val_loss = evaluate(model.eval(), test_codes, test_labels, vocab)
     log.info("test loss %.4f nats/token", val_loss)
-    save_llama(model.train(False), out_dir, extra={"image": image_meta, "test_loss": round(val_loss, 4), "train": asdict(config)})
+    history = [*(load_llama(init_from)[1].get("train_runs", []) if init_from else []), asdict(config)]
+    save_llama(model.train(False), out_dir, extra={"image": image_meta, "test_loss": round(val_loss, 4), "train_runs": history})
     return Path(out_dir)
 
 
@@ -146,9 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vq", default=None, help="tokenizer folder (default: bundled fmnist-vq)")
     parser.add_argument("--steps", type=int, default=ImageARTrainConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=ImageARTrainConfig.lr)
+    parser.add_argument("--init-from", default=None, help="continue from the weights in this folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(args.out, ImageARTrainConfig(steps=args.steps, seed=args.seed), vq_dir=args.vq)
+    config = ImageARTrainConfig(steps=args.steps, seed=args.seed, lr=args.lr)
+    train(args.out, config, vq_dir=args.vq, init_from=args.init_from)
 
 
 if __name__ == "__main__":
