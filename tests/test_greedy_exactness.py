@@ -125,3 +125,19 @@ def test_cfg_greedy_jacobi_equals_cfg_greedy_ar():
             seq_c = torch.cat([seq_c, nxt[:, None]], 1)
             seq_u = torch.cat([seq_u, nxt[:, None]], 1)
     assert ar.tokens[0].tolist() == expected
+
+
+def test_window_past_the_context_limit_is_clamped_not_refused():
+    """A window reaching past max_seq_len near the end is fine: those slots are never committed."""
+    from jacobix.models import Llama, LlamaConfig
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=11, dim=32, num_layers=2, hidden_dim=64, max_seq_len=64)).double().eval()
+    prompt = torch.tensor([1, 2, 3, 4])
+    expected = naive_greedy(model, prompt, 60)
+    for window in (16, 64):
+        out = jacobix.generate(model, prompt, method="jacobi", window=window, max_new_tokens=60)
+        assert torch.equal(out.tokens[0], expected)
+    sampled = jacobix.generate(model, prompt, method="sjd", window=32, temperature=1.0, max_new_tokens=60,
+                               cfg_scale=2.0, negative_input_ids=[[0]], generator=torch.Generator().manual_seed(0))
+    assert len(sampled.tokens[0]) == 60

@@ -65,6 +65,8 @@ class TokenProblem:
         guidance: classifier-free guidance, or None.
         eos_token_id: a row stops after committing this token, or None.
         prob_dtype: dtype of probabilities (float64 for float64 models, else float32).
+        max_position: last cache slot. Window slots past a row's limit are clamped to it: their
+            outputs are never committed, so the cache needs no room for them.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class TokenProblem:
         guidance: Guidance | None,
         eos_token_id: int | None,
         prob_dtype: torch.dtype = torch.float32,
+        max_position: int | None = None,
     ) -> None:
         self.model, self.cache = model, cache
         self.prompt_length = prompt_length
@@ -88,15 +91,21 @@ class TokenProblem:
         self.guidance, self.eos_token_id = guidance, eos_token_id
         self.vocab_size = model.vocab_size
         self.prob_dtype = prob_dtype
+        self.max_position = max_position
 
     def logits(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Guided logits (B, W, V) for tokens (B, W) at positions (B, W)."""
+        if self.max_position is not None:
+            # Inputs at or past a row's limit only feed outputs past it, which are never committed.
+            positions = positions.clamp(max=self.max_position)
         if self.guidance is None:
             return self.model.forward(tokens, positions, self.cache)
         in_prompt = positions[:, :1] + 1 == self.prompt_length[:, None]  # (B, 1) first sweep of the row
         uncond_first = torch.where(in_prompt, self.guidance.last_prompt_token[:, None], tokens[:, :1])
         both_tokens = torch.cat([tokens, torch.cat([uncond_first, tokens[:, 1:]], dim=1)])  # (2B, W)
         both_positions = torch.cat([positions, positions + self.guidance.position_shift[:, None]])
+        if self.max_position is not None:
+            both_positions = both_positions.clamp(max=self.max_position)
         cond, uncond = self.model.forward(both_tokens, both_positions, self.cache).chunk(2)  # (B, W, V) each
         return uncond + self.guidance.scale * (cond - uncond)
 

@@ -165,7 +165,7 @@ def generate(
 
     limit = prompt_length + max_new_tokens
     state = FixedPointState.start(prompts, prompt_length, limit, window)
-    capacity = state.values.shape[1] + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
+    capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
     cache = model.new_cache(batch if guidance is None else 2 * batch, capacity)
     problem = TokenProblem(
         model,
@@ -180,6 +180,7 @@ def generate(
         prob_dtype=torch.float64 if _model_dtype(model) == torch.float64 else torch.float32,
     )
     if adaptive or lookahead is not None:
+        max_position=capacity - 1,
         from jacobix.adaptive import AdaptiveConfig, schedule
 
         config = AdaptiveConfig(max_window=window)
