@@ -144,11 +144,14 @@ class ScheduleStats:
     cost_ratio: dict[int, float] = field(default_factory=dict)
     pool_drafts: int = 0
     pool_accepted: int = 0
+    rows: dict[int, int] = field(default_factory=dict)  # passes by candidates verified per row (multi-candidate)
 
     def summary(self) -> str:
         widths = ", ".join(f"w{w}: {n}" for w, n in sorted(self.widths.items()))
         costs = ", ".join(f"w{w}: {c:.2f}x" for w, c in sorted(self.cost_ratio.items()))
-        return f"passes by width [{widths}]; cost vs w1 [{costs}]; pool drafts {self.pool_drafts}, accepted {self.pool_accepted}"
+        rows = "; passes by candidates [" + ", ".join(f"r{r}: {n}" for r, n in sorted(self.rows.items())) + "]"
+        return (f"passes by width [{widths}]; cost vs w1 [{costs}]; pool drafts {self.pool_drafts}, "
+                f"accepted {self.pool_accepted}" + (rows if self.rows else ""))
 
 
 class ScheduledProblem:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jacobix.generate import generate
+from jacobix.lookahead import LookaheadConfig
 from jacobix.models.registry import TextModel
 
 DEFAULT_PROMPTS = (
@@ -31,15 +32,18 @@ class Setting:
     init: str = "random"
     sampled: bool = False
     lookahead: bool = False
+    verify: int = 1  # pool candidates verified per pass (greedy lookahead)
 
 
 DEFAULT_SETTINGS = (
     Setting(label="ar greedy", method="ar"),
     Setting(label="jacobi w16 random", method="jacobi", window=16),
     Setting(label="jacobi w16 repeat", method="jacobi", window=16, init="repeat"),
+    Setting(label="jacobi auto+pool", method="jacobi", window="auto", init="repeat", lookahead=True),
     Setting(label="ar sample", method="ar", sampled=True),
     Setting(label="sjd w16 random", method="sjd", window=16, sampled=True),
     Setting(label="sjd w16 repeat", method="sjd", window=16, init="repeat", sampled=True),
+    Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
 )
 
 
@@ -60,6 +64,7 @@ HF_SETTINGS = (
     Setting(label="jacobi w16", method="jacobi", window=16, init="repeat"),
     Setting(label="jacobi auto", method="jacobi", window="auto", init="repeat"),
     Setting(label="lookahead auto", method="jacobi", window="auto", init="repeat", lookahead=True),
+    Setting(label="lookahead auto k4", method="jacobi", window="auto", init="repeat", lookahead=True, verify=4),
     Setting(label="ar sample", method="ar", sampled=True),
     Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
 )
@@ -138,6 +143,9 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
     generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
     if any(s.window == "auto" for s in config.settings):  # measures pass costs once, outside the timings
         generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=4, window="auto")
+    for verify in sorted({s.verify for s in config.settings if s.window == "auto" and s.verify > 1}):
+        generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=4, window="auto",
+                 lookahead=LookaheadConfig(verify=verify))
     for prompt in prompts:
         for row in rows:
             row.prompt_wall.append(0.0)
@@ -171,7 +179,7 @@ def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfi
         method=setting.method,
         window=setting.window,
         init=setting.init,
-        lookahead=setting.lookahead,
+        lookahead=LookaheadConfig(verify=setting.verify) if setting.lookahead else False,
         max_new_tokens=config.max_new_tokens,
         generator=torch.Generator().manual_seed(seed),
         eos_token_id=text_model.eos_token_id,

@@ -124,7 +124,9 @@ def generate(
             acceptance (:mod:`jacobix.adaptive`); ``stats.schedule`` says what it chose.
         init: draft rule for fresh slots: "random", "repeat", "row-above" or a DraftInit.
         lookahead: draft from an n-gram pool of the prompt, output and Jacobi trajectory
-            (:mod:`jacobix.lookahead`); True or a LookaheadConfig.
+            (:mod:`jacobix.lookahead`); True or a LookaheadConfig. With ``LookaheadConfig(verify=K)``,
+            greedy unguided decoding verifies up to K candidates per pass as sibling rows
+            (:mod:`jacobix.candidates`); sampling and guidance verify one.
         row_length: tokens per image row, for ``init="row-above"``.
         temperature: 0 for greedy; > 0 samples (required by "sjd").
         top_k, top_p: filters applied to the target distribution at every position.
@@ -178,9 +180,14 @@ def generate(
         guidance=guidance,
         eos_token_id=eos_token_id,
         prob_dtype=torch.float64 if _model_dtype(model) == torch.float64 else torch.float32,
-    )
-    if adaptive or lookahead is not None:
         max_position=capacity - 1,
+    )
+    if lookahead is not None and lookahead.verify > 1 and sampling.greedy and guidance is None:
+        from jacobix.candidates import verify_candidates
+
+        problem = verify_candidates(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
+                                    device=device, dtype=_model_dtype(model))
+    elif adaptive or lookahead is not None:
         from jacobix.adaptive import AdaptiveConfig, schedule
 
         config = AdaptiveConfig(max_window=window)

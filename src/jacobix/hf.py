@@ -114,6 +114,21 @@ def _cache_classes() -> tuple[type, type]:
             """Declare each row's valid prefix ``lengths`` (B,) long; later writes overwrite the rest."""
             self.lengths = lengths.to(self.lengths.device).clone()
 
+        def copy_slots_from(self, source: PositionCache, source_rows: Tensor, positions: Tensor) -> None:
+            """Row ``i`` takes ``source`` row ``source_rows[i]``'s keys, values and tokens at ``positions[i]`` (R, P)."""
+            if positions.shape[1] == 0 or not source.layers[0].is_initialized:
+                return
+            for mine, theirs in zip(self.layers, source.layers):
+                if not mine.is_initialized:
+                    shape = (len(source_rows), theirs.keys.shape[1], 1, theirs.keys.shape[-1])
+                    mine.lazy_initialization(theirs.keys.new_zeros(shape), theirs.values.new_zeros(shape))
+                for buffer, origin in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
+                    taken = origin.transpose(1, 2)[source_rows[:, None], positions].transpose(1, 2)  # (R, H, P, hd)
+                    index = positions[:, None, :, None].expand_as(taken)
+                    buffer.scatter_(2, index, taken)
+            self.tokens = self.tokens.to(positions.device)
+            self.tokens.scatter_(1, positions, source.tokens.to(positions.device)[source_rows].gather(1, positions))
+
     return PositionCache, PositionLayer
 
 
@@ -234,6 +249,8 @@ class HFProcessors:
     def __call__(self, logits: Tensor, new_positions: Tensor) -> Tensor:
         b, w, _ = logits.shape
         history = self.lm.last_cache.tokens[:b].to(self.padded.device)  # (B, capacity) token ids by position
+        # Slots past a row's limit are never committed and have no cache room: pad their history.
+        history = torch.nn.functional.pad(history, (0, w), value=self.pad)  # (B, capacity + W)
         steps = new_positions.tolist()
         out = logits.clone()
         for j in range(w):

@@ -28,11 +28,14 @@ class LookaheadConfig:
             (greedy only: with sampling, uncommitted samples in the pool would make the choice of
             which carried drafts stay in the window depend on their values, and SJD would lose
             its exactness; the HF SJD test catches that).
+        verify: most candidates verified per pass (greedy; :mod:`jacobix.multidraft`); sampling
+            verifies one.
     """
 
     key_lengths: tuple[int, ...] = (3, 2, 1)
     max_candidates: int = 8
     harvest_trajectory: bool = True
+    verify: int = 1
 
     def __post_init__(self) -> None:
         if not self.key_lengths or min(self.key_lengths) < 1:
@@ -41,6 +44,8 @@ class LookaheadConfig:
             raise ValueError(f"LookaheadConfig.key_lengths must be sorted longest first, got {self.key_lengths}")
         if self.max_candidates < 1:
             raise ValueError(f"LookaheadConfig.max_candidates must be >= 1, got {self.max_candidates}")
+        if self.verify < 1:
+            raise ValueError(f"LookaheadConfig.verify must be >= 1 (candidates verified per pass), got {self.verify}")
 
 
 class NGramPool:
@@ -99,4 +104,10 @@ def pick(candidates: list[tuple[int, ...]], carried_first: int | None) -> tuple[
     return candidates[0]
 
 
-__all__ = ["LookaheadConfig", "NGramPool", "pick"]
+def order(candidates: list[tuple[int, ...]], carried_first: int | None) -> list[tuple[int, ...]]:
+    """All candidates, best first: those agreeing with the carried guess (most recent first), then the rest."""
+    agree = [c for c in candidates if carried_first is not None and c[0] == carried_first]
+    return agree + [c for c in candidates if not (carried_first is not None and c[0] == carried_first)]
+
+
+__all__ = ["LookaheadConfig", "NGramPool", "order", "pick"]

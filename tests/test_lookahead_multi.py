@@ -1,0 +1,115 @@
+"""Several pool candidates verified per pass (jacobix.candidates): greedy exactness on jacobix's
+KVCache and on the transformers adapter's cache, the winner rule and the slot copy on hand-built
+tensors, and SJD (which verifies one candidate) staying lossless with ``verify > 1``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jacobix
+from jacobix.cache import KVCache
+from jacobix.lookahead import LookaheadConfig
+from jacobix.multidraft import copy_slots, greedy_winner, row_options
+
+from conftest import exact_joint, naive_greedy, tiny_model
+
+PROMPTS = [[1, 5, 9, 3, 7, 2] * 3, [1, 5, 9, 3, 7], [3]]
+
+
+def test_greedy_winner_takes_longest_match_lowest_index_on_ties():
+    drafts = torch.tensor([[[4, 5, 6], [4, 5, 7], [4, 9, 9]], [[1, 1, 1], [2, 2, 2], [2, 2, 3]]])  # (B=2, R=3, D=3)
+    targets = torch.tensor([[[4, 5, 0, 0], [4, 5, 7, 8], [4, 5, 0, 0]], [[3, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0]]])
+    winner, matched = greedy_winner(drafts, targets)
+    assert matched.tolist() == [[2, 3, 1], [0, 2, 2]]
+    assert winner.tolist() == [1, 1]
+
+
+def test_copy_slots_moves_only_the_named_slots_of_the_named_rows():
+    source = KVCache(num_layers=2, batch_size=2, num_kv_heads=1, capacity=6, head_dim=3)
+    source.keys.copy_(torch.randn_like(source.keys))
+    source.values.copy_(torch.randn_like(source.values))
+    target = KVCache(num_layers=2, batch_size=3, num_kv_heads=1, capacity=6, head_dim=3)
+    copy_slots(target, source, torch.tensor([1, 1, 0]), torch.tensor([[2, 3], [2, 3], [0, 4]]))
+    for row, src, slots in ((0, 1, [2, 3]), (1, 1, [2, 3]), (2, 0, [0, 4])):
+        assert torch.equal(target.keys[:, row, :, slots], source.keys[:, src, :, slots])
+        assert torch.equal(target.values[:, row, :, slots], source.values[:, src, :, slots])
+        untouched = [s for s in range(6) if s not in slots]
+        assert not target.keys[:, row, :, untouched].any()
+    with pytest.raises(ValueError, match="position-indexed"):
+        copy_slots(object(), source, torch.tensor([0]), torch.tensor([[0]]))
+
+
+def test_row_options():
+    assert row_options(1) == (1,) and row_options(4) == (1, 2, 4) and row_options(3) == (1, 2, 3)
+    with pytest.raises(ValueError, match="verify"):
+        LookaheadConfig(verify=0)
+
+
+@pytest.mark.parametrize("window", [2, 6, "auto"])
+@pytest.mark.parametrize("verify", [2, 4])
+def test_multi_candidate_greedy_equals_greedy_ar(window, verify):
+    model = tiny_model(vocab=11)
+    result = jacobix.generate(model, PROMPTS, method="jacobi", window=window, max_new_tokens=30,
+                              lookahead=LookaheadConfig(verify=verify))
+    for prompt, tokens in zip(PROMPTS, result.tokens):
+        assert torch.equal(tokens, naive_greedy(model, torch.tensor(prompt), 30)), (window, verify, prompt)
+    schedule = result.stats.schedule
+    assert sum(schedule.rows.values()) == result.stats.forward_passes
+    if window != "auto":
+        assert set(schedule.rows) <= {1, verify} and schedule.rows[verify] >= result.stats.forward_passes - 2
+        assert schedule.pool_drafts > 0 and schedule.pool_accepted > 0
+
+
+def test_multi_candidate_stops_at_eos_like_ar():
+    model = tiny_model(vocab=11)
+    free = naive_greedy(model, torch.tensor(PROMPTS[0]), 20)
+    eos = int(free[7])
+    stop = free.tolist().index(eos) + 1
+    result = jacobix.generate(model, PROMPTS[:1], method="jacobi", window=8, max_new_tokens=20, eos_token_id=eos,
+                              lookahead=LookaheadConfig(verify=3))
+    assert result.tokens[0].tolist() == free[:stop].tolist()
+
+
+def test_multi_candidate_through_transformers_adapter():
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                            pad_token_id=0, bos_token_id=1, eos_token_id=None)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(6.0)
+    prompts = [[1, 5, 9, 3, 7, 11] * 3, [1, 20, 4]]
+    result = jacobix.generate(model, prompts, method="jacobi", window=6, max_new_tokens=24,
+                              lookahead=LookaheadConfig(verify=3))
+    for prompt, tokens in zip(prompts, result.tokens):
+        reference = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt):]
+        assert torch.equal(tokens, reference)
+    assert set(result.stats.schedule.rows) <= {1, 3} and result.stats.schedule.rows[3] >= result.stats.forward_passes - 2
+
+
+def test_sjd_with_verify_above_one_stays_lossless():
+    from test_sjd_distribution import LENGTH, PROMPT, SAMPLES, chi_square_pvalue
+    from jacobix.sampling import SamplingConfig
+
+    model = tiny_model(11, vocab=5, dim=16)
+    joint = exact_joint(model, PROMPT, LENGTH, SamplingConfig(temperature=1.0))
+    result = jacobix.generate(model, [PROMPT] * SAMPLES, method="sjd", window=4, temperature=1.0, max_new_tokens=LENGTH,
+                              lookahead=LookaheadConfig(verify=4), generator=torch.Generator().manual_seed(3))
+    assert chi_square_pvalue([tuple(t.tolist()) for t in result.tokens], joint) > 1e-3
+
+
+@pytest.mark.slow
+def test_smollm2_multi_candidate_equals_ar():
+    pytest.importorskip("transformers")
+    from jacobix.models.smollm2 import load_smollm2
+
+    smol = load_smollm2()
+    ids = smol.tokenizer.encode("Repeat five times: the quick brown fox jumps over the lazy dog")
+    reference = jacobix.generate(smol.model, ids, method="ar", max_new_tokens=32, eos_token_id=smol.eos_token_id)
+    for window in (16, "auto"):
+        result = jacobix.generate(smol.model, ids, method="jacobi", window=window, max_new_tokens=32,
+                                  eos_token_id=smol.eos_token_id, lookahead=LookaheadConfig(verify=4))
+        assert torch.equal(result.tokens[0], reference.tokens[0]), window
+        assert result.stats.forward_passes < reference.stats.forward_passes
