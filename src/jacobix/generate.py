@@ -151,20 +151,7 @@ def generate(
     prompts, prompt_length = prompts.to(device), prompt_length.to(device)
     batch = prompts.shape[0]
 
-    guidance, uncond, uncond_length = None, None, None
-    if cfg_scale is not None or negative_input_ids is not None:
-        if cfg_scale is None or negative_input_ids is None:
-            raise ValueError("classifier-free guidance needs both cfg_scale and negative_input_ids")
-        uncond, uncond_length = _pack_prompts(negative_input_ids, model.vocab_size, "negative_input_ids")
-        if uncond.shape[0] != batch:
-            raise ValueError(f"negative_input_ids has {uncond.shape[0]} rows but input_ids has {batch}; give one per row")
-        uncond, uncond_length = uncond.to(device), uncond_length.to(device)
-        guidance = Guidance(
-            scale=float(cfg_scale),
-            position_shift=uncond_length - prompt_length,
-            last_prompt_token=uncond[torch.arange(batch, device=device), uncond_length - 1],
-        )
-
+    guidance, uncond, uncond_length = _guidance(model, cfg_scale, negative_input_ids, prompt_length)
     limit = prompt_length + max_new_tokens
     state = FixedPointState.start(prompts, prompt_length, limit, window)
     capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
@@ -182,17 +169,7 @@ def generate(
         prob_dtype=torch.float64 if _model_dtype(model) == torch.float64 else torch.float32,
         max_position=capacity - 1,
     )
-    if lookahead is not None and lookahead.verify > 1 and sampling.greedy and guidance is None:
-        from jacobix.candidates import verify_candidates
-
-        problem = verify_candidates(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
-                                    device=device, dtype=_model_dtype(model))
-    elif adaptive or lookahead is not None:
-        from jacobix.adaptive import AdaptiveConfig, schedule
-
-        config = AdaptiveConfig(max_window=window)
-        problem = schedule(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
-                           config=config, device=device, dtype=_model_dtype(model))
+    problem = _schedule(problem, model, window=window, adaptive=adaptive, lookahead=lookahead, device=device)
     start = time.perf_counter()
     with torch.inference_mode():
         prefilled = _prefill(model, cache, prompts, prompt_length, uncond, uncond_length)
@@ -205,6 +182,44 @@ def generate(
     tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(batch)]
     stats = _decode_stats(method, solved, tokens, prefilled, elapsed, getattr(problem, "stats", None))
     return GenerateResult(tokens=tokens, stats=stats, trajectory=solved.trajectory)
+
+
+def _guidance(
+    model: CausalLM, cfg_scale: float | None, negative_input_ids: Prompt | None, prompt_length: Tensor
+) -> tuple[Guidance | None, Tensor | None, Tensor | None]:
+    """Classifier-free guidance settings and the packed unconditional prompts, or Nones."""
+    if cfg_scale is None and negative_input_ids is None:
+        return None, None, None
+    if cfg_scale is None or negative_input_ids is None:
+        raise ValueError("classifier-free guidance needs both cfg_scale and negative_input_ids")
+    uncond, uncond_length = _pack_prompts(negative_input_ids, model.vocab_size, "negative_input_ids")
+    batch, device = prompt_length.shape[0], prompt_length.device
+    if uncond.shape[0] != batch:
+        raise ValueError(f"negative_input_ids has {uncond.shape[0]} rows but input_ids has {batch}; give one per row")
+    uncond, uncond_length = uncond.to(device), uncond_length.to(device)
+    guidance = Guidance(
+        scale=float(cfg_scale),
+        position_shift=uncond_length - prompt_length,
+        last_prompt_token=uncond[torch.arange(batch, device=device), uncond_length - 1],
+    )
+    return guidance, uncond, uncond_length
+
+
+def _schedule(problem: TokenProblem, model: CausalLM, *, window: int, adaptive: bool,
+              lookahead: LookaheadConfig | None, device: torch.device):
+    """Wrap the problem in the adaptive window / n-gram pool / multi-candidate schedulers if asked."""
+    dtype = _model_dtype(model)
+    if lookahead is not None and lookahead.verify > 1 and problem.sampling.greedy and problem.guidance is None:
+        from jacobix.candidates import verify_candidates
+
+        return verify_candidates(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
+                                 device=device, dtype=dtype)
+    if adaptive or lookahead is not None:
+        from jacobix.adaptive import AdaptiveConfig, schedule
+
+        return schedule(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
+                        config=AdaptiveConfig(max_window=window), device=device, dtype=dtype)
+    return problem
 
 
 AUTO_MAX_WINDOW = 16
