@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jacobix.engine import Acceptance, Drafts, FixedPointState, JacobiProblem
-from jacobix.lookahead import LookaheadConfig, NGramPool, pick
+from jacobix.lookahead import LookaheadConfig, RowPools, pick
 
 JACOBI, POOL = 0, 1  # draft sources; pool drafts found with key_lengths[i] are source POOL + i
 
@@ -167,8 +167,7 @@ class ScheduledProblem:
     def __init__(self, inner, drafts: int, controller: WindowController | None, lookahead: LookaheadConfig | None) -> None:
         self.inner, self.drafts, self.controller = inner, drafts, controller
         self.lookahead = lookahead
-        self.pools: list[NGramPool] = []
-        self.history: list[list[int]] = []
+        self.pools = None if lookahead is None else RowPools(lookahead, drafts)
         self.sources: Tensor | None = None
         self.stats = ScheduleStats()
         if controller is not None:
@@ -180,11 +179,11 @@ class ScheduledProblem:
         self.sources = torch.zeros(b, d, dtype=torch.long)
         if self.lookahead is None or d == 0:
             return drafts
-        self._catch_up(state)
+        self.pools.catch_up(state.values, state.length)
         values, p_draft = drafts.values.clone(), drafts.p_draft
         first = values[:, 0].tolist()
         for row in range(b):
-            key_index, candidates = self.pools[row].candidates(self.history[row])
+            key_index, candidates = self.pools.candidates(row)
             if not candidates:
                 continue
             chosen = torch.tensor(pick(candidates, first[row] if carried is not None else None)[:d])
@@ -194,20 +193,6 @@ class ScheduledProblem:
             one_hot = torch.nn.functional.one_hot(values, p_draft.shape[-1]).to(p_draft.dtype)  # (B, D, V)
             p_draft = torch.where((self.sources >= POOL).to(values.device)[..., None], one_hot, p_draft)
         return Drafts(values, p_draft)
-
-    def _catch_up(self, state: FixedPointState) -> None:
-        """Copy newly committed tokens to the host and harvest them into the pools (one sync)."""
-        lengths = state.length.tolist()
-        if not self.pools:
-            self.pools = [NGramPool(self.lookahead, self.drafts) for _ in lengths]
-            self.history = [[] for _ in lengths]
-        low = min(len(h) for h in self.history)
-        rows = state.values[:, low : max(lengths)].tolist()
-        for row, (history, length) in enumerate(zip(self.history, lengths)):
-            start = len(history)
-            history.extend(rows[row][start - low : length - low])
-            reach = self.drafts + max(self.lookahead.key_lengths)  # keys whose continuation reaches the new tokens
-            self.pools[row].add(history[max(start - reach, 0) :])
 
     def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
         running = ~state.done.cpu()
@@ -238,7 +223,7 @@ class ScheduledProblem:
     def _harvest(self, proposals: Tensor, running: Tensor) -> None:
         for row, tokens in enumerate(proposals.tolist()):
             if running[row]:
-                self.pools[row].add(tokens)
+                self.pools.add(row, tokens)
 
     def rollback(self, state: FixedPointState) -> None:
         self.inner.rollback(state)

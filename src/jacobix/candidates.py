@@ -17,7 +17,7 @@ from torch import Tensor
 
 from jacobix.adaptive import AdaptiveConfig, ScheduleStats
 from jacobix.engine import Acceptance, Drafts, FixedPointState
-from jacobix.lookahead import LookaheadConfig, NGramPool, order
+from jacobix.lookahead import LookaheadConfig, RowPools, order
 from jacobix.multidraft import GridController, cached_grid, copy_slots, greedy_winner, row_options
 from jacobix.sampling import process_logits
 
@@ -42,8 +42,7 @@ class CandidateProblem:
         self.inner, self.drafts, self.lookahead, self.rows, self.controller = inner, drafts, lookahead, rows, controller
         self.most = max(rows)
         self.caches: dict[int, object] = {1: inner.cache}
-        self.pools: list[NGramPool] = []
-        self.history: list[list[int]] = []
+        self.pools = None if lookahead is None else RowPools(lookahead, drafts)
         self.candidates = self.sources = self.novel = None  # (B, K, D) each
         self.last: tuple[int, Tensor, Tensor] | None = None  # (rows, winner (B,), first slot written (B,))
         self.stats = ScheduleStats()
@@ -57,7 +56,7 @@ class CandidateProblem:
         self.candidates = drafts.values[:, None].repeat(1, self.most, 1).cpu()  # (B, K, D)
         self.sources = torch.zeros(b, self.most, d, dtype=torch.long)
         if d > 0:
-            self._catch_up(state)
+            self.pools.catch_up(state.values, state.length)
             first = drafts.values[:, 0].tolist()
             for row in range(b):
                 self._fill(row, first[row] if carried is not None else None, d)
@@ -68,7 +67,7 @@ class CandidateProblem:
 
     def _fill(self, row: int, carried_first: int | None, d: int) -> None:
         """Row ``row``'s pool candidates first (best first), then its Jacobi carry-over."""
-        key_index, found = self.pools[row].candidates(self.history[row])
+        key_index, found = self.pools.candidates(row)
         jacobi = self.candidates[row, 0].clone()
         chosen = order(found, carried_first)[: self.most - 1]
         n_keys = len(self.lookahead.key_lengths)
@@ -78,20 +77,6 @@ class CandidateProblem:
             self.sources[row, rank, : len(tokens)] = POOL + key_index + (n_keys if rank else 0)
         self.candidates[row, len(chosen) :] = jacobi
         self.sources[row, len(chosen) :] = JACOBI
-
-    def _catch_up(self, state: FixedPointState) -> None:
-        """Harvest newly committed tokens into each row's pool (one host copy)."""
-        lengths = state.length.tolist()
-        if not self.pools:
-            self.pools = [NGramPool(self.lookahead, self.drafts) for _ in lengths]
-            self.history = [[] for _ in lengths]
-        low = min(len(h) for h in self.history)
-        rows = state.values[:, low : max(lengths)].tolist()
-        reach = self.drafts + max(self.lookahead.key_lengths)
-        for row, (history, length) in enumerate(zip(self.history, lengths)):
-            start = len(history)
-            history.extend(rows[row][start - low : length - low])
-            self.pools[row].add(history[max(start - reach, 0) :])
 
     def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
         running = ~state.done.cpu()
@@ -122,7 +107,7 @@ class CandidateProblem:
             for row, outputs in enumerate(targets.tolist()):
                 if running[row]:
                     for tokens_out in outputs:
-                        self.pools[row].add(tokens_out)
+                        self.pools.add(row, tokens_out)
         return Acceptance(n_commit=n_commit, values=values, proposals=Drafts(values), n_accepted=n_accepted,
                           finished=finished)
 

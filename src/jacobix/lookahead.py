@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 
 @dataclass(frozen=True, kw_only=True)
 class LookaheadConfig:
@@ -110,4 +112,39 @@ def order(candidates: list[tuple[int, ...]], carried_first: int | None) -> list[
     return agree + [c for c in candidates if not (carried_first is not None and c[0] == carried_first)]
 
 
-__all__ = ["LookaheadConfig", "NGramPool", "order", "pick"]
+class RowPools:
+    """One :class:`NGramPool` per batch row, fed with the row's committed tokens as they come."""
+
+    def __init__(self, config: LookaheadConfig, length: int) -> None:
+        self.config, self.length = config, length
+        self.pools: list[NGramPool] = []
+        self.history: list[list[int]] = []
+
+    def catch_up(self, values: Tensor, lengths: Tensor) -> None:
+        """Harvest the tokens committed since the last call (one host copy).
+
+        Args:
+            values: (B, C) committed tokens of every row.
+            lengths: (B,) committed length of every row.
+        """
+        lengths = lengths.tolist()
+        if not self.pools:
+            self.pools = [NGramPool(self.config, self.length) for _ in lengths]
+            self.history = [[] for _ in lengths]
+        low = min(len(h) for h in self.history)
+        rows = values[:, low : max(lengths)].tolist()
+        reach = self.length + max(self.config.key_lengths)  # keys whose continuation reaches the new tokens
+        for row, (history, length) in enumerate(zip(self.history, lengths)):
+            start = len(history)
+            history.extend(rows[row][start - low : length - low])
+            self.pools[row].add(history[max(start - reach, 0) :])
+
+    def candidates(self, row: int):
+        """The pool's continuations of ``row``'s committed text (see :meth:`NGramPool.candidates`)."""
+        return self.pools[row].candidates(self.history[row])
+
+    def add(self, row: int, tokens: list[int]) -> None:
+        self.pools[row].add(tokens)
+
+
+__all__ = ["LookaheadConfig", "NGramPool", "RowPools", "order", "pick"]
