@@ -316,15 +316,18 @@ def _decode_stats(
 
 
 def _model_device(model: CausalLM) -> torch.device:
-    parameters = getattr(model, "parameters", None)
-    first = next(iter(parameters()), None) if parameters else None
+    first = _first_parameter(model)
     return first.device if first is not None else torch.device("cpu")
 
 
 def _model_dtype(model: CausalLM) -> torch.dtype:
-    parameters = getattr(model, "parameters", None)
-    first = next(iter(parameters()), None) if parameters else None
+    first = _first_parameter(model)
     return first.dtype if first is not None else torch.float32
+
+
+def _first_parameter(model: CausalLM) -> Tensor | None:
+    parameters = getattr(model, "parameters", None)
+    return next(iter(parameters()), None) if parameters else None
 
 
 def _progress_bar(enabled: bool, method: str):
