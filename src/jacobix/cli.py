@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=200)
     bench.add_argument("--seeds", type=int, default=3, help="seeds per prompt / class")
     bench.add_argument("--batch-size", type=int, help="tarflow: samples per call (default 1); images: per batch (default 50)")
+    bench.add_argument("--tolerance", type=float, default=1e-4, help="tarflow: GS-Jacobi relative residual")
     bench.add_argument("--quick", action="store_true", help="a small run for smoke tests")
     bench.set_defaults(run=_bench)
 
@@ -135,7 +136,7 @@ def _bench(args: argparse.Namespace) -> int:
         from jacobix.flows.bench import TarFlowBenchConfig, bench_tarflow
 
         quick = dict(num_samples=8, calibration_samples=64, reference_samples=500) if args.quick else {}
-        config = TarFlowBenchConfig(batch_size=args.batch_size or 1, **quick)
+        config = TarFlowBenchConfig(batch_size=args.batch_size or 1, tolerance=args.tolerance, **quick)
         print(bench_tarflow(config=config).table())
     else:
         from jacobix.images.bench import ImageBenchConfig, bench_images, format_table
