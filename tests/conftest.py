@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 from jacobix.models import Llama, LlamaConfig
 from jacobix.sampling import SamplingConfig, process_logits, target_probs
 
+# Tests never reach a model hub: every model is built locally or read from an installed wheel.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tiny models gain nothing from threads, and idle OpenMP threads spin on a shared 2-core machine.
 torch.set_num_threads(1)
 
