@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jacobix", description=__doc__)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the bundled models are too small to gain from more; 0 = torch's choice)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of training and benchmarks")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
