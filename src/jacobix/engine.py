@@ -202,16 +202,20 @@ def solve(
         active.append(running)
         if on_sweep is not None:
             on_sweep()
-    b = state.length.shape[0]
-    stack = lambda xs, dtype: torch.stack(xs).cpu() if xs else torch.zeros(0, b, dtype=dtype)  # noqa: E731
+    rows = state.length.shape[0]
     return SolveStats(
         forward_passes=len(committed),
-        committed=stack(committed, torch.long),
-        accepted=stack(accepted, torch.long),
-        active=stack(active, torch.bool),
+        committed=_stack(committed, rows, torch.long),
+        accepted=_stack(accepted, rows, torch.long),
+        active=_stack(active, rows, torch.bool),
         window=window,
         trajectory=trajectory,
     )
+
+
+def _stack(per_pass: list[Tensor], rows: int, dtype: torch.dtype) -> Tensor:
+    """(P, B) on the CPU from P tensors of shape (B,); (0, B) when no pass was made."""
+    return torch.stack(per_pass).cpu() if per_pass else torch.zeros(0, rows, dtype=dtype)
 
 
 def _commit(state: FixedPointState, values: Tensor, n_commit: Tensor) -> None:
