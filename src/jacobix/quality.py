@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jacobix.checkpoints import read_metadata, read_weights, save_checkpoint
+
 CLASSIFIER_DIR = Path(__file__).parent / "assets" / "fmnist-classifier"
 IMAGE_SIZE = 28
 ImageBatch = Tensor | np.ndarray
@@ -74,16 +76,7 @@ class Classifier(nn.Module):
 
 def save_classifier(model: Classifier, directory: str | Path, *, extra: dict | None = None) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-    import json
-    from dataclasses import asdict
-
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    meta = {"architecture": "fmnist-classifier", "config": asdict(model.config), **(extra or {})}
-    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+    save_checkpoint(model, directory, architecture="fmnist-classifier", extra=extra)
 
 
 def load_classifier(directory: str | Path | None = None) -> Classifier:
@@ -107,20 +100,10 @@ def _bundled_classifier() -> Classifier:
 
 
 def _load(directory: Path) -> Classifier:
-    import json
-
-    from safetensors.torch import load_file
-
-    if not (directory / "model.safetensors").exists() or not (directory / "config.json").exists():
-        raise FileNotFoundError(
-            f"no classifier checkpoint in {directory}; train one with: jacobix train classifier --out {directory}"
-        )
-    meta = json.loads((directory / "config.json").read_text())
-    if meta.get("architecture") != "fmnist-classifier":
-        raise ValueError(f"{directory}/config.json describes {meta.get('architecture')!r}, not 'fmnist-classifier'")
-    config = meta["config"]
+    hint = f"train one with: jacobix train classifier --out {directory}"
+    config = read_metadata(directory, architecture="fmnist-classifier", hint=hint)["config"]
     model = Classifier(ClassifierConfig(**{**config, "channels": tuple(config["channels"])}))
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.load_state_dict(read_weights(directory))
     return model.eval()
 
 

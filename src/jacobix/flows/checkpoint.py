@@ -8,12 +8,13 @@ and shape against the config and refuses a mismatch with a message that names th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from jacobix.checkpoints import read_weights, save_checkpoint
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 
 ARCHITECTURE = "tarflow"
@@ -22,16 +23,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def save_tarflow(model: TarFlow, directory: str | Path, *, extra: dict | None = None) -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (plus ``extra`` keys) into ``directory``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    meta = {"architecture": ARCHITECTURE, "config": asdict(model.config), **(extra or {})}
-    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return directory
+    """Write ``model.safetensors`` (float32) and ``config.json`` (plus ``extra`` keys) into ``directory``."""
+    return save_checkpoint(model, directory, architecture=ARCHITECTURE, extra=extra, dtype=torch.float32)
 
 
 def read_config(directory: str | Path) -> tuple[TarFlowConfig, dict]:
@@ -59,8 +52,6 @@ def load_tarflow(directory: str | Path, config: TarFlowConfig | None = None) -> 
     Returns:
         the model in eval mode, and the config.json contents.
     """
-    from safetensors.torch import load_file
-
     stored, meta = read_config(directory)
     if config is not None and config != stored:
         diff = {f.name: (getattr(config, f.name), getattr(stored, f.name)) for f in fields(TarFlowConfig)
@@ -70,7 +61,7 @@ def load_tarflow(directory: str | Path, config: TarFlowConfig | None = None) -> 
             "Pass config=None to use the stored config, or the matching config."
         )
     model = TarFlow(stored)
-    load_checked(model, load_file(str(Path(directory) / "model.safetensors")), source=str(directory))
+    load_checked(model, read_weights(directory), source=str(directory))
     return model.eval(), meta
 
 

@@ -15,8 +15,7 @@ checkpoints load with :func:`jacobix.flows.checkpoint.load_apple_checkpoint`.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -79,9 +78,6 @@ class TarFlowConfig:
     @property
     def num_heads(self) -> int:
         return self.channels // self.head_dim
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
 
 
 class Attention(nn.Module):

@@ -9,14 +9,14 @@ straight-through estimator.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jacobix.checkpoints import read_metadata, read_weights, save_checkpoint
 from jacobix.quality import ImageBatch, to_unit_images
 
 VQ_DIR = Path(__file__).resolve().parent.parent / "assets" / "fmnist-vq"
@@ -128,25 +128,13 @@ class VQTokenizer(nn.Module):
 
 def save_vq(model: VQTokenizer, directory: str | Path, *, extra: dict | None = None) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
-    meta = {"architecture": "vq", "config": asdict(model.config), **(extra or {})}
-    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+    save_checkpoint(model, directory, architecture="vq", extra=extra)
 
 
 def load_vq(directory: str | Path | None = None) -> VQTokenizer:
     """Load a tokenizer written by :func:`save_vq` (default: the bundled ``assets/fmnist-vq``)."""
-    from safetensors.torch import load_file
-
     directory = Path(directory) if directory is not None else VQ_DIR
-    if not (directory / "model.safetensors").exists():
-        raise FileNotFoundError(f"no VQ tokenizer in {directory}; train one with: jacobix train vq --out {directory}")
-    meta = json.loads((directory / "config.json").read_text())
-    if meta.get("architecture") != "vq":
-        raise ValueError(f"{directory}/config.json describes {meta.get('architecture')!r}, not 'vq'")
+    meta = read_metadata(directory, architecture="vq", hint=f"train one with: jacobix train vq --out {directory}")
     model = VQTokenizer(VQConfig(**meta["config"]))
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.load_state_dict(read_weights(directory))
     return model.eval()

@@ -7,8 +7,7 @@ writing keys and values into the cache it is handed.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jacobix.cache import KVCache
+from jacobix.checkpoints import read_metadata, read_weights, save_checkpoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,9 +48,6 @@ class LlamaConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
 
 
 class RMSNorm(nn.Module):
@@ -185,27 +182,14 @@ class Llama(nn.Module):
 
 def save_llama(model: Llama, directory: str | Path, *, extra: dict | None = None) -> None:
     """Write ``model.safetensors`` and ``config.json`` (plus ``extra`` keys) into ``directory``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"))
-    meta = {"architecture": "llama", "config": asdict(model.config), **(extra or {})}
-    (directory / "config.json").write_text(json.dumps(meta, indent=2))
+    save_checkpoint(model, directory, architecture="llama", extra=extra)
 
 
 def load_llama(directory: str | Path) -> tuple[Llama, dict]:
     """Load a model written by :func:`save_llama`; returns the model and its config.json contents."""
-    from safetensors.torch import load_file
-
-    directory = Path(directory)
-    meta = json.loads((directory / "config.json").read_text())
-    if meta.get("architecture") != "llama":
-        raise ValueError(f"{directory}/config.json describes a {meta.get('architecture')!r} model, not 'llama'")
+    meta = read_metadata(directory, architecture="llama", hint="write one with jacobix.models.save_llama")
     model = Llama(LlamaConfig(**meta["config"]))
-    state = load_file(str(directory / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(directory), strict=False)
     if missing or unexpected:
         raise ValueError(
             f"checkpoint in {directory} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
