@@ -14,7 +14,6 @@ passes only keeps greedy Jacobi exact and SJD lossless.
 
 from __future__ import annotations
 
-import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -23,8 +22,9 @@ from torch import Tensor
 
 from jacobix.engine import Acceptance, Drafts, FixedPointState, JacobiProblem
 from jacobix.lookahead import LookaheadConfig, RowPools, pick
+from jacobix.timing import clock
 
-JACOBI, POOL = 0, 1  # draft sources; pool drafts found with key_lengths[i] are source POOL + i
+JACOBI, POOL = 0, 1  # draft sources; pool drafts of RowPools key index i are source POOL + i
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,26 +35,32 @@ class AdaptiveConfig:
         max_window: the largest window (tokens per pass) considered.
         probe_widths: widths whose pass cost is measured; others are interpolated.
         repeats: timed passes per width (the minimum is kept: load only adds time).
-        prior: (Jacobi, pool) acceptance rate assumed before any observation.
+        prior: acceptance rate assumed before any observation, for (Jacobi carry-over, drafts
+            from the text pool, drafts from the trajectory pool). On SmolLM2 a text-pool draft
+            passed 15-78% of the time by key length, a trajectory-pool draft 5-15%.
         prior_weight: pseudo-observations behind the prior; as old observations decay the prior
             regains weight, so a source that stopped being tried gets tried again.
         decay: weight kept by old observations at each new pass (forgetting).
-        sources: number of draft sources tracked (Jacobi + one per pool key length).
+        slack: among the draft counts whose expected speed is within this fraction of the best,
+            take the largest (fewer passes for about the same wall time).
+        sources: number of draft sources tracked (Jacobi + one per pool key length, for the text
+            pool and for the trajectory pool).
     """
 
     max_window: int = 16
     probe_widths: tuple[int, ...] = (1, 2, 4, 8, 16)
     repeats: int = 3
-    prior: tuple[float, float] = (0.1, 0.6)
+    prior: tuple[float, float, float] = (0.1, 0.5, 0.1)
     prior_weight: float = 2.0
     decay: float = 0.97
-    sources: int = 4
+    slack: float = 0.0
+    sources: int = 7
 
     def __post_init__(self) -> None:
         if self.max_window < 1 or min(self.probe_widths) != 1 or self.repeats < 1:
             raise ValueError("AdaptiveConfig: max_window >= 1, probe_widths must include 1, repeats >= 1")
-        if not all(0.0 <= p < 1.0 for p in self.prior) or not (0.0 < self.decay <= 1.0):
-            raise ValueError("AdaptiveConfig: prior rates in [0, 1), decay in (0, 1]")
+        if len(self.prior) != 3 or not all(0.0 <= p < 1.0 for p in self.prior) or not (0.0 < self.decay <= 1.0):
+            raise ValueError("AdaptiveConfig: prior = 3 rates in [0, 1) (Jacobi, text pool, trajectory pool), decay in (0, 1]")
 
 
 @torch.inference_mode()
@@ -69,9 +75,9 @@ def measure_costs(model, widths: tuple[int, ...], repeats: int, device: torch.de
     for _ in range(repeats):
         for w in widths:
             positions = context + torch.arange(w, device=device)[None]  # (1, w)
-            start = time.perf_counter()
+            start = clock(device)
             model.forward(tokens[:, context : context + w], positions, cache)
-            costs[w] = min(costs.get(w, float("inf")), time.perf_counter() - start)
+            costs[w] = min(costs.get(w, float("inf")), clock(device) - start)
     return costs
 
 
@@ -104,10 +110,10 @@ def interpolate(costs: dict[int, float], width: int) -> float:
 class WindowController:
     """Acceptance statistics per (source, slot) and the choice of drafts per pass."""
 
-    def __init__(self, costs: dict[int, float], drafts: int, config: AdaptiveConfig) -> None:
+    def __init__(self, costs: dict[int, float], drafts: int, config: AdaptiveConfig, keys: int = 1) -> None:
         self.config, self.drafts = config, drafts
         self.cost = [interpolate(costs, k + 1) for k in range(drafts + 1)]
-        rates = [config.prior[JACOBI]] + [config.prior[POOL]] * (config.sources - 1)
+        rates = [config.prior[0]] + [config.prior[1 if (s - POOL) % (2 * keys) < keys else 2] for s in range(1, config.sources)]
         self.prior = torch.tensor(rates, dtype=torch.float64)[:, None].expand(config.sources, max(drafts, 1))  # (S, D)
         self.passed = torch.zeros_like(self.prior)  # (S, D) decayed observations
         self.tested = torch.zeros_like(self.prior)
@@ -121,7 +127,7 @@ class WindowController:
         slot_rate = rate[sources, torch.arange(self.drafts)[None]]  # (R, D)
         expected = 1 + torch.cat([torch.zeros(sources.shape[0], 1), slot_rate.cumprod(1).cumsum(1)], 1)  # (R, D+1)
         speed = expected.sum(0) / torch.tensor(self.cost)  # (D+1,)
-        return int(speed.argmax())
+        return int((speed >= speed.max() * (1 - self.config.slack)).nonzero().max())
 
     def observe(self, sources: Tensor, n_accepted: Tensor, fed: int) -> None:
         """Count slot ``i`` as tested when it was fed and every slot before it passed."""
@@ -241,9 +247,10 @@ def schedule(inner, model, *, drafts: int, adaptive: bool, lookahead: LookaheadC
     """Wrap ``inner`` with pool drafts and/or the adaptive choice of drafts per pass."""
     controller = None
     if adaptive:
-        if lookahead is not None and len(lookahead.key_lengths) + 1 > config.sources:
-            raise ValueError(f"AdaptiveConfig.sources must be >= {len(lookahead.key_lengths) + 1} for these key lengths")
-        controller = WindowController(cached_costs(model, config, device, dtype), drafts, config)
+        if lookahead is not None and 2 * len(lookahead.key_lengths) + 1 > config.sources:
+            raise ValueError(f"AdaptiveConfig.sources must be >= {2 * len(lookahead.key_lengths) + 1} for these key lengths")
+        keys = 1 if lookahead is None else len(lookahead.key_lengths)
+        controller = WindowController(cached_costs(model, config, device, dtype), drafts, config, keys)
     return ScheduledProblem(inner, drafts, controller, lookahead)
 
 

@@ -79,6 +79,7 @@ class TextBenchConfig:
     temperature: float = 0.8
     top_k: int | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if not self.prompts or not self.seeds:
@@ -96,6 +97,7 @@ class BenchRow:
     mismatches: int = 0  # greedy runs whose output differed from greedy AR (must stay 0)
     runs: int = 0
     prompt_wall: list[float] = field(default_factory=list)  # seconds per prompt (all seeds)
+    prompt_passes: list[int] = field(default_factory=list)  # forward passes per prompt (all seeds)
 
     @property
     def tokens_per_pass(self) -> float:
@@ -125,11 +127,23 @@ class TextBenchResult:
             )
         c = self.config
         lines.append(
-            f"model {c.model}; {len(c.prompts)} prompts x {len(c.seeds)} seeds x {c.max_new_tokens} new tokens; "
-            f"sampling at temperature {c.temperature}; ratios = AR / setting (higher is better; AR = first "
+            f"model {c.model} on {c.device}; {len(c.prompts)} prompts x {len(c.seeds)} seeds x {c.max_new_tokens} new "
+            f"tokens; sampling at temperature {c.temperature}; ratios = AR / setting (higher is better; AR = first "
             f"sequential row of the same mode); worst prompt = lowest per-prompt wall ratio; "
             f"{torch.get_num_threads()} CPU threads"
         )
+        return "\n".join(lines)
+
+    def prompt_table(self) -> str:
+        """Per prompt: each setting's passes and wall-time ratios to its AR row (passes x / wall x)."""
+        head = f"{'setting':<20} " + " ".join(f"{f'prompt {i}':>13}" for i in range(len(self.config.prompts)))
+        lines = [head, "-" * len(head)]
+        for row in self.rows:
+            ref = self.reference(row)
+            cells = (f"{p0 / max(p, 1):.2f}/{w0 / max(w, 1e-9):.2f}" for p0, p, w0, w in
+                     zip(ref.prompt_passes, row.prompt_passes, ref.prompt_wall, row.prompt_wall))
+            lines.append(f"{row.setting.label:<20} " + " ".join(f"{cell:>13}" for cell in cells))
+        lines.append("cells: passes vs AR / wall vs AR, per prompt (all seeds)")
         return "\n".join(lines)
 
 
@@ -138,8 +152,9 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
     from jacobix.models.smollm2 import load_named
 
     text_model = text_model or load_named(config.model)
+    text_model.model.to(config.device)
     rows = [BenchRow(setting=s) for s in config.settings]
-    prompts = [text_model.tokenizer.encode(p) for p in config.prompts]
+    prompts = [text_model.tokenizer.encode(p).to(config.device) for p in config.prompts]
     generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
     if any(s.window == "auto" for s in config.settings):  # measures pass costs once, outside the timings
         generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=4, window="auto")
@@ -149,6 +164,7 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
     for prompt in prompts:
         for row in rows:
             row.prompt_wall.append(0.0)
+            row.prompt_passes.append(0)
         for seed in config.seeds:
             greedy_reference = None
             for row in rows:
@@ -157,10 +173,11 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
                 row.tokens += sum(result.stats.new_tokens)
                 row.wall_s += result.stats.wall_time_s
                 row.prompt_wall[-1] += result.stats.wall_time_s
+                row.prompt_passes[-1] += result.stats.forward_passes
                 row.runs += 1
                 if not row.setting.sampled:
                     greedy_reference = greedy_reference if greedy_reference is not None else result.tokens[0]
-                    row.mismatches += int(not torch.equal(result.tokens[0], greedy_reference))
+                    row.mismatches += int(not torch.equal(result.tokens[0].cpu(), greedy_reference.cpu()))
     return TextBenchResult(config=config, rows=rows)
 
 
@@ -181,7 +198,7 @@ def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfi
         init=setting.init,
         lookahead=LookaheadConfig(verify=setting.verify) if setting.lookahead else False,
         max_new_tokens=config.max_new_tokens,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator(device=config.device).manual_seed(seed),
         eos_token_id=text_model.eos_token_id,
         **sampling,
     )

@@ -21,7 +21,7 @@ from jacobix.lookahead import LookaheadConfig, RowPools, order
 from jacobix.multidraft import GridController, cached_grid, copy_slots, greedy_winner, row_options
 from jacobix.sampling import process_logits
 
-JACOBI, POOL = 0, 1  # source ids: Jacobi carry-over; POOL + i: best candidate of key length i; POOL + n_keys + i: others
+JACOBI, POOL = 0, 1  # source ids: Jacobi carry-over; POOL + i: best candidate of pool key i; POOL + n_pool_keys + i: others
 
 
 class CandidateProblem:
@@ -70,7 +70,7 @@ class CandidateProblem:
         key_index, found = self.pools.candidates(row)
         jacobi = self.candidates[row, 0].clone()
         chosen = order(found, carried_first)[: self.most - 1]
-        n_keys = len(self.lookahead.key_lengths)
+        n_keys = 2 * len(self.lookahead.key_lengths)  # text-pool and trajectory-pool keys (RowPools.candidates)
         for rank, candidate in enumerate(chosen):
             tokens = torch.tensor(candidate[:d])
             self.candidates[row, rank, : len(tokens)] = tokens
@@ -158,8 +158,9 @@ def verify_candidates(inner, model, *, drafts: int, adaptive: bool, lookahead: L
     rows = row_options(lookahead.verify)
     controller = None
     if adaptive:
-        config = AdaptiveConfig(max_window=drafts + 1, sources=1 + 2 * len(lookahead.key_lengths))
-        controller = GridController(cached_grid(model, rows, config, device, dtype), drafts, rows, config)
+        config = AdaptiveConfig(max_window=drafts + 1, sources=1 + 4 * len(lookahead.key_lengths))
+        controller = GridController(cached_grid(model, rows, config, device, dtype), drafts, rows, config,
+                                    len(lookahead.key_lengths))
     return CandidateProblem(inner, drafts, lookahead, rows, controller)
 
 

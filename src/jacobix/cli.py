@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=3, help="seeds per prompt / class")
     bench.add_argument("--batch-size", type=int, help="tarflow: samples per call (default 1); images: per batch (default 50)")
     bench.add_argument("--tolerance", type=float, default=1e-4, help="tarflow: GS-Jacobi relative residual")
+    bench.add_argument("--device", default="cpu", help="text: torch device of the model, e.g. cuda (default cpu)")
+    bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
     bench.add_argument("--quick", action="store_true", help="a small run for smoke tests")
     bench.set_defaults(run=_bench)
 
@@ -131,8 +133,12 @@ def _bench(args: argparse.Namespace) -> int:
             model=args.model,
             max_new_tokens=60 if args.quick else args.max_new_tokens,
             seeds=tuple(range(1 if args.quick else args.seeds)),
+            device=args.device,
         )
-        print(bench_text(config).table())
+        result = bench_text(config)
+        print(result.table())
+        if args.per_prompt:
+            print("\n" + result.prompt_table())
     elif args.target == "tarflow":
         from jacobix.flows.bench import TarFlowBenchConfig, bench_tarflow
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -14,6 +13,7 @@ from jacobix.drafts import DraftInit, resolve_init
 from jacobix.engine import FixedPointState, SolveStats, SweepRecord, solve
 from jacobix.lookahead import LookaheadConfig
 from jacobix.sampling import LogitsProcessor, SamplingConfig
+from jacobix.timing import clock
 
 Method = Literal["ar", "jacobi", "sjd"]
 Prompt = Tensor | Sequence[Sequence[int]] | Sequence[Tensor]
@@ -170,7 +170,7 @@ def generate(
         max_position=capacity - 1,
     )
     problem = _schedule(problem, model, window=window, adaptive=adaptive, lookahead=lookahead, device=device)
-    start = time.perf_counter()
+    start = clock(device)
     with torch.inference_mode():
         prefilled = _prefill(model, cache, prompts, prompt_length, uncond, uncond_length)
         problem.rollback(state)
@@ -178,7 +178,7 @@ def generate(
         solved = solve(problem, state, window=window, record=record, on_sweep=None if bar is None else bar.update)
         if bar is not None:
             bar.close()
-    elapsed = time.perf_counter() - start
+    elapsed = clock(device) - start
     tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(batch)]
     stats = _decode_stats(method, solved, tokens, prefilled, elapsed, getattr(problem, "stats", None))
     return GenerateResult(tokens=tokens, stats=stats, trajectory=solved.trajectory)

@@ -419,16 +419,16 @@ def transformers_generate(model: Any, prompt: Tensor, *, max_new_tokens: int, eo
     Returns the new tokens (EOS included, padding cut), the decoding passes (prefill excluded,
     counted by a forward hook) and the wall time in seconds, for side-by-side benchmarks.
     """
-    import time
+    from jacobix.timing import clock
 
     calls = [0]
     hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
-        start = time.perf_counter()
+        start = clock(prompt.device)
         out = model.generate(prompt[None], attention_mask=torch.ones_like(prompt)[None], do_sample=False,
                              max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=eos_token_id,
                              prompt_lookup_num_tokens=prompt_lookup_num_tokens)
-        elapsed = time.perf_counter() - start
+        elapsed = clock(prompt.device) - start
     finally:
         hook.remove()
     new = out[0, len(prompt) :]

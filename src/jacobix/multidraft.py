@@ -21,7 +21,6 @@ Worked example, 2 candidates, committed ``... x9``::
 
 from __future__ import annotations
 
-import time
 import weakref
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from jacobix.acceptance import leading_true
 from jacobix.adaptive import AdaptiveConfig, WindowController, interpolate
+from jacobix.timing import clock
 
 
 def greedy_winner(drafts: Tensor, target_tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,8 +75,8 @@ class GridController(WindowController):
     """
 
     def __init__(self, costs: dict[tuple[int, int], float], drafts: int, rows: tuple[int, ...],
-                 config: AdaptiveConfig) -> None:
-        super().__init__({w: c for (r, w), c in costs.items() if r == 1}, drafts, config)
+                 config: AdaptiveConfig, keys: int = 1) -> None:
+        super().__init__({w: c for (r, w), c in costs.items() if r == 1}, drafts, config, keys)
         self.rows = rows
         per_rows = {r: {w: c for (q, w), c in costs.items() if q == r} for r in rows}
         self.grid = torch.tensor([[interpolate(per_rows[r], k + 1) for k in range(drafts + 1)] for r in rows])  # (N, D+1)
@@ -113,9 +113,9 @@ def measure_grid(model, rows: tuple[int, ...], widths: tuple[int, ...], repeats:
         for _ in range(repeats):
             for w in widths:
                 positions = (context + torch.arange(w, device=device)).expand(r, -1)  # (r, w)
-                start = time.perf_counter()
+                start = clock(device)
                 model.forward(tokens[:r, context : context + w], positions, cache)
-                costs[r, w] = min(costs.get((r, w), float("inf")), time.perf_counter() - start)
+                costs[r, w] = min(costs.get((r, w), float("inf")), clock(device) - start)
     return costs
 
 
