@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from jacobix.acceptance import (
+    candidates_accept,
     greedy_accept,
     leading_true,
     relative_residual,
@@ -130,3 +132,31 @@ def test_copy_init_row_above_on_a_hand_built_grid():
     # a chain: window of 8 fresh slots after position 6 copies row by row
     chain = DraftContext(canvas, torch.tensor([[7, 8, 9, 10, 11, 12, 13, 14]])[:, :5], torch.ones(1, 5, dtype=torch.bool), torch.tensor([1]), 100, None)
     assert CopyInit(3)(chain)[0].tolist() == [[13, 14, 15, 13, 14]]
+
+
+def test_candidates_accept_samples_the_target_law_whatever_the_candidates():
+    """Three fixed candidates (two share a first token) over a 3-token law: committed tokens,
+    completed by ancestral sampling, must follow the exact joint; the candidate rule also accepts."""
+    from test_sjd_distribution import chi_square_pvalue
+
+    vocab, g = 4, _gen(5)
+    p0 = torch.tensor([0.3, 0.05, 0.5, 0.15])  # most mass on the candidates' first tokens 2 and 0
+    p1 = torch.softmax(torch.randn(vocab, vocab, generator=g), -1)  # p1[x0]
+    p1[2] = torch.tensor([0.05, 0.4, 0.1, 0.45])  # after 2, the candidates propose 1 and 3
+    p2 = torch.softmax(torch.randn(vocab, vocab, vocab, generator=g), -1)  # p2[x0, x1]
+    candidates = torch.tensor([[2, 1], [2, 3], [0, 1]])  # (R, D)
+    targets = torch.stack([torch.stack([p0, p1[a], p2[a, b]]) for a, b in candidates.tolist()])  # (R, D+1, V)
+    n = 6000
+    winner, accepted, next_token = candidates_accept(candidates.expand(n, -1, -1), targets.expand(n, -1, -1, -1), g)
+    samples = []
+    for w, k, t in zip(winner.tolist(), accepted.tolist(), next_token.tolist()):
+        x = candidates[w, :k].tolist() + [t]
+        while len(x) < 3:  # finish the sequence by plain ancestral sampling
+            law = p0 if not x else (p1[x[0]] if len(x) == 1 else p2[x[0], x[1]])
+            x.append(int(torch.multinomial(law, 1, generator=g)))
+        samples.append(tuple(x[:3]))
+    joint = {(a, b, c): float(p0[a] * p1[a, b] * p2[a, b, c]) for a in range(vocab) for b in range(vocab) for c in range(vocab)}
+    assert chi_square_pvalue(samples, joint) > 1e-3
+    assert float((accepted >= 1).float().mean()) == pytest.approx(float(p0[2] + p0[0]), abs=0.03)
+    first_of_two = (accepted >= 1) & (torch.tensor([x[0] for x in samples]) == 2)
+    assert float((winner[first_of_two] == 1).float().mean()) > 0  # the second candidate wins when its token is drawn

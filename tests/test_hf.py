@@ -73,6 +73,32 @@ def test_lookahead_pool_accepts_drafts_on_repetitive_text():
     assert pooled.stats.forward_passes < plain.stats.forward_passes
 
 
+class Recorder:
+    """A transformers-style streamer that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.chunks, self.ended = [], False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.chunks.append(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def test_streamer_gets_the_prompt_then_committed_tokens_like_transformers():
+    model = build("llama", seed=3)
+    prompt = [1, 5, 9, 3, 7, 11] * 4
+    theirs, ours = Recorder(), Recorder()
+    model.generate(torch.tensor([prompt]), max_new_tokens=30, do_sample=False, streamer=theirs)
+    result = jacobix.generate(model, [prompt], method="jacobi", window=8, lookahead=True, max_new_tokens=30, streamer=ours)
+    assert ours.ended and ours.chunks[0] == theirs.chunks[0] == prompt
+    assert sum(ours.chunks[1:], []) == sum(theirs.chunks[1:], []) == result.tokens[0].tolist()
+    assert len(ours.chunks) - 1 == result.stats.forward_passes < len(theirs.chunks) - 1  # several tokens per chunk
+    with pytest.raises(ValueError, match="one prompt"):
+        jacobix.generate(model, [prompt, prompt], method="jacobi", max_new_tokens=4, streamer=Recorder())
+
+
 def test_eos_inside_window_stops_where_ar_stops():
     model = build("qwen2")
     ids, mask = left_padded(PROMPTS)

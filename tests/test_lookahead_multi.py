@@ -89,15 +89,21 @@ def test_multi_candidate_through_transformers_adapter():
     assert set(result.stats.schedule.rows) <= {1, 3} and result.stats.schedule.rows[3] >= result.stats.forward_passes - 2
 
 
-def test_sjd_with_verify_above_one_stays_lossless():
-    from test_sjd_distribution import LENGTH, PROMPT, SAMPLES, chi_square_pvalue
+@pytest.mark.parametrize("prompt", [[1, 3, 0], [1, 3, 0, 1, 2, 4, 1, 0, 2]])
+def test_sjd_with_several_candidates_per_pass_stays_lossless(prompt):
+    """The second prompt gives key (1,) three continuations and key (0,) two, so passes verify
+    several distinct candidates; the joint of 3 sampled tokens must still be the AR joint."""
+    from test_sjd_distribution import LENGTH, SAMPLES, chi_square_pvalue
     from jacobix.sampling import SamplingConfig
 
     model = tiny_model(11, vocab=5, dim=16)
-    joint = exact_joint(model, PROMPT, LENGTH, SamplingConfig(temperature=1.0))
-    result = jacobix.generate(model, [PROMPT] * SAMPLES, method="sjd", window=4, temperature=1.0, max_new_tokens=LENGTH,
+    joint = exact_joint(model, prompt, LENGTH, SamplingConfig(temperature=1.0))
+    result = jacobix.generate(model, [prompt] * SAMPLES, method="sjd", window=4, temperature=1.0, max_new_tokens=LENGTH,
                               lookahead=LookaheadConfig(verify=4), generator=torch.Generator().manual_seed(3))
     assert chi_square_pvalue([tuple(t.tolist()) for t in result.tokens], joint) > 1e-3
+    schedule = result.stats.schedule
+    assert schedule.rows[4] >= 2 and schedule.pool_drafts > 0 and schedule.pool_accepted > 0
+    assert result.stats.mean_acceptance_length > 1.0
 
 
 @pytest.mark.slow

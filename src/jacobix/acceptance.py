@@ -128,3 +128,61 @@ def speculative_accept(
     residual = torch.where(empty, target_row, residual)
     next_token = sample(residual, generator)  # (B,)
     return accepted, next_token
+
+
+def candidates_accept(
+    candidates: Tensor, p_target: Tensor, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Lossless speculative sampling over several fixed draft sequences per row (one pass).
+
+    Each row has ``R`` candidate sequences, each verified in its own model row, so
+    ``p_target[b, i, t]`` is the target at slot ``t`` after the row's prefix and candidate ``i``'s
+    first ``t`` tokens. Walking down the slots, the candidates still alive share the accepted
+    prefix, hence one target ``p``; their distinct next tokens ``d_1, d_2, ...`` are tried in
+    candidate order, ``d_k`` accepted with probability ``p(d_k) / (1 - p(d_1) - ... - p(d_{k-1}))``.
+    That gives ``P(d_k) = p(d_k)``; if all are rejected the token is drawn from ``p`` with the tried
+    tokens removed, so every committed token follows ``p`` exactly (recursive rejection sampling
+    for fixed drafts). Candidates must be fixed: not drawn with this pass's randomness.
+
+    Args:
+        candidates: (B, R, D) draft tokens.
+        p_target: (B, R, D+1, V) each candidate row's target distributions.
+        generator: source of randomness.
+    Returns:
+        winner: (B,) a candidate holding the accepted prefix (the lowest index).
+        accepted: (B,) drafts accepted.
+        next_token: (B,) the token drawn at slot ``accepted``.
+    """
+    b, r, d = candidates.shape
+    index = candidates.transpose(1, 2)[:, None].expand(b, r, d, r)  # [b, i, t, j] = token of candidate j at t
+    at = p_target[:, :, :d].gather(-1, index).double().cpu()  # (B, R, D, R) p_i(slot t) of candidate j's token
+    u = uniform((b, d, r), p_target, generator).double().cpu()  # one number per token tried
+    tokens = candidates.tolist()
+    winner, accepted, tried_tokens = [], [], []
+    for row in range(b):
+        alive, t, tried = list(range(r)), 0, []
+        while t < d:
+            first, mass, chosen, tried = alive[0], 1.0, None, []
+            owners = {}  # distinct next token -> first alive candidate proposing it, in candidate order
+            for i in alive:
+                owners.setdefault(tokens[row][i][t], i)
+            for k, (token, owner) in enumerate(owners.items()):
+                p = float(at[row, first, t, owner])
+                if u[row, t, k] * mass < p:
+                    chosen = token
+                    break
+                mass, tried = mass - p, tried + [token]
+            if chosen is None:
+                break
+            alive, t, tried = [i for i in alive if tokens[row][i][t] == chosen], t + 1, []
+        winner.append(alive[0])
+        accepted.append(t)
+        tried_tokens.append(tried + [-1] * (r - len(tried)))  # padded to R
+    device = p_target.device
+    winner_t, accepted_t = torch.tensor(winner, device=device), torch.tensor(accepted, device=device)
+    final = p_target[torch.arange(b, device=device), winner_t, accepted_t]  # (B, V)
+    vocab = final.shape[-1]
+    tried_t = torch.tensor(tried_tokens, device=device)  # (B, R), -1 = none: sent to a spare column
+    tried_t = torch.where(tried_t < 0, vocab, tried_t)
+    removed = torch.zeros(b, vocab + 1, dtype=torch.bool, device=device).scatter_(1, tried_t, True)[:, :vocab]  # (B, V)
+    return winner_t, accepted_t, sample(final.masked_fill(removed, 0.0), generator)

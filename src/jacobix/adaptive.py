@@ -35,14 +35,18 @@ class AdaptiveConfig:
         max_window: the largest window (tokens per pass) considered.
         probe_widths: widths whose pass cost is measured; others are interpolated.
         repeats: timed passes per width (the minimum is kept: load only adds time).
-        prior: acceptance rate assumed before any observation, for (Jacobi carry-over, drafts
-            from the text pool, drafts from the trajectory pool). On SmolLM2 a text-pool draft
-            passed 15-78% of the time by key length, a trajectory-pool draft 5-15%.
+        jacobi_prior: acceptance rate per slot assumed for Jacobi carry-over drafts before any
+            observation.
+        text_prior: the same for drafts from the text pool, by key index (longest key first;
+            later keys use the last entry). A longer matching key predicts better: on SmolLM2 a
+            first text-pool draft passed 78% / 25% / 23% of the time for keys of 3 / 2 / 1 tokens.
+        trajectory_prior: the same for drafts from the trajectory pool (5-15% on SmolLM2).
         prior_weight: pseudo-observations behind the prior; as old observations decay the prior
             regains weight, so a source that stopped being tried gets tried again.
         decay: weight kept by old observations at each new pass (forgetting).
-        slack: among the draft counts whose expected speed is within this fraction of the best,
-            take the largest (fewer passes for about the same wall time).
+        slack: among the draft counts whose expected speed is within this fraction of the best
+            and no lower than sequential decoding's, take the largest (fewer passes for about
+            the same wall time).
         sources: number of draft sources tracked (Jacobi + one per pool key length, for the text
             pool and for the trajectory pool).
     """
@@ -50,17 +54,20 @@ class AdaptiveConfig:
     max_window: int = 16
     probe_widths: tuple[int, ...] = (1, 2, 4, 8, 16)
     repeats: int = 3
-    prior: tuple[float, float, float] = (0.1, 0.5, 0.1)
+    jacobi_prior: float = 0.1
+    text_prior: tuple[float, ...] = (0.7, 0.5, 0.3)
+    trajectory_prior: float = 0.1
     prior_weight: float = 2.0
     decay: float = 0.97
-    slack: float = 0.0
+    slack: float = 0.03
     sources: int = 7
 
     def __post_init__(self) -> None:
         if self.max_window < 1 or min(self.probe_widths) != 1 or self.repeats < 1:
             raise ValueError("AdaptiveConfig: max_window >= 1, probe_widths must include 1, repeats >= 1")
-        if len(self.prior) != 3 or not all(0.0 <= p < 1.0 for p in self.prior) or not (0.0 < self.decay <= 1.0):
-            raise ValueError("AdaptiveConfig: prior = 3 rates in [0, 1) (Jacobi, text pool, trajectory pool), decay in (0, 1]")
+        priors = (self.jacobi_prior, *self.text_prior, self.trajectory_prior)
+        if not self.text_prior or not all(0.0 <= p < 1.0 for p in priors) or not (0.0 < self.decay <= 1.0):
+            raise ValueError("AdaptiveConfig: prior rates in [0, 1) (text_prior: at least one), decay in (0, 1]")
 
 
 @torch.inference_mode()
@@ -107,13 +114,30 @@ def interpolate(costs: dict[int, float], width: int) -> float:
     return costs[lower] * (1 - t) + costs[upper] * t
 
 
+def _pool_prior(config: AdaptiveConfig, key_index: int, keys: int) -> float:
+    """Prior of a pool draft found with ``key_index`` (text pool below ``keys``, trajectory pool above)."""
+    if key_index >= keys:
+        return config.trajectory_prior
+    return config.text_prior[min(key_index, len(config.text_prior) - 1)]
+
+
 class WindowController:
-    """Acceptance statistics per (source, slot) and the choice of drafts per pass."""
+    """Acceptance statistics per (source, slot) and the choice of drafts per pass.
+
+    Args:
+        costs: seconds of a pass by width (measured widths; others are interpolated).
+        drafts: most drafts per pass.
+        config: priors, forgetting and slack.
+        keys: pool key lengths. Source ``POOL + i`` is a text-pool draft when ``i mod 2 keys < keys``,
+            else a trajectory-pool draft (the numbering of :meth:`RowPools.candidates`, repeated
+            for lower-ranked candidates in :mod:`jacobix.candidates`); it picks the prior.
+    """
 
     def __init__(self, costs: dict[int, float], drafts: int, config: AdaptiveConfig, keys: int = 1) -> None:
         self.config, self.drafts = config, drafts
         self.cost = [interpolate(costs, k + 1) for k in range(drafts + 1)]
-        rates = [config.prior[0]] + [config.prior[1 if (s - POOL) % (2 * keys) < keys else 2] for s in range(1, config.sources)]
+        pools = [_pool_prior(config, (s - POOL) % (2 * keys), keys) for s in range(POOL, config.sources)]
+        rates = [config.jacobi_prior, *pools]
         self.prior = torch.tensor(rates, dtype=torch.float64)[:, None].expand(config.sources, max(drafts, 1))  # (S, D)
         self.passed = torch.zeros_like(self.prior)  # (S, D) decayed observations
         self.tested = torch.zeros_like(self.prior)
@@ -127,7 +151,8 @@ class WindowController:
         slot_rate = rate[sources, torch.arange(self.drafts)[None]]  # (R, D)
         expected = 1 + torch.cat([torch.zeros(sources.shape[0], 1), slot_rate.cumprod(1).cumsum(1)], 1)  # (R, D+1)
         speed = expected.sum(0) / torch.tensor(self.cost)  # (D+1,)
-        return int((speed >= speed.max() * (1 - self.config.slack)).nonzero().max())
+        floor = max(float(speed.max()) * (1 - self.config.slack), float(speed[0]))  # never expected slower than k = 0
+        return int((speed >= floor).nonzero().max())
 
     def observe(self, sources: Tensor, n_accepted: Tensor, fed: int) -> None:
         """Count slot ``i`` as tested when it was fed and every slot before it passed."""
@@ -248,7 +273,8 @@ def schedule(inner, model, *, drafts: int, adaptive: bool, lookahead: LookaheadC
     controller = None
     if adaptive:
         if lookahead is not None and 2 * len(lookahead.key_lengths) + 1 > config.sources:
-            raise ValueError(f"AdaptiveConfig.sources must be >= {2 * len(lookahead.key_lengths) + 1} for these key lengths")
+            needed = 2 * len(lookahead.key_lengths) + 1
+            raise ValueError(f"AdaptiveConfig.sources must be >= {needed} for these key lengths")
         keys = 1 if lookahead is None else len(lookahead.key_lengths)
         controller = WindowController(cached_costs(model, config, device, dtype), drafts, config, keys)
     return ScheduledProblem(inner, drafts, controller, lookahead)

@@ -6,6 +6,7 @@ compare like with like. Forward passes are exact counts; wall times are this mac
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -32,7 +33,7 @@ class Setting:
     init: str = "random"
     sampled: bool = False
     lookahead: bool = False
-    verify: int = 1  # pool candidates verified per pass (greedy lookahead)
+    verify: int = 1  # pool candidates verified per pass (lookahead)
 
 
 DEFAULT_SETTINGS = (
@@ -67,6 +68,7 @@ HF_SETTINGS = (
     Setting(label="lookahead auto k4", method="jacobi", window="auto", init="repeat", lookahead=True, verify=4),
     Setting(label="ar sample", method="ar", sampled=True),
     Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
+    Setting(label="sjd auto+pool k4", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True, verify=4),
 )
 
 
@@ -96,18 +98,25 @@ class BenchRow:
     wall_s: float = 0.0
     mismatches: int = 0  # greedy runs whose output differed from greedy AR (must stay 0)
     runs: int = 0
-    prompt_wall: list[float] = field(default_factory=list)  # seconds per prompt (all seeds)
-    prompt_passes: list[int] = field(default_factory=list)  # forward passes per prompt (all seeds)
+    per_prompt: list[list[tuple[int, int, float]]] = field(default_factory=list)  # (passes, tokens, seconds) per seed
 
     @property
     def tokens_per_pass(self) -> float:
         return self.tokens / max(self.passes, 1)
+
+    def prompt_cost(self, prompt: int, what: int) -> float:
+        """Median over seeds of passes (``what=0``) or seconds (``what=2``) per generated token.
+
+        The median of interleaved repeats keeps one slow run (machine noise) out of a prompt's ratio.
+        """
+        return statistics.median(run[what] / max(run[1], 1) for run in self.per_prompt[prompt])
 
 
 @dataclass
 class TextBenchResult:
     config: TextBenchConfig
     rows: list[BenchRow] = field(default_factory=list)
+    pass_costs: dict[int, float] = field(default_factory=dict)  # pass cost by width / one-token pass cost
 
     def reference(self, row: BenchRow) -> BenchRow:
         """The sequential row that ``row`` is compared with (greedy or sampling AR)."""
@@ -120,18 +129,23 @@ class TextBenchResult:
         for row in self.rows:
             ref = self.reference(row)
             exact = "-" if row.setting.sampled else ("yes" if row.mismatches == 0 else f"NO({row.mismatches})")
+            worst = min((_ratio(ref, row, i, 2) for i in range(len(row.per_prompt))), default=0.0)
             lines.append(
                 f"{row.setting.label:<20} {row.passes:>7} {row.tokens:>7} {row.tokens_per_pass:>8.2f} {row.wall_s:>8.3f} "
-                f"{ref.passes / max(row.passes, 1):>11.2f}x {ref.wall_s / max(row.wall_s, 1e-9):>9.2f}x "
-                f"{min((a / max(b, 1e-9) for a, b in zip(ref.prompt_wall, row.prompt_wall)), default=0.0):>11.2f}x {exact:>6}"
+                f"{_per_token_ratio(ref.passes, ref.tokens, row.passes, row.tokens):>11.2f}x "
+                f"{_per_token_ratio(ref.wall_s, ref.tokens, row.wall_s, row.tokens):>9.2f}x {worst:>11.2f}x {exact:>6}"
             )
         c = self.config
         lines.append(
             f"model {c.model} on {c.device}; {len(c.prompts)} prompts x {len(c.seeds)} seeds x {c.max_new_tokens} new "
             f"tokens; sampling at temperature {c.temperature}; ratios = AR / setting (higher is better; AR = first "
-            f"sequential row of the same mode); worst prompt = lowest per-prompt wall ratio; "
+            f"sequential row of the same mode), per generated token (sampled runs differ in length); worst prompt = "
+            f"lowest per-prompt wall ratio (median over seeds); "
             f"{torch.get_num_threads()} CPU threads"
         )
+        if self.pass_costs:
+            costs = ", ".join(f"w{w} {c:.2f}x" for w, c in sorted(self.pass_costs.items()) if w in (2, 4, 8, 16))
+            lines.append(f"measured cost of a pass vs a one-token pass (window='auto' plans with it): {costs}")
         return "\n".join(lines)
 
     def prompt_table(self) -> str:
@@ -140,11 +154,20 @@ class TextBenchResult:
         lines = [head, "-" * len(head)]
         for row in self.rows:
             ref = self.reference(row)
-            cells = (f"{p0 / max(p, 1):.2f}/{w0 / max(w, 1e-9):.2f}" for p0, p, w0, w in
-                     zip(ref.prompt_passes, row.prompt_passes, ref.prompt_wall, row.prompt_wall))
+            cells = (f"{_ratio(ref, row, i, 0):.2f}/{_ratio(ref, row, i, 2):.2f}" for i in range(len(row.per_prompt)))
             lines.append(f"{row.setting.label:<20} " + " ".join(f"{cell:>13}" for cell in cells))
-        lines.append("cells: passes vs AR / wall vs AR, per prompt (all seeds)")
+        lines.append("cells: passes vs AR / wall vs AR per generated token, per prompt (medians over seeds)")
         return "\n".join(lines)
+
+
+def _per_token_ratio(ref_cost: float, ref_tokens: int, cost: float, tokens: int) -> float:
+    """How many times cheaper per generated token ``cost`` is than ``ref_cost`` (higher is better)."""
+    return (ref_cost / max(ref_tokens, 1)) / max(cost / max(tokens, 1), 1e-12)
+
+
+def _ratio(ref: BenchRow, row: BenchRow, prompt: int, what: int) -> float:
+    """``ref`` over ``row`` per-token cost on one prompt (``what``: 0 passes, 2 seconds)."""
+    return ref.prompt_cost(prompt, what) / max(row.prompt_cost(prompt, what), 1e-12)
 
 
 def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextModel | None = None) -> TextBenchResult:
@@ -154,6 +177,7 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
     text_model = text_model or load_named(config.model)
     text_model.model.to(config.device)
     rows = [BenchRow(setting=s) for s in config.settings]
+    pass_costs: dict[int, float] = {}
     prompts = [text_model.tokenizer.encode(p).to(config.device) for p in config.prompts]
     generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
     if any(s.window == "auto" for s in config.settings):  # measures pass costs once, outside the timings
@@ -163,8 +187,7 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
                  lookahead=LookaheadConfig(verify=verify))
     for prompt in prompts:
         for row in rows:
-            row.prompt_wall.append(0.0)
-            row.prompt_passes.append(0)
+            row.per_prompt.append([])
         for seed in config.seeds:
             greedy_reference = None
             for row in rows:
@@ -172,13 +195,15 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
                 row.passes += result.stats.forward_passes
                 row.tokens += sum(result.stats.new_tokens)
                 row.wall_s += result.stats.wall_time_s
-                row.prompt_wall[-1] += result.stats.wall_time_s
-                row.prompt_passes[-1] += result.stats.forward_passes
+                row.per_prompt[-1].append((result.stats.forward_passes, sum(result.stats.new_tokens),
+                                           result.stats.wall_time_s))
+                if getattr(result.stats, "schedule", None) is not None and not pass_costs:
+                    pass_costs.update(result.stats.schedule.cost_ratio)
                 row.runs += 1
                 if not row.setting.sampled:
                     greedy_reference = greedy_reference if greedy_reference is not None else result.tokens[0]
                     row.mismatches += int(not torch.equal(result.tokens[0].cpu(), greedy_reference.cpu()))
-    return TextBenchResult(config=config, rows=rows)
+    return TextBenchResult(config=config, rows=rows, pass_costs=pass_costs)
 
 
 def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfig, seed: int):

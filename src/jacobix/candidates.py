@@ -1,13 +1,16 @@
-"""Greedy Jacobi with several n-gram pool candidates verified per pass (a :class:`JacobiProblem`).
+"""Several n-gram pool candidates verified per pass, greedy or sampling (a :class:`JacobiProblem`).
 
 Each engine row keeps up to ``K = LookaheadConfig.verify`` candidate draft sequences: the pool's
 continuations of its committed text (those agreeing with the model's carried guess first), then
 the Jacobi carry-over. A pass evaluates the first ``r`` candidates of every row as ``r`` rows of
 the model batch (on a cache of ``B * r`` rows kept for that ``r``) and commits the longest exact
-match (:func:`jacobix.multidraft.greedy_winner`); the winner's new slots are then copied into
-every other row of every cache, so all caches hold each row's committed prefix. With a
-:class:`~jacobix.multidraft.GridController`, ``r`` and the drafts fed are chosen per pass from
-past passes only, so the output stays exactly greedy AR.
+match (:func:`jacobix.multidraft.greedy_winner`), or, when sampling, runs the lossless
+multi-candidate rule :func:`jacobix.acceptance.candidates_accept` (every candidate is a fixed
+draft: the Jacobi carry-over too, which stays lossless and only accepts less often than SJD's
+``min(1, p/q)``). The winner's new slots are then copied into every other row of every cache, so
+all caches hold each row's committed prefix. With a :class:`~jacobix.multidraft.GridController`,
+``r`` and the drafts fed are chosen per pass from past passes only, so greedy output stays
+exactly greedy AR and sampled output keeps the AR distribution.
 """
 
 from __future__ import annotations
@@ -15,20 +18,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from jacobix.acceptance import candidates_accept, leading_true
 from jacobix.adaptive import AdaptiveConfig, ScheduleStats
 from jacobix.engine import Acceptance, Drafts, FixedPointState
 from jacobix.lookahead import LookaheadConfig, RowPools, order
 from jacobix.multidraft import GridController, cached_grid, copy_slots, greedy_winner, row_options
-from jacobix.sampling import process_logits
+from jacobix.sampling import process_logits, sample, target_probs
 
 JACOBI, POOL = 0, 1  # source ids: Jacobi carry-over; POOL + i: best candidate of pool key i; POOL + n_pool_keys + i: others
 
 
 class CandidateProblem:
-    """Pool candidates verified as sibling rows of the batch (greedy only).
+    """Pool candidates verified as sibling rows of the batch.
 
     Args:
-        inner: the greedy :class:`~jacobix.decoding.TokenProblem` (its cache is the 1-candidate cache).
+        inner: the unguided :class:`~jacobix.decoding.TokenProblem` (its cache is the 1-candidate cache).
         drafts: drafts per window (window - 1).
         lookahead: pool settings; ``lookahead.verify`` is the most candidates per row.
         rows: candidate counts with a cache each, e.g. (1, 2, 4); the largest is used without a controller.
@@ -37,8 +41,8 @@ class CandidateProblem:
 
     def __init__(self, inner, drafts: int, lookahead: LookaheadConfig, rows: tuple[int, ...],
                  controller: GridController | None) -> None:
-        if not inner.sampling.greedy or inner.guidance is not None:
-            raise ValueError("multi-candidate verification is greedy and unguided; SJD verifies one candidate")
+        if inner.guidance is not None:
+            raise ValueError("multi-candidate verification runs without classifier-free guidance; use verify=1")
         self.inner, self.drafts, self.lookahead, self.rows, self.controller = inner, drafts, lookahead, rows, controller
         self.most = max(rows)
         self.caches: dict[int, object] = {1: inner.cache}
@@ -95,21 +99,40 @@ class CandidateProblem:
         logits = self.inner.model.forward(tokens, slots, self.caches[r])  # (B*r, fed+1, V)
         new_positions = positions + 1 - self.inner.prompt_length.repeat_interleave(r)[:, None]
         logits = process_logits(logits, new_positions, self.inner.sampling, self.inner.processors)
-        targets = logits.argmax(-1).view(b, r, fed + 1)  # (B, r, fed+1)
-        winner, matched = greedy_winner(fed_drafts, targets)
         rows = torch.arange(b, device=device)
-        n_accepted = matched[rows, winner]
-        n_commit, finished = self.inner._stop_at_eos(targets[rows, winner], n_accepted + 1)
-        values = torch.cat([targets[rows, winner], self.candidates[rows.cpu(), winner.cpu(), fed:].to(device)], 1)  # (B, D+1)
+        if self.inner.sampling.greedy:
+            targets = logits.argmax(-1).view(b, r, fed + 1)  # (B, r, fed+1)
+            winner, matched = greedy_winner(fed_drafts, targets)
+            n_accepted = matched[rows, winner]
+            values = proposals = targets[rows, winner]  # (B, fed+1)
+            if self.lookahead.harvest_trajectory and fed > 0:
+                self._harvest(targets, running)
+        else:
+            winner, n_accepted, values, proposals, matched = self._sample(fed_drafts, logits.view(b, r, fed + 1, -1))
+        n_commit, finished = self.inner._stop_at_eos(values, n_accepted + 1)
+        rest = self.candidates[rows.cpu(), winner.cpu(), fed:].to(device)  # (B, D - fed) drafts not fed
         self.last = (r, winner, state.length - 1)
         self._account(r, fed, winner.cpu(), matched.cpu(), running)
-        if self.lookahead.harvest_trajectory and fed > 0:
-            for row, outputs in enumerate(targets.tolist()):
-                if running[row]:
-                    for tokens_out in outputs:
-                        self.pools.add(row, tokens_out)
-        return Acceptance(n_commit=n_commit, values=values, proposals=Drafts(values), n_accepted=n_accepted,
-                          finished=finished)
+        return Acceptance(n_commit=n_commit, values=torch.cat([values, rest], 1),
+                          proposals=Drafts(torch.cat([proposals, rest], 1)), n_accepted=n_accepted, finished=finished)
+
+    def _sample(self, fed_drafts: Tensor, logits: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Lossless multi-candidate sampling: winner, accepted drafts, committed values (B, fed+1),
+        next guesses sampled from the winner's targets, and each candidate's matches (B, r)."""
+        b, r, fed = fed_drafts.shape
+        probs = target_probs(logits).to(self.inner.prob_dtype)  # (B, r, fed+1, V)
+        winner, n_accepted, next_token = candidates_accept(fed_drafts, probs, self.inner.generator)
+        rows = torch.arange(b, device=probs.device)
+        values = torch.cat([fed_drafts[rows, winner], next_token[:, None]], 1)  # (B, fed+1)
+        values.scatter_(1, n_accepted[:, None], next_token[:, None])
+        matched = torch.minimum(leading_true(fed_drafts == values[:, None, :fed]), n_accepted[:, None] + 1)
+        return winner, n_accepted, values, sample(probs[rows, winner], self.inner.generator), matched
+
+    def _harvest(self, targets: Tensor, running: Tensor) -> None:
+        for row, outputs in enumerate(targets.tolist()):
+            if running[row]:
+                for tokens_out in outputs:
+                    self.pools.add(row, tokens_out)
 
     def _account(self, r: int, fed: int, winner: Tensor, matched: Tensor, running: Tensor) -> None:
         """Controller observations (every candidate row's own matches) and schedule statistics."""
@@ -154,7 +177,7 @@ class CandidateProblem:
 
 def verify_candidates(inner, model, *, drafts: int, adaptive: bool, lookahead: LookaheadConfig,
                       device: torch.device, dtype: torch.dtype) -> CandidateProblem:
-    """Wrap greedy ``inner`` so that up to ``lookahead.verify`` pool candidates are verified per pass."""
+    """Wrap unguided ``inner`` so that up to ``lookahead.verify`` pool candidates are verified per pass."""
     rows = row_options(lookahead.verify)
     controller = None
     if adaptive:

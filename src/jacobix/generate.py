@@ -109,6 +109,7 @@ def generate(
     eos_token_id: int | None = None,
     record: bool = False,
     progress: bool = False,
+    streamer: Any = None,
 ) -> GenerateResult:
     """Generate tokens with sequential decoding, greedy Jacobi decoding or SJD.
 
@@ -125,8 +126,8 @@ def generate(
         init: draft rule for fresh slots: "random", "repeat", "row-above" or a DraftInit.
         lookahead: draft from an n-gram pool of the prompt, output and Jacobi trajectory
             (:mod:`jacobix.lookahead`); True or a LookaheadConfig. With ``LookaheadConfig(verify=K)``,
-            greedy unguided decoding verifies up to K candidates per pass as sibling rows
-            (:mod:`jacobix.candidates`); sampling and guidance verify one.
+            unguided decoding verifies up to K candidates per pass as sibling rows
+            (:mod:`jacobix.candidates`; sampling stays lossless); with guidance it verifies one.
         row_length: tokens per image row, for ``init="row-above"``.
         temperature: 0 for greedy; > 0 samples (required by "sjd").
         top_k, top_p: filters applied to the target distribution at every position.
@@ -137,12 +138,16 @@ def generate(
         eos_token_id: stop a row after this token.
         record: keep every sweep's drafts and outputs in ``result.trajectory``.
         progress: show a progress bar of passes.
+        streamer: a transformers-style streamer (``put(tokens)``, ``end()``, e.g. ``TextStreamer``)
+            for one prompt: it gets the prompt, then each pass's committed tokens as they come.
     Returns:
         :class:`GenerateResult` with ``.tokens`` and ``.stats``.
     """
     model = _as_causal_lm(model)
     prompts, prompt_length = _pack_prompts(input_ids, model.vocab_size, "input_ids")
     _check_options(method, max_new_tokens, window, temperature)
+    if streamer is not None and prompts.shape[0] != 1:
+        raise ValueError(f"a streamer follows one prompt, got {prompts.shape[0]}; stream one prompt at a time")
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
     adaptive = window == "auto" and method != "ar"
     window = 1 if method == "ar" else (AUTO_MAX_WINDOW if window == "auto" else window)
@@ -174,10 +179,9 @@ def generate(
     with torch.inference_mode():
         prefilled = _prefill(model, cache, prompts, prompt_length, uncond, uncond_length)
         problem.rollback(state)
-        bar = _progress_bar(progress, method)
-        solved = solve(problem, state, window=window, record=record, on_sweep=None if bar is None else bar.update)
-        if bar is not None:
-            bar.close()
+        watch = _Watchers(_progress_bar(progress, method), streamer, state)
+        solved = solve(problem, state, window=window, record=record, on_sweep=watch.after_sweep if watch.any else None)
+        watch.close()
     elapsed = clock(device) - start
     tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(batch)]
     stats = _decode_stats(method, solved, tokens, prefilled, elapsed, getattr(problem, "stats", None))
@@ -209,7 +213,7 @@ def _schedule(problem: TokenProblem, model: CausalLM, *, window: int, adaptive: 
               lookahead: LookaheadConfig | None, device: torch.device):
     """Wrap the problem in the adaptive window / n-gram pool / multi-candidate schedulers if asked."""
     dtype = _model_dtype(model)
-    if lookahead is not None and lookahead.verify > 1 and problem.sampling.greedy and problem.guidance is None:
+    if lookahead is not None and lookahead.verify > 1 and problem.guidance is None:
         from jacobix.candidates import verify_candidates
 
         return verify_candidates(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
@@ -328,6 +332,32 @@ def _model_dtype(model: CausalLM) -> torch.dtype:
 def _first_parameter(model: CausalLM) -> Tensor | None:
     parameters = getattr(model, "parameters", None)
     return next(iter(parameters()), None) if parameters else None
+
+
+class _Watchers:
+    """What follows a solve from outside: a progress bar and a streamer of committed tokens (row 0)."""
+
+    def __init__(self, bar: Any, streamer: Any, state: FixedPointState) -> None:
+        self.bar, self.streamer, self.state = bar, streamer, state
+        self.any = bar is not None or streamer is not None
+        self.sent = int(state.length[0])
+        if streamer is not None:
+            streamer.put(state.values[0, : self.sent].cpu())  # the prompt, as transformers streams it
+
+    def after_sweep(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+        if self.streamer is not None:
+            length = int(self.state.length[0])
+            if length > self.sent:
+                self.streamer.put(self.state.values[0, self.sent : length].cpu())
+                self.sent = length
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.streamer is not None:
+            self.streamer.end()
 
 
 def _progress_bar(enabled: bool, method: str):

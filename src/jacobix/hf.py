@@ -382,7 +382,7 @@ def jacobi_generate(model: Any, input_ids: Tensor, logits_processor: Any = None,
     Returns the same (B, L + N) tensor as greedy ``generate`` (right-padded with pad_token_id).
     ``window`` ("auto" or tokens per pass) and ``lookahead`` (n-gram pool drafts) pass through
     ``generate``'s keyword arguments. transformers does not forward ``streamer`` to custom
-    callables, so streaming is not available on this path.
+    callables; stream with ``jacobix.generate(hf_model, ids, streamer=...)`` instead.
     """
     options = dict(window=window, lookahead=lookahead)
     return _hf_generate(model, input_ids, "jacobi", logits_processor, stopping_criteria, generation_config,

@@ -1,0 +1,101 @@
+"""The n-gram pool and the window controller on hand-built inputs: what the pool proposes and
+in which order, and how many drafts the controller feeds for given costs and acceptance rates."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jacobix.adaptive import POOL, AdaptiveConfig, WindowController
+from jacobix.lookahead import LookaheadConfig, NGramPool, RowPools
+
+CONFIG = LookaheadConfig(key_lengths=(2, 1))
+
+
+def test_pool_prefers_the_longest_key_and_the_newest_continuation():
+    pool = NGramPool(CONFIG, length=3)
+    pool.add([7, 1, 2, 3, 9, 1, 2, 4, 5])
+    index, found = pool.candidates([8, 1, 2])  # key (1, 2) was followed by 3 9 1, then by 4 5
+    assert index == 0 and found == [(4, 5), (3, 9, 1)]
+    index, found = pool.candidates([8, 9])  # no (8, 9) key: falls back to key (9,)
+    assert index == 1 and found == [(1, 2, 4)]
+    assert pool.candidates([6]) == (-1, [])
+
+
+def test_pool_keeps_the_longer_of_two_continuations_that_extend_one_another():
+    pool = NGramPool(CONFIG, length=4)
+    pool.add([1, 2, 3])
+    pool.add([1, 2, 3, 4, 5])
+    assert pool.candidates([1, 2])[1] == [(3, 4, 5)]
+
+
+def _rows(text: list[int]) -> RowPools:
+    pools = RowPools(CONFIG, length=3)
+    pools.catch_up(torch.tensor([text]), torch.tensor([len(text)]))
+    return pools
+
+
+def test_row_pool_asks_the_committed_text_before_the_trajectory():
+    pools = _rows([5, 6, 7, 1, 5, 6])
+    pools.add(0, [5, 6, 9, 9])  # a sweep's guesses: newer, but not committed
+    assert pools.candidates(0) == (0, [(7, 1, 5)])
+
+
+def test_row_pool_falls_back_to_the_trajectory_with_its_own_key_index():
+    pools = _rows([5, 6, 7, 1, 2, 8])
+    pools.add(0, [3, 2, 8, 4, 4])
+    index, found = pools.candidates(0)  # text has no (2, 8) continuation; the trajectory has
+    assert index == len(CONFIG.key_lengths) + 0 and found == [(4, 4)]
+
+
+def test_row_pool_harvests_only_new_committed_tokens():
+    pools = RowPools(CONFIG, length=2)
+    values = torch.tensor([[4, 5, 6, 4, 5, 0, 0]])
+    pools.catch_up(values, torch.tensor([3]))
+    assert pools.candidates(0) == (-1, [])  # (5, 6) was never followed by anything yet
+    pools.catch_up(values, torch.tensor([5]))
+    assert pools.history[0] == [4, 5, 6, 4, 5]
+    assert pools.candidates(0) == (0, [(6, 4)])
+
+
+def _controller(cost_ratio: dict[int, float], drafts: int = 4, **config) -> WindowController:
+    return WindowController(cost_ratio, drafts, AdaptiveConfig(max_window=drafts + 1, **config), keys=2)
+
+
+def test_controller_feeds_drafts_when_passes_cost_the_same_and_none_when_they_are_dear():
+    flat = _controller({1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0, 16: 1.0})
+    dear = _controller({1: 1.0, 2: 1.6, 4: 2.0, 8: 2.4, 16: 2.8})
+    text = torch.full((1, 4), POOL + 1)  # text-pool drafts of the second key, prior rate 0.5 per slot
+    assert flat.choose(text) == 4
+    assert dear.choose(text) == 0  # k drafts: (1 + .5 + ... + .5^k) / cost(k + 1) < 1 for k = 1..4
+    assert dear.choose(torch.zeros(1, 4, dtype=torch.long)) == 0
+
+
+def test_controller_priors_trust_text_drafts_more_than_trajectory_drafts():
+    costs = {1: 1.0, 2: 1.2, 4: 1.3, 8: 1.5, 16: 1.7}
+    controller = _controller(costs, text_prior=(0.7, 0.2), trajectory_prior=0.1)
+    longest, shorter = torch.full((1, 4), POOL), torch.full((1, 4), POOL + 1)
+    trajectory = torch.full((1, 4), POOL + 2)  # key index 0 of the trajectory pool (two key lengths)
+    assert controller.choose(longest) > 0
+    assert controller.choose(shorter) == controller.choose(trajectory) == 0
+
+
+def test_controller_learns_from_rejections_and_slack_prefers_more_drafts():
+    costs = {1: 1.0, 2: 1.2, 4: 1.3, 8: 1.5, 16: 1.7}
+    controller = _controller(costs, text_prior=(0.7,))
+    text = torch.full((1, 4), POOL)
+    for _ in range(20):
+        controller.observe(text, torch.tensor([0]), fed=controller.choose(text) or 4)
+    assert controller.choose(text) == 0
+    # Speeds of 0..4 drafts with every rate 1 and cost 1, 1.9, 2.85, 3.8, 4.75: all equal to 1.
+    even = {1: 1.0, 2: 1.9, 3: 2.85, 4: 3.8, 5: 4.75}
+    sure = torch.full((1, 4), POOL)
+    strict = _controller(even, text_prior=(0.99,), slack=0.0)
+    loose = _controller(even, text_prior=(0.99,), slack=0.05)
+    assert strict.choose(sure) < loose.choose(sure) == 4
+
+
+@pytest.mark.parametrize("bad", [dict(text_prior=()), dict(text_prior=(0.5, 1.0)), dict(jacobi_prior=-0.1), dict(decay=0.0)])
+def test_adaptive_config_refuses_bad_values(bad):
+    with pytest.raises(ValueError, match="AdaptiveConfig"):
+        AdaptiveConfig(**bad)
