@@ -99,3 +99,15 @@ def test_controller_learns_from_rejections_and_slack_prefers_more_drafts():
 def test_adaptive_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="AdaptiveConfig"):
         AdaptiveConfig(**bad)
+
+
+def test_auto_window_takes_any_number_of_key_lengths_and_stays_exact():
+    import jacobix
+    from conftest import tiny_model
+
+    model = tiny_model(3)
+    prompt = [[1, 2, 3, 1, 2, 3, 1, 2]]
+    plain = jacobix.generate(model, prompt, method="ar", max_new_tokens=20)
+    pooled = jacobix.generate(model, prompt, method="jacobi", window="auto", max_new_tokens=20,
+                              lookahead=LookaheadConfig(key_lengths=(5, 4, 3, 2, 1)))
+    assert torch.equal(pooled.tokens[0], plain.tokens[0])

@@ -66,6 +66,7 @@ HF_SETTINGS = (
     Setting(label="jacobi auto", method="jacobi", window="auto", init="repeat"),
     Setting(label="lookahead auto", method="jacobi", window="auto", init="repeat", lookahead=True),
     Setting(label="lookahead auto k4", method="jacobi", window="auto", init="repeat", lookahead=True, verify=4),
+    Setting(label="lookahead w11", method="jacobi", window=11, init="repeat", lookahead=True),  # prompt lookup's 10 drafts
     Setting(label="ar sample", method="ar", sampled=True),
     Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
     Setting(label="sjd auto+pool k4", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True, verify=4),

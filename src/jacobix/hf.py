@@ -9,7 +9,7 @@ attention mask (a query sees the slots at or before its own position) and per-ro
 lengths. The cache API is feature-detected (``CacheLayerMixin``, ``Cache(layers=...)``, the
 forward keyword ``cache=`` of 5.x or ``past_key_values=`` of 4.x); models whose cache cannot be
 rewound by position (hybrid sliding/full layers, linear attention, recurrent state, encoder-
-decoder) are refused with a message. Tested with transformers 5.24.0.
+decoder) are refused with a message. Tested with transformers 5.24.0 (benchmarked on 5.17.0 too).
 
 The ``*_generate`` functions plug jacobix into ``hf_model.generate(custom_generate=...)``.
 """
