@@ -34,10 +34,20 @@ def test_generate_prints_every_method(checkpoint, capsys):
 
 
 def test_bench_text_reports_ratios_and_exactness(checkpoint, capsys):
-    assert main(["bench", "text", "--model", str(checkpoint), "--quick"]) == 0
+    assert main(["bench", "text", "--model", str(checkpoint), "--quick", "--per-prompt"]) == 0
     out = capsys.readouterr().out
     assert "jacobi w16 repeat" in out and "sjd w16 random" in out
     assert "NO(" not in out  # greedy Jacobi matched greedy AR on every prompt
+    assert "measured cost of a pass" in out and "prompt 3" in out
+    ar_rows = [line.split() for line in out.splitlines() if line.startswith(("ar greedy", "ar sample")) and "/" in line]
+    assert [cells[2:] for cells in ar_rows] == [["1.00/1.00"] * 4] * 2  # per-prompt table: AR against itself
+
+
+def test_bench_on_a_missing_device_is_a_clear_error(checkpoint, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for machines without it")
+    assert main(["bench", "text", "--model", str(checkpoint), "--quick", "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
 
 
 def test_unknown_model_is_a_clear_error(capsys):

@@ -89,6 +89,9 @@ class TextBenchConfig:
             raise ValueError("TextBenchConfig needs at least one prompt and one seed")
         if self.max_new_tokens < 1:
             raise ValueError("TextBenchConfig.max_new_tokens must be >= 1")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: no CUDA device here (this torch build: {torch.__version__}); "
+                             "use --device cpu")
 
 
 @dataclass
