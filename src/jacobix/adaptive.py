@@ -47,8 +47,6 @@ class AdaptiveConfig:
         slack: among the draft counts whose expected speed is within this fraction of the best
             and no lower than sequential decoding's, take the largest (fewer passes for about
             the same wall time).
-        sources: number of draft sources tracked (Jacobi + one per pool key length, for the text
-            pool and for the trajectory pool).
     """
 
     max_window: int = 16
@@ -60,7 +58,6 @@ class AdaptiveConfig:
     prior_weight: float = 2.0
     decay: float = 0.97
     slack: float = 0.03
-    sources: int = 7
 
     def __post_init__(self) -> None:
         if self.max_window < 1 or min(self.probe_widths) != 1 or self.repeats < 1:
@@ -129,16 +126,20 @@ class WindowController:
         drafts: most drafts per pass.
         config: priors, forgetting and slack.
         keys: pool key lengths. Source ``POOL + i`` is a text-pool draft when ``i mod 2 keys < keys``,
-            else a trajectory-pool draft (the numbering of :meth:`RowPools.candidates`, repeated
-            for lower-ranked candidates in :mod:`jacobix.candidates`); it picks the prior.
+            else a trajectory-pool draft (the numbering of :meth:`RowPools.candidates`); it picks the prior.
+        ranks: candidate ranks tracked apart (:mod:`jacobix.candidates` keeps the best candidate
+            and the others apart), each with its own ``2 keys`` pool sources.
     """
 
-    def __init__(self, costs: dict[int, float], drafts: int, config: AdaptiveConfig, keys: int = 1) -> None:
+    def __init__(self, costs: dict[int, float], drafts: int, config: AdaptiveConfig, keys: int = 1,
+                 ranks: int = 1) -> None:
         self.config, self.drafts = config, drafts
         self.cost = [interpolate(costs, k + 1) for k in range(drafts + 1)]
-        pools = [_pool_prior(config, (s - POOL) % (2 * keys), keys) for s in range(POOL, config.sources)]
+        self.source_count = POOL + 2 * keys * ranks
+        pools = [_pool_prior(config, (s - POOL) % (2 * keys), keys) for s in range(POOL, self.source_count)]
         rates = [config.jacobi_prior, *pools]
-        self.prior = torch.tensor(rates, dtype=torch.float64)[:, None].expand(config.sources, max(drafts, 1))  # (S, D)
+        rates = torch.tensor(rates, dtype=torch.float64)
+        self.prior = rates[:, None].expand(self.source_count, max(drafts, 1))  # (S, D)
         self.passed = torch.zeros_like(self.prior)  # (S, D) decayed observations
         self.tested = torch.zeros_like(self.prior)
 
@@ -161,7 +162,7 @@ class WindowController:
         passed = tested & (slots < n_accepted[:, None])
         self.passed *= self.config.decay
         self.tested *= self.config.decay
-        for source in range(self.config.sources):
+        for source in range(self.source_count):
             on = sources == source
             self.passed[source] += (passed & on).sum(0).double()
             self.tested[source] += (tested & on).sum(0).double()
@@ -272,9 +273,6 @@ def schedule(inner, model, *, drafts: int, adaptive: bool, lookahead: LookaheadC
     """Wrap ``inner`` with pool drafts and/or the adaptive choice of drafts per pass."""
     controller = None
     if adaptive:
-        if lookahead is not None and 2 * len(lookahead.key_lengths) + 1 > config.sources:
-            needed = 2 * len(lookahead.key_lengths) + 1
-            raise ValueError(f"AdaptiveConfig.sources must be >= {needed} for these key lengths")
         keys = 1 if lookahead is None else len(lookahead.key_lengths)
         controller = WindowController(cached_costs(model, config, device, dtype), drafts, config, keys)
     return ScheduledProblem(inner, drafts, controller, lookahead)

@@ -181,7 +181,7 @@ def verify_candidates(inner, model, *, drafts: int, adaptive: bool, lookahead: L
     rows = row_options(lookahead.verify)
     controller = None
     if adaptive:
-        config = AdaptiveConfig(max_window=drafts + 1, sources=1 + 4 * len(lookahead.key_lengths))
+        config = AdaptiveConfig(max_window=drafts + 1)
         controller = GridController(cached_grid(model, rows, config, device, dtype), drafts, rows, config,
                                     len(lookahead.key_lengths))
     return CandidateProblem(inner, drafts, lookahead, rows, controller)

@@ -221,9 +221,8 @@ def _schedule(problem: TokenProblem, model: CausalLM, *, window: int, adaptive: 
     if adaptive or lookahead is not None:
         from jacobix.adaptive import AdaptiveConfig, schedule
 
-        sources = 1 + 2 * len(lookahead.key_lengths) if lookahead is not None else AdaptiveConfig.sources
         return schedule(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
-                        config=AdaptiveConfig(max_window=window, sources=sources), device=device, dtype=dtype)
+                        config=AdaptiveConfig(max_window=window), device=device, dtype=dtype)
     return problem
 
 

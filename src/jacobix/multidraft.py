@@ -76,7 +76,7 @@ class GridController(WindowController):
 
     def __init__(self, costs: dict[tuple[int, int], float], drafts: int, rows: tuple[int, ...],
                  config: AdaptiveConfig, keys: int = 1) -> None:
-        super().__init__({w: c for (r, w), c in costs.items() if r == 1}, drafts, config, keys)
+        super().__init__({w: c for (r, w), c in costs.items() if r == 1}, drafts, config, keys, ranks=2)
         self.rows = rows
         per_rows = {r: {w: c for (q, w), c in costs.items() if q == r} for r in rows}
         self.grid = torch.tensor([[interpolate(per_rows[r], k + 1) for k in range(drafts + 1)] for r in rows])  # (N, D+1)
