@@ -12,7 +12,6 @@ bundled classifier's features; not Inception FID). Other data (e.g. 8x8 digits) 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from jacobix.flows.calibration import AutoScheduleConfig, Calibration, auto_sche
 from jacobix.flows.checkpoint import load_tarflow
 from jacobix.flows.sampling import BlockPlan, FlowGuidance, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
+from jacobix.timing import clock
 
 FASHION_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "tarflow-fashion"
 FidFunction = Callable[[Tensor, Tensor], float]
@@ -203,9 +203,9 @@ def _timed_samples(model: TarFlow, noise: Tensor, labels: Tensor | None, schedul
     for start in range(0, len(noise), batch_size):
         chunk = slice(start, start + batch_size)
         for name, schedule in schedules.items():
-            begin = time.perf_counter()
+            begin = clock(noise.device)
             result = sample_tarflow(model, noise[chunk], None if labels is None else labels[chunk], schedule=schedule, guidance=guidance)
-            seconds[name] += time.perf_counter() - begin
+            seconds[name] += clock(noise.device) - begin
             images[name].append(result.images)
             passes[name] += result.forward_passes
     return {name: (torch.cat(images[name]), passes[name], seconds[name]) for name in schedules}

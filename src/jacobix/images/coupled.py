@@ -18,7 +18,6 @@ noise is never used again once it is committed.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Sequence
 
 import torch
@@ -29,6 +28,7 @@ from jacobix.drafts import DraftInit
 from jacobix.engine import Acceptance, Drafts, FixedPointState, solve
 from jacobix.generate import DecodeStats, GenerateResult
 from jacobix.sampling import LogitsProcessor, SamplingConfig
+from jacobix.timing import clock
 
 
 class CoupledTokenProblem(TokenProblem):
@@ -102,11 +102,11 @@ def generate_coupled(
         model, cache, prompt_length=prompt_length, sampling=sampling, processors=processors, init=init,
         generator=generator, guidance=guidance, eos_token_id=None, noise=noise,
     )
-    start = time.perf_counter()
+    start = clock(device)
     with torch.inference_mode():
         problem.rollback(state)
         solved = solve(problem, state, window=window, record=record)
-    elapsed = time.perf_counter() - start
+    elapsed = clock(device) - start
     tokens = [state.values[row, 1 : state.length[row]].cpu() for row in range(b)]
     stats = DecodeStats(
         method="sjd-coupled", window=window, forward_passes=solved.forward_passes, prefill_passes=0,
