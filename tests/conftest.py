@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jacobix.models import Llama, LlamaConfig
-from jacobix.sampling import SamplingConfig, process_logits, target_probs
+from jacobix.core.sampling import SamplingConfig, process_logits, target_probs
 
 # Tests never reach a model hub: every model is built locally or read from an installed wheel.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jacobix.acceptance import (
+from jacobix.core.acceptance import (
     candidates_accept,
     greedy_accept,
     leading_true,
@@ -112,7 +112,7 @@ def test_relative_residual_and_segment_rule():
 
 
 def test_copy_init_row_above_on_a_hand_built_grid():
-    from jacobix.drafts import CopyInit, DraftContext
+    from jacobix.tokens.proposers.basic import CopyInit, DraftContext
 
     # prompt of 1 token (class), then a 3-wide grid: rows [10 11 12] [13 14 15], window slots at 7..10
     canvas = torch.tensor([[99, 10, 11, 12, 13, 14, 15, 0, 0, 0, 0, 0]])

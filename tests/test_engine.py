@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from jacobix.acceptance import relative_residual, segment_accept, tolerance_accept
-from jacobix.engine import Acceptance, Drafts, FixedPointState, solve
-from jacobix.cache import KVCache
+from jacobix.core.acceptance import relative_residual, segment_accept, tolerance_accept
+from jacobix.core.engine import Acceptance, Drafts, FixedPointState, solve
+from jacobix.core.cache import KVCache
 
 
 class Recurrence:
@@ -116,9 +116,9 @@ def test_cache_after_jacobi_equals_a_fresh_prefill_of_the_committed_tokens():
     """Rejected drafts leave no trace: every committed slot holds the keys a clean prefill writes."""
     from conftest import tiny_model
 
-    from jacobix.decoding import TokenProblem
-    from jacobix.drafts import RandomInit
-    from jacobix.sampling import SamplingConfig
+    from jacobix.tokens.problem import TokenProblem
+    from jacobix.tokens.proposers.basic import RandomInit
+    from jacobix.core.sampling import SamplingConfig
 
     model = tiny_model(2)
     prompts = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])

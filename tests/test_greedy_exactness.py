@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import jacobix
-from jacobix.drafts import DraftContext
+from jacobix.tokens.proposers.basic import DraftContext
 
 from conftest import naive_greedy, tiny_model
 

@@ -13,7 +13,7 @@ import torch
 tf = pytest.importorskip("transformers", reason="the HF adapter tests need transformers: pip install 'jacobix[hf]'")
 
 import jacobix  # noqa: E402
-from jacobix.hf import check_supported, jacobi_generate, lookahead_generate, sjd_generate  # noqa: E402
+from jacobix.integrations.hf import check_supported, jacobi_generate, lookahead_generate, sjd_generate  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB, PAD = 48, 0

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from jacobix.datasets import load_fashion_mnist
-from jacobix.drafts import CopyInit, DraftContext
-from jacobix.images import png
-from jacobix.images.demo import commit_sweeps
-from jacobix.images.drafts import CodeRandomInit, GridTableInit, resolve_image_init
+from jacobix.eval.datasets import load_fashion_mnist
+from jacobix.tokens.proposers.basic import CopyInit, DraftContext
+from jacobix.eval import png
+from jacobix.demos.images import commit_sweeps
+from jacobix.images.proposers import CodeRandomInit, GridTableInit, resolve_image_init
 from jacobix.images.model import CodesOnly, load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
 
@@ -57,7 +57,7 @@ def test_greedy_jacobi_equals_greedy_ar_with_cfg(image_model):
 
 def _exact_marginals(image_model, label: int, cfg: float, top_k: int, tokens: int, floor: float = 1e-6) -> list[torch.Tensor]:
     """Exact marginals of the first ``tokens`` image tokens under CFG and top-k, by enumerating prefixes."""
-    from jacobix.sampling import SamplingConfig, process_logits, target_probs
+    from jacobix.core.sampling import SamplingConfig, process_logits, target_probs
 
     vocab, config = image_model.vocab, SamplingConfig(temperature=1.0, top_k=top_k)
     prefixes, weights, marginals = torch.zeros(1, 0, dtype=torch.long), torch.ones(1, dtype=torch.float64), []
@@ -179,7 +179,7 @@ def test_bad_inputs_name_the_fix(image_model):
 
 
 def test_commit_sweeps_from_a_hand_made_trajectory():
-    from jacobix.engine import SweepRecord
+    from jacobix.core.engine import SweepRecord
 
     def record(start, n):
         return SweepRecord(torch.tensor(start), torch.zeros(2, 3), torch.zeros(2, 4), torch.tensor(n) - 1, torch.tensor(n))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jacobix.images.bench import ImageBenchConfig, bench_images, parse_decoder, permutation_test
-from jacobix.images.demo import demo_images
+from jacobix.bench.images import ImageBenchConfig, bench_images, parse_decoder, permutation_test
+from jacobix.demos.images import demo_images
 from jacobix.images.sample import ImageSampling
 
 

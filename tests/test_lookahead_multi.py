@@ -1,4 +1,4 @@
-"""Several pool candidates verified per pass (jacobix.candidates): greedy exactness on jacobix's
+"""Several pool candidates verified per pass (jacobix.tokens.candidates): greedy exactness on jacobix's
 KVCache and on the transformers adapter's cache, the winner rule and the slot copy on hand-built
 tensors, and SJD (which verifies one candidate) staying lossless with ``verify > 1``."""
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import jacobix
-from jacobix.cache import KVCache
-from jacobix.lookahead import LookaheadConfig
-from jacobix.multidraft import copy_slots, greedy_winner, row_options
+from jacobix.core.cache import KVCache
+from jacobix.tokens.proposers.ngram import LookaheadConfig
+from jacobix.tokens.multidraft import copy_slots, greedy_winner, row_options
 
 from conftest import exact_joint, naive_greedy, tiny_model
 
@@ -94,7 +94,7 @@ def test_sjd_with_several_candidates_per_pass_stays_lossless(prompt):
     """The second prompt gives key (1,) three continuations and key (0,) two, so passes verify
     several distinct candidates; the joint of 3 sampled tokens must still be the AR joint."""
     from test_sjd_distribution import LENGTH, SAMPLES, chi_square_pvalue
-    from jacobix.sampling import SamplingConfig
+    from jacobix.core.sampling import SamplingConfig
 
     model = tiny_model(11, vocab=5, dim=16)
     joint = exact_joint(model, prompt, LENGTH, SamplingConfig(temperature=1.0))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jacobix.adaptive import POOL, AdaptiveConfig, WindowController
-from jacobix.lookahead import LookaheadConfig, NGramPool, RowPools
+from jacobix.tokens.policy.adaptive import POOL, AdaptiveConfig, WindowController
+from jacobix.tokens.proposers.ngram import LookaheadConfig, NGramPool, RowPools
 
 CONFIG = LookaheadConfig(key_lengths=(2, 1))
 

@@ -1,4 +1,4 @@
-"""The offline quality measures of jacobix.quality (bundled Fashion-MNIST classifier)."""
+"""The offline quality measures of jacobix.eval.quality (bundled Fashion-MNIST classifier)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from jacobix import quality
-from jacobix.datasets import load_fashion_mnist
+from jacobix.eval import quality
+from jacobix.eval.datasets import load_fashion_mnist
 
 
 @pytest.fixture(scope="module")

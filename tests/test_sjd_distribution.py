@@ -15,8 +15,8 @@ import torch
 from scipy.stats import chisquare
 
 import jacobix
-from jacobix.drafts import CopyInit, DraftContext
-from jacobix.sampling import SamplingConfig
+from jacobix.tokens.proposers.basic import CopyInit, DraftContext
+from jacobix.core.sampling import SamplingConfig
 
 from conftest import exact_joint, tiny_model
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jacobix.acceptance import relative_residual
+from jacobix.core.acceptance import relative_residual
 from jacobix.flows.checkpoint import load_checked, load_tarflow, save_tarflow
 from jacobix.flows.sampling import (
     BlockPlan,
@@ -168,7 +168,7 @@ def test_checkpoint_round_trip_and_wrong_config_is_refused(tmp_path):
 def test_convergence_plot_without_matplotlib_falls_back_to_a_heat_map(tmp_path, monkeypatch):
     import sys
 
-    from jacobix.flows.demo import plot_convergence
+    from jacobix.demos.tarflow import plot_convergence
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     path = plot_convergence(tmp_path / "curves.png", torch.tensor([[1.0, 1e-3, 1e-6], [1.0, 1e-1, 1e-2]], dtype=torch.float64))

@@ -147,8 +147,8 @@ def test_training_runs_and_lowers_the_loss():
 
 
 def test_bench_and_demo_on_digits(digits, tmp_path):
-    from jacobix.flows.bench import TarFlowBenchConfig, bench_tarflow
-    from jacobix.flows.demo import demo_tarflow
+    from jacobix.bench.tarflow import TarFlowBenchConfig, bench_tarflow
+    from jacobix.demos.tarflow import demo_tarflow
 
     model = digits[0]
     result = bench_tarflow(model, dataset="digits", config=TarFlowBenchConfig(num_samples=16, calibration_samples=32, reference_samples=200))

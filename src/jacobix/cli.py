@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from jacobix.generate import generate
+from jacobix.tokens.generate import generate
 
 METHODS = ("ar", "jacobi", "sjd")
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -124,7 +124,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "text":
-        from jacobix.bench import HF_PROMPTS, HF_SETTINGS, TextBenchConfig, bench_text
+        from jacobix.bench.text import HF_PROMPTS, HF_SETTINGS, TextBenchConfig, bench_text
         from jacobix.models.smollm2 import HF_TEXT_MODELS
 
         hf = dict(prompts=HF_PROMPTS, settings=HF_SETTINGS) if args.model in HF_TEXT_MODELS else {}
@@ -140,13 +140,13 @@ def _bench(args: argparse.Namespace) -> int:
         if args.per_prompt:
             print("\n" + result.prompt_table())
     elif args.target == "tarflow":
-        from jacobix.flows.bench import TarFlowBenchConfig, bench_tarflow
+        from jacobix.bench.tarflow import TarFlowBenchConfig, bench_tarflow
 
         quick = dict(num_samples=8, calibration_samples=64, reference_samples=500) if args.quick else {}
         config = TarFlowBenchConfig(batch_size=args.batch_size or 1, tolerance=args.tolerance, **quick)
         print(bench_tarflow(config=config).table())
     else:
-        from jacobix.images.bench import ImageBenchConfig, bench_images, format_table
+        from jacobix.bench.images import ImageBenchConfig, bench_images, format_table
 
         sizes = dict(per_class=1, seeds=(0,)) if args.quick else dict(seeds=tuple(range(args.seeds)))
         config = ImageBenchConfig(batch_size=args.batch_size or 50, **sizes)
@@ -158,13 +158,13 @@ def _demo(args: argparse.Namespace) -> int:
     if args.target in ("all", "text"):
         _text_demo(quick=args.quick or args.target == "all")
     if args.target in ("all", "images"):
-        from jacobix.images.demo import demo_images
+        from jacobix.demos.images import demo_images
 
         print(f"\n== image tokens: AR vs SJD on the bundled Fashion-MNIST model -> {args.out / 'images'}")
         result = demo_images(args.out / "images", per_class=2 if args.quick else 4)
         print(result.table)
     if args.target in ("all", "tarflow"):
-        from jacobix.flows.demo import demo_tarflow
+        from jacobix.demos.tarflow import demo_tarflow
 
         print(f"\n== TarFlow: sequential vs GS-Jacobi sampling -> {args.out / 'tarflow'}")
         result = demo_tarflow(args.out / "tarflow", num_samples=10 if args.quick else 20)
@@ -174,7 +174,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _text_demo(*, quick: bool) -> None:
-    from jacobix.bench import TextBenchConfig, bench_text
+    from jacobix.bench.text import TextBenchConfig, bench_text
     from jacobix.models.registry import load_text_model
 
     text_model = load_text_model("shakespeare")

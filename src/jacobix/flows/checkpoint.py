@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from jacobix.checkpoints import read_weights, save_checkpoint
+from jacobix.core.checkpoints import read_weights, save_checkpoint
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 
 ARCHITECTURE = "tarflow"

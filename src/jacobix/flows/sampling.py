@@ -4,16 +4,16 @@ Inverting one meta-block is the lower-triangular fixed point (ALGORITHMS.md sect
 
     x_0 = z_0,    x_t = z_t * exp(a_{t-1}(x_<=t-1)) + b_{t-1}(x_<=t-1)
 
-so each block is one :func:`jacobix.engine.solve` call with a :class:`FlowBlockProblem`: state
+so each block is one :func:`jacobix.core.engine.solve` call with a :class:`FlowBlockProblem`: state
 values are patches (B, T, F) in the block's own token order, ``x_0`` starts committed, and a
 sweep feeds ``[x_{n-1}] + guesses`` through the block's causal transformer with a
 position-indexed KV cache. Methods differ only in the window and the acceptance rule:
 
 - sequential: window 1 (one position per pass; the reference);
-- Jacobi: window T with :func:`~jacobix.acceptance.tolerance_accept` (rtol = atol = 0 gives
+- Jacobi: window T with :func:`~jacobix.core.acceptance.tolerance_accept` (rtol = atol = 0 gives
   the sequential sample);
 - GS-Jacobi (arXiv 2505.12849): segments of width W, window W, committed whole by
-  :func:`~jacobix.acceptance.segment_accept` once the relative residual is under a tolerance
+  :func:`~jacobix.core.acceptance.segment_accept` once the relative residual is under a tolerance
   or the sweep cap is reached.
 
 Blocks are inverted last to first, each with its own :class:`BlockPlan`. Guidance runs the
@@ -29,9 +29,9 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from jacobix.acceptance import leading_true, segment_accept, tolerance_accept
-from jacobix.cache import KVCache
-from jacobix.engine import Acceptance, Drafts, FixedPointState, SolveStats, solve
+from jacobix.core.acceptance import leading_true, segment_accept, tolerance_accept
+from jacobix.core.cache import KVCache
+from jacobix.core.engine import Acceptance, Drafts, FixedPointState, SolveStats, solve
 from jacobix.flows.tarflow import MetaBlock, TarFlow, denoise
 
 Mode = Literal["sequential", "jacobi", "gs"]
@@ -103,7 +103,7 @@ def _take(x: Tensor, index: Tensor) -> Tensor:
 
 
 def masked_relative_residual(guesses: Tensor, outputs: Tensor, valid: Tensor) -> Tensor:
-    """:func:`~jacobix.acceptance.relative_residual` restricted to valid guessed positions.
+    """:func:`~jacobix.core.acceptance.relative_residual` restricted to valid guessed positions.
 
     Args:
         guesses: (B, D, F) values fed to the model.
@@ -220,7 +220,7 @@ class FlowSample:
     Attributes:
         images: (B, C, H, W) samples (denoised unless asked otherwise).
         raw: (B, C, H, W) samples before the denoising step.
-        stats: one :class:`~jacobix.engine.SolveStats` per block, in block order (not sampling order).
+        stats: one :class:`~jacobix.core.engine.SolveStats` per block, in block order (not sampling order).
     """
 
     images: Tensor

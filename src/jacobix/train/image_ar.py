@@ -9,7 +9,7 @@ Needs the tokenizer in ``assets/fmnist-vq`` (``jacobix train vq``). Reproduce
 Sequences are ``[class token] + 196 codes``; the class token is replaced by the null token with
 probability ``label_dropout`` so that one model serves classifier-free guidance. Besides the
 model, the script writes ``drafts.safetensors``: code frequencies per (class, position) and per
-code above, used by the draft rules of :mod:`jacobix.images.drafts` (no data at generation time).
+code above, used by the draft rules of :mod:`jacobix.images.proposers` (no data at generation time).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jacobix.datasets import load_fashion_mnist
+from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, LlamaConfig, load_llama, save_llama

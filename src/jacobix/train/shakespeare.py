@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from jacobix.models.llama import Llama, LlamaConfig, save_llama
-from jacobix.text import CharTokenizer
+from jacobix.models.text import CharTokenizer
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jacobix.datasets import load_digits_images, load_fashion_mnist
+from jacobix.eval.datasets import load_digits_images, load_fashion_mnist
 from jacobix.flows.checkpoint import save_tarflow
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 
@@ -133,7 +133,7 @@ def write_schedule(model: TarFlow, dataset: str, out_dir: str | Path) -> Path:
     """Calibrate the automatic GS-Jacobi schedule on training data and save it beside the weights,
     so that sampling (``jacobix demo tarflow``) needs no data."""
     from jacobix.flows.calibration import save_schedule
-    from jacobix.flows.demo import calibrate
+    from jacobix.demos.tarflow import calibrate
 
     plans = calibrate(model, dataset, torch.Generator().manual_seed(0)).plans
     return save_schedule(plans, out_dir, source=f"auto_schedule on 128 noised {dataset} training images, seed 0")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jacobix.datasets import load_fashion_mnist
+from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.vq import VQConfig, VQTokenizer, save_vq
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _restart_dead_codes(model: VQTokenizer, batch: torch.Tensor, usage: torch.Te
 @torch.no_grad()
 def reconstruction_metrics(model: VQTokenizer) -> dict[str, float]:
     """MSE, PSNR, codebook perplexity, and classifier-based scores of test-set reconstructions."""
-    from jacobix import quality
+    from jacobix.eval import quality
 
     images, labels = load_fashion_mnist("test")
     real = torch.tensor(images).float().div(255)  # (N, 28, 28)

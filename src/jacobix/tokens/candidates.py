@@ -4,11 +4,11 @@ Each engine row keeps up to ``K = LookaheadConfig.verify`` candidate draft seque
 continuations of its committed text (those agreeing with the model's carried guess first), then
 the Jacobi carry-over. A pass evaluates the first ``r`` candidates of every row as ``r`` rows of
 the model batch (on a cache of ``B * r`` rows kept for that ``r``) and commits the longest exact
-match (:func:`jacobix.multidraft.greedy_winner`), or, when sampling, runs the lossless
-multi-candidate rule :func:`jacobix.acceptance.candidates_accept` (every candidate is a fixed
+match (:func:`jacobix.tokens.multidraft.greedy_winner`), or, when sampling, runs the lossless
+multi-candidate rule :func:`jacobix.core.acceptance.candidates_accept` (every candidate is a fixed
 draft: the Jacobi carry-over too, which stays lossless and only accepts less often than SJD's
 ``min(1, p/q)``). The winner's new slots are then copied into every other row of every cache, so
-all caches hold each row's committed prefix. With a :class:`~jacobix.multidraft.GridController`,
+all caches hold each row's committed prefix. With a :class:`~jacobix.tokens.multidraft.GridController`,
 ``r`` and the drafts fed are chosen per pass from past passes only, so greedy output stays
 exactly greedy AR and sampled output keeps the AR distribution.
 """
@@ -18,12 +18,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from jacobix.acceptance import candidates_accept, leading_true
-from jacobix.adaptive import AdaptiveConfig, ScheduleStats
-from jacobix.engine import Acceptance, Drafts, FixedPointState
-from jacobix.lookahead import LookaheadConfig, RowPools, order
-from jacobix.multidraft import GridController, cached_grid, copy_slots, greedy_winner, row_options
-from jacobix.sampling import process_logits, sample, target_probs
+from jacobix.core.acceptance import candidates_accept, leading_true
+from jacobix.tokens.policy.adaptive import AdaptiveConfig, ScheduleStats
+from jacobix.core.engine import Acceptance, Drafts, FixedPointState
+from jacobix.tokens.proposers.ngram import LookaheadConfig, RowPools, order
+from jacobix.tokens.multidraft import GridController, cached_grid, copy_slots, greedy_winner, row_options
+from jacobix.core.sampling import process_logits, sample, target_probs
 
 JACOBI, POOL = 0, 1  # source ids: Jacobi carry-over; POOL + i: best candidate of pool key i; POOL + n_pool_keys + i: others
 
@@ -32,7 +32,7 @@ class CandidateProblem:
     """Pool candidates verified as sibling rows of the batch.
 
     Args:
-        inner: the unguided :class:`~jacobix.decoding.TokenProblem` (its cache is the 1-candidate cache).
+        inner: the unguided :class:`~jacobix.tokens.problem.TokenProblem` (its cache is the 1-candidate cache).
         drafts: drafts per window (window - 1).
         lookahead: pool settings; ``lookahead.verify`` is the most candidates per row.
         rows: candidate counts with a cache each, e.g. (1, 2, 4); the largest is used without a controller.

@@ -5,7 +5,7 @@ machine back to back. Reported per sampler: wall time and speed-up over KV-cache
 sampling, forward passes, max and mean absolute deviation from the sequential sample, and an
 FID-proxy against real images (plus class accuracy for a class-conditional model).
 
-The FID-proxy for Fashion-MNIST is :func:`jacobix.quality.fid_proxy` (Frechet distance of the
+The FID-proxy for Fashion-MNIST is :func:`jacobix.eval.quality.fid_proxy` (Frechet distance of the
 bundled classifier's features; not Inception FID). Other data (e.g. 8x8 digits) use
 :func:`pixel_fid`, a Frechet distance of raw pixels; any ``features`` function can be passed.
 """
@@ -23,9 +23,10 @@ from jacobix.flows.calibration import AutoScheduleConfig, Calibration, auto_sche
 from jacobix.flows.checkpoint import load_tarflow
 from jacobix.flows.sampling import BlockPlan, FlowGuidance, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
-from jacobix.timing import clock
+from jacobix.core.timing import clock
+from jacobix.core.checkpoints import ASSETS
 
-FASHION_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "tarflow-fashion"
+FASHION_CHECKPOINT = ASSETS / "tarflow-fashion"
 FidFunction = Callable[[Tensor, Tensor], float]
 
 
@@ -122,14 +123,14 @@ def hand_schedule(num_blocks: int, num_patches: int, tolerance: float) -> tuple[
 
 def pixel_fid(samples: Tensor, reference: Tensor) -> float:
     """Fallback FID-proxy: Frechet distance between Gaussians fitted to raw pixels (images in [-1, 1])."""
-    from jacobix.quality import frechet_distance
+    from jacobix.eval.quality import frechet_distance
 
     return frechet_distance(samples.flatten(1).double(), reference.flatten(1).double())
 
 
 def fashion_fid(samples: Tensor, reference: Tensor) -> float:
-    """:func:`jacobix.quality.fid_proxy` for images in [-1, 1]."""
-    from jacobix.quality import fid_proxy
+    """:func:`jacobix.eval.quality.fid_proxy` for images in [-1, 1]."""
+    from jacobix.eval.quality import fid_proxy
 
     return fid_proxy(_unit(samples), _unit(reference))
 
@@ -212,7 +213,7 @@ def _timed_samples(model: TarFlow, noise: Tensor, labels: Tensor | None, schedul
 
 
 def _class_accuracy(images: Tensor, labels: Tensor) -> float:
-    from jacobix.quality import class_accuracy
+    from jacobix.eval.quality import class_accuracy
 
     return class_accuracy(_unit(images), labels)
 

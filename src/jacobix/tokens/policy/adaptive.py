@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from jacobix.engine import Acceptance, Drafts, FixedPointState, JacobiProblem
-from jacobix.lookahead import LookaheadConfig, RowPools, pick
-from jacobix.timing import clock
+from jacobix.core.engine import Acceptance, Drafts, FixedPointState, JacobiProblem
+from jacobix.tokens.proposers.ngram import LookaheadConfig, RowPools, pick
+from jacobix.core.timing import clock
 
 JACOBI, POOL = 0, 1  # draft sources; pool drafts of RowPools key index i are source POOL + i
 
@@ -127,7 +127,7 @@ class WindowController:
         config: priors, forgetting and slack.
         keys: pool key lengths. Source ``POOL + i`` is a text-pool draft when ``i mod 2 keys < keys``,
             else a trajectory-pool draft (the numbering of :meth:`RowPools.candidates`); it picks the prior.
-        ranks: candidate ranks tracked apart (:mod:`jacobix.candidates` keeps the best candidate
+        ranks: candidate ranks tracked apart (:mod:`jacobix.tokens.candidates` keeps the best candidate
             and the others apart), each with its own ``2 keys`` pool sources.
     """
 
@@ -190,7 +190,7 @@ class ScheduledProblem:
     """A token problem with pool drafts and a per-pass number of drafts (a :class:`JacobiProblem`).
 
     Args:
-        inner: the :class:`~jacobix.decoding.TokenProblem` (its sweep accepts any number of drafts).
+        inner: the :class:`~jacobix.tokens.problem.TokenProblem` (its sweep accepts any number of drafts).
         drafts: drafts per window (window - 1).
         controller: chooses drafts per pass; None feeds all of them.
         lookahead: n-gram pool settings; None keeps the inner problem's drafts.

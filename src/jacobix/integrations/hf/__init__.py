@@ -1,8 +1,8 @@
 """The Hugging Face transformers adapter: the one module of jacobix that imports ``transformers``.
 
 :class:`HFCausalLM` wraps a causal LM of transformers into jacobix's
-:class:`~jacobix.decoding.CausalLM`. Its cache is a transformers ``Cache`` whose layers write
-keys and values at slot = absolute position of each row, like :mod:`jacobix.cache`, and return
+:class:`~jacobix.tokens.problem.CausalLM`. Its cache is a transformers ``Cache`` whose layers write
+keys and values at slot = absolute position of each row, like :mod:`jacobix.core.cache`, and return
 the buffer up to the largest position of the window; every forward passes an explicit 4-D
 attention mask (a query sees the slots at or before its own position) and per-row
 ``position_ids``. Rollback is therefore an index move and rows of a batch keep their own
@@ -169,7 +169,7 @@ def check_supported(model: Any) -> int | None:
 
 
 class HFCausalLM:
-    """A transformers causal LM as a jacobix :class:`~jacobix.decoding.CausalLM`.
+    """A transformers causal LM as a jacobix :class:`~jacobix.tokens.problem.CausalLM`.
 
     Args:
         model: e.g. ``AutoModelForCausalLM.from_config(...)``; put it in eval mode yourself.
@@ -343,7 +343,7 @@ def _hf_generate(model: Any, input_ids: Tensor, method: str, logits_processor: A
                  generation_config: Any, options: dict[str, Any], model_kwargs: dict[str, Any]) -> Tensor:
     from transformers.generation import EosTokenCriteria, MaxLengthCriteria
 
-    from jacobix.generate import generate
+    from jacobix.tokens.generate import generate
 
     config = generation_config if generation_config is not None else model.generation_config
     if config.num_beams not in (None, 1) or (config.num_return_sequences or 1) > 1 or config.return_dict_in_generate:
@@ -351,7 +351,7 @@ def _hf_generate(model: Any, input_ids: Tensor, method: str, logits_processor: A
                          "num_return_sequences=1, return_dict_in_generate=False")
     if bool(config.do_sample) != (method == "sjd"):
         fix = "sjd_generate for do_sample=True" if config.do_sample else "jacobi_generate for greedy decoding"
-        raise ValueError(f"custom_generate: use jacobix.hf.{fix}")
+        raise ValueError(f"custom_generate: use jacobix.integrations.hf.{fix}")
     lm = HFCausalLM(model)
     prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
     max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - input_ids.shape[1]
@@ -419,7 +419,7 @@ def transformers_generate(model: Any, prompt: Tensor, *, max_new_tokens: int, eo
     Returns the new tokens (EOS included, padding cut), the decoding passes (prefill excluded,
     counted by a forward hook) and the wall time in seconds, for side-by-side benchmarks.
     """
-    from jacobix.timing import clock
+    from jacobix.core.timing import clock
 
     calls = [0]
     hook = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 WEIGHTS, METADATA = "model.safetensors", "config.json"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the bundled checkpoints
 
 
 def save_checkpoint(

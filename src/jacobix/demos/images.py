@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jacobix import quality
-from jacobix.engine import SweepRecord
-from jacobix.images import png
+from jacobix.eval import quality
+from jacobix.core.engine import SweepRecord
+from jacobix.eval import png
 from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, ImageSamples, generate_images
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from jacobix.generate import generate
-from jacobix.lookahead import LookaheadConfig
+from jacobix.tokens.generate import generate
+from jacobix.tokens.proposers.ngram import LookaheadConfig
 from jacobix.models.registry import TextModel
 
 DEFAULT_PROMPTS = (
@@ -212,7 +212,7 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
 
 def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfig, seed: int):
     if setting.method in ("hf", "hf-pld"):
-        from jacobix.hf import transformers_generate
+        from jacobix.integrations.hf import transformers_generate
 
         lookup = 10 if setting.method == "hf-pld" else None
         tokens, passes, seconds = transformers_generate(text_model.model, prompt, max_new_tokens=config.max_new_tokens,

@@ -26,9 +26,9 @@ import weakref
 import torch
 from torch import Tensor
 
-from jacobix.acceptance import leading_true
-from jacobix.adaptive import AdaptiveConfig, WindowController, interpolate
-from jacobix.timing import clock
+from jacobix.core.acceptance import leading_true
+from jacobix.tokens.policy.adaptive import AdaptiveConfig, WindowController, interpolate
+from jacobix.core.timing import clock
 
 
 def greedy_winner(drafts: Tensor, target_tokens: Tensor) -> tuple[Tensor, Tensor]:
@@ -50,7 +50,7 @@ def greedy_winner(drafts: Tensor, target_tokens: Tensor) -> tuple[Tensor, Tensor
 def copy_slots(target, source, source_rows: Tensor, positions: Tensor) -> None:
     """Row ``i`` of cache ``target`` takes row ``source_rows[i]`` of ``source`` at ``positions[i]`` (R, P).
 
-    Works for :class:`jacobix.cache.KVCache` and the transformers adapter's cache; any other cache
+    Works for :class:`jacobix.core.cache.KVCache` and the transformers adapter's cache; any other cache
     is refused (its slots are not addressed by absolute position).
     """
     if hasattr(target, "copy_slots_from"):
@@ -59,7 +59,7 @@ def copy_slots(target, source, source_rows: Tensor, positions: Tensor) -> None:
     keys, values = getattr(target, "keys", None), getattr(target, "values", None)
     if not isinstance(keys, Tensor) or keys.dim() != 5:
         raise ValueError(f"{type(target).__name__} is not a position-indexed cache; multi-candidate lookahead needs "
-                         "jacobix.cache.KVCache or the transformers adapter's cache")
+                         "jacobix.core.cache.KVCache or the transformers adapter's cache")
     for buffer, origin in ((keys, source.keys), (values, source.values)):  # (L, B, H, C, hd)
         taken = origin.permute(1, 3, 0, 2, 4)[source_rows[:, None], positions]  # (R, P, L, H, hd)
         buffer.permute(1, 3, 0, 2, 4)[torch.arange(len(source_rows))[:, None], positions] = taken

@@ -31,7 +31,7 @@ class LookaheadConfig:
             (greedy only: with sampling, uncommitted samples in the pool would make the choice of
             which carried drafts stay in the window depend on their values, and SJD would lose
             its exactness; the HF SJD test catches that).
-        verify: most candidates verified per pass (:mod:`jacobix.candidates`; greedy or lossless
+        verify: most candidates verified per pass (:mod:`jacobix.tokens.candidates`; greedy or lossless
             sampling, without guidance).
     """
 

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jacobix.flows.bench import FASHION_CHECKPOINT
+from jacobix.bench.tarflow import FASHION_CHECKPOINT
 from jacobix.flows.calibration import auto_schedule, load_schedule
 from jacobix.flows.checkpoint import load_tarflow
 from jacobix.flows.sampling import BlockPlan, FlowGuidance, invert_block, masked_relative_residual, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
-from jacobix.images.png import heat_colors, tile, to_uint8, upscale, write_png
+from jacobix.eval.png import heat_colors, tile, to_uint8, upscale, write_png
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jacobix.acceptance import greedy_accept, speculative_accept
-from jacobix.drafts import DraftContext, DraftInit
-from jacobix.engine import Acceptance, Drafts, FixedPointState
-from jacobix.sampling import LogitsProcessor, SamplingConfig, process_logits, sample, target_probs
+from jacobix.core.acceptance import greedy_accept, speculative_accept
+from jacobix.tokens.proposers.basic import DraftContext, DraftInit
+from jacobix.core.engine import Acceptance, Drafts, FixedPointState
+from jacobix.core.sampling import LogitsProcessor, SamplingConfig, process_logits, sample, target_probs
 
 
 class Cache(Protocol):

@@ -23,20 +23,20 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from jacobix.decoding import CausalLM, Guidance, TokenProblem
-from jacobix.drafts import DraftInit
-from jacobix.engine import Acceptance, Drafts, FixedPointState, solve
-from jacobix.generate import DecodeStats, GenerateResult
-from jacobix.sampling import LogitsProcessor, SamplingConfig
-from jacobix.timing import clock
+from jacobix.tokens.problem import CausalLM, Guidance, TokenProblem
+from jacobix.tokens.proposers.basic import DraftInit
+from jacobix.core.engine import Acceptance, Drafts, FixedPointState, solve
+from jacobix.tokens.generate import DecodeStats, GenerateResult
+from jacobix.core.sampling import LogitsProcessor, SamplingConfig
+from jacobix.core.timing import clock
 
 
 class CoupledTokenProblem(TokenProblem):
-    """:class:`~jacobix.decoding.TokenProblem` whose proposals reuse one noise vector per position.
+    """:class:`~jacobix.tokens.problem.TokenProblem` whose proposals reuse one noise vector per position.
 
     Args:
         noise: (B, C, V) positive exponential noise, one vector per row and absolute position.
-        *args, **kwargs: as for :class:`~jacobix.decoding.TokenProblem`.
+        *args, **kwargs: as for :class:`~jacobix.tokens.problem.TokenProblem`.
     """
 
     def __init__(self, *args, noise: Tensor, **kwargs) -> None:
@@ -71,13 +71,13 @@ def generate_coupled(
     """Coupled-proposal SJD for one-token prompts (class-conditional image models).
 
     Args:
-        model: a :class:`~jacobix.decoding.CausalLM`.
+        model: a :class:`~jacobix.tokens.problem.CausalLM`.
         prompts: (B, 1) prompt tokens.
         max_new_tokens, window, init, sampling, processors, generator, record: as in
-            :func:`jacobix.generate` (``sampling.temperature`` must be > 0).
+            :func:`jacobix.tokens.generate` (``sampling.temperature`` must be > 0).
         cfg_scale, negative_prompts: classifier-free guidance with (B, 1) unconditional prompts.
     Returns:
-        a :class:`~jacobix.generate.GenerateResult` (method "sjd-coupled").
+        a :class:`~jacobix.tokens.generate.GenerateResult` (method "sjd-coupled").
     """
     if prompts.dim() != 2 or prompts.shape[1] != 1:
         raise ValueError(f"generate_coupled takes one-token prompts (B, 1), got {tuple(prompts.shape)}")

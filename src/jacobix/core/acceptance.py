@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from jacobix.sampling import sample, uniform
+from jacobix.core.sampling import sample, uniform
 
 
 def leading_true(mask: Tensor) -> Tensor:

@@ -12,8 +12,8 @@ Images are (N, 28, 28) or (N, 1, 28, 28), either uint8 in [0, 255] or floats in 
 
 Example::
 
-    from jacobix import quality
-    real, _ = jacobix.datasets.load_fashion_mnist("test")
+    from jacobix.eval import quality
+    real, _ = jacobix.eval.datasets.load_fashion_mnist("test")
     quality.fid_proxy(samples, real)          # float, 0 for identical distributions
     quality.class_accuracy(samples, labels)   # float in [0, 1]
 """
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jacobix.checkpoints import read_metadata, read_weights, save_checkpoint
+from jacobix.core.checkpoints import ASSETS, read_metadata, read_weights, save_checkpoint
 
-CLASSIFIER_DIR = Path(__file__).parent / "assets" / "fmnist-classifier"
+CLASSIFIER_DIR = ASSETS / "fmnist-classifier"
 IMAGE_SIZE = 28
 ImageBatch = Tensor | np.ndarray
 

@@ -1,4 +1,4 @@
-"""Draft rules for image grids, as :class:`~jacobix.drafts.DraftInit` callables.
+"""Draft rules for image grids, as :class:`~jacobix.tokens.proposers.basic.DraftInit` callables.
 
 SJD stays lossless whatever the draft rule, as long as each draft is drawn from the distribution
 it reports; a better rule only makes more drafts pass. Besides the core rules (``random``,
@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from jacobix.drafts import CopyInit, DraftContext, DraftInit, RandomInit, resolve_init
-from jacobix.sampling import sample
+from jacobix.tokens.proposers.basic import CopyInit, DraftContext, DraftInit, RandomInit, resolve_init
+from jacobix.core.sampling import sample
 
 if TYPE_CHECKING:
     from jacobix.images.model import ImageModel

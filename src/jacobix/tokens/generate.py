@@ -8,12 +8,12 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-from jacobix.decoding import CausalLM, Guidance, TokenProblem
-from jacobix.drafts import DraftInit, resolve_init
-from jacobix.engine import FixedPointState, SolveStats, SweepRecord, solve
-from jacobix.lookahead import LookaheadConfig
-from jacobix.sampling import LogitsProcessor, SamplingConfig
-from jacobix.timing import clock
+from jacobix.tokens.problem import CausalLM, Guidance, TokenProblem
+from jacobix.tokens.proposers.basic import DraftInit, resolve_init
+from jacobix.core.engine import FixedPointState, SolveStats, SweepRecord, solve
+from jacobix.tokens.proposers.ngram import LookaheadConfig
+from jacobix.core.sampling import LogitsProcessor, SamplingConfig
+from jacobix.core.timing import clock
 
 Method = Literal["ar", "jacobi", "sjd"]
 Prompt = Tensor | Sequence[Sequence[int]] | Sequence[Tensor]
@@ -33,7 +33,7 @@ class DecodeStats:
         accepted_per_pass: (P, B) drafts accepted per pass and row.
         active_per_pass: (P, B) rows still generating during each pass.
         wall_time_s: seconds, prefill included.
-        schedule: with ``window="auto"`` or ``lookahead``, the :class:`~jacobix.adaptive.ScheduleStats`
+        schedule: with ``window="auto"`` or ``lookahead``, the :class:`~jacobix.tokens.policy.adaptive.ScheduleStats`
             (passes per width actually evaluated, measured pass costs, pool drafts); else None.
     """
 
@@ -114,20 +114,20 @@ def generate(
     """Generate tokens with sequential decoding, greedy Jacobi decoding or SJD.
 
     Args:
-        model: a :class:`~jacobix.decoding.CausalLM` (jacobix's own models, or an adapter), or a
-            transformers causal LM (wrapped by :mod:`jacobix.hf`).
+        model: a :class:`~jacobix.tokens.problem.CausalLM` (jacobix's own models, or an adapter), or a
+            transformers causal LM (wrapped by :mod:`jacobix.integrations.hf`).
         input_ids: prompts: a (B, L) tensor, a 1-D tensor, or a list of token lists of any lengths.
         method: "ar" (sequential reference), "jacobi" (greedy, equal to greedy "ar") or "sjd"
             (sampling, distributed exactly as sampling "ar").
         max_new_tokens: tokens to generate per row (fewer if ``eos_token_id`` appears).
         window: tokens evaluated per pass, i.e. ``window - 1`` drafts; ignored by "ar". "auto"
             chooses per pass (1 to 16) from the measured cost of a pass and the observed
-            acceptance (:mod:`jacobix.adaptive`); ``stats.schedule`` says what it chose.
+            acceptance (:mod:`jacobix.tokens.policy.adaptive`); ``stats.schedule`` says what it chose.
         init: draft rule for fresh slots: "random", "repeat", "row-above" or a DraftInit.
         lookahead: draft from an n-gram pool of the prompt, output and Jacobi trajectory
-            (:mod:`jacobix.lookahead`); True or a LookaheadConfig. With ``LookaheadConfig(verify=K)``,
+            (:mod:`jacobix.tokens.proposers.ngram`); True or a LookaheadConfig. With ``LookaheadConfig(verify=K)``,
             unguided decoding verifies up to K candidates per pass as sibling rows
-            (:mod:`jacobix.candidates`; sampling stays lossless); with guidance it verifies one.
+            (:mod:`jacobix.tokens.candidates`; sampling stays lossless); with guidance it verifies one.
         row_length: tokens per image row, for ``init="row-above"``.
         temperature: 0 for greedy; > 0 samples (required by "sjd").
         top_k, top_p: filters applied to the target distribution at every position.
@@ -214,12 +214,12 @@ def _schedule(problem: TokenProblem, model: CausalLM, *, window: int, adaptive: 
     """Wrap the problem in the adaptive window / n-gram pool / multi-candidate schedulers if asked."""
     dtype = _model_dtype(model)
     if lookahead is not None and lookahead.verify > 1 and problem.guidance is None:
-        from jacobix.candidates import verify_candidates
+        from jacobix.tokens.candidates import verify_candidates
 
         return verify_candidates(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
                                  device=device, dtype=dtype)
     if adaptive or lookahead is not None:
-        from jacobix.adaptive import AdaptiveConfig, schedule
+        from jacobix.tokens.policy.adaptive import AdaptiveConfig, schedule
 
         return schedule(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
                         config=AdaptiveConfig(max_window=window), device=device, dtype=dtype)
@@ -230,11 +230,11 @@ AUTO_MAX_WINDOW = 16
 
 
 def _as_causal_lm(model: Any) -> CausalLM:
-    """Models with ``new_cache`` pass through; transformers models get the :mod:`jacobix.hf` adapter."""
+    """Models with ``new_cache`` pass through; transformers models get the :mod:`jacobix.integrations.hf` adapter."""
     if hasattr(model, "new_cache") and hasattr(model, "forward"):
         return model
     if any(c.__module__.startswith("transformers.") for c in type(model).__mro__):
-        from jacobix.hf import as_causal_lm
+        from jacobix.integrations.hf import as_causal_lm
 
         return as_causal_lm(model)
     raise ValueError(

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jacobix import quality
-from jacobix.datasets import load_fashion_mnist
+from jacobix.eval import quality
+from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
 
