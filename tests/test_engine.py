@@ -116,18 +116,22 @@ def test_cache_after_jacobi_equals_a_fresh_prefill_of_the_committed_tokens():
     """Rejected drafts leave no trace: every committed slot holds the keys a clean prefill writes."""
     from conftest import tiny_model
 
-    from jacobix.tokens.problem import TokenProblem
-    from jacobix.tokens.proposers.basic import RandomInit
     from jacobix.core.sampling import SamplingConfig
+    from jacobix.tokens.problem import TokenProblem
+    from jacobix.tokens.proposers.basic import JacobiProposer, RandomInit
+    from jacobix.tokens.verify import Verifier
 
     model = tiny_model(2)
     prompts = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
     lengths = torch.tensor([4, 2])
     state = FixedPointState.start(prompts, lengths, lengths + 25, 6)
     cache = model.new_cache(2, state.values.shape[1])
-    problem = TokenProblem(model, cache, prompt_length=lengths, sampling=SamplingConfig(temperature=1.0), processors=(),
-                           init=RandomInit(), generator=torch.Generator().manual_seed(0), guidance=None,
-                           eos_token_id=None, prob_dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    verifier = Verifier(model, cache, candidates=1, prompt_length=lengths, sampling=SamplingConfig(temperature=1.0),
+                        processors=(), guidance=None, eos_token_ids=(), generator=generator, prob_dtype=torch.float64,
+                        max_position=state.values.shape[1] - 1)
+    problem = TokenProblem(verifier, JacobiProposer(RandomInit()), policy=None, costs=None, generator=generator,
+                           vocab_size=model.vocab_size)
     with torch.no_grad():
         model.forward(prompts[:, :3], torch.arange(3).expand(2, 3), cache)
         problem.rollback(state)

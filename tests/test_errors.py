@@ -21,8 +21,8 @@ def m():
     [
         (dict(input_ids=[[]]), "empty prompt"),
         (dict(input_ids=[]), "at least one prompt"),
-        (dict(window=0), "window must be >= 1"),
-        (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
+        (dict(window=0), "window must be an int >= 1"),
+        (dict(max_new_tokens=-1), "max_new_tokens must be an int >= 0"),
         (dict(method="beam"), "unknown method"),
         (dict(method="jacobi", temperature=0.8), "use method='sjd'"),
         (dict(method="sjd", temperature=0.0), "use method='jacobi'"),
@@ -71,7 +71,8 @@ def test_processor_sees_generated_positions(m):
         return logits
 
     jacobix.generate(m, [[1, 2, 3], [4]], method="jacobi", window=4, max_new_tokens=6, processors=[record])
-    assert seen[0].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]
+    assert seen[0].tolist() == [[0], [0]]  # the first token, from the prefill logits
+    assert seen[1].tolist() == [[1, 2, 3, 4], [1, 2, 3, 4]]
 
 
 def test_forbidding_a_token_by_position_is_honoured(m):

@@ -52,7 +52,7 @@ def test_greedy_jacobi_equals_greedy_ar_with_cfg(image_model):
     ]
     torch.testing.assert_close(outs[1].tokens, outs[0].tokens, rtol=0, atol=0)
     torch.testing.assert_close(outs[2].tokens, outs[0].tokens, rtol=0, atol=0)
-    assert outs[0].batch_passes == 196 and outs[1].batch_passes < 196
+    assert outs[0].batch_passes == 195 and outs[1].batch_passes < 195  # the prefill pass gives the first token
 
 
 def _exact_marginals(image_model, label: int, cfg: float, top_k: int, tokens: int, floor: float = 1e-6) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Several pool candidates verified per pass (jacobix.tokens.candidates): greedy exactness on jacobix's
+"""Several pool candidates verified per pass (sibling rows of the verifier): greedy exactness on jacobix's
 KVCache and on the transformers adapter's cache, the winner rule and the slot copy on hand-built
 tensors, and SJD (which verifies one candidate) staying lossless with ``verify > 1``."""
 
@@ -10,38 +10,45 @@ import torch
 import jacobix
 from jacobix.core.cache import KVCache
 from jacobix.tokens.proposers.ngram import LookaheadConfig
-from jacobix.tokens.multidraft import copy_slots, greedy_winner, row_options
 
 from conftest import exact_joint, naive_greedy, tiny_model
 
 PROMPTS = [[1, 5, 9, 3, 7, 2] * 3, [1, 5, 9, 3, 7], [3]]
 
 
-def test_greedy_winner_takes_longest_match_lowest_index_on_ties():
+def test_greedy_verifier_takes_longest_match_lowest_index_on_ties():
+    from jacobix.core.sampling import SamplingConfig
+    from jacobix.tokens.verify import Verifier
+
+    verifier = Verifier(tiny_model(), None, candidates=3, prompt_length=torch.tensor([1, 1]), sampling=SamplingConfig(),
+                        processors=(), guidance=None, eos_token_ids=(), generator=None, prob_dtype=torch.float64,
+                        max_position=9)
     drafts = torch.tensor([[[4, 5, 6], [4, 5, 7], [4, 9, 9]], [[1, 1, 1], [2, 2, 2], [2, 2, 3]]])  # (B=2, R=3, D=3)
     targets = torch.tensor([[[4, 5, 0, 0], [4, 5, 7, 8], [4, 5, 0, 0]], [[3, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0]]])
-    winner, matched = greedy_winner(drafts, targets)
-    assert matched.tolist() == [[2, 3, 1], [0, 2, 2]]
-    assert winner.tolist() == [1, 1]
+    verdict = verifier._greedy(drafts, targets, None)
+    assert verdict.matched.tolist() == [[2, 3, 1], [0, 2, 2]]
+    assert verdict.winner.tolist() == [1, 1]
+    assert verdict.values.tolist() == [[4, 5, 7, 8], [2, 2, 0, 0]]
 
 
 def test_copy_slots_moves_only_the_named_slots_of_the_named_rows():
-    source = KVCache(num_layers=2, batch_size=2, num_kv_heads=1, capacity=6, head_dim=3)
-    source.keys.copy_(torch.randn_like(source.keys))
-    source.values.copy_(torch.randn_like(source.values))
-    target = KVCache(num_layers=2, batch_size=3, num_kv_heads=1, capacity=6, head_dim=3)
-    copy_slots(target, source, torch.tensor([1, 1, 0]), torch.tensor([[2, 3], [2, 3], [0, 4]]))
+    cache = KVCache(num_layers=2, batch_size=3, num_kv_heads=1, capacity=6, head_dim=3)
+    cache.keys.copy_(torch.randn_like(cache.keys))
+    cache.values.copy_(torch.randn_like(cache.values))
+    before = (cache.keys.clone(), cache.values.clone())
+    cache.copy_slots(torch.tensor([1, 1, 0]), torch.tensor([[2, 3], [2, 3], [0, 4]]))
     for row, src, slots in ((0, 1, [2, 3]), (1, 1, [2, 3]), (2, 0, [0, 4])):
-        assert torch.equal(target.keys[:, row, :, slots], source.keys[:, src, :, slots])
-        assert torch.equal(target.values[:, row, :, slots], source.values[:, src, :, slots])
-        untouched = [s for s in range(6) if s not in slots]
-        assert not target.keys[:, row, :, untouched].any()
-    with pytest.raises(ValueError, match="position-indexed"):
-        copy_slots(object(), source, torch.tensor([0]), torch.tensor([[0]]))
+        for now, old in zip((cache.keys, cache.values), before):
+            assert torch.equal(now[:, row, :, slots], old[:, src, :, slots])
+            untouched = [s for s in range(6) if s not in slots]
+            assert torch.equal(now[:, row, :, untouched], old[:, row, :, untouched])
 
 
-def test_row_options():
-    assert row_options(1) == (1,) and row_options(4) == (1, 2, 4) and row_options(3) == (1, 2, 3)
+def test_novel_prefixes_marks_the_first_candidate_of_each_prefix():
+    from jacobix.tokens.policy.width import novel_prefixes
+
+    tokens = torch.tensor([[[1, 2], [1, 3], [1, 2]]])  # (B=1, R=3, D=2)
+    assert novel_prefixes(tokens).tolist() == [[[True, True], [False, True], [False, False]]]
     with pytest.raises(ValueError, match="verify"):
         LookaheadConfig(verify=0)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jacobix.tokens.policy.adaptive import POOL, AdaptiveConfig, WindowController
+from jacobix.tokens.policy import AdaptiveConfig, AdaptiveWidth, PassCosts
+from jacobix.tokens.proposers.base import DraftSource
 from jacobix.tokens.proposers.ngram import LookaheadConfig, NGramPool, RowPools
 
 CONFIG = LookaheadConfig(key_lengths=(2, 1))
@@ -58,47 +59,73 @@ def test_row_pool_harvests_only_new_committed_tokens():
     assert pools.candidates(0) == (0, [(6, 4)])
 
 
-def _controller(cost_ratio: dict[int, float], drafts: int = 4, **config) -> WindowController:
-    return WindowController(cost_ratio, drafts, AdaptiveConfig(max_window=drafts + 1, **config), keys=2)
+JACOBI_SOURCES = (DraftSource("jacobi", 0.1),)
+TEXT_2, TEXT_1, TRAJECTORY_2 = 1, 2, 3  # source ids after the Jacobi source, keys (2, 1)
 
 
-def test_controller_feeds_drafts_when_passes_cost_the_same_and_none_when_they_are_dear():
-    flat = _controller({1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0, 16: 1.0})
-    dear = _controller({1: 1.0, 2: 1.6, 4: 2.0, 8: 2.4, 16: 2.8})
-    text = torch.full((1, 4), POOL + 1)  # text-pool drafts of the second key, prior rate 0.5 per slot
-    assert flat.choose(text) == 4
-    assert dear.choose(text) == 0  # k drafts: (1 + .5 + ... + .5^k) / cost(k + 1) < 1 for k = 1..4
-    assert dear.choose(torch.zeros(1, 4, dtype=torch.long)) == 0
+def _policy(cost_ratio: dict[int, float], drafts: int = 4, *, text_prior=(0.7, 0.5), trajectory_prior=0.1,
+            **config) -> AdaptiveWidth:
+    costs = PassCosts()
+    for width, seconds in cost_ratio.items():
+        costs.add(width, seconds)
+    pool = LookaheadConfig(key_lengths=(2, 1), text_prior=text_prior, trajectory_prior=trajectory_prior).sources()
+    return AdaptiveWidth((*JACOBI_SOURCES, *pool), drafts, costs, AdaptiveConfig(**config))
 
 
-def test_controller_priors_trust_text_drafts_more_than_trajectory_drafts():
-    costs = {1: 1.0, 2: 1.2, 4: 1.3, 8: 1.5, 16: 1.7}
-    controller = _controller(costs, text_prior=(0.7, 0.2), trajectory_prior=0.1)
-    longest, shorter = torch.full((1, 4), POOL), torch.full((1, 4), POOL + 1)
-    trajectory = torch.full((1, 4), POOL + 2)  # key index 0 of the trajectory pool (two key lengths)
-    assert controller.choose(longest) > 0
-    assert controller.choose(shorter) == controller.choose(trajectory) == 0
+def _choose(policy: AdaptiveWidth, source_id: int, drafts: int = 4) -> int:
+    source = torch.full((1, 1, drafts), source_id)
+    return policy.choose(source, torch.ones_like(source, dtype=torch.bool))
 
 
-def test_controller_learns_from_rejections_and_slack_prefers_more_drafts():
-    costs = {1: 1.0, 2: 1.2, 4: 1.3, 8: 1.5, 16: 1.7}
-    controller = _controller(costs, text_prior=(0.7,))
-    text = torch.full((1, 4), POOL)
+def test_policy_feeds_drafts_when_passes_cost_the_same_and_none_when_they_are_dear():
+    flat = _policy({1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0, 16: 1.0})
+    dear = _policy({1: 1.0, 2: 1.6, 4: 2.0, 8: 2.4, 16: 2.8})
+    assert _choose(flat, TEXT_1) == 4  # text-pool drafts of the second key, prior rate 0.5 per slot
+    assert _choose(dear, TEXT_1) == 0  # k drafts: (1 + .5 + ... + .5^k) / cost(k + 1) < 1 for k = 1..4
+    assert _choose(dear, 0) == 0
+
+
+def test_policy_priors_trust_text_drafts_more_than_trajectory_drafts():
+    policy = _policy({1: 1.0, 2: 1.25, 4: 1.3, 8: 1.5, 16: 1.7}, text_prior=(0.7, 0.2), trajectory_prior=0.1)
+    assert _choose(policy, TEXT_2) > 0
+    assert _choose(policy, TEXT_1) == _choose(policy, TRAJECTORY_2) == 0
+
+
+def test_policy_learns_from_rejections_and_slack_prefers_more_drafts():
+    policy = _policy({1: 1.0, 2: 1.2, 4: 1.3, 8: 1.5, 16: 1.7}, text_prior=(0.7,))
+    text = torch.full((1, 1, 4), TEXT_2)
     for _ in range(20):
-        controller.observe(text, torch.tensor([0]), fed=controller.choose(text) or 4)
-    assert controller.choose(text) == 0
+        policy.observe(text, torch.tensor([[0]]), fed=_choose(policy, TEXT_2) or 4)
+    assert _choose(policy, TEXT_2) == 0
     # Speeds of 0..4 drafts with every rate 1 and cost 1, 1.9, 2.85, 3.8, 4.75: all equal to 1.
     even = {1: 1.0, 2: 1.9, 3: 2.85, 4: 3.8, 5: 4.75}
-    sure = torch.full((1, 4), POOL)
-    strict = _controller(even, text_prior=(0.99,), slack=0.0)
-    loose = _controller(even, text_prior=(0.99,), slack=0.05)
-    assert strict.choose(sure) < loose.choose(sure) == 4
+    strict = _policy(even, text_prior=(0.99,), slack=0.0)
+    loose = _policy(even, text_prior=(0.99,), slack=0.05)
+    assert _choose(strict, TEXT_2) < _choose(loose, TEXT_2) == 4
 
 
-@pytest.mark.parametrize("bad", [dict(text_prior=()), dict(text_prior=(0.5, 1.0)), dict(jacobi_prior=-0.1), dict(decay=0.0)])
+@pytest.mark.parametrize("bad", [dict(prior_weight=0.0), dict(decay=0.0), dict(slack=1.0)])
 def test_adaptive_config_refuses_bad_values(bad):
     with pytest.raises(ValueError, match="AdaptiveConfig"):
         AdaptiveConfig(**bad)
+
+
+@pytest.mark.parametrize("bad", [dict(text_prior=()), dict(text_prior=(0.5, 1.0)), dict(trajectory_prior=-0.1)])
+def test_lookahead_config_refuses_bad_priors(bad):
+    with pytest.raises(ValueError, match="LookaheadConfig"):
+        LookaheadConfig(**bad)
+
+
+def test_pass_costs_median_resists_outliers_and_interpolates():
+    costs = PassCosts(keep=5)
+    for seconds in (1.0, 1.1, 0.9, 50.0, 1.0):  # one pass hit by load
+        costs.add(1, seconds)
+    for seconds in (2.0, 2.2, 0.1, 2.1):  # one implausibly fast reading
+        costs.add(4, seconds)
+    assert costs.estimate(1) == pytest.approx(1.0)
+    assert costs.estimate(4) == pytest.approx(2.05)
+    assert costs.estimate(2) == pytest.approx(1.0 + (2.05 - 1.0) / 3)  # linear between measured widths
+    assert costs.estimate(8) == pytest.approx(2.05 * 2)  # in proportion past the largest
 
 
 def test_auto_window_takes_any_number_of_key_lengths_and_stays_exact():

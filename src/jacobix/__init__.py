@@ -1,14 +1,38 @@
 """jacobix: parallel generation for sequential generative models by Jacobi iteration."""
 
-from jacobix.tokens.proposers.basic import CopyInit, DraftContext, DraftInit, RandomInit
+from jacobix.api import generate
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState, JacobiProblem, SolveStats, solve
-from jacobix.tokens.generate import DecodeStats, GenerateResult, generate
 from jacobix.core.sampling import LogitsProcessor, SamplingConfig
+from jacobix.models.protocol import CausalLM, LMOutput
+from jacobix.tokens.generate import Method, register_method
+from jacobix.tokens.policy import AdaptiveConfig, AdaptiveWidth, FixedWidth, PassCosts, WidthPolicy
+from jacobix.tokens.proposers import (
+    Candidates, CopyInit, CoupledProposer, DraftContext, DraftInit, DraftSource, JacobiProposer, LookaheadConfig,
+    NGramProposer, ProposalContext, Proposer, RandomInit,
+)
+from jacobix.tokens.result import DecodeStats, GenerateResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Acceptance",
+    "AdaptiveConfig",
+    "AdaptiveWidth",
+    "Candidates",
+    "CausalLM",
+    "CoupledProposer",
+    "DraftSource",
+    "FixedWidth",
+    "JacobiProposer",
+    "LMOutput",
+    "LookaheadConfig",
+    "Method",
+    "NGramProposer",
+    "PassCosts",
+    "ProposalContext",
+    "Proposer",
+    "WidthPolicy",
+    "register_method",
     "CopyInit",
     "DecodeStats",
     "DraftContext",

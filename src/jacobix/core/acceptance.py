@@ -90,6 +90,7 @@ def speculative_accept(
     p_draft: Tensor,
     p_target: Tensor,
     generator: torch.Generator | None,
+    verifiable: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Speculative sampling over a window (SJD, arXiv 2410.01699, eq. 4; Leviathan et al. 2023).
 
@@ -105,6 +106,9 @@ def speculative_accept(
         p_draft: (B, D, V) distribution each draft was drawn from (one-hot for a fixed draft).
         p_target: (B, D+1, V) target distributions at the D draft positions and one more.
         generator: source of randomness.
+        verifiable: (B, D) False for drafts that may not be tested (e.g. SJD2's drafts whose
+            context is still noisy): acceptance stops there and that position is drawn from
+            ``p_target`` itself, as sequential sampling would. None: every draft is verifiable.
     Returns:
         accepted: (B,) number of accepted drafts.
         next_token: (B,) the recovered or bonus token at position ``accepted``.
@@ -116,6 +120,9 @@ def speculative_accept(
     u = uniform((b, d), target_at_draft, generator)
     # u < p/q, written without the division; a draft the target cannot produce is always rejected.
     passed = (u * draft_at_draft < target_at_draft) & (target_at_draft > 0)
+    if verifiable is not None:
+        passed &= verifiable
+        p_draft = p_draft * verifiable[..., None]  # an untested slot's residual is p_target itself
     accepted = leading_true(passed)  # (B,)
 
     # Residual distribution at every position; the bonus slot D has no draft, so it is p_target.
@@ -144,6 +151,8 @@ def candidates_accept(
     tokens removed, so every committed token follows ``p`` exactly (recursive rejection sampling
     for fixed drafts). Candidates must be fixed: not drawn with this pass's randomness.
 
+    Vectorised over rows and candidates; the loop runs over the D slots with no host sync.
+
     Args:
         candidates: (B, R, D) draft tokens.
         p_target: (B, R, D+1, V) each candidate row's target distributions.
@@ -154,35 +163,33 @@ def candidates_accept(
         next_token: (B,) the token drawn at slot ``accepted``.
     """
     b, r, d = candidates.shape
-    index = candidates.transpose(1, 2)[:, None].expand(b, r, d, r)  # [b, i, t, j] = token of candidate j at t
-    at = p_target[:, :, :d].gather(-1, index).double().cpu()  # (B, R, D, R) p_i(slot t) of candidate j's token
-    u = uniform((b, d, r), p_target, generator).double().cpu()  # one number per token tried
-    tokens = candidates.tolist()
-    winner, accepted, tried_tokens = [], [], []
-    for row in range(b):
-        alive, t, tried = list(range(r)), 0, []
-        while t < d:
-            first, mass, chosen, tried = alive[0], 1.0, None, []
-            owners = {}  # distinct next token -> first alive candidate proposing it, in candidate order
-            for i in alive:
-                owners.setdefault(tokens[row][i][t], i)
-            for k, (token, owner) in enumerate(owners.items()):
-                p = float(at[row, first, t, owner])
-                if u[row, t, k] * mass < p:
-                    chosen = token
-                    break
-                mass, tried = mass - p, tried + [token]
-            if chosen is None:
-                break
-            alive, t, tried = [i for i in alive if tokens[row][i][t] == chosen], t + 1, []
-        winner.append(alive[0])
-        accepted.append(t)
-        tried_tokens.append(tried + [-1] * (r - len(tried)))  # padded to R
-    device = p_target.device
-    winner_t, accepted_t = torch.tensor(winner, device=device), torch.tensor(accepted, device=device)
-    final = p_target[torch.arange(b, device=device), winner_t, accepted_t]  # (B, V)
-    vocab = final.shape[-1]
-    tried_t = torch.tensor(tried_tokens, device=device)  # (B, R), -1 = none: sent to a spare column
-    tried_t = torch.where(tried_t < 0, vocab, tried_t)
-    removed = torch.zeros(b, vocab + 1, dtype=torch.bool, device=device).scatter_(1, tried_t, True)[:, :vocab]  # (B, V)
-    return winner_t, accepted_t, sample(final.masked_fill(removed, 0.0), generator)
+    device, vocab = p_target.device, p_target.shape[-1]
+    u = uniform((b, d, r), p_target, generator)  # one number per distinct token tried
+    rows = torch.arange(b, device=device)
+    earlier = torch.ones(r, r, dtype=torch.bool, device=device).tril(-1)  # [i, j]: j < i
+    alive = torch.ones(b, r, dtype=torch.bool, device=device)  # (B, R) candidates holding the accepted prefix
+    running = torch.ones(b, dtype=torch.bool, device=device)  # (B,) rows still accepting
+    accepted = torch.zeros(b, dtype=torch.long, device=device)
+    removed = torch.zeros(b, vocab, dtype=torch.bool, device=device)  # tokens tried and rejected at the stop
+    for t in range(d):
+        first = alive.long().argmax(1)  # (B,) the lowest alive candidate: its target is the shared one
+        p = p_target[rows, first, t]  # (B, V)
+        tokens = candidates[:, :, t]  # (B, R)
+        repeat = (tokens[:, :, None] == tokens[:, None, :]) & alive[:, None, :] & earlier  # (B, R, R)
+        owner = alive & ~repeat.any(-1)  # (B, R) first alive candidate proposing each distinct token
+        mass = p.gather(1, tokens) * owner  # (B, R) p(d_k) at owners, 0 elsewhere
+        before = 1.0 - (mass.cumsum(1) - mass)  # (B, R) mass left when d_k is tried
+        rank = (owner.long().cumsum(1) - 1).clamp_min(0)  # (B, R) k, the try index of each owner
+        passed = owner & (u[:, t].gather(1, rank) * before < mass)  # (B, R)
+        hit = passed.any(1) & running  # (B,)
+        chosen = tokens.gather(1, passed.long().argmax(1, keepdim=True))  # (B, 1) the first accepted token
+        stop = running & ~hit
+        spare = torch.where(owner, tokens, vocab)  # (B, R) non-owners go to a spare column
+        tried = torch.zeros(b, vocab + 1, dtype=torch.bool, device=device).scatter_(1, spare, True)[:, :vocab]
+        removed = torch.where(stop[:, None], tried, removed)  # (B, V)
+        alive = torch.where(hit[:, None], alive & (tokens == chosen), alive)
+        accepted += hit.long()
+        running &= hit
+    winner = alive.long().argmax(1)  # (B,)
+    final = p_target[rows, winner, accepted]  # (B, V)
+    return winner, accepted, sample(final.masked_fill(removed, 0.0), generator)

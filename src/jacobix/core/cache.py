@@ -70,6 +70,17 @@ class KVCache:
         slots = torch.arange(self.capacity, device=positions.device)
         return slots[None, None, None, :] <= positions[:, None, :, None]
 
+    def copy_slots(self, source_rows: Tensor, positions: Tensor) -> None:
+        """Row ``i`` takes row ``source_rows[i]``'s keys and values at ``positions[i]`` (B, P).
+
+        Sibling rows that verify different candidates for one sequence share its committed prefix;
+        after a pass the winner's newly committed slots are copied to the others.
+        """
+        rows = torch.arange(len(source_rows), device=positions.device)[:, None]  # (B, 1)
+        for buffer in (self.keys, self.values):  # (L, B, H, C, hd)
+            view = buffer.permute(1, 3, 0, 2, 4)  # (B, C, L, H, hd)
+            view[rows, positions] = view[source_rows[:, None], positions]
+
     def rollback(self, lengths: Tensor) -> None:
         """Declare that each row's valid prefix is ``lengths`` slots long (constant time)."""
         self.lengths.copy_(lengths)

@@ -38,7 +38,9 @@ class FixedPointState:
         length: (B,) number of committed values.
         limit: (B,) a row is done once ``length >= limit``.
         done: (B,) rows that need no more sweeps (limit reached or a stop value committed).
-        sweeps_on_window: (B,) sweeps since the row last committed anything (segment rules).
+        sweeps_on_window: (B,) sweeps since the row last committed anything (segment rules), or,
+            in block mode, sweeps on the current block.
+        block_end: (B,) in block mode, the position where the row's current block ends.
     """
 
     values: Tensor
@@ -46,6 +48,7 @@ class FixedPointState:
     limit: Tensor
     done: Tensor
     sweeps_on_window: Tensor
+    block_end: Tensor | None = None
 
     @classmethod
     def start(cls, prefix: Tensor, prefix_length: Tensor, limit: Tensor, window: int) -> FixedPointState:
@@ -75,25 +78,35 @@ class FixedPointState:
 
 @dataclass
 class Drafts:
-    """Guesses for a window: values (B, D, *F) and, for sampled tokens, what they were drawn from."""
+    """Guesses for a window, and what travels with each guess when the window slides.
+
+    Attributes:
+        values: (B, D, *F) the guesses.
+        p_draft: (B, D, V) for sampled tokens, the distribution each was drawn from; None means
+            every draft is fixed (one-hot).
+        state: (B, D, *S) a proposer's continuous per-slot state (e.g. a noisy embedding and its
+            noise level), carried with its slot from sweep to sweep; None if unused.
+    """
 
     values: Tensor
-    p_draft: Tensor | None = None  # (B, D, V); None means each draft is fixed (one-hot)
+    p_draft: Tensor | None = None
+    state: Tensor | None = None
 
     def shift(self, n_commit: Tensor, width: int) -> tuple[Drafts, Tensor]:
         """Slide past ``n_commit`` (B,) committed slots, keeping ``width`` slots.
 
         Returns the carried drafts (fresh slots hold placeholders) and ``fresh`` (B, width), True
-        where a slot has no carried draft and must be filled by the init rule.
+        where a slot has no carried draft and must be filled by the draft rule.
         """
         total = self.values.shape[1]
         index = n_commit[:, None] + torch.arange(width, device=n_commit.device)  # (B, width)
         fresh = index >= total
         index = index.clamp(max=max(total - 1, 0))
-        return Drafts(_take(self.values, index), None if self.p_draft is None else _take(self.p_draft, index)), fresh
+        carried = Drafts(*(None if x is None else take(x, index) for x in (self.values, self.p_draft, self.state)))
+        return carried, fresh
 
 
-def _take(x: Tensor, index: Tensor) -> Tensor:
+def take(x: Tensor, index: Tensor) -> Tensor:
     """x[b, index[b, j], ...] for x (B, T, *F) and index (B, J); returns (B, J, *F)."""
     expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
     return x.gather(1, expanded)
@@ -147,12 +160,24 @@ class SweepRecord:
 
 @dataclass
 class SolveStats:
-    """Exact counts of one :func:`solve` call."""
+    """Exact counts of one :func:`solve` call.
+
+    Attributes:
+        forward_passes: sweeps made.
+        committed: (P, B) values committed by each pass.
+        accepted: (P, B) drafts accepted by each pass.
+        active: (P, B) rows that were still running during each pass.
+        lossy: (P, B) values committed by the lossy sweep cap without having converged (zero
+            unless ``lossy_sweep_cap`` is set).
+        window: values evaluated per sweep (drafts + 1).
+        trajectory: one record per sweep when ``record=True``.
+    """
 
     forward_passes: int
-    committed: Tensor  # (P, B) values committed by each pass
-    accepted: Tensor  # (P, B) drafts accepted by each pass
-    active: Tensor  # (P, B) rows that were still running during each pass
+    committed: Tensor
+    accepted: Tensor
+    active: Tensor
+    lossy: Tensor
     window: int
     trajectory: list[SweepRecord] = field(default_factory=list)
 
@@ -164,6 +189,8 @@ def solve(
     window: int,
     record: bool = False,
     on_sweep: Callable[[], None] | None = None,
+    block: bool = False,
+    lossy_sweep_cap: int | None = None,
 ) -> SolveStats:
     """Run sweeps until every row is done; ``state`` is updated in place.
 
@@ -173,44 +200,79 @@ def solve(
         window: values evaluated per sweep (drafts + 1); 1 is sequential decoding.
         record: keep a :class:`SweepRecord` per sweep (costs a copy to CPU each sweep).
         on_sweep: called after every sweep (progress bars).
+        block: block mode (CLLM's decoder): the values are cut into blocks of ``window``
+            positions; a block is iterated until all of it is committed, and its slots are drafted
+            once, when the block starts (no refill); commits never cross a block's end.
+        lossy_sweep_cap: LOSSY early exit (CEED-VLA): after this many sweeps on one window (one
+            block in block mode) commit the window's current values whether or not they have
+            converged. Counted in ``SolveStats.lossy``. None (the default) is exact.
     Returns:
         exact pass and acceptance counts.
     """
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    if lossy_sweep_cap is not None and lossy_sweep_cap < 1:
+        raise ValueError(f"lossy_sweep_cap must be >= 1 sweep or None (exact), got {lossy_sweep_cap}")
     width = window - 1
+    if block:
+        state.block_end = state.length + window
     drafts = problem.draft(state, None, torch.ones_like(state.window_positions(width), dtype=torch.bool))
-    committed, accepted, active, trajectory = [], [], [], []
+    per_pass: dict[str, list[Tensor]] = {"committed": [], "accepted": [], "active": [], "lossy": []}
+    trajectory = []
     while not bool(state.done.all()):  # the one device sync per sweep
         running = ~state.done
         decision = problem.sweep(state, drafts)
-        budget = state.limit - state.length
-        n_commit = torch.where(running, torch.minimum(decision.n_commit, budget), 0)
+        n_commit, lossy = _clamp(state, decision, running, lossy_sweep_cap)
         if record:
             trajectory.append(_record(state, drafts, decision, n_commit))
         _commit(state, decision.values, n_commit)
-        state.sweeps_on_window = torch.where(n_commit > 0, 0, state.sweeps_on_window + running.long())
+        fresh_block = _advance(state, n_commit, running, window)
         finished = state.length >= state.limit
         if decision.finished is not None:
             finished |= decision.finished & running
         state.done |= finished
         problem.rollback(state)
         carried, fresh = decision.proposals.shift(n_commit, width)
-        drafts = problem.draft(state, carried, fresh)
-        committed.append(n_commit)
-        accepted.append(torch.where(running, decision.n_accepted, 0))
-        active.append(running)
+        drafts = problem.draft(state, carried, fresh if fresh_block is None else fresh | fresh_block[:, None])
+        for name, value in zip(per_pass, (n_commit, torch.where(running, decision.n_accepted, 0), running, lossy)):
+            per_pass[name].append(value)
         if on_sweep is not None:
             on_sweep()
     rows = state.length.shape[0]
     return SolveStats(
-        forward_passes=len(committed),
-        committed=_stack(committed, rows, torch.long),
-        accepted=_stack(accepted, rows, torch.long),
-        active=_stack(active, rows, torch.bool),
+        forward_passes=len(per_pass["committed"]),
+        committed=_stack(per_pass["committed"], rows, torch.long),
+        accepted=_stack(per_pass["accepted"], rows, torch.long),
+        active=_stack(per_pass["active"], rows, torch.bool),
+        lossy=_stack(per_pass["lossy"], rows, torch.long),
         window=window,
         trajectory=trajectory,
     )
+
+
+def _clamp(state: FixedPointState, decision: Acceptance, running: Tensor, cap: int | None) -> tuple[Tensor, Tensor]:
+    """(B,) values to commit after each row's budget (and block end), and how many of them the lossy cap forced."""
+    budget = state.limit - state.length
+    if state.block_end is not None:
+        budget = torch.minimum(budget, state.block_end - state.length)
+    budget = budget.clamp(max=decision.values.shape[1])
+    n_commit = torch.where(running, torch.minimum(decision.n_commit, budget), 0)
+    if cap is None:
+        return n_commit, torch.zeros_like(n_commit)
+    capped = running & (state.sweeps_on_window + 1 >= cap) & (n_commit < budget)
+    return torch.where(capped, budget, n_commit), torch.where(capped, budget - n_commit, 0)
+
+
+def _advance(state: FixedPointState, n_commit: Tensor, running: Tensor, window: int) -> Tensor | None:
+    """Count sweeps on the current window or block; in block mode start the next block, returning
+    (B,) True for rows whose block just ended (all their slots are drafted afresh)."""
+    if state.block_end is None:
+        state.sweeps_on_window = torch.where(n_commit > 0, 0, state.sweeps_on_window + running.long())
+        return None
+    ended = running & (state.length >= state.block_end)
+    state.block_end = torch.where(ended, state.length + window, state.block_end)
+    state.sweeps_on_window = torch.where(ended, 0, state.sweeps_on_window + running.long())
+    return ended
 
 
 def _stack(per_pass: list[Tensor], rows: int, dtype: torch.dtype) -> Tensor:
@@ -223,7 +285,7 @@ def _commit(state: FixedPointState, values: Tensor, n_commit: Tensor) -> None:
     offsets = torch.arange(values.shape[1], device=values.device)
     index = state.length[:, None] + offsets  # (B, D+1); in range: capacity >= limit + window
     keep_new = (offsets[None, :] < n_commit[:, None]).reshape(*index.shape, *([1] * (values.dim() - 2)))
-    old = _take(state.values, index)
+    old = take(state.values, index)
     expanded = index.reshape(*index.shape, *([1] * (values.dim() - 2))).expand_as(values)
     state.values.scatter_(1, expanded, torch.where(keep_new, values.to(state.values.dtype), old))
     state.length += n_commit

@@ -10,11 +10,10 @@ from torch import Tensor
 
 from jacobix.tokens.proposers.basic import DraftInit
 from jacobix.core.engine import SweepRecord
-from jacobix.tokens.generate import DecodeStats, generate
-from jacobix.tokens.proposers.coupled import generate_coupled
+from jacobix.tokens.generate import generate
+from jacobix.tokens.result import DecodeStats
 from jacobix.images.proposers import IMAGE_INITS, resolve_image_init
 from jacobix.images.model import CodesOnly, ImageModel
-from jacobix.core.sampling import SamplingConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +72,7 @@ class ImageSamples:
         row_passes: (N,) forward passes during which each image was still being generated.
         batch_passes: forward passes summed over batches (a batch runs until its slowest row ends).
         wall_time_s: decoding time summed over batches (tokenizer decoding excluded).
-        stats: the :class:`~jacobix.tokens.generate.DecodeStats` of each batch.
+        stats: the :class:`~jacobix.tokens.result.DecodeStats` of each batch.
         trajectories: per batch, the sweep records when ``record=True``.
     """
 
@@ -138,17 +137,10 @@ def generate_images(
 def _generate_batch(model: ImageModel, labels: Tensor, settings: ImageSampling, init: DraftInit, generator, record: bool):
     cond, uncond = model.vocab.prompts(labels)  # (b, 1) each
     guided = settings.cfg_scale is not None
-    if settings.coupled:
-        return generate_coupled(
-            model.transformer, cond, max_new_tokens=model.vocab.image_tokens, window=settings.window, init=init,
-            sampling=SamplingConfig(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p),
-            processors=(CodesOnly(model.vocab.num_codes),), generator=generator,
-            cfg_scale=settings.cfg_scale, negative_prompts=uncond if guided else None, record=record,
-        )
     return generate(
         model.transformer,
         cond,
-        method=settings.method,
+        method="sjd-coupled" if settings.coupled else settings.method,
         max_new_tokens=model.vocab.image_tokens,
         window=settings.window,
         init=init,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jacobix.core.cache import KVCache
+from jacobix.models.protocol import LMOutput
 from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
 
 
@@ -156,28 +157,48 @@ class Llama(nn.Module):
             device=weight.device,
         )
 
-    def forward(self, tokens: Tensor, positions: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
-        """Logits for a window of tokens.
+    def embed(self, tokens: Tensor) -> Tensor:
+        """Input embeddings (B, W, dim) of tokens (B, W), as :meth:`forward` computes them."""
+        return self.tok_embeddings(tokens)
+
+    def forward(
+        self,
+        tokens: Tensor | None,
+        positions: Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        embeds: Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> Tensor | LMOutput:
+        """Logits for a window of tokens (or of input embeddings).
 
         Args:
-            tokens: (B, W) token ids.
+            tokens: (B, W) token ids; may be None when ``embeds`` is given.
             positions: (B, W) absolute positions; defaults to 0..W-1. Required with a cache.
             cache: written at ``positions``; without it attention is causal within the window.
+            embeds: (B, W, dim) input embeddings used instead of ``embed(tokens)``.
+            return_hidden: return an :class:`~jacobix.models.protocol.LMOutput` with the input
+                embeddings, every layer's output, and the final-norm output as hidden states.
         Returns:
-            logits (B, W, V).
+            logits (B, W, V), or an LMOutput when ``return_hidden``.
         """
-        b, w = tokens.shape
+        x = self.embed(tokens) if embeds is None else embeds.to(self.tok_embeddings.weight.dtype)  # (B, W, dim)
+        b, w = x.shape[:2]
         if positions is None:
             if cache is not None:
                 raise ValueError("forward with a cache needs explicit positions")
-            positions = torch.arange(w, device=tokens.device).expand(b, w)
-        dtype = self.tok_embeddings.weight.dtype
-        cos = self.rope_cos[positions][:, None].to(dtype)  # (B, 1, W, hd/2)
-        sin = self.rope_sin[positions][:, None].to(dtype)
-        x = self.tok_embeddings(tokens)  # (B, W, dim)
+            positions = torch.arange(w, device=x.device).expand(b, w)
+        cos = self.rope_cos[positions][:, None].to(x.dtype)  # (B, 1, W, hd/2)
+        sin = self.rope_sin[positions][:, None].to(x.dtype)
+        hidden = [x]
         for layer in self.layers:
             x = layer(x, cos, sin, positions, cache)
-        return self.output(self.norm(x))  # (B, W, V)
+            hidden.append(x)
+        x = self.norm(x)
+        logits = self.output(x)  # (B, W, V)
+        if not return_hidden:
+            return logits
+        return LMOutput(logits=logits, hidden_states=(*hidden[:-1], x))
 
 
 def save_llama(model: Llama, directory: str | Path, *, extra: dict | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Token decoding on the engine: proposers, the verifier, width policies and ``generate``."""

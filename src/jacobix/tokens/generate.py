@@ -1,102 +1,85 @@
-"""The public entry point for token models: :func:`generate`."""
+"""The entry point for token models: :func:`generate`.
+
+``generate`` composes one token decoding from three parts and runs it on the engine:
+
+- a **proposer** (where drafts come from; :mod:`jacobix.tokens.proposers`),
+- the **verifier** (one forward over every candidate row, then a pure acceptance rule;
+  :mod:`jacobix.tokens.verify`),
+- a **width policy** (how many drafts a pass feeds; :mod:`jacobix.tokens.policy`).
+
+The string options (``method``, ``init``, ``lookahead``, ``window="auto"``) are shorthands that
+build them; ``proposer=`` and ``policy=`` take your own. A method is a named :class:`Method`
+(greedy or sampling, and its default proposer); :func:`register_method` adds one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
-from jacobix.tokens.problem import CausalLM, Guidance, TokenProblem
-from jacobix.tokens.proposers.basic import DraftInit, resolve_init
-from jacobix.core.engine import FixedPointState, SolveStats, SweepRecord, solve
-from jacobix.tokens.proposers.ngram import LookaheadConfig
+from jacobix.core.engine import FixedPointState, solve
 from jacobix.core.sampling import LogitsProcessor, SamplingConfig
 from jacobix.core.timing import clock
+from jacobix.models.protocol import CausalLM
+from jacobix.tokens.policy.costs import PROBE_WIDTHS, PassCosts, shared_costs
+from jacobix.tokens.policy.width import AdaptiveWidth, WidthPolicy
+from jacobix.tokens.problem import TokenProblem
+from jacobix.tokens.prompts import Prompt, first_tokens, model_device, model_dtype, pack_prompts, prefill
+from jacobix.tokens.proposers.base import Proposer
+from jacobix.tokens.proposers.basic import DraftInit, JacobiProposer, resolve_init
+from jacobix.tokens.proposers.coupled import CoupledProposer
+from jacobix.tokens.proposers.ngram import LookaheadConfig, NGramProposer
+from jacobix.tokens.result import DecodeStats, GenerateResult
+from jacobix.tokens.verify import Guidance, Verifier
+from jacobix.tokens.watch import Watchers
 
-Method = Literal["ar", "jacobi", "sjd"]
-Prompt = Tensor | Sequence[Sequence[int]] | Sequence[Tensor]
+AUTO_MAX_WINDOW = 16
 
 
 @dataclass(frozen=True)
-class DecodeStats:
-    """Exact counts and wall time of one :func:`generate` call.
+class Method:
+    """A named decoding method.
 
     Attributes:
-        method: "ar", "jacobi" or "sjd".
-        window: tokens evaluated per pass (1 for "ar").
-        forward_passes: decoding passes of the model (the prompt's prefill pass not counted).
-        prefill_passes: 1 when the prompt was prefilled, else 0.
-        new_tokens: tokens generated per row.
-        committed_per_pass: (P, B) tokens committed per pass and row.
-        accepted_per_pass: (P, B) drafts accepted per pass and row.
-        active_per_pass: (P, B) rows still generating during each pass.
-        wall_time_s: seconds, prefill included.
-        schedule: with ``window="auto"`` or ``lookahead``, the :class:`~jacobix.tokens.policy.adaptive.ScheduleStats`
-            (passes per width actually evaluated, measured pass costs, pool drafts); else None.
+        name: what ``generate(method=...)`` takes.
+        sampled: True samples (needs temperature > 0), False is greedy, None follows the temperature.
+        sequential: one token per pass (the reference decoder); ignores the window.
+        proposer: builds the default proposer from the draft rule for fresh slots.
     """
 
-    method: str
-    window: int
-    forward_passes: int
-    prefill_passes: int
-    new_tokens: list[int]
-    committed_per_pass: Tensor
-    accepted_per_pass: Tensor
-    active_per_pass: Tensor
-    wall_time_s: float
-    schedule: Any = None
-
-    @property
-    def mean_acceptance_length(self) -> float:
-        """Tokens committed per pass and active row (1 + accepted drafts per pass)."""
-        return float(self.committed_per_pass.sum()) / max(int(self.active_per_pass.sum()), 1)
-
-    @property
-    def tokens_per_pass(self) -> float:
-        """All rows' new tokens over forward passes."""
-        return sum(self.new_tokens) / max(self.forward_passes, 1)
-
-    @property
-    def position_acceptance(self) -> Tensor:
-        """(D,) rate at which draft ``i`` passed, among passes where it was tested."""
-        accepted, active = self.accepted_per_pass, self.active_per_pass
-        slots = torch.arange(self.window - 1)[:, None, None]  # (D, 1, 1)
-        tested = (accepted[None] >= slots) & active[None]  # (D, P, B)
-        passed = (accepted[None] > slots) & active[None]
-        return passed.sum((1, 2)) / tested.sum((1, 2)).clamp_min(1)
-
-    def summary(self) -> dict[str, float | int | str]:
-        return {
-            "method": self.method,
-            "window": self.window,
-            "forward_passes": self.forward_passes,
-            "new_tokens": sum(self.new_tokens),
-            "tokens_per_pass": round(self.tokens_per_pass, 3),
-            "mean_acceptance_length": round(self.mean_acceptance_length, 3),
-            "wall_time_s": round(self.wall_time_s, 4),
-            **({"schedule": self.schedule.summary()} if self.schedule is not None else {}),
-        }
+    name: str
+    sampled: bool | None
+    sequential: bool = False
+    proposer: Callable[[DraftInit], Proposer] = JacobiProposer
 
 
-@dataclass(frozen=True)
-class GenerateResult:
-    """Generated tokens per row (prompt excluded, EOS included) and the statistics."""
+METHODS: dict[str, Method] = {}
 
-    tokens: list[Tensor]
-    stats: DecodeStats
-    trajectory: list[SweepRecord]
+
+def register_method(method: Method) -> None:
+    """Make ``generate(method=method.name)`` available."""
+    METHODS[method.name] = method
+
+
+for _method in (Method("ar", None, sequential=True), Method("jacobi", False), Method("sjd", True),
+                Method("sjd-coupled", True, proposer=CoupledProposer)):
+    register_method(_method)
 
 
 def generate(
     model: CausalLM,
     input_ids: Prompt,
     *,
-    method: Method = "jacobi",
+    method: str = "jacobi",
     max_new_tokens: int = 64,
     window: int | Literal["auto"] = 16,
     init: str | DraftInit = "random",
+    proposer: Proposer | None = None,
+    policy: WidthPolicy | None = None,
     lookahead: bool | LookaheadConfig = False,
     row_length: int | None = None,
     temperature: float = 0.0,
@@ -106,7 +89,9 @@ def generate(
     generator: torch.Generator | None = None,
     cfg_scale: float | None = None,
     negative_input_ids: Prompt | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    block: bool = False,
+    lossy_sweep_cap: int | None = None,
     record: bool = False,
     progress: bool = False,
     streamer: Any = None,
@@ -114,20 +99,20 @@ def generate(
     """Generate tokens with sequential decoding, greedy Jacobi decoding or SJD.
 
     Args:
-        model: a :class:`~jacobix.tokens.problem.CausalLM` (jacobix's own models, or an adapter), or a
-            transformers causal LM (wrapped by :mod:`jacobix.integrations.hf`).
+        model: a :class:`~jacobix.models.protocol.CausalLM` (``jacobix.generate`` also takes
+            transformers models).
         input_ids: prompts: a (B, L) tensor, a 1-D tensor, or a list of token lists of any lengths.
-        method: "ar" (sequential reference), "jacobi" (greedy, equal to greedy "ar") or "sjd"
-            (sampling, distributed exactly as sampling "ar").
-        max_new_tokens: tokens to generate per row (fewer if ``eos_token_id`` appears).
-        window: tokens evaluated per pass, i.e. ``window - 1`` drafts; ignored by "ar". "auto"
-            chooses per pass (1 to 16) from the measured cost of a pass and the observed
-            acceptance (:mod:`jacobix.tokens.policy.adaptive`); ``stats.schedule`` says what it chose.
+        method: "ar" (sequential reference), "jacobi" (greedy, equal to greedy "ar"), "sjd"
+            (sampling, distributed exactly as sampling "ar"), "sjd-coupled" (SJD whose redrafts
+            reuse one noise per position: converges faster, still exact), or a registered name.
+        max_new_tokens: tokens to generate per row (fewer if an EOS token appears).
+        window: tokens evaluated per pass (drafts + 1); ignored by "ar". "auto": the width
+            policy chooses 1 to 16 per pass from measured pass costs and observed acceptance.
         init: draft rule for fresh slots: "random", "repeat", "row-above" or a DraftInit.
-        lookahead: draft from an n-gram pool of the prompt, output and Jacobi trajectory
-            (:mod:`jacobix.tokens.proposers.ngram`); True or a LookaheadConfig. With ``LookaheadConfig(verify=K)``,
-            unguided decoding verifies up to K candidates per pass as sibling rows
-            (:mod:`jacobix.tokens.candidates`; sampling stays lossless); with guidance it verifies one.
+        proposer: your own :class:`~jacobix.tokens.proposers.base.Proposer` (``init`` is then unused).
+        policy: your own width policy (default: all drafts, or adaptive with ``window="auto"``).
+        lookahead: draft from an n-gram pool of the prompt, output and Jacobi trajectory; True
+            or a LookaheadConfig (``verify=K`` verifies K candidates per pass, unguided).
         row_length: tokens per image row, for ``init="row-above"``.
         temperature: 0 for greedy; > 0 samples (required by "sjd").
         top_k, top_p: filters applied to the target distribution at every position.
@@ -135,234 +120,141 @@ def generate(
         generator: explicit randomness; a fresh unseeded one if None.
         cfg_scale: classifier-free guidance scale; needs ``negative_input_ids``.
         negative_input_ids: unconditional prompts, one per row.
-        eos_token_id: stop a row after this token.
+        eos_token_id: stop a row after this token (or any of several).
+        block: CLLM's block mode: blocks of ``window`` tokens, each iterated to its fixed point.
+        lossy_sweep_cap: LOSSY early exit: commit a block (or window) as it stands after this many
+            sweeps on it; counted in ``stats.lossy_per_pass``. None (default) is exact.
         record: keep every sweep's drafts and outputs in ``result.trajectory``.
         progress: show a progress bar of passes.
-        streamer: a transformers-style streamer (``put(tokens)``, ``end()``, e.g. ``TextStreamer``)
-            for one prompt: it gets the prompt, then each pass's committed tokens as they come.
+        streamer: a transformers-style streamer (``put``, ``end``) for one prompt.
     Returns:
-        :class:`GenerateResult` with ``.tokens`` and ``.stats``.
+        :class:`~jacobix.tokens.result.GenerateResult` with ``.tokens`` and ``.stats``.
     """
-    model = _as_causal_lm(model)
-    prompts, prompt_length = _pack_prompts(input_ids, model.vocab_size, "input_ids")
-    _check_options(method, max_new_tokens, window, temperature)
-    if streamer is not None and prompts.shape[0] != 1:
-        raise ValueError(f"a streamer follows one prompt, got {prompts.shape[0]}; stream one prompt at a time")
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"{type(model).__name__} is not a jacobix CausalLM (vocab_size, new_cache, embed, forward); "
+                         "wrap a transformers model with jacobix.integrations.hf.as_causal_lm or call jacobix.generate")
+    spec = _method(method)
+    prompts, prompt_length = pack_prompts(input_ids, model.vocab_size, "input_ids")
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    adaptive = window == "auto" and method != "ar"
-    window = 1 if method == "ar" else (AUTO_MAX_WINDOW if window == "auto" else window)
-    lookahead = (LookaheadConfig() if lookahead is True else lookahead or None) if method != "ar" else None
-    device = _model_device(model)
+    _check_options(spec, max_new_tokens, window, sampling, streamer, prompts.shape[0], lossy_sweep_cap)
+    adaptive = window == "auto" and not spec.sequential
+    width = 1 if spec.sequential else (AUTO_MAX_WINDOW if window == "auto" else int(window))
+    proposer = _proposer(spec, proposer, init, row_length, lookahead, width - 1)
+    device = model_device(model)
     prompts, prompt_length = prompts.to(device), prompt_length.to(device)
-    batch = prompts.shape[0]
-
+    eos = () if eos_token_id is None else ((eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
     guidance, uncond, uncond_length = _guidance(model, cfg_scale, negative_input_ids, prompt_length)
+    rows = proposer.candidates if guidance is None else 2
     limit = prompt_length + max_new_tokens
-    state = FixedPointState.start(prompts, prompt_length, limit, window)
     capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
-    cache = model.new_cache(batch if guidance is None else 2 * batch, capacity)
-    problem = TokenProblem(
-        model,
-        cache,
-        prompt_length=prompt_length,
-        sampling=sampling,
-        processors=processors,
-        init=resolve_init(init, row_length=row_length),
-        generator=generator,
-        guidance=guidance,
-        eos_token_id=eos_token_id,
-        prob_dtype=torch.float64 if _model_dtype(model) == torch.float64 else torch.float32,
-        max_position=capacity - 1,
-    )
-    problem = _schedule(problem, model, window=window, adaptive=adaptive, lookahead=lookahead, device=device)
+    cache = model.new_cache(len(prompts) * rows, capacity)
+    dtype = model_dtype(model)
+    verifier = Verifier(model, cache, candidates=proposer.candidates, prompt_length=prompt_length, sampling=sampling,
+                        processors=processors, guidance=guidance, eos_token_ids=eos, generator=generator,
+                        prob_dtype=torch.float64 if dtype == torch.float64 else torch.float32, max_position=capacity - 1)
     start = clock(device)
     with torch.inference_mode():
-        prefilled = _prefill(model, cache, prompts, prompt_length, uncond, uncond_length)
-        problem.rollback(state)
-        watch = _Watchers(_progress_bar(progress, method), streamer, state)
-        solved = solve(problem, state, window=window, record=record, on_sweep=watch.after_sweep if watch.any else None)
+        state, prefilled = _start(model, verifier, cache, prompts, prompt_length, uncond, uncond_length, limit, width)
+        costs = _costs(model, verifier, state, width, device, dtype, rows) if adaptive and policy is None else None
+        if adaptive and policy is None:
+            policy = AdaptiveWidth(proposer.sources, width - 1, costs)
+        proposer.begin(len(prompts))
+        problem = TokenProblem(verifier, proposer, policy=policy, costs=costs, generator=generator,
+                               vocab_size=model.vocab_size)
+        verifier.rollback(state, state.length - 1, None)
+        watch = Watchers(progress, spec.name, streamer, state, prompt_length)
+        solved = solve(problem, state, window=width, record=record, on_sweep=watch.after_sweep if watch.any else None,
+                       block=block, lossy_sweep_cap=lossy_sweep_cap)
         watch.close()
     elapsed = clock(device) - start
-    tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(batch)]
-    stats = _decode_stats(method, solved, tokens, prefilled, elapsed, getattr(problem, "stats", None))
+    if costs is not None:
+        problem.stats.cost_ratio = costs.ratios(tuple(w for w in PROBE_WIDTHS if w <= width))
+    tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(len(prompts))]
+    stats = DecodeStats(method=spec.name, window=width, adaptive=adaptive, forward_passes=solved.forward_passes,
+                        prefill_passes=prefilled, new_tokens=[len(t) for t in tokens],
+                        committed_per_pass=solved.committed, accepted_per_pass=solved.accepted,
+                        active_per_pass=solved.active, lossy_per_pass=solved.lossy, wall_time_s=elapsed,
+                        schedule=problem.stats)
     return GenerateResult(tokens=tokens, stats=stats, trajectory=solved.trajectory)
 
 
-def _guidance(
-    model: CausalLM, cfg_scale: float | None, negative_input_ids: Prompt | None, prompt_length: Tensor
-) -> tuple[Guidance | None, Tensor | None, Tensor | None]:
+def _start(model: CausalLM, verifier: Verifier, cache: Any, prompts: Tensor, prompt_length: Tensor,
+           uncond: Tensor | None, uncond_length: Tensor | None, limit: Tensor, width: int) -> tuple[FixedPointState, int]:
+    """Prefill the prompts and commit the first new token from the prefill logits (no extra pass)."""
+    state = FixedPointState.start(prompts, prompt_length, limit, width)
+    if bool(state.done.all()):
+        return state, 0
+    logits = prefill(model, cache, prompts, prompt_length, uncond, uncond_length, verifier.candidates)  # (B or 2B, V)
+    first = first_tokens(verifier, logits)  # (B,)
+    rows = torch.arange(len(prompts), device=prompts.device)
+    state.values[rows, prompt_length] = first
+    state.length += 1
+    state.done |= state.length >= state.limit
+    if len(verifier.eos):
+        state.done |= torch.isin(first, verifier.eos)
+    return state, 1
+
+
+def _costs(model: CausalLM, verifier: Verifier, state: FixedPointState, width: int, device: torch.device,
+           dtype: torch.dtype, rows: int) -> PassCosts:
+    """The model's shared pass costs, probed on this generation's cache where they lack timings."""
+    costs = shared_costs(model, (str(device), str(dtype), len(state.length) * rows))
+    widths = tuple(w for w in PROBE_WIDTHS if w <= width)
+    if costs.needs_probe(widths):
+        costs.probe(lambda w: verifier.probe(state, w), widths, device)
+    return costs
+
+
+def _method(method: str) -> Method:
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(repr(m) for m in METHODS)} "
+                         "or register one with jacobix.tokens.generate.register_method")
+    return METHODS[method]
+
+
+def _proposer(spec: Method, proposer: Proposer | None, init: str | DraftInit, row_length: int | None,
+              lookahead: bool | LookaheadConfig, drafts: int) -> Proposer:
+    if lookahead not in (True, False) and not isinstance(lookahead, LookaheadConfig):
+        raise ValueError(f"lookahead must be True, False or a LookaheadConfig, got {lookahead!r}")
+    if proposer is not None and not isinstance(proposer, Proposer):
+        raise ValueError(f"proposer must be a jacobix.tokens.proposers.Proposer, got {type(proposer).__name__}")
+    base = proposer if proposer is not None else spec.proposer(resolve_init(init, row_length=row_length))
+    if spec.sequential or not lookahead:
+        return base
+    return NGramProposer(base, LookaheadConfig() if lookahead is True else lookahead, drafts)
+
+
+def _guidance(model: CausalLM, cfg_scale: float | None, negative_input_ids: Prompt | None,
+              prompt_length: Tensor) -> tuple[Guidance | None, Tensor | None, Tensor | None]:
     """Classifier-free guidance settings and the packed unconditional prompts, or Nones."""
     if cfg_scale is None and negative_input_ids is None:
         return None, None, None
     if cfg_scale is None or negative_input_ids is None:
         raise ValueError("classifier-free guidance needs both cfg_scale and negative_input_ids")
-    uncond, uncond_length = _pack_prompts(negative_input_ids, model.vocab_size, "negative_input_ids")
+    if not isinstance(cfg_scale, (int, float)) or cfg_scale != cfg_scale or abs(cfg_scale) == float("inf"):
+        raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale!r}")
+    uncond, uncond_length = pack_prompts(negative_input_ids, model.vocab_size, "negative_input_ids")
     batch, device = prompt_length.shape[0], prompt_length.device
     if uncond.shape[0] != batch:
         raise ValueError(f"negative_input_ids has {uncond.shape[0]} rows but input_ids has {batch}; give one per row")
     uncond, uncond_length = uncond.to(device), uncond_length.to(device)
-    guidance = Guidance(
-        scale=float(cfg_scale),
-        position_shift=uncond_length - prompt_length,
-        last_prompt_token=uncond[torch.arange(batch, device=device), uncond_length - 1],
-    )
-    return guidance, uncond, uncond_length
+    return Guidance(scale=float(cfg_scale), position_shift=uncond_length - prompt_length), uncond, uncond_length
 
 
-def _schedule(problem: TokenProblem, model: CausalLM, *, window: int, adaptive: bool,
-              lookahead: LookaheadConfig | None, device: torch.device):
-    """Wrap the problem in the adaptive window / n-gram pool / multi-candidate schedulers if asked."""
-    dtype = _model_dtype(model)
-    if lookahead is not None and lookahead.verify > 1 and problem.guidance is None:
-        from jacobix.tokens.candidates import verify_candidates
-
-        return verify_candidates(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
-                                 device=device, dtype=dtype)
-    if adaptive or lookahead is not None:
-        from jacobix.tokens.policy.adaptive import AdaptiveConfig, schedule
-
-        return schedule(problem, model, drafts=window - 1, adaptive=adaptive, lookahead=lookahead,
-                        config=AdaptiveConfig(max_window=window), device=device, dtype=dtype)
-    return problem
-
-
-AUTO_MAX_WINDOW = 16
+def _check_options(spec: Method, max_new_tokens: int, window: Any, sampling: SamplingConfig, streamer: Any,
+                   batch: int, lossy_sweep_cap: int | None) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if window != "auto" and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        raise ValueError(f"window must be an int >= 1 (tokens per pass, drafts + 1) or 'auto', got {window!r}")
+    if spec.sampled is False and not sampling.greedy:
+        raise ValueError(f"method={spec.name!r} is greedy; for sampling with temperature > 0 use method='sjd'")
+    if spec.sampled is True and sampling.greedy:
+        raise ValueError(f"method={spec.name!r} samples and needs temperature > 0; for greedy decoding use method='jacobi'")
+    if streamer is not None and batch != 1:
+        raise ValueError(f"a streamer follows one prompt, got {batch}; stream one prompt at a time")
+    if lossy_sweep_cap is not None and (not isinstance(lossy_sweep_cap, int) or lossy_sweep_cap < 1):
+        raise ValueError(f"lossy_sweep_cap must be an int >= 1 or None (exact), got {lossy_sweep_cap!r}")
 
 
-def _as_causal_lm(model: Any) -> CausalLM:
-    """Models with ``new_cache`` pass through; transformers models get the :mod:`jacobix.integrations.hf` adapter."""
-    if hasattr(model, "new_cache") and hasattr(model, "forward"):
-        return model
-    if any(c.__module__.startswith("transformers.") for c in type(model).__mro__):
-        from jacobix.integrations.hf import as_causal_lm
-
-        return as_causal_lm(model)
-    raise ValueError(
-        f"{type(model).__name__} is not a jacobix CausalLM (vocab_size, new_cache, forward(tokens, positions, cache)) "
-        "nor a transformers causal LM"
-    )
-
-
-def _check_options(method: str, max_new_tokens: int, window: int | str, temperature: float) -> None:
-    if method not in ("ar", "jacobi", "sjd"):
-        raise ValueError(f"unknown method {method!r}; use 'ar', 'jacobi' or 'sjd'")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if isinstance(window, str):
-        if window != "auto":
-            raise ValueError(f"window must be an int >= 1 or 'auto', got {window!r}")
-    elif window < 1:
-        raise ValueError(f"window must be >= 1 (tokens per pass, drafts + 1), got {window}")
-    if method == "jacobi" and temperature != 0:
-        raise ValueError("method='jacobi' is greedy; for sampling with temperature > 0 use method='sjd'")
-    if method == "sjd" and temperature == 0:
-        raise ValueError("method='sjd' samples and needs temperature > 0; for greedy decoding use method='jacobi'")
-
-
-def _pack_prompts(prompts: Prompt, vocab_size: int, name: str) -> tuple[Tensor, Tensor]:
-    """Right-pad prompts into (B, L) long and their lengths (B,)."""
-    if isinstance(prompts, Tensor):
-        if prompts.dim() == 1:
-            prompts = prompts[None]
-        if prompts.dim() != 2:
-            raise ValueError(f"{name} must be 1-D or 2-D (batch, length), got shape {tuple(prompts.shape)}")
-        rows = list(prompts)
-    else:
-        rows = [torch.as_tensor(row, dtype=torch.long) for row in prompts]
-    if not rows:
-        raise ValueError(f"{name} is empty: give at least one prompt")
-    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
-    if int(lengths.min()) == 0:
-        raise ValueError(f"{name} has an empty prompt; every row needs at least one token (e.g. a BOS token)")
-    packed = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row.dim() != 1:
-            raise ValueError(f"{name}: each prompt must be a 1-D sequence of token ids")
-        packed[i, : len(row)] = row.to(torch.long)
-    if int(packed.min()) < 0 or int(packed.max()) >= vocab_size:
-        raise ValueError(f"{name} holds token ids outside [0, {vocab_size}) of this model's vocabulary")
-    return packed, lengths
-
-
-def _prefill(
-    model: CausalLM, cache, prompts: Tensor, lengths: Tensor, uncond: Tensor | None, uncond_lengths: Tensor | None
-) -> int:
-    """Write every prompt token but the last into the cache; the first sweep feeds the last."""
-    rows, row_lengths = [prompts], [lengths]
-    if uncond is not None:
-        width = max(prompts.shape[1], uncond.shape[1])
-        rows = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (prompts, uncond)]
-        row_lengths = [lengths, uncond_lengths]
-    tokens, lengths = torch.cat(rows), torch.cat(row_lengths)  # (M, L), (M,)
-    if tokens.shape[1] <= 1:
-        return 0
-    tokens = tokens[:, :-1]
-    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    model.forward(tokens, positions, cache)
-    return 1
-
-
-def _decode_stats(
-    method: str, solved: SolveStats, tokens: list[Tensor], prefilled: int, elapsed: float, schedule: Any = None
-) -> DecodeStats:
-    return DecodeStats(
-        method=method,
-        window=solved.window,
-        forward_passes=solved.forward_passes,
-        prefill_passes=prefilled,
-        new_tokens=[len(t) for t in tokens],
-        committed_per_pass=solved.committed,
-        accepted_per_pass=solved.accepted,
-        active_per_pass=solved.active,
-        wall_time_s=elapsed,
-        schedule=schedule,
-    )
-
-
-def _model_device(model: CausalLM) -> torch.device:
-    first = _first_parameter(model)
-    return first.device if first is not None else torch.device("cpu")
-
-
-def _model_dtype(model: CausalLM) -> torch.dtype:
-    first = _first_parameter(model)
-    return first.dtype if first is not None else torch.float32
-
-
-def _first_parameter(model: CausalLM) -> Tensor | None:
-    parameters = getattr(model, "parameters", None)
-    return next(iter(parameters()), None) if parameters else None
-
-
-class _Watchers:
-    """What follows a solve from outside: a progress bar and a streamer of committed tokens (row 0)."""
-
-    def __init__(self, bar: Any, streamer: Any, state: FixedPointState) -> None:
-        self.bar, self.streamer, self.state = bar, streamer, state
-        self.any = bar is not None or streamer is not None
-        self.sent = int(state.length[0])
-        if streamer is not None:
-            streamer.put(state.values[0, : self.sent].cpu())  # the prompt, as transformers streams it
-
-    def after_sweep(self) -> None:
-        if self.bar is not None:
-            self.bar.update()
-        if self.streamer is not None:
-            length = int(self.state.length[0])
-            if length > self.sent:
-                self.streamer.put(self.state.values[0, self.sent : length].cpu())
-                self.sent = length
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.streamer is not None:
-            self.streamer.end()
-
-
-def _progress_bar(enabled: bool, method: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc=f"jacobix {method}", unit="pass", leave=False)
+__all__ = ["AUTO_MAX_WINDOW", "METHODS", "Method", "generate", "register_method"]

@@ -1,165 +1,169 @@
-"""Token decoding on the engine: sequential, greedy Jacobi and Speculative Jacobi Decoding.
+"""Token decoding as one engine problem: a proposer, the verifier and a width policy.
 
-One :class:`TokenProblem` serves every method: its step is one causal forward of the model over
-``[last committed token] + drafts``; its rule is exact match (greedy) or speculative
-acceptance (sampling). Classifier-free guidance runs conditional and unconditional rows in one
-batch; both see the same drafts and roll back together, because they share the engine's row.
+:class:`TokenProblem` is the :class:`~jacobix.core.engine.JacobiProblem` of every token method.
+Before a sweep it asks the proposer for candidates (:mod:`jacobix.tokens.proposers`); a sweep
+asks the width policy how many drafts to feed (:mod:`jacobix.tokens.policy`), lets the
+:class:`~jacobix.tokens.verify.Verifier` run one forward and its acceptance rule, hands the
+outputs back to the proposer as the next carried drafts, and times the pass for the policy's
+cost model. Drafts the policy did not feed are carried on untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+import time
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from jacobix.core.acceptance import greedy_accept, speculative_accept
-from jacobix.tokens.proposers.basic import DraftContext, DraftInit
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState
-from jacobix.core.sampling import LogitsProcessor, SamplingConfig, process_logits, sample, target_probs
+from jacobix.tokens.policy.costs import PassCosts
+from jacobix.tokens.policy.width import FixedWidth, WidthPolicy, novel_prefixes
+from jacobix.tokens.proposers.base import Candidates, ProposalContext, Proposer
+from jacobix.tokens.verify import Verdict, Verifier
 
 
-class Cache(Protocol):
-    def rollback(self, lengths: Tensor) -> None: ...
-
-
-class CausalLM(Protocol):
-    """What jacobix needs of a token model: logits for a window at given positions, with a cache."""
-
-    vocab_size: int
-
-    def new_cache(self, batch_size: int, capacity: int) -> Cache: ...
-
-    def forward(self, tokens: Tensor, positions: Tensor, cache: Cache) -> Tensor: ...
-
-
-@dataclass(frozen=True)
-class Guidance:
-    """Classifier-free guidance: ``logits = uncond + scale * (cond - uncond)``.
+@dataclass
+class ScheduleStats:
+    """What the token problem chose: passes per width, estimated pass costs, drafts per source.
 
     Attributes:
-        scale: guidance scale; 1 reproduces the conditional model.
-        position_shift: (B,) unconditional prompt length minus conditional prompt length.
-        last_prompt_token: (B,) last token of each unconditional prompt, fed by the first sweep
-            (later sweeps feed the last generated token, which both rows share).
+        widths: passes by tokens fed per candidate row (drafts + 1).
+        cost_ratio: estimated cost of each width over a one-token pass (adaptive width only).
+        rows: passes by candidate rows per sequence.
+        drafts_by_source: drafts fed, by source name.
+        accepted_by_source: drafts accepted, by source name (the winning candidate's).
     """
 
-    scale: float
-    position_shift: Tensor
-    last_prompt_token: Tensor
+    widths: dict[int, int] = field(default_factory=dict)
+    cost_ratio: dict[int, float] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)
+    drafts_by_source: dict[str, int] = field(default_factory=dict)
+    accepted_by_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pool_drafts(self) -> int:
+        """Drafts fed from the n-gram pools (text and trajectory)."""
+        return sum(n for name, n in self.drafts_by_source.items() if name.startswith(("text", "trajectory")))
+
+    @property
+    def pool_accepted(self) -> int:
+        return sum(n for name, n in self.accepted_by_source.items() if name.startswith(("text", "trajectory")))
+
+    def summary(self) -> str:
+        widths = ", ".join(f"w{w}: {n}" for w, n in sorted(self.widths.items()))
+        costs = ", ".join(f"w{w}: {c:.2f}x" for w, c in sorted(self.cost_ratio.items()))
+        sources = ", ".join(f"{name} {self.accepted_by_source.get(name, 0)}/{n}"
+                            for name, n in self.drafts_by_source.items() if n)
+        rows = "; passes by candidates [" + ", ".join(f"r{r}: {n}" for r, n in sorted(self.rows.items())) + "]"
+        return (f"passes by width [{widths}]" + (f"; cost vs w1 [{costs}]" if costs else "")
+                + f"; drafts accepted/fed [{sources}]" + (rows if len(self.rows) > 1 or 1 not in self.rows else ""))
 
 
 class TokenProblem:
     """The engine's step, rule and drafts for token models.
 
     Args:
-        model: a :class:`CausalLM`.
-        cache: its cache, with ``B`` rows (``2B`` with guidance: conditional rows first).
-        prompt_length: (B,) prompt tokens per row.
-        sampling: temperature, top-k, top-p; greedy selects the exact-match rule.
-        processors: user logits processors, applied at every window position.
-        init: draft rule for fresh slots.
-        generator: randomness for sampling and random drafts.
-        guidance: classifier-free guidance, or None.
-        eos_token_id: a row stops after committing this token, or None.
-        prob_dtype: dtype of probabilities (float64 for float64 models, else float32).
-        max_position: last cache slot. Window slots past a row's limit are clamped to it: their
-            outputs are never committed, so the cache needs no room for them.
+        verifier: the model, its cache and the acceptance rule.
+        proposer: where drafts come from.
+        policy: drafts fed per pass (default: all of them).
+        costs: pass timings to feed (the adaptive policy reads them), or None.
+        generator: randomness of draft rules and redrafts.
+        vocab_size: tokens of the model.
     """
 
-    def __init__(
-        self,
-        model: CausalLM,
-        cache: Cache,
-        *,
-        prompt_length: Tensor,
-        sampling: SamplingConfig,
-        processors: Sequence[LogitsProcessor],
-        init: DraftInit,
-        generator: torch.Generator | None,
-        guidance: Guidance | None,
-        eos_token_id: int | None,
-        prob_dtype: torch.dtype = torch.float32,
-        max_position: int | None = None,
-    ) -> None:
-        self.model, self.cache = model, cache
-        self.prompt_length = prompt_length
-        self.sampling, self.processors = sampling, tuple(processors)
-        self.init, self.generator = init, generator
-        self.guidance, self.eos_token_id = guidance, eos_token_id
-        self.vocab_size = model.vocab_size
-        self.prob_dtype = prob_dtype
-        self.max_position = max_position
-
-    def logits(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """Guided logits (B, W, V) for tokens (B, W) at positions (B, W)."""
-        if self.max_position is not None:
-            # Inputs at or past a row's limit only feed outputs past it, which are never committed.
-            positions = positions.clamp(max=self.max_position)
-        if self.guidance is None:
-            return self.model.forward(tokens, positions, self.cache)
-        in_prompt = positions[:, :1] + 1 == self.prompt_length[:, None]  # (B, 1) first sweep of the row
-        uncond_first = torch.where(in_prompt, self.guidance.last_prompt_token[:, None], tokens[:, :1])
-        both_tokens = torch.cat([tokens, torch.cat([uncond_first, tokens[:, 1:]], dim=1)])  # (2B, W)
-        both_positions = torch.cat([positions, positions + self.guidance.position_shift[:, None]])
-        if self.max_position is not None:
-            both_positions = both_positions.clamp(max=self.max_position)
-        cond, uncond = self.model.forward(both_tokens, both_positions, self.cache).chunk(2)  # (B, W, V) each
-        return uncond + self.guidance.scale * (cond - uncond)
-
-    def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
-        b, d = drafts.values.shape
-        tokens = torch.cat([state.last_values()[:, None], drafts.values], dim=1)  # (B, W)
-        positions = state.window_positions(d + 1) - 1  # (B, W)
-        logits = self.logits(tokens, positions)  # (B, W, V)
-        new_positions = positions + 1 - self.prompt_length[:, None]
-        logits = process_logits(logits, new_positions, self.sampling, self.processors)
-        if self.sampling.greedy:
-            values = logits.argmax(-1)  # (B, W)
-            n_accepted = greedy_accept(drafts.values, values)
-            proposals = Drafts(values)
-        else:
-            p_target = target_probs(logits).to(self.prob_dtype)  # (B, W, V)
-            p_draft = drafts.p_draft if drafts.p_draft is not None else self._one_hot(drafts.values)
-            n_accepted, next_token = speculative_accept(drafts.values, p_draft, p_target, self.generator)
-            values = torch.cat([drafts.values, drafts.values.new_zeros(b, 1)], dim=1)  # (B, W)
-            values.scatter_(1, n_accepted[:, None], next_token[:, None])
-            proposals = Drafts(sample(p_target, self.generator), p_target)
-        n_commit, finished = self._stop_at_eos(values, n_accepted + 1)
-        return Acceptance(n_commit=n_commit, values=values, proposals=proposals, n_accepted=n_accepted, finished=finished)
-
-    def _stop_at_eos(self, values: Tensor, n_commit: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Cut each row's commit after its first end-of-sequence token."""
-        if self.eos_token_id is None:
-            return n_commit, None
-        offsets = torch.arange(values.shape[1], device=values.device)
-        is_eos = (values == self.eos_token_id) & (offsets < n_commit[:, None])  # (B, W)
-        first = torch.where(is_eos, offsets, values.shape[1]).min(dim=1).values  # (B,)
-        finished = first < n_commit
-        return torch.where(finished, first + 1, n_commit), finished
-
-    def _one_hot(self, tokens: Tensor) -> Tensor:
-        return F.one_hot(tokens, self.vocab_size).to(self.prob_dtype)  # (..., V)
+    def __init__(self, verifier: Verifier, proposer: Proposer, *, policy: WidthPolicy | None, costs: PassCosts | None,
+                 generator: torch.Generator | None, vocab_size: int) -> None:
+        self.verifier, self.proposer, self.costs = verifier, proposer, costs
+        self.policy = policy
+        self.generator, self.vocab_size = generator, vocab_size
+        self.greedy = verifier.sampling.greedy
+        self.candidates: Candidates | None = None
+        self.stats = ScheduleStats()
+        self._last: tuple[float, int] | None = None  # (start time, width) of the previous pass
+        self._written: tuple[Tensor, Tensor] | None = None  # (first position fed (B,), winner (B,))
 
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
         positions = state.window_positions(fresh.shape[1])  # (B, D)
         canvas = state.values.clone()  # (B, C)
         if carried is not None:
-            current = canvas.gather(1, positions)
-            canvas.scatter_(1, positions, torch.where(fresh, current, carried.values))
-        context = DraftContext(canvas, positions, fresh, self.prompt_length, self.vocab_size, self.generator)
-        tokens, p_init = self.init(context)  # (B, D), (B, D, V) or None
-        values = tokens if carried is None else torch.where(fresh, tokens, carried.values)
-        if self.sampling.greedy:
-            return Drafts(values)
-        p_init = self._one_hot(tokens) if p_init is None else p_init.to(self.prob_dtype)
-        if carried is None:
-            return Drafts(values, p_init)
-        p_carried = carried.p_draft if carried.p_draft is not None else self._one_hot(carried.values)
-        return Drafts(values, torch.where(fresh[..., None], p_init, p_carried))
+            canvas.scatter_(1, positions, torch.where(fresh, canvas.gather(1, positions), carried.values))
+        context = ProposalContext(canvas, state.length, positions, fresh, carried, self.verifier.prompt_length,
+                                  self.vocab_size, self.greedy, self.generator)
+        self.candidates = self.proposer.propose(context)
+        first = self.candidates
+        return Drafts(first.tokens[:, 0], None if first.p_draft is None else first.p_draft[:, 0], first.state)
+
+    def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
+        self._time_pass()
+        candidates = self.candidates
+        running = ~state.done.cpu()
+        source = candidates.source.cpu()
+        d = source.shape[2]
+        policy = self.policy or FixedWidth(d)
+        fed = min(policy.choose(source[running], novel_prefixes(candidates.tokens.cpu())[running]), d)
+        start = state.length - 1
+        verdict = self.verifier.verify(state, candidates, fed)
+        matched = verdict.matched.cpu()
+        policy.observe(source[running], matched[running], fed)
+        self._count(fed, source, verdict, running)
+        if verdict.outputs is not None and fed > 0:
+            self.proposer.observe(verdict.outputs, running)
+        self._written = (start, verdict.winner)
+        self._last = (time.perf_counter(), fed + 1)
+        return self._acceptance(state, verdict, drafts, fed)
+
+    def _acceptance(self, state: FixedPointState, verdict: Verdict, drafts: Drafts, fed: int) -> Acceptance:
+        """The engine's view: the winner's values, and the next guesses for positions ``n ..``: the
+        redrafted outputs of the ``fed + 1`` evaluated slots, then the winner's drafts not fed."""
+        rows = torch.arange(len(verdict.winner), device=verdict.winner.device)
+        rest = self.candidates.tokens[rows, verdict.winner, fed + 1 :]  # (B, D - fed - 1) for positions n+fed+1 ..
+        if self.greedy:
+            values = torch.cat([verdict.values, rest], 1)
+            return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(values, None, drafts.state),
+                              n_accepted=verdict.n_accepted, finished=verdict.finished)
+        positions = state.window_positions(fed + 1)  # (B, fed+1) the positions the outputs are for
+        redrafted = self.proposer.redraft(verdict.p_target, positions, self.generator)  # (B, fed+1)
+        p_all = self.candidates.p_draft
+        p_rest = _one_hot(rest, self.vocab_size) if p_all is None else p_all[rows, verdict.winner, fed + 1 :]
+        proposals = Drafts(torch.cat([redrafted, rest], 1),
+                           torch.cat([verdict.p_target, p_rest.to(verdict.p_target.dtype)], 1), drafts.state)
+        slots = torch.arange(fed + 1, device=rows.device)
+        # Past the committed slot the values are the current iterate (committed only by a lossy cap).
+        values = torch.cat([torch.where(slots <= verdict.n_accepted[:, None], verdict.values, redrafted), rest], 1)
+        return Acceptance(n_commit=verdict.n_commit, values=values, proposals=proposals,
+                          n_accepted=verdict.n_accepted, finished=verdict.finished)
 
     def rollback(self, state: FixedPointState) -> None:
-        kept = state.length - 1  # the last committed token is fed again by the next sweep
-        self.cache.rollback(kept if self.guidance is None else torch.cat([kept, kept + self.guidance.position_shift]))
+        start, winner = self._written if self._written is not None else (None, None)
+        self.verifier.rollback(state, start, winner)
+
+    def _time_pass(self) -> None:
+        """Credit the time since the previous sweep began (forward, sampling, bookkeeping) to its width."""
+        if self._last is not None and self.costs is not None:
+            began, width = self._last
+            self.costs.add(width, time.perf_counter() - began)
+
+    def _count(self, fed: int, source: Tensor, verdict: Verdict, running: Tensor) -> None:
+        stats = self.stats
+        stats.widths[fed + 1] = stats.widths.get(fed + 1, 0) + 1
+        r = verdict.matched.shape[1]
+        stats.rows[r] = stats.rows.get(r, 0) + 1
+        if fed == 0:
+            return
+        winner = verdict.winner.cpu()
+        rows = torch.arange(len(winner))
+        won = source[rows, winner, :fed][running]  # (A, fed)
+        hit = (torch.arange(fed) < verdict.n_accepted.cpu()[running][:, None])  # (A, fed)
+        fed_counts = torch.bincount(won.flatten(), minlength=len(self.proposer.sources))
+        hit_counts = torch.bincount(won[hit], minlength=len(self.proposer.sources))
+        for index, spec in enumerate(self.proposer.sources):
+            stats.drafts_by_source[spec.name] = stats.drafts_by_source.get(spec.name, 0) + int(fed_counts[index])
+            stats.accepted_by_source[spec.name] = stats.accepted_by_source.get(spec.name, 0) + int(hit_counts[index])
+
+
+def _one_hot(tokens: Tensor, vocab_size: int) -> Tensor:
+    return torch.nn.functional.one_hot(tokens, vocab_size).float()
+
+
+__all__ = ["ScheduleStats", "TokenProblem"]

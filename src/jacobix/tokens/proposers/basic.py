@@ -1,4 +1,4 @@
-"""Draft initialisation: how fresh window slots get their first guess.
+"""Jacobi iteration's proposer and the draft rules for fresh window slots.
 
 An init rule returns, for every slot of the window, a token and the distribution it was drawn
 from (``None`` when the token is fixed, i.e. one-hot). Speculative Jacobi decoding divides by
@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext, Proposer
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,41 @@ def resolve_init(init: str | DraftInit, *, row_length: int | None = None) -> Dra
             raise ValueError("init='row-above' needs row_length=<tokens per image row>")
         return CopyInit(row_length)
     raise ValueError(f"unknown init {init!r}; use 'random', 'repeat', 'row-above' or a DraftInit callable")
+
+
+class JacobiProposer(Proposer):
+    """Jacobi iteration: carried slots keep the model's outputs of the last sweep (greedy: its
+    argmax; sampling: a draw from its target, carrying that target as the draft distribution);
+    fresh slots come from a draft rule.
+
+    Args:
+        init: the draft rule for fresh slots (a :class:`DraftInit`, default uniformly random).
+    """
+
+    sources = (DraftSource("jacobi", 0.1),)
+
+    def __init__(self, init: DraftInit | None = None) -> None:
+        self.init = RandomInit() if init is None else init
+
+    def propose(self, context: ProposalContext) -> Candidates:
+        draft_context = DraftContext(context.canvas, context.positions, context.fresh, context.prompt_length,
+                                     context.vocab_size, context.generator)
+        tokens, p_init = self.init(draft_context)  # (B, D), (B, D, V) or None
+        carried = context.carried
+        values = tokens if carried is None else torch.where(context.fresh, tokens, carried.values)
+        if context.greedy:
+            return Candidates.single(values)
+        p_init = _one_hot(tokens, context.vocab_size) if p_init is None else p_init
+        if carried is None:
+            return Candidates.single(values, p_init)
+        p_carried = carried.p_draft if carried.p_draft is not None else _one_hot(carried.values, context.vocab_size)
+        fresh = context.fresh[..., None]
+        return Candidates.single(values, torch.where(fresh, p_init.to(p_carried.dtype), p_carried))
+
+
+def _one_hot(tokens: Tensor, vocab_size: int) -> Tensor:
+    return F.one_hot(tokens, vocab_size).float()  # (..., V)
+
+
+__all__ = ["CopyInit", "DraftContext", "DraftInit", "JacobiProposer", "RandomInit", "resolve_init"]
+

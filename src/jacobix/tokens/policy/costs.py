@@ -1,0 +1,92 @@
+"""What a pass of the model costs, by window width, measured on the passes actually run.
+
+One start-up timing is fragile on a loaded machine (on 2 shared cores one run measured a
+2-token pass at 0.18x a 1-token pass, another at 9.5x). :class:`PassCosts` instead keeps the
+recent timings of each width and answers with their median: a short probe seeds every width
+(a few interleaved rounds on the real cache, so any context length fits and the batch is the
+real one), and every pass of a generation adds its own timing, which includes everything a pass
+costs: the forward, the per-pass sampling work of SJD and the bookkeeping around it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import weakref
+from collections import deque
+from collections.abc import Callable
+
+from jacobix.core.timing import clock
+
+PROBE_WIDTHS = (1, 2, 4, 8, 16)
+
+
+class PassCosts:
+    """Recent seconds per pass, by width (tokens per row per pass).
+
+    Args:
+        keep: timings kept per width (the median of these is the estimate).
+        probe_rounds: rounds of the start-up probe over the probe widths.
+    """
+
+    def __init__(self, keep: int = 31, probe_rounds: int = 3) -> None:
+        if keep < 1 or probe_rounds < 1:
+            raise ValueError(f"PassCosts: keep and probe_rounds must be >= 1, got {keep}, {probe_rounds}")
+        self.keep, self.probe_rounds = keep, probe_rounds
+        self.samples: dict[int, deque[float]] = {}
+
+    def add(self, width: int, seconds: float) -> None:
+        """Record one pass of ``width`` tokens that took ``seconds``."""
+        self.samples.setdefault(width, deque(maxlen=self.keep)).append(seconds)
+
+    def needs_probe(self, widths: tuple[int, ...]) -> bool:
+        return any(len(self.samples.get(w, ())) < self.probe_rounds for w in widths)
+
+    def probe(self, run_pass: Callable[[int], None], widths: tuple[int, ...], device=None) -> None:
+        """Time ``run_pass(width)`` for each width, rounds interleaved so that load hits all alike."""
+        for _ in range(self.probe_rounds):
+            for width in widths:
+                start = clock(device)
+                run_pass(width)
+                self.add(width, clock(device) - start)
+
+    def estimate(self, width: int) -> float:
+        """Median seconds of a ``width`` pass; other widths are interpolated between measured ones
+        (linearly; past the largest, in proportion to the width). Never below a narrower width's."""
+        known = sorted(w for w, s in self.samples.items() if s)
+        if not known:
+            raise ValueError("PassCosts has no timings yet: probe or add passes first")
+        median = {w: statistics.median(self.samples[w]) for w in known}
+        floor = max((median[w] for w in known if w <= width), default=0.0)
+        if width in median:
+            return max(median[width], floor)
+        upper = next((w for w in known if w > width), None)
+        if upper is None:
+            return max(median[known[-1]] * width / known[-1], floor)
+        lower = max((w for w in known if w < width), default=None)
+        if lower is None:
+            return median[upper]
+        t = (width - lower) / (upper - lower)
+        return max(median[lower] * (1 - t) + median[upper] * t, floor)
+
+    def table(self, most: int) -> list[float]:
+        """Estimated seconds of widths ``1 .. most`` (one median pass over the timings)."""
+        return [self.estimate(w) for w in range(1, most + 1)]
+
+    def ratios(self, widths: tuple[int, ...]) -> dict[int, float]:
+        """Estimated cost of each width over a one-token pass."""
+        base = self.estimate(1)
+        return {w: self.estimate(w) / base for w in widths}
+
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def shared_costs(model: object, key: tuple) -> PassCosts:
+    """The :class:`PassCosts` of ``model`` (its wrapped module for an adapter) for ``key``
+    (device, dtype, rows per pass), shared by the generations of one process so that their
+    timings pool; pass ``AdaptiveWidth(costs=...)`` to keep your own."""
+    owner = getattr(model, "model", model)
+    return _SHARED.setdefault(owner, {}).setdefault(key, PassCosts())
+
+
+__all__ = ["PROBE_WIDTHS", "PassCosts", "shared_costs"]

@@ -1,0 +1,134 @@
+"""Width policies: how many drafts of each candidate a pass feeds.
+
+Feeding ``k`` drafts whose slots pass with conditional rates ``a_0, a_1, ...`` commits on average
+``E(k) = 1 + sum_{j<k} prod_{i<=j} a_i`` tokens. With ``R`` candidates per row, those whose
+first ``t + 1`` drafts differ match disjointly, so the chance that some candidate matches
+``t + 1`` drafts is the sum over the first candidate of each distinct prefix of its product of
+rates. :class:`AdaptiveWidth` picks the ``k`` (0 .. D) that maximises ``sum over rows E_b(k) /
+cost(k + 1)``; ``k = 0`` is sequential decoding, so where drafts do not pay it runs at AR
+speed. Rates are kept per draft source (the proposer's ``sources``) and slot, with a prior and
+exponential forgetting. Choosing ``k`` from past passes only keeps greedy Jacobi exact and SJD
+lossless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from jacobix.tokens.policy.costs import PassCosts
+from jacobix.tokens.proposers.base import DraftSource
+
+REFRESH = 8  # passes between re-reads of the measured costs (a median per width is not free)
+
+
+class WidthPolicy(Protocol):
+    """Chooses the drafts fed per pass and learns from what happened."""
+
+    def choose(self, source: Tensor, novel: Tensor) -> int:
+        """Drafts to feed (0 .. D) given active rows' draft sources (A, R, D) and novelty flags (A, R, D)."""
+        ...
+
+    def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
+        """Active rows' sources (A, R, D) and the drafts each candidate row matched (A, R)."""
+        ...
+
+
+class FixedWidth:
+    """Feed every draft, every pass."""
+
+    def __init__(self, drafts: int) -> None:
+        self.drafts = drafts
+
+    def choose(self, source: Tensor, novel: Tensor) -> int:
+        return self.drafts
+
+    def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
+        pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveConfig:
+    """Settings of :class:`AdaptiveWidth`.
+
+    Attributes:
+        prior_weight: pseudo-observations behind each source's prior; as old observations decay
+            the prior regains weight, so a source that stopped being tried gets tried again.
+        decay: weight kept by old observations at each new pass (forgetting).
+        slack: among draft counts whose expected speed is within this fraction of the best and no
+            lower than sequential decoding's, take the largest (fewer passes, same wall time).
+    """
+
+    prior_weight: float = 2.0
+    decay: float = 0.97
+    slack: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.prior_weight <= 0 or not (0.0 < self.decay <= 1.0) or not (0.0 <= self.slack < 1.0):
+            raise ValueError("AdaptiveConfig: prior_weight > 0, decay in (0, 1], slack in [0, 1)")
+
+
+class AdaptiveWidth:
+    """Drafts per pass from observed pass rates and measured pass costs.
+
+    Args:
+        sources: the proposer's draft sources (their priors seed the rates).
+        drafts: most drafts per pass (D).
+        costs: seconds per pass by width, refined by every pass (:class:`PassCosts`).
+        config: priors' weight, forgetting and slack.
+    """
+
+    def __init__(self, sources: tuple[DraftSource, ...], drafts: int, costs: PassCosts,
+                 config: AdaptiveConfig = AdaptiveConfig()) -> None:
+        self.config, self.drafts, self.costs = config, drafts, costs
+        priors = torch.tensor([s.prior for s in sources], dtype=torch.float64)
+        self.prior = priors[:, None].expand(len(sources), max(drafts, 1))  # (S, D)
+        self.passed = torch.zeros_like(self.prior)  # (S, D) decayed observations
+        self.tested = torch.zeros_like(self.prior)
+        self.cost: Tensor | None = None  # (D+1,) seconds by drafts fed, refreshed every few passes
+        self.passes = 0
+
+    def choose(self, source: Tensor, novel: Tensor) -> int:
+        if self.drafts == 0 or source.shape[0] == 0:
+            return 0
+        weight = self.config.prior_weight
+        rate = (self.passed + weight * self.prior) / (self.tested + weight)  # (S, D)
+        slot_rate = rate[source, torch.arange(self.drafts)]  # (A, R, D)
+        reach = (slot_rate.cumprod(-1) * novel).sum(1).clamp(max=1.0)  # (A, D) P(some candidate matches t+1)
+        expected = 1 + torch.cat([torch.zeros(reach.shape[0], 1, dtype=reach.dtype), reach.cumsum(1)], 1)  # (A, D+1)
+        if self.cost is None or self.passes % REFRESH == 0:
+            self.cost = torch.tensor(self.costs.table(self.drafts + 1), dtype=torch.float64)
+        self.passes += 1
+        speed = expected.sum(0) / self.cost  # (D+1,)
+        floor = max(float(speed.max()) * (1 - self.config.slack), float(speed[0]))  # never expected slower than k = 0
+        return int((speed >= floor).nonzero().max())
+
+    def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
+        """Slot ``i`` of a candidate row counts as tested when it was fed and every slot before it passed."""
+        slots = torch.arange(self.drafts)  # (D,)
+        tested = (slots < fed) & (slots <= matched[..., None])  # (A, R, D)
+        passed = tested & (slots < matched[..., None])
+        self.passed *= self.config.decay
+        self.tested *= self.config.decay
+        flat = source.reshape(-1, self.drafts)  # (A*R, D)
+        slot_index = slots.expand_as(flat)
+        self.passed.index_put_((flat, slot_index), passed.reshape(flat.shape).double(), accumulate=True)
+        self.tested.index_put_((flat, slot_index), tested.reshape(flat.shape).double(), accumulate=True)
+
+
+def novel_prefixes(tokens: Tensor) -> Tensor:
+    """(B, R, D) True where candidate ``i`` is the first with its ``t + 1``-token prefix.
+
+    Worked example, one row: candidates ``a b``, ``a c``, ``a b`` give
+    ``[[T, T], [F, T], [F, F]]``: only the first ``a`` and the first ``a b``, ``a c`` count.
+    """
+    r = tokens.shape[1]
+    same = tokens[:, :, None] == tokens[:, None]  # (B, R, R, D)
+    shared = same.long().cumprod(-1).bool() & torch.ones(r, r, dtype=torch.bool, device=tokens.device).tril(-1)[None, :, :, None]
+    return ~shared.any(2)
+
+
+__all__ = ["AdaptiveConfig", "AdaptiveWidth", "FixedWidth", "WidthPolicy", "novel_prefixes"]
