@@ -12,7 +12,13 @@ transformers itself is imported on first use, so importing this package needs on
 
 from __future__ import annotations
 
-from jacobix.integrations.hf.adapter import HFCausalLM, HFProcessors, as_causal_lm, check_supported, is_transformers_model
+from jacobix.integrations.hf.adapter import (
+    HFCausalLM,
+    HFProcessors,
+    as_causal_lm,
+    check_supported,
+    is_transformers_model,
+)
 from jacobix.integrations.hf.custom_generate import jacobi_generate, lookahead_generate, sjd_generate
 from jacobix.integrations.hf.gguf import load_gguf_cached
 
