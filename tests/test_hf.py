@@ -253,7 +253,7 @@ def test_embeds_give_bit_identical_logits(arch):
         assert torch.equal(lm.forward(window, at), lm.forward(None, at, embeds=lm.embed(window)))
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral-window6"])
 def test_return_hidden_equals_transformers_hidden_states(arch):
     model = build(arch)
     lm = HFCausalLM(model)
