@@ -12,7 +12,8 @@ from jacobix.flows.calibration import AutoScheduleConfig, auto_schedule, block_m
 from jacobix.flows.checkpoint import apple_to_jacobix, load_apple_checkpoint, load_tarflow
 from jacobix.flows.sampling import INITS, BlockPlan, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
-from jacobix.train.tarflow import TarFlowTrainConfig, load_images, train_tarflow
+from jacobix.eval.datasets import load_images
+from jacobix.train.tarflow import TarFlowTrainConfig, train_tarflow
 
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"
 FASHION = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-fashion"

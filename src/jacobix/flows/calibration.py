@@ -200,6 +200,37 @@ def auto_schedule(model: TarFlow, images: Tensor, labels: Tensor | None = None, 
     return Calibration(plans=tuple(plans), metrics=metrics, sweeps_per_segment=tuple(sweeps), fallback=tuple(fallback))
 
 
+@torch.no_grad()
+def calibrate(
+    model: TarFlow,
+    images: Tensor,
+    labels: Tensor | None,
+    *,
+    generator: torch.Generator,
+    samples: int = 128,
+    config: AutoScheduleConfig = AutoScheduleConfig(),
+) -> Calibration:
+    """:func:`auto_schedule` on ``samples`` images drawn from a data set and noised as in training.
+
+    Args:
+        model: the flow; its ``config.noise_std`` is the noise added.
+        images: (N, C, H, W) data in [-1, 1], e.g. from :func:`jacobix.eval.datasets.load_images`.
+        labels: (N,) classes, used only when the model is class-conditional; or None.
+        generator: draws the subset (first) and the noise (second).
+        samples: images to calibrate on (all of them when fewer).
+        config: the schedule's thresholds and tolerance.
+    Returns:
+        the automatic schedule and what it was derived from.
+    """
+    if samples < 1:
+        raise ValueError(f"calibrate: samples must be >= 1, got {samples}")
+    pick = torch.randperm(len(images), generator=generator)[:samples]
+    chosen = images[pick]  # (S, C, H, W)
+    noised = chosen + model.config.noise_std * torch.randn(chosen.shape, generator=generator)
+    conditional = model.config.num_classes > 0 and labels is not None
+    return auto_schedule(model, noised, labels[pick] if conditional else None, config)
+
+
 def _trial(block: MetaBlock, z: Tensor, labels: Tensor | None, plan: BlockPlan, config: AutoScheduleConfig) -> tuple[float, BlockPlan, float]:
     """Solve a block on data latents with ``plan`` (uncapped); returns modelled cost, the capped plan,
     and mean sweeps per segment. Cost = mean passes per row * (1 + width_cost * (W - 1)), in units
@@ -212,6 +243,7 @@ def _trial(block: MetaBlock, z: Tensor, labels: Tensor | None, plan: BlockPlan, 
     cap = min(width, math.ceil(config.cap_margin * float(per_segment.max())))
     capped = BlockPlan(mode="gs", segments=plan.segments, max_sweeps=cap, tolerance=plan.tolerance, init=plan.init)
     return cost, capped, float(per_segment.mean())
+
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -234,4 +266,7 @@ def load_schedule(directory: str | Path, num_blocks: int) -> tuple[BlockPlan, ..
     return plans
 
 
-__all__ = ["AutoScheduleConfig", "load_schedule", "save_schedule", "BlockMetrics", "Calibration", "auto_schedule", "block_metrics", "crm", "igm", "segment_sweeps"]
+__all__ = [
+    "AutoScheduleConfig", "BlockMetrics", "Calibration", "auto_schedule", "block_metrics", "calibrate", "crm", "igm",
+    "load_schedule", "save_schedule", "segment_sweeps",
+]

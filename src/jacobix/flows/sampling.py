@@ -13,7 +13,8 @@ position-indexed KV cache. Methods differ only in the window and the acceptance 
 - Jacobi: window T with :func:`~jacobix.core.acceptance.tolerance_accept` (rtol = atol = 0 gives
   the sequential sample);
 - GS-Jacobi (arXiv 2505.12849): segments of width W, window W, committed whole by
-  :func:`~jacobix.core.acceptance.segment_accept` once the relative residual is under a tolerance
+  :func:`~jacobix.core.acceptance.segment_accept` once the
+  :func:`~jacobix.core.acceptance.relative_residual` is under a tolerance
   or the sweep cap is reached.
 
 Blocks are inverted last to first, each with its own :class:`BlockPlan`. Guidance runs the
@@ -29,7 +30,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from jacobix.core.acceptance import leading_true, segment_accept, tolerance_accept
+from jacobix.core.acceptance import leading_true, relative_residual, segment_accept, take_positions, tolerance_accept
 from jacobix.core.cache import KVCache
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState, SolveStats, solve
 from jacobix.flows.tarflow import MetaBlock, TarFlow, denoise
@@ -97,29 +98,6 @@ class FlowGuidance:
     annealed: bool = False
 
 
-def _take(x: Tensor, index: Tensor) -> Tensor:
-    """x[b, index[b, j]] for x (B, T, F) and index (B, J); returns (B, J, F)."""
-    return x.gather(1, index[..., None].expand(*index.shape, x.shape[-1]))
-
-
-def masked_relative_residual(guesses: Tensor, outputs: Tensor, valid: Tensor) -> Tensor:
-    """:func:`~jacobix.core.acceptance.relative_residual` restricted to valid guessed positions.
-
-    Args:
-        guesses: (B, D, F) values fed to the model.
-        outputs: (B, D+1, F) updated values; the last one has no guess and is left out.
-        valid: (B, D+1) positions inside the block (a window may run past its end).
-    Returns:
-        (B,) ``mean_valid((new - old)^2) / mean_valid(new^2)`` over the D guessed positions;
-        0 where nothing is compared.
-    """
-    mask = valid[:, :-1, None].to(outputs.dtype)  # (B, D, 1)
-    new = outputs[:, :-1]  # (B, D, F)
-    change = ((new - guesses).pow(2) * mask).sum((1, 2))
-    scale = (new.pow(2) * mask).sum((1, 2)).clamp_min(torch.finfo(outputs.dtype).tiny)
-    return change / scale
-
-
 class FlowBlockProblem:
     """The engine's step, rule and drafts for inverting one TarFlow meta-block.
 
@@ -167,15 +145,15 @@ class FlowBlockProblem:
         last = torch.minimum(n + d - 1, torch.full_like(n, self.num_patches - 2))  # last input whose output we need
         span = int(torch.where(state.done, 1, last - start + 1).max())
         positions = start[:, None] + torch.arange(span, device=n.device)  # (B, L)
-        inputs = _take(canvas, positions.clamp(max=canvas.shape[1] - 1))  # (B, L, F)
+        inputs = take_positions(canvas, positions.clamp(max=canvas.shape[1] - 1))  # (B, L, F)
         # A diverging guess can overflow exp(a); its non-finite keys would poison every query
         # (masked attention still multiplies 0 * inf), so guesses are kept finite.
         inputs = inputs.nan_to_num(0.0).clamp(-GUESS_BOUND, GUESS_BOUND)
         a, b = self.affine(inputs, positions)  # (B, L, F) each
         pick = ((n - 1 - start)[:, None] + torch.arange(d + 1, device=n.device)).clamp(max=span - 1)  # (B, D+1)
         targets = n[:, None] + torch.arange(d + 1, device=n.device)  # (B, D+1) positions being solved
-        z = _take(self.z, targets.clamp(max=self.num_patches - 1))  # (B, D+1, F)
-        values = z * torch.exp(_take(a, pick)) + _take(b, pick)  # (B, D+1, F)
+        z = take_positions(self.z, targets.clamp(max=self.num_patches - 1))  # (B, D+1, F)
+        values = z * torch.exp(take_positions(a, pick)) + take_positions(b, pick)  # (B, D+1, F)
         n_commit, n_accepted = self._rule(state, drafts.values, values, targets < self.num_patches)
         exact = leading_true((drafts.values == values[:, :-1]).flatten(2).all(-1))  # (B,)
         self._pending_valid = n + exact
@@ -187,7 +165,7 @@ class FlowBlockProblem:
             accepted = tolerance_accept(guesses, values, rtol=self.plan.rtol, atol=self.plan.atol)
             return accepted + 1, accepted
         width = values.shape[1]
-        residual = masked_relative_residual(guesses, values, valid)
+        residual = relative_residual(guesses, values, valid[:, :-1])
         cap = self.plan.max_sweeps or width
         n_commit = segment_accept(residual, state.sweeps_on_window + 1, tolerance=self.plan.tolerance, max_sweeps=cap, width=width)
         return n_commit, torch.where(n_commit > 0, width - 1, 0)
@@ -202,7 +180,7 @@ class FlowBlockProblem:
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
         positions = state.window_positions(fresh.shape[1])  # (B, D)
         if self.plan.init == "z":
-            init = _take(self.z, positions.clamp(max=self.num_patches - 1))  # (B, D, F)
+            init = take_positions(self.z, positions.clamp(max=self.num_patches - 1))  # (B, D, F)
         else:
             init = self.z.new_zeros((*positions.shape, self.z.shape[-1]))
         if carried is None:
@@ -304,6 +282,6 @@ def uniform_schedule(num_blocks: int, plan: BlockPlan) -> tuple[BlockPlan, ...]:
 
 
 __all__ = [
-    "BlockPlan", "FlowBlockProblem", "FlowGuidance", "FlowSample", "invert_block", "masked_relative_residual",
+    "BlockPlan", "FlowBlockProblem", "FlowGuidance", "FlowSample", "invert_block",
     "sample_tarflow", "uniform_schedule",
 ]
