@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jacobix.flows.calibration import AutoScheduleConfig, auto_schedule, block_metrics, igm, segment_sweeps
+from jacobix.flows.calibration import AutoScheduleConfig, auto_schedule, block_metrics, igm, load_schedule, segment_sweeps
 from jacobix.flows.checkpoint import apple_to_jacobix, load_apple_checkpoint, load_tarflow
 from jacobix.flows.sampling import INITS, BlockPlan, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
@@ -157,11 +157,32 @@ def test_bench_and_demo_on_digits(digits, tmp_path):
     assert names == ["sequential (KV cache)", "jacobi (exact)", "gs-jacobi hand", "gs-jacobi auto"]
     assert result.rows[0].max_deviation == 0.0 and result.rows[1].max_deviation <= 1e-4
     assert "speed-up" in result.table() and "CRM shares" in result.table()
-    demo = demo_tarflow(tmp_path, model=model, dataset="digits", num_samples=8)
+    demo = demo_tarflow(tmp_path, model=model, dataset="digits", num_samples=8, tolerance=1e-3)
+    assert {plan.tolerance for plan in demo.schedule if plan.mode == "gs"} == {1e-3}  # the tolerance is used
     for path in (demo.sequential, demo.gs_jacobi, demo.convergence):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert demo.residuals.shape == (model.config.num_blocks, model.config.num_patches - 1)
     assert bool((demo.residuals[:, 0] > demo.residuals[:, 5]).all())  # Jacobi converges
+
+
+def test_tolerance_defaults_agree_and_the_bundled_schedule_loads():
+    from jacobix.bench.tarflow import TarFlowBenchConfig
+    from jacobix.cli import _parser
+
+    cli = _parser().parse_args(["bench", "tarflow"]).tolerance
+    assert BlockPlan().tolerance == AutoScheduleConfig().tolerance == TarFlowBenchConfig().tolerance == cli == 1e-4
+    model, _ = load_tarflow(FASHION)
+    plans = load_schedule(FASHION, model.config.num_blocks)
+    assert plans is not None and all(plan.mode == "gs" and plan.tolerance == 1e-4 for plan in plans)
+    assert all(1 <= plan.max_sweeps <= plan.segment_width(model.config.num_patches) for plan in plans)
+    noise = torch.randn(2, model.config.num_patches, model.config.patch_dim, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 7])
+    fast = sample_tarflow(model, noise, labels, schedule=plans, denoise_step=False)
+    exact = sample_tarflow(model, noise, labels, schedule=uniform_schedule(len(plans), BlockPlan(mode="jacobi")), denoise_step=False)
+    assert float((fast.raw - exact.raw).abs().mean()) <= 5e-3  # same tolerance as the digits test
+    assert fast.forward_passes < len(plans) * (model.config.num_patches - 1)  # fewer passes than sequential
+    with pytest.raises(ValueError, match="recalibrate"):
+        load_schedule(FASHION, model.config.num_blocks + 1)
 
 
 @pytest.mark.slow

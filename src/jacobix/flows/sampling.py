@@ -58,7 +58,7 @@ class BlockPlan:
     mode: Mode = "gs"
     segments: int = 1
     max_sweeps: int = 0
-    tolerance: float = 1e-3
+    tolerance: float = 1e-4
     rtol: float = 0.0
     atol: float = 0.0
     init: Init = "z"
