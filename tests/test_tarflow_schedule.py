@@ -111,7 +111,7 @@ def apple_state_dict(config: TarFlowConfig, prefix: str = "", *, meta: bool = Fa
 
 
 def test_apple_checkpoint_loads_with_weights_only(tmp_path):
-    config = TarFlowConfig(in_channels=3, img_size=16, patch_size=4, channels=64, num_blocks=2, layers_per_block=2, head_dim=32, num_classes=3, noise_std=0.07)
+    config = TarFlowConfig(in_channels=3, img_size=16, patch_size=4, channels=128, num_blocks=2, layers_per_block=2, num_classes=3, noise_std=0.07)
     state = apple_state_dict(config, prefix="module.")
     torch.save(state, tmp_path / "model.pth")
     model = load_apple_checkpoint(tmp_path / "model.pth", config)
@@ -124,6 +124,11 @@ def test_apple_checkpoint_loads_with_weights_only(tmp_path):
     wrong = TarFlowConfig(**{**config.__dict__, "num_classes": 0})
     with pytest.raises(ValueError, match="unexpected \\['blocks.0.class_embed"):
         load_apple_checkpoint(tmp_path / "model.pth", wrong)
+    # head_dim=32 gives the same parameter shapes (4 heads instead of 2) but another attention: refused
+    other_heads = TarFlowConfig(**{**config.__dict__, "head_dim": 32})
+    assert TarFlow(other_heads).state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="TarFlowConfig.head_dim is 32: build the config with head_dim=64"):
+        load_apple_checkpoint(tmp_path / "model.pth", other_heads)
 
 
 def test_afhq_config_has_the_released_checkpoints_names_and_shapes():
