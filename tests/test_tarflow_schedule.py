@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jacobix.flows.calibration import AutoScheduleConfig, auto_schedule, block_metrics, igm, load_schedule, segment_sweeps
+from jacobix.flows.calibration import AutoScheduleConfig, auto_schedule, block_metrics, crm, igm, load_schedule, segment_sweeps
 from jacobix.flows.checkpoint import apple_to_jacobix, load_apple_checkpoint, load_tarflow
 from jacobix.flows.sampling import INITS, BlockPlan, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
@@ -80,6 +80,27 @@ def test_igm_prefers_the_true_solution_and_segment_sweeps_counts():
         igm(block, x, x, None, "noise")
     committed = torch.tensor([[0, 3], [5, 0], [0, 0], [5, 3], [5, 3]])  # (P=5, B=2)
     assert segment_sweeps(committed).tolist() == [2, 2, 1, 1, 3, 1]
+
+
+def test_crm_and_igm_use_spectral_norms_on_a_hand_built_block():
+    """All block weights zero except proj_out's, so a = b = 0 whatever the input, and
+    crm = ||mean_B(x)||_2 * ||W_a||_2 + ||W_b||_2 with known singular values."""
+    model = TarFlow(TarFlowConfig(img_size=4, patch_size=2, channels=8, head_dim=8, num_blocks=1, layers_per_block=1)).double()
+    block = model.blocks[0]
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.zero_()
+        weight = block.proj_out.weight  # (2F, C) = (8, 8): rows 0..3 give a, rows 4..7 give b
+        weight[0, 0], weight[1, 1] = 2.0, 1.0  # W_a: singular values 2, 1 (Frobenius sqrt(5))
+        weight[4, 0], weight[5, 2] = 3.0, 0.5  # W_b: singular values 3, 0.5
+    mean = torch.zeros(4, 4, dtype=torch.float64)
+    mean[0, 0], mean[1, 1] = 3.0, 4.0  # spectral 4, Frobenius 5
+    spread = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.stack([mean + spread, mean - spread])  # (B=2, T, F), batch mean = mean
+    assert crm(block, x, None) == pytest.approx(4 * 2 + 3, rel=1e-12)
+    z = x + torch.stack([2 * mean, 0 * mean])  # one step gives z (a = b = 0), so x1 - x has batch mean `mean`
+    assert igm(block, x, z, None, "z") == pytest.approx(4.0, rel=1e-12)
+    assert igm(block, x, z, None, "zeros") == pytest.approx(4.0, rel=1e-12)
 
 
 def apple_state_dict(config: TarFlowConfig, prefix: str = "", *, meta: bool = False) -> dict[str, torch.Tensor]:
