@@ -18,7 +18,9 @@ position-indexed KV cache. Methods differ only in the window and the acceptance 
   or the sweep cap is reached.
 
 Blocks are inverted last to first, each with its own :class:`BlockPlan`. Guidance runs the
-conditional and unconditional rows in one batch on the same guesses.
+conditional and unconditional rows in one batch on the same guesses; ml-tarflow's sampling
+options are :class:`FlowGuidance` fields (annealing, attention temperature, guiding only a or b)
+and ``denoise_scale``.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from torch import Tensor
 from jacobix.core.acceptance import leading_true, relative_residual, segment_accept, take_positions, tolerance_accept
 from jacobix.core.cache import KVCache
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState, SolveStats, solve
-from jacobix.flows.tarflow import MetaBlock, TarFlow, denoise
+from jacobix.flows.tarflow import MetaBlock, TarFlow, check_step_scale, denoise
 
 Mode = Literal["sequential", "jacobi", "gs"]
 Init = Literal["z", "zeros"]
+Guide = Literal["ab", "a", "b"]
 GUESS_BOUND = 1e4  # far beyond any image value; only diverging guesses are clipped
 MODES: tuple[str, ...] = ("sequential", "jacobi", "gs")
 INITS: tuple[str, ...] = ("z", "zeros")
+GUIDES: tuple[str, ...] = ("ab", "a", "b")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,15 +91,40 @@ class BlockPlan:
 
 @dataclass(frozen=True, kw_only=True)
 class FlowGuidance:
-    """Classifier-free guidance on (a, b): ``a += w * (a - a_uncond)``, same for b.
+    """Guidance on (a, b) with a second, unconditional pass: ``a += w * (a - a_uncond)``, same for b.
+
+    The unconditional pass uses the mean class embedding (label -1) and, when
+    ``attention_temperature`` is not 1, divides every attention logit by it. With a temperature
+    the guidance needs no classes: for an unconditional model (or ``labels=None``) both passes see
+    the same input and differ only in the temperature (ml-tarflow's unconditional guidance).
 
     Attributes:
         scale: w; 0 is the conditional model alone.
-        annealed: grow w linearly along the block, ``w * (t + 1) / (T - 1)`` (ml-tarflow's option).
+        annealed: grow w linearly along the block, ``w * (t + 1) / (T - 1)`` for the value at
+            position t + 1 (ml-tarflow's ``annealed_guidance``).
+        attention_temperature: temperature of the unconditional pass's attention (ml-tarflow's
+            ``attn_temp``; it suggests 0.5 or 1.5); 1 leaves that pass as the model is.
+        guide: which of the affine parameters to guide: ``ab`` (both), ``a`` or ``b``
+            (ml-tarflow's ``guide_what``); the other keeps its conditional value.
     """
 
     scale: float
     annealed: bool = False
+    attention_temperature: float = 1.0
+    guide: Guide = "ab"
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale):
+            raise ValueError(f"FlowGuidance.scale must be finite, got {self.scale}")
+        if not (math.isfinite(self.attention_temperature) and self.attention_temperature > 0):
+            raise ValueError(f"FlowGuidance.attention_temperature must be finite and > 0 (1 = unchanged), got {self.attention_temperature}")
+        if self.guide not in GUIDES:
+            raise ValueError(f"FlowGuidance.guide must be one of {GUIDES}, got {self.guide!r}")
+
+    @property
+    def needs_labels(self) -> bool:
+        """Without a temperature the unconditional pass differs from the conditional one only by the labels."""
+        return self.attention_temperature == 1.0
 
 
 class FlowBlockProblem:
@@ -116,8 +145,11 @@ class FlowBlockProblem:
     """
 
     def __init__(self, block: MetaBlock, cache: KVCache, *, z: Tensor, labels: Tensor | None, plan: BlockPlan, guidance: FlowGuidance | None) -> None:
-        if guidance is not None and labels is None:
-            raise ValueError("guidance needs labels: pass the classes to sample, or guidance=None")
+        if guidance is not None and labels is None and guidance.needs_labels:
+            raise ValueError(
+                "guidance needs labels: pass the classes to sample, guide by attention temperature "
+                "(FlowGuidance(scale=..., attention_temperature=...)), or pass guidance=None"
+            )
         self.block, self.cache, self.z, self.labels = block, cache, z, labels
         self.plan, self.guidance = plan, guidance
         self.num_patches = z.shape[1]
@@ -126,16 +158,25 @@ class FlowBlockProblem:
 
     def affine(self, inputs: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Guided raw (a, b), each (B, L, F), for inputs (B, L, F) at positions (B, L)."""
-        if self.guidance is None:
+        guidance = self.guidance
+        if guidance is None:
             return self.block.affine(inputs, self.labels, positions, self.cache)
-        both = torch.cat([inputs, inputs])  # (2B, L, F)
-        uncond = torch.full_like(self.labels, -1)
-        a, b = self.block.affine(both, torch.cat([self.labels, uncond]), torch.cat([positions, positions]), self.cache)
+        rows = inputs.shape[0]
+        both = torch.cat([inputs, inputs])  # (2B, L, F): conditional rows, then unconditional ones
+        labels = None if self.labels is None else torch.cat([self.labels, torch.full_like(self.labels, -1)])
+        temperature = None
+        if guidance.attention_temperature != 1.0:
+            temperature = inputs.new_ones(2 * rows)
+            temperature[rows:] = guidance.attention_temperature  # (2B,)
+        a, b = self.block.affine(both, labels, torch.cat([positions, positions]), self.cache, temperature=temperature)
         (a_c, a_u), (b_c, b_u) = a.chunk(2), b.chunk(2)  # (B, L, F) each
-        w = self.guidance.scale
-        if self.guidance.annealed:
-            w = w * ((positions + 1).clamp(max=self.num_patches - 1) / (self.num_patches - 1))[..., None]  # (B, L, 1)
-        return a_c + w * (a_c - a_u), b_c + w * (b_c - b_u)
+        w = guidance.scale
+        if guidance.annealed:  # in the model's dtype: a float32 weight would round a float64 model's step
+            step = (positions + 1).clamp(max=self.num_patches - 1).to(a_c.dtype) / (self.num_patches - 1)  # (B, L)
+            w = w * step[..., None]  # (B, L, 1)
+        a = a_c + w * (a_c - a_u) if "a" in guidance.guide else a_c
+        b = b_c + w * (b_c - b_u) if "b" in guidance.guide else b_c
+        return a, b
 
     def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
         n = state.length  # (B,)
@@ -246,6 +287,7 @@ def sample_tarflow(
     schedule: Sequence[BlockPlan],
     guidance: FlowGuidance | None = None,
     denoise_step: bool = True,
+    denoise_scale: float = 1.0,
     record: bool = False,
 ) -> FlowSample:
     """Sample TarFlow: invert the blocks last to first, then the score-based denoising step.
@@ -255,8 +297,11 @@ def sample_tarflow(
         noise: (B, T, F) standard normal latents (scaled by the prior ``var``).
         labels: (B,) classes for a class-conditional model, else None.
         schedule: one :class:`BlockPlan` per block, in block order.
-        guidance: classifier-free guidance (needs labels), or None.
+        guidance: classifier-free guidance (needs labels), attention-temperature guidance (any
+            model; see :class:`FlowGuidance`), or None.
         denoise_step: apply the final denoising step (outside the engine: one gradient step).
+        denoise_scale: multiplier of that step's size (ml-tarflow's ``self_denoising_lr``): 1 is
+            the Tweedie step, 0 none; must be >= 0.
         record: keep each solve's trajectory.
     Returns:
         the samples and per-block statistics.
@@ -265,14 +310,18 @@ def sample_tarflow(
         raise ValueError(f"schedule has {len(schedule)} plans but the model has {len(model.blocks)} blocks: one plan per block")
     if noise.shape[1:] != model.var.shape:
         raise ValueError(f"noise must be (B, {model.config.num_patches}, {model.config.patch_dim}), got {tuple(noise.shape)}")
-    if guidance is not None and guidance.scale and not model.config.num_classes:
-        raise ValueError("guidance needs a class-conditional model; pass guidance=None")
+    if guidance is not None and guidance.scale and guidance.needs_labels and not model.config.num_classes:
+        raise ValueError(
+            "classifier-free guidance needs a class-conditional model; for an unconditional one guide by "
+            "attention temperature (FlowGuidance(scale=..., attention_temperature=...)) or pass guidance=None"
+        )
+    check_step_scale(denoise_scale)
     x = noise.to(model.var.dtype) * model.var.sqrt()  # (B, T, F)
     stats: list[SolveStats] = [None] * len(model.blocks)  # type: ignore[list-item]
     for index in reversed(range(len(model.blocks))):
         x, stats[index] = invert_block(model.blocks[index], x, labels, schedule[index], guidance=guidance, record=record)
     raw = model.unpatchify(x)
-    images = denoise(model, raw, labels) if denoise_step else raw
+    images = denoise(model, raw, labels, step_scale=denoise_scale) if denoise_step else raw
     return FlowSample(images=images, raw=raw, stats=stats)
 
 
