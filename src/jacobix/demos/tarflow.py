@@ -124,7 +124,7 @@ def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: 
             calibrated on ``dataset`` at this tolerance.
         seed: latents and calibration noise.
     Returns:
-        the written paths and the residual curves.
+        the written paths, the residual curves and the GS-Jacobi schedule used.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
