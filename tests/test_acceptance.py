@@ -12,6 +12,7 @@ from jacobix.core.acceptance import (
     relative_residual,
     segment_accept,
     speculative_accept,
+    take_positions,
     tolerance_accept,
 )
 
@@ -109,6 +110,22 @@ def test_relative_residual_and_segment_rule():
     assert commit.tolist() == [4, 0]
     commit = segment_accept(residual, torch.tensor([1, 4]), tolerance=1e-3, max_sweeps=4, width=4)
     assert commit.tolist() == [4, 4]
+
+
+def test_relative_residual_with_a_mask_on_a_hand_built_case():
+    guesses = torch.tensor([[[1.0], [5.0]]])  # (B=1, D=2, F=1)
+    outputs = torch.tensor([[[2.0], [5.0], [9.0]]])  # the last output has no guess
+    assert torch.isclose(relative_residual(guesses, outputs), torch.tensor(1 / 29))  # (1 + 0) / (4 + 25)
+    assert torch.isclose(relative_residual(guesses, outputs, torch.tensor([[True, False]])), torch.tensor(1 / 4))
+    assert relative_residual(guesses, outputs, torch.tensor([[False, False]])).tolist() == [0.0]
+    assert relative_residual(guesses[:, :0], outputs[:, :1]).tolist() == [0.0]  # empty window
+
+
+def test_take_positions_gathers_per_row():
+    x = torch.arange(2 * 4 * 3).reshape(2, 4, 3)
+    index = torch.tensor([[3, 0], [1, 1]])
+    assert torch.equal(take_positions(x, index), torch.stack([x[0, [3, 0]], x[1, [1, 1]]]))
+    assert torch.equal(take_positions(x[..., 0], index), torch.tensor([[9, 0], [15, 15]]))
 
 
 def test_copy_init_row_above_on_a_hand_built_grid():

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from jacobix.core.acceptance import relative_residual
+from jacobix.eval.datasets import load_images
 from jacobix.flows.checkpoint import load_checked, load_tarflow, save_tarflow
 from jacobix.flows.sampling import (
     BlockPlan,
     FlowGuidance,
-    masked_relative_residual,
     sample_tarflow,
     uniform_schedule,
 )
-from jacobix.flows.tarflow import TarFlow, TarFlowConfig
+from jacobix.flows.tarflow import TarFlow, TarFlowConfig, denoise
 
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"
 SEQUENTIAL = BlockPlan(mode="sequential")
@@ -34,18 +34,45 @@ def random_flow(num_classes: int = 3, seed: int = 0) -> TarFlow:
     return model
 
 
+def reference_affine(block, x: torch.Tensor, labels, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A block's raw (a, b) over x (B, t, F) in its own order, written out with explicit softmax
+    attention (ml-tarflow's ``forward_base``): logits ``q.k / sqrt(head_dim) / temperature``."""
+    t = x.shape[1]
+    h = block.proj_in(x) + block.permute(block.pos_embed[None])[0, :t]  # (B, t, C)
+    if block.class_embed is not None:
+        mean = block.class_embed.mean(0)  # (1, C)
+        h = h + (mean if labels is None else torch.where((labels < 0)[:, None, None], mean, block.class_embed[labels.clamp_min(0)]))
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    for layer in block.attn_blocks:
+        attention = layer.attention
+        heads, size = attention.num_heads, attention.head_dim
+        q, k, v = attention.qkv(attention.norm(h)).view(h.shape[0], t, 3, heads, size).unbind(2)  # (B, t, H, hd) each
+        logits = torch.einsum("bmhd,bnhd->bhmn", q, k) / size**0.5 / temperature  # (B, H, t, t)
+        weights = logits.masked_fill(~causal, float("-inf")).softmax(-1)
+        h = h + attention.proj(torch.einsum("bhmn,bnhd->bmhd", weights, v).reshape(h.shape))
+        h = h + layer.mlp(h)
+    return block.proj_out(h).chunk(2, dim=-1)
+
+
 @torch.no_grad()
-def naive_inverse(model: TarFlow, z: torch.Tensor, labels, guidance: float = 0.0) -> torch.Tensor:
-    """Reference sampler: no cache, no engine; recompute each block's whole prefix per position."""
+def naive_inverse(model: TarFlow, z: torch.Tensor, labels, guidance: float = 0.0, *, annealed: bool = False,
+                  temperature: float = 1.0, guide: str = "ab") -> torch.Tensor:
+    """Reference sampler: no cache, no engine; recompute each block's whole prefix per position.
+    Guidance as in ml-tarflow's ``MetaBlock.reverse``: weight ``(i + 1) / (T - 1) * w`` (Python
+    floats) when annealed; the unconditional pass has label -1 (or none) and the temperature."""
     x = z.clone()
+    num_patches = x.shape[1]
+    uncond = None if labels is None else torch.full_like(labels, -1)
     for block in reversed(model.blocks):
         x = block.permute(x)
         out = x.clone()
-        for t in range(1, x.shape[1]):
-            a, b = block.affine(out[:, :t], labels)
+        for t in range(1, num_patches):
+            a, b = reference_affine(block, out[:, :t], labels)
             if guidance:
-                a_u, b_u = block.affine(out[:, :t], torch.full_like(labels, -1))
-                a, b = a + guidance * (a - a_u), b + guidance * (b - b_u)
+                a_u, b_u = reference_affine(block, out[:, :t], uncond, temperature)
+                w = t / (num_patches - 1) * guidance if annealed else guidance
+                a = a + w * (a - a_u) if "a" in guide else a
+                b = b + w * (b - b_u) if "b" in guide else b
             out[:, t] = x[:, t] * torch.exp(a[:, -1]) + b[:, -1]
         x = block.permute(out)
     return model.unpatchify(x)
@@ -72,7 +99,7 @@ def test_sequential_engine_matches_naive_reference_with_guidance():
     assert got.forward_passes == 3 * 15  # one pass per position after x_0, per block
 
 
-@pytest.mark.parametrize("guidance", [None, FlowGuidance(scale=2.0, annealed=True)])
+@pytest.mark.parametrize("guidance", [None, FlowGuidance(scale=2.0, annealed=True), FlowGuidance(scale=1.0, attention_temperature=0.7, guide="b")])
 def test_exact_jacobi_equals_sequential_to_float64_precision(guidance):
     """tolerance_accept with rtol = atol = 0: Jacobi commits only exact values.
 
@@ -86,6 +113,71 @@ def test_exact_jacobi_equals_sequential_to_float64_precision(guidance):
     jacobi = sample_tarflow(model, z, labels, schedule=uniform_schedule(3, BlockPlan(mode="jacobi")), guidance=guidance, denoise_step=False)
     torch.testing.assert_close(jacobi.raw, sequential.raw, rtol=0, atol=1e-12)
     assert jacobi.forward_passes <= sequential.forward_passes
+
+
+@torch.no_grad()
+def test_attention_temperature_one_is_bit_identical_and_others_match_explicit_attention():
+    model = random_flow()
+    block = model.blocks[1]
+    x = torch.randn(2, 16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    labels = torch.tensor([2, -1])
+    ones = torch.ones(2, dtype=torch.float64)
+    for got, default in zip(block.affine(x, labels, temperature=ones), block.affine(x, labels)):
+        assert torch.equal(got, default)  # no cache
+    positions = torch.arange(16).expand(2, 16)
+    cached = [block.affine(x, labels, positions, block.new_cache(2, 16), temperature=t) for t in (None, ones)]
+    for got, default in zip(cached[1], cached[0]):
+        assert torch.equal(got, default)  # through the KV cache
+    temperature = torch.tensor([1.0, 0.5], dtype=torch.float64)  # per row
+    a, b = block.affine(x, labels, temperature=temperature)
+    for row, temp in enumerate((1.0, 0.5)):
+        a_ref, b_ref = reference_affine(block, x[row : row + 1], labels[row : row + 1], temp)
+        torch.testing.assert_close(a[row : row + 1], a_ref, rtol=0, atol=1e-12)
+        torch.testing.assert_close(b[row : row + 1], b_ref, rtol=0, atol=1e-12)
+    assert float((a[1] - cached[0][0][1]).abs().max()) > 1e-4  # a temperature changes the output
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "labels", "guidance"),
+    [
+        (3, [0, 1, 2], FlowGuidance(scale=2.0, annealed=True)),  # weight in float64, as the reference
+        (3, [0, 1, 2], FlowGuidance(scale=1.5, guide="a")),
+        (3, [0, 1, 2], FlowGuidance(scale=1.5, guide="b")),
+        (3, [0, -1, 2], FlowGuidance(scale=1.0, attention_temperature=0.5, annealed=True)),
+        (3, None, FlowGuidance(scale=1.0, attention_temperature=1.5)),  # mean class, temperature only
+        (0, None, FlowGuidance(scale=1.5, attention_temperature=0.5)),  # ml-tarflow's unconditional guidance
+    ],
+)
+def test_guidance_options_match_the_ml_tarflow_reference(num_classes, labels, guidance):
+    model = random_flow(num_classes=num_classes)
+    labels = None if labels is None else torch.tensor(labels)
+    z = torch.randn(3, 16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    reference = naive_inverse(model, z, labels, guidance.scale, annealed=guidance.annealed,
+                              temperature=guidance.attention_temperature, guide=guidance.guide)
+    schedule = uniform_schedule(3, SEQUENTIAL)
+    got = sample_tarflow(model, z, labels, schedule=schedule, guidance=guidance, denoise_step=False)
+    torch.testing.assert_close(got.raw, reference, rtol=0, atol=1e-12)
+    unguided = sample_tarflow(model, z, labels, schedule=schedule, denoise_step=False)
+    assert float((got.raw - unguided.raw).abs().max()) > 1e-4  # the option does something
+
+
+def test_denoise_step_scale_default_is_bit_identical_and_scales_the_step():
+    model = random_flow()
+    images = torch.rand(2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    labels = torch.tensor([1, -1])
+    x = images.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.loss(x, labels) * x.numel(), [x])
+    tweedie = (images - model.config.noise_std**2 * grad).detach()
+    assert torch.equal(denoise(model, images, labels), tweedie)
+    assert torch.equal(denoise(model, images, labels, step_scale=0.0), images)
+    torch.testing.assert_close(denoise(model, images, labels, step_scale=2.5) - images, 2.5 * (tweedie - images), rtol=1e-12, atol=0)
+    z = torch.randn(2, 16, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    sample = sample_tarflow(model, z, labels, schedule=uniform_schedule(3, SEQUENTIAL))
+    assert torch.equal(sample.images, denoise(model, sample.raw, labels))
+    half = sample_tarflow(model, z, labels, schedule=uniform_schedule(3, SEQUENTIAL), denoise_scale=0.5)
+    torch.testing.assert_close(half.images, denoise(model, half.raw, labels, step_scale=0.5), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="step_scale must be finite and >= 0"):
+        sample_tarflow(model, z, labels, schedule=uniform_schedule(3, SEQUENTIAL), denoise_scale=-1.0)
 
 
 def test_gs_jacobi_with_full_cap_and_zero_tolerance_is_exact():
@@ -108,15 +200,15 @@ def test_loose_tolerance_is_fewer_passes_and_a_cap_is_respected():
     assert float((got.raw - exact).abs().max()) > 1e-6  # two sweeps cannot solve 15 positions
 
 
-def test_masked_residual_equals_relative_residual_when_all_valid():
+def test_masked_relative_residual_counts_only_valid_positions():
     g = torch.Generator().manual_seed(0)
     guesses, outputs = torch.randn(3, 5, 4, generator=g), torch.randn(3, 6, 4, generator=g)
-    valid = torch.ones(3, 6, dtype=torch.bool)
-    torch.testing.assert_close(masked_relative_residual(guesses, outputs, valid), relative_residual(guesses, outputs))
+    valid = torch.ones(3, 5, dtype=torch.bool)
+    assert torch.equal(relative_residual(guesses, outputs, valid), relative_residual(guesses, outputs))
     valid[:, 3:] = False  # only the first 3 guesses count
     expected = relative_residual(guesses[:, :3], outputs[:, :4])
-    torch.testing.assert_close(masked_relative_residual(guesses, outputs, valid), expected)
-    assert masked_relative_residual(guesses, outputs, torch.zeros_like(valid)).eq(0).all()
+    torch.testing.assert_close(relative_residual(guesses, outputs, valid), expected)
+    assert relative_residual(guesses, outputs, torch.zeros_like(valid)).eq(0).all()
 
 
 def test_bad_inputs_are_refused_with_clear_messages():
@@ -130,6 +222,12 @@ def test_bad_inputs_are_refused_with_clear_messages():
         sample_tarflow(model, z, None, schedule=uniform_schedule(3, SEQUENTIAL), guidance=FlowGuidance(scale=1.0))
     with pytest.raises(ValueError, match="mode must be"):
         BlockPlan(mode="fast")
+    with pytest.raises(ValueError, match="classifier-free guidance needs a class-conditional model"):
+        sample_tarflow(random_flow(num_classes=0), z, None, schedule=uniform_schedule(3, SEQUENTIAL), guidance=FlowGuidance(scale=1.0))
+    with pytest.raises(ValueError, match="attention_temperature must be finite and > 0"):
+        FlowGuidance(scale=1.0, attention_temperature=0.0)
+    with pytest.raises(ValueError, match="guide must be one of"):
+        FlowGuidance(scale=1.0, guide="ba")
     with pytest.raises(ValueError, match="multiple of patch_size"):
         TarFlowConfig(img_size=28, patch_size=5)
     with pytest.raises(ValueError, match="unconditional"):
@@ -138,12 +236,8 @@ def test_bad_inputs_are_refused_with_clear_messages():
 
 def test_denoising_step_moves_noisy_images_toward_the_data(tmp_path):
     model, _ = load_tarflow(DIGITS)
-    from jacobix.train.tarflow import load_images
-
     clean = load_images("digits")[0][:64]
     noisy = clean + model.config.noise_std * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
-    from jacobix.flows.tarflow import denoise
-
     denoised = denoise(model, noisy, None)
     assert F.mse_loss(denoised, clean) < F.mse_loss(noisy, clean)
 

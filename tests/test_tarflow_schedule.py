@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from jacobix.flows.calibration import AutoScheduleConfig, auto_schedule, block_metrics, igm, segment_sweeps
+from jacobix.flows.calibration import AutoScheduleConfig, auto_schedule, block_metrics, crm, igm, load_schedule, segment_sweeps
 from jacobix.flows.checkpoint import apple_to_jacobix, load_apple_checkpoint, load_tarflow
 from jacobix.flows.sampling import INITS, BlockPlan, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
-from jacobix.train.tarflow import TarFlowTrainConfig, load_images, train_tarflow
+from jacobix.eval.datasets import load_images
+from jacobix.train.tarflow import TarFlowTrainConfig, train_tarflow
 
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"
 FASHION = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-fashion"
@@ -81,6 +82,27 @@ def test_igm_prefers_the_true_solution_and_segment_sweeps_counts():
     assert segment_sweeps(committed).tolist() == [2, 2, 1, 1, 3, 1]
 
 
+def test_crm_and_igm_use_spectral_norms_on_a_hand_built_block():
+    """All block weights zero except proj_out's, so a = b = 0 whatever the input, and
+    crm = ||mean_B(x)||_2 * ||W_a||_2 + ||W_b||_2 with known singular values."""
+    model = TarFlow(TarFlowConfig(img_size=4, patch_size=2, channels=8, head_dim=8, num_blocks=1, layers_per_block=1)).double()
+    block = model.blocks[0]
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.zero_()
+        weight = block.proj_out.weight  # (2F, C) = (8, 8): rows 0..3 give a, rows 4..7 give b
+        weight[0, 0], weight[1, 1] = 2.0, 1.0  # W_a: singular values 2, 1 (Frobenius sqrt(5))
+        weight[4, 0], weight[5, 2] = 3.0, 0.5  # W_b: singular values 3, 0.5
+    mean = torch.zeros(4, 4, dtype=torch.float64)
+    mean[0, 0], mean[1, 1] = 3.0, 4.0  # spectral 4, Frobenius 5
+    spread = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.stack([mean + spread, mean - spread])  # (B=2, T, F), batch mean = mean
+    assert crm(block, x, None) == pytest.approx(4 * 2 + 3, rel=1e-12)
+    z = x + torch.stack([2 * mean, 0 * mean])  # one step gives z (a = b = 0), so x1 - x has batch mean `mean`
+    assert igm(block, x, z, None, "z") == pytest.approx(4.0, rel=1e-12)
+    assert igm(block, x, z, None, "zeros") == pytest.approx(4.0, rel=1e-12)
+
+
 def apple_state_dict(config: TarFlowConfig, prefix: str = "", *, meta: bool = False) -> dict[str, torch.Tensor]:
     """An ml-tarflow ``Model.state_dict()`` (nvp) built from its names and shapes, written out by hand."""
     c, f, t, e = config.channels, config.patch_dim, config.num_patches, config.expansion
@@ -110,7 +132,7 @@ def apple_state_dict(config: TarFlowConfig, prefix: str = "", *, meta: bool = Fa
 
 
 def test_apple_checkpoint_loads_with_weights_only(tmp_path):
-    config = TarFlowConfig(in_channels=3, img_size=16, patch_size=4, channels=64, num_blocks=2, layers_per_block=2, head_dim=32, num_classes=3, noise_std=0.07)
+    config = TarFlowConfig(in_channels=3, img_size=16, patch_size=4, channels=128, num_blocks=2, layers_per_block=2, num_classes=3, noise_std=0.07)
     state = apple_state_dict(config, prefix="module.")
     torch.save(state, tmp_path / "model.pth")
     model = load_apple_checkpoint(tmp_path / "model.pth", config)
@@ -123,6 +145,11 @@ def test_apple_checkpoint_loads_with_weights_only(tmp_path):
     wrong = TarFlowConfig(**{**config.__dict__, "num_classes": 0})
     with pytest.raises(ValueError, match="unexpected \\['blocks.0.class_embed"):
         load_apple_checkpoint(tmp_path / "model.pth", wrong)
+    # head_dim=32 gives the same parameter shapes (4 heads instead of 2) but another attention: refused
+    other_heads = TarFlowConfig(**{**config.__dict__, "head_dim": 32})
+    assert TarFlow(other_heads).state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="TarFlowConfig.head_dim is 32: build the config with head_dim=64"):
+        load_apple_checkpoint(tmp_path / "model.pth", other_heads)
 
 
 def test_afhq_config_has_the_released_checkpoints_names_and_shapes():
@@ -156,11 +183,32 @@ def test_bench_and_demo_on_digits(digits, tmp_path):
     assert names == ["sequential (KV cache)", "jacobi (exact)", "gs-jacobi hand", "gs-jacobi auto"]
     assert result.rows[0].max_deviation == 0.0 and result.rows[1].max_deviation <= 1e-4
     assert "speed-up" in result.table() and "CRM shares" in result.table()
-    demo = demo_tarflow(tmp_path, model=model, dataset="digits", num_samples=8)
+    demo = demo_tarflow(tmp_path, model=model, dataset="digits", num_samples=8, tolerance=1e-3)
+    assert {plan.tolerance for plan in demo.schedule if plan.mode == "gs"} == {1e-3}  # the tolerance is used
     for path in (demo.sequential, demo.gs_jacobi, demo.convergence):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert demo.residuals.shape == (model.config.num_blocks, model.config.num_patches - 1)
     assert bool((demo.residuals[:, 0] > demo.residuals[:, 5]).all())  # Jacobi converges
+
+
+def test_tolerance_defaults_agree_and_the_bundled_schedule_loads():
+    from jacobix.bench.tarflow import TarFlowBenchConfig
+    from jacobix.cli import _parser
+
+    cli = _parser().parse_args(["bench", "tarflow"]).tolerance
+    assert BlockPlan().tolerance == AutoScheduleConfig().tolerance == TarFlowBenchConfig().tolerance == cli == 1e-4
+    model, _ = load_tarflow(FASHION)
+    plans = load_schedule(FASHION, model.config.num_blocks)
+    assert plans is not None and all(plan.mode == "gs" and plan.tolerance == 1e-4 for plan in plans)
+    assert all(1 <= plan.max_sweeps <= plan.segment_width(model.config.num_patches) for plan in plans)
+    noise = torch.randn(2, model.config.num_patches, model.config.patch_dim, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 7])
+    fast = sample_tarflow(model, noise, labels, schedule=plans, denoise_step=False)
+    exact = sample_tarflow(model, noise, labels, schedule=uniform_schedule(len(plans), BlockPlan(mode="jacobi")), denoise_step=False)
+    assert float((fast.raw - exact.raw).abs().mean()) <= 5e-3  # same tolerance as the digits test
+    assert fast.forward_passes < len(plans) * (model.config.num_patches - 1)  # fewer passes than sequential
+    with pytest.raises(ValueError, match="recalibrate"):
+        load_schedule(FASHION, model.config.num_blocks + 1)
 
 
 @pytest.mark.slow

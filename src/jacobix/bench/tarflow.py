@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from jacobix.flows.calibration import AutoScheduleConfig, Calibration, auto_schedule
+from jacobix.eval.datasets import load_images
+from jacobix.flows.calibration import AutoScheduleConfig, Calibration, calibrate
 from jacobix.flows.checkpoint import load_tarflow
 from jacobix.flows.sampling import BlockPlan, FlowGuidance, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
@@ -157,8 +158,6 @@ def bench_tarflow(
     Returns:
         per-sampler numbers and the schedules used; ``.table()`` prints them.
     """
-    from jacobix.train.tarflow import load_images
-
     model = model if model is not None else load_tarflow(FASHION_CHECKPOINT)[0]
     fid = fid or (fashion_fid if dataset == "fashion" else pixel_fid)
     torch.set_num_threads(config.threads)
@@ -167,10 +166,8 @@ def bench_tarflow(
     reference = load_images(dataset, "test")[0] if dataset == "fashion" else train_images
     reference = reference[torch.randperm(len(reference), generator=generator)[: config.reference_samples]]
     conditional = model.config.num_classes > 0
-    pick = torch.randperm(len(train_images), generator=generator)[: config.calibration_samples]
-    calibration_images = train_images[pick] + model.config.noise_std * torch.randn(train_images[pick].shape, generator=generator)
-    calibration = auto_schedule(model, calibration_images, train_labels[pick] if conditional else None,
-                                AutoScheduleConfig(tolerance=config.tolerance, width_cost=config.width_cost))
+    calibration = calibrate(model, train_images, train_labels, generator=generator, samples=config.calibration_samples,
+                            config=AutoScheduleConfig(tolerance=config.tolerance, width_cost=config.width_cost))
     noise = torch.randn(config.num_samples, model.config.num_patches, model.config.patch_dim, generator=generator)
     labels = torch.randint(model.config.num_classes, (config.num_samples,), generator=generator) if conditional else None
     guidance = FlowGuidance(scale=config.guidance) if conditional and config.guidance > 0 else None

@@ -53,20 +53,33 @@ def tolerance_accept(guesses: Tensor, outputs: Tensor, *, rtol: float, atol: flo
     return leading_true(close.flatten(2).all(dim=-1))
 
 
-def relative_residual(guesses: Tensor, outputs: Tensor) -> Tensor:
+def relative_residual(guesses: Tensor, outputs: Tensor, valid: Tensor | None = None) -> Tensor:
     """Per-row ``mean((new - old)^2) / mean(new^2)`` over the guessed positions (STARFlow's test).
 
     Args:
         guesses: (B, D, *F) values fed to the model.
         outputs: (B, D+1, *F) updated values; the last one has no guess and is left out.
+        valid: (B, D) which guessed positions count (a window may run past the end of the
+            sequence); None counts all of them.
     Returns:
-        (B,) residual; 0 for an empty window.
+        (B,) residual over the counted positions; 0 where none is counted (or the window is empty).
+
+    Example: guesses [[1], [5]] and outputs [[2], [5], [9]] give (1^2 + 0^2) / (2^2 + 5^2) = 1/29;
+    with ``valid = [[True, False]]`` only the first position counts: 1/4.
     """
-    if guesses.shape[1] == 0:
-        return outputs.new_zeros(outputs.shape[0])
-    new = outputs[:, :-1].flatten(1)  # (B, D*F)
-    change = (new - guesses.flatten(1)).pow(2).mean(-1)
-    return change / new.pow(2).mean(-1).clamp_min(torch.finfo(outputs.dtype).tiny)
+    new = outputs[:, :-1].flatten(2)  # (B, D, K)
+    change = (new - guesses.flatten(2)).pow(2)  # (B, D, K)
+    size = new.pow(2)  # (B, D, K)
+    if valid is not None:
+        mask = valid[..., None].to(new.dtype)  # (B, D, 1)
+        change, size = change * mask, size * mask
+    return change.sum((1, 2)) / size.sum((1, 2)).clamp_min(torch.finfo(new.dtype).tiny)
+
+
+def take_positions(x: Tensor, index: Tensor) -> Tensor:
+    """Gather per row: ``x[b, index[b, j], ...]`` for x (B, T, *F) and index (B, J); returns (B, J, *F)."""
+    expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
+    return x.gather(1, expanded)
 
 
 def segment_accept(residual: Tensor, sweeps: Tensor, *, tolerance: float, max_sweeps: int, width: int) -> Tensor:

@@ -20,22 +20,25 @@ import torch
 from torch import Tensor
 
 from jacobix.bench.tarflow import FASHION_CHECKPOINT
-from jacobix.flows.calibration import auto_schedule, load_schedule
+from jacobix.core.acceptance import relative_residual
+from jacobix.eval.datasets import load_images
+from jacobix.flows.calibration import AutoScheduleConfig, calibrate, load_schedule
 from jacobix.flows.checkpoint import load_tarflow
-from jacobix.flows.sampling import BlockPlan, FlowGuidance, invert_block, masked_relative_residual, sample_tarflow, uniform_schedule
+from jacobix.flows.sampling import BlockPlan, FlowGuidance, invert_block, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
 from jacobix.eval.png import heat_colors, tile, to_uint8, upscale, write_png
 
 
 @dataclass(frozen=True)
 class TarFlowDemo:
-    """Paths written by :func:`demo_tarflow`, and the curves (blocks, sweeps) in block order."""
+    """Paths written by :func:`demo_tarflow`, the curves (blocks, sweeps) and the GS-Jacobi schedule, in block order."""
 
     sequential: Path
     gs_jacobi: Path
     convergence: Path
     convergence_csv: Path
     residuals: Tensor
+    schedule: tuple[BlockPlan, ...]
 
 
 @torch.no_grad()
@@ -71,8 +74,7 @@ def _residual_curve(trajectory: list, num_patches: int) -> Tensor:
     curve = torch.zeros(num_patches - 1, dtype=torch.float64)
     for k, record in enumerate(trajectory):
         active = record.start < num_patches  # (B,) rows that committed early (residual exactly 0) are done
-        valid = torch.ones(record.values.shape[:2], dtype=torch.bool)
-        residual = masked_relative_residual(record.drafts, record.values, valid)  # (B,)
+        residual = relative_residual(record.drafts, record.values)  # (B,)
         curve[k] = residual[active].mean() if bool(active.any()) else 0.0
     return curve
 
@@ -107,16 +109,6 @@ def plot_convergence(path: Path, residuals: Tensor) -> Path:
     return path
 
 
-def calibrate(model: TarFlow, dataset: str, generator: torch.Generator, samples: int = 128):
-    """The automatic schedule from ``samples`` noised training images of ``dataset``."""
-    from jacobix.train.tarflow import load_images
-
-    images, classes = load_images(dataset, "train")
-    pick = torch.randperm(len(images), generator=generator)[:samples]
-    calibration = images[pick] + model.config.noise_std * torch.randn(images[pick].shape, generator=generator)
-    return auto_schedule(model, calibration, classes[pick] if model.config.num_classes > 0 else None)
-
-
 def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: str = "fashion", num_samples: int = 20,
                  guidance: float = 1.0, tolerance: float = 1e-4, seed: int = 0) -> TarFlowDemo:
     """Write sample grids from both samplers and the convergence curves into ``out_dir``.
@@ -127,20 +119,25 @@ def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: 
         dataset: real images for the automatic schedule, ``fashion`` or ``digits``.
         num_samples: images per grid (conditional models cycle through the classes).
         guidance: CFG scale for a class-conditional model.
-        tolerance: GS-Jacobi relative residual.
+        tolerance: GS-Jacobi relative residual of the automatic schedule. The bundled model's saved
+            schedule is used when it was made at this tolerance; otherwise the schedule is
+            calibrated on ``dataset`` at this tolerance.
         seed: latents and calibration noise.
     Returns:
-        the written paths and the residual curves.
+        the written paths, the residual curves and the GS-Jacobi schedule used.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bundled = model is None
     model = load_tarflow(FASHION_CHECKPOINT)[0] if bundled else model
     plans = load_schedule(FASHION_CHECKPOINT, len(model.blocks)) if bundled else None  # saved at training time
+    if plans is not None and any(plan.mode == "gs" and plan.tolerance != tolerance for plan in plans):
+        plans = None  # saved at another tolerance: its sweep caps do not apply
     generator = torch.Generator().manual_seed(seed)
     conditional = model.config.num_classes > 0
     if plans is None:
-        plans = calibrate(model, dataset, generator).plans
+        images, classes = load_images(dataset, "train")
+        plans = calibrate(model, images, classes, generator=generator, config=AutoScheduleConfig(tolerance=tolerance)).plans
     noise = torch.randn(num_samples, model.config.num_patches, model.config.patch_dim, generator=generator)
     labels = torch.arange(num_samples) % model.config.num_classes if conditional else None
     cfg = FlowGuidance(scale=guidance) if conditional and guidance > 0 else None
@@ -158,6 +155,7 @@ def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: 
         convergence=plot_convergence(out / "convergence.png", residuals),
         convergence_csv=csv,
         residuals=residuals,
+        schedule=tuple(plans),
     )
 
 

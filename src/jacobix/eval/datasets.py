@@ -1,4 +1,4 @@
-"""Offline datasets used to train the bundled models. Nothing here downloads anything."""
+"""Offline datasets used to train and evaluate the bundled models. Nothing here downloads anything."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 FASHION_MNIST_DIR = Path(os.environ.get("JACOBIX_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_HINT = "apt-get install dataset-fashion-mnist (or set JACOBIX_FASHION_MNIST to a folder of the idx .gz files)"
+IMAGE_DATASETS = ("fashion", "digits")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
@@ -43,3 +45,22 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
         raise ImportError("the digits data set needs scikit-learn: pip install scikit-learn") from error
     digits = load_digits()
     return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+def load_images(dataset: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey-scale images of ``fashion`` (Fashion-MNIST, 28x28) or ``digits`` (scikit-learn, 8x8).
+
+    Args:
+        dataset: one of :data:`IMAGE_DATASETS`.
+        split: ``train`` or ``test`` (digits has one split and ignores it).
+    Returns:
+        images (N, 1, H, W) float32 in [-1, 1], and labels (N,) int64.
+    """
+    if dataset == "fashion":
+        images, labels = load_fashion_mnist(split)
+        pixels = images.astype(np.float32) / 255.0
+    elif dataset == "digits":
+        pixels, labels = load_digits_images()
+    else:
+        raise ValueError(f"dataset must be one of {IMAGE_DATASETS}, got {dataset!r}")
+    return torch.from_numpy(pixels * 2 - 1)[:, None], torch.from_numpy(labels)

@@ -99,13 +99,21 @@ def _shifted_affine(block: MetaBlock, x: Tensor, labels: Tensor | None) -> tuple
     return F.pad(a[:, :-1], (0, 0, 1, 0)), F.pad(b[:, :-1], (0, 0, 1, 0))
 
 
+def spectral_norm(matrix: Tensor) -> float:
+    """Largest singular value of a 2-D tensor (``torch.linalg.norm(matrix, ord=2)``), in float64."""
+    return float(torch.linalg.matrix_norm(matrix.double(), ord=2))
+
+
 @torch.no_grad()
 def crm(block: MetaBlock, x: Tensor, labels: Tensor | None) -> float:
     """Convergence Ranking Metric (arXiv 2505.12849): ``||mean_B(exp(-a) * x)||_2 * ||W_a||_2 + ||W_b||_2``.
 
+    Every norm is spectral, as in the authors' code (``torch.linalg.norm(..., ord=2)``): the batch
+    mean is a (T, F) matrix, and ``W_a``, ``W_b`` are the a- and b-halves (F, C) of the block's
+    ``proj_out`` weight.
+
     Args:
-        block: the meta-block; ``W_a``, ``W_b`` are the a- and b-halves of its ``proj_out`` weight
-            (spectral norms).
+        block: the meta-block.
         x: (B, T, F) the block's input on data, in its own order.
         labels: (B,) or None.
     Returns:
@@ -113,13 +121,14 @@ def crm(block: MetaBlock, x: Tensor, labels: Tensor | None) -> float:
     """
     a, _ = _shifted_affine(block, x, labels)
     w_a, w_b = block.proj_out.weight.chunk(2, dim=0)  # (F, C) each
-    spectral = lambda w: float(torch.linalg.matrix_norm(w.double(), ord=2))  # noqa: E731
-    return float((torch.exp(-a) * x).mean(0).norm()) * spectral(w_a) + spectral(w_b)
+    return spectral_norm((torch.exp(-a) * x).mean(0)) * spectral_norm(w_a) + spectral_norm(w_b)
 
 
 @torch.no_grad()
 def igm(block: MetaBlock, x: Tensor, z: Tensor, labels: Tensor | None, init: str) -> float:
     """Initial Guessing Metric: ``||mean_B(x1 - x)||_2`` after one Jacobi step from a candidate start.
+
+    The norm is spectral, of the (T, F) batch mean, as in the authors' code.
 
     Args:
         block: the meta-block.
@@ -135,7 +144,7 @@ def igm(block: MetaBlock, x: Tensor, z: Tensor, labels: Tensor | None, init: str
     start = z.clone() if init == "z" else F.pad(z[:, :1], (0, 0, 0, z.shape[1] - 1))  # (B, T, F)
     a, b = _shifted_affine(block, start, labels)
     step = z * torch.exp(a) + b  # (B, T, F); position 0 gives z_0 exactly
-    return float((step - x).mean(0).norm())
+    return spectral_norm((step - x).mean(0))  # (T, F) mean
 
 
 @torch.no_grad()
@@ -200,6 +209,37 @@ def auto_schedule(model: TarFlow, images: Tensor, labels: Tensor | None = None, 
     return Calibration(plans=tuple(plans), metrics=metrics, sweeps_per_segment=tuple(sweeps), fallback=tuple(fallback))
 
 
+@torch.no_grad()
+def calibrate(
+    model: TarFlow,
+    images: Tensor,
+    labels: Tensor | None,
+    *,
+    generator: torch.Generator,
+    samples: int = 128,
+    config: AutoScheduleConfig = AutoScheduleConfig(),
+) -> Calibration:
+    """:func:`auto_schedule` on ``samples`` images drawn from a data set and noised as in training.
+
+    Args:
+        model: the flow; its ``config.noise_std`` is the noise added.
+        images: (N, C, H, W) data in [-1, 1], e.g. from :func:`jacobix.eval.datasets.load_images`.
+        labels: (N,) classes, used only when the model is class-conditional; or None.
+        generator: draws the subset (first) and the noise (second).
+        samples: images to calibrate on (all of them when fewer).
+        config: the schedule's thresholds and tolerance.
+    Returns:
+        the automatic schedule and what it was derived from.
+    """
+    if samples < 1:
+        raise ValueError(f"calibrate: samples must be >= 1, got {samples}")
+    pick = torch.randperm(len(images), generator=generator)[:samples]
+    chosen = images[pick]  # (S, C, H, W)
+    noised = chosen + model.config.noise_std * torch.randn(chosen.shape, generator=generator)
+    conditional = model.config.num_classes > 0 and labels is not None
+    return auto_schedule(model, noised, labels[pick] if conditional else None, config)
+
+
 def _trial(block: MetaBlock, z: Tensor, labels: Tensor | None, plan: BlockPlan, config: AutoScheduleConfig) -> tuple[float, BlockPlan, float]:
     """Solve a block on data latents with ``plan`` (uncapped); returns modelled cost, the capped plan,
     and mean sweeps per segment. Cost = mean passes per row * (1 + width_cost * (W - 1)), in units
@@ -212,6 +252,7 @@ def _trial(block: MetaBlock, z: Tensor, labels: Tensor | None, plan: BlockPlan, 
     cap = min(width, math.ceil(config.cap_margin * float(per_segment.max())))
     capped = BlockPlan(mode="gs", segments=plan.segments, max_sweeps=cap, tolerance=plan.tolerance, init=plan.init)
     return cost, capped, float(per_segment.mean())
+
 
 SCHEDULE_FILE = "schedule.json"
 
@@ -234,4 +275,7 @@ def load_schedule(directory: str | Path, num_blocks: int) -> tuple[BlockPlan, ..
     return plans
 
 
-__all__ = ["AutoScheduleConfig", "load_schedule", "save_schedule", "BlockMetrics", "Calibration", "auto_schedule", "block_metrics", "crm", "igm", "segment_sweeps"]
+__all__ = [
+    "AutoScheduleConfig", "BlockMetrics", "Calibration", "auto_schedule", "block_metrics", "calibrate", "crm", "igm",
+    "load_schedule", "save_schedule", "segment_sweeps", "spectral_norm",
+]

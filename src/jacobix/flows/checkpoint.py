@@ -20,6 +20,8 @@ from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 ARCHITECTURE = "tarflow"
 # Prefixes that wrappers add to ml-tarflow state dicts (DDP, torch.compile).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# ml-tarflow's Model never passes head_dim to its blocks, so every released model has 64-wide heads.
+APPLE_HEAD_DIM = 64
 
 
 def save_tarflow(model: TarFlow, directory: str | Path, *, extra: dict | None = None) -> Path:
@@ -116,10 +118,19 @@ def load_apple_checkpoint(path: str | Path, config: TarFlowConfig) -> TarFlow:
         path: the ``.pth`` file.
         config: the matching config, e.g. AFHQ: ``TarFlowConfig(in_channels=3, img_size=256,
             patch_size=8, channels=768, num_blocks=8, layers_per_block=8, num_classes=3,
-            noise_std=0.07)``. ``head_dim`` cannot be read from the weights: ml-tarflow uses 64.
+            noise_std=0.07)``. ``head_dim`` must be 64 (the default): ml-tarflow's ``Model`` fixes
+            the head size at 64, and the weights cannot tell it (a wrong one loads without a shape
+            error but computes another attention), so any other value is refused.
     Returns:
         the model in eval mode.
+    Raises:
+        ValueError: ``config.head_dim`` is not 64, or the weights do not match the config.
     """
+    if config.head_dim != APPLE_HEAD_DIM:
+        raise ValueError(
+            f"ml-tarflow checkpoints have {APPLE_HEAD_DIM}-wide attention heads but TarFlowConfig.head_dim is "
+            f"{config.head_dim}: build the config with head_dim={APPLE_HEAD_DIM} (the default) to load {path}"
+        )
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__})")
@@ -128,4 +139,4 @@ def load_apple_checkpoint(path: str | Path, config: TarFlowConfig) -> TarFlow:
     return model.eval()
 
 
-__all__ = ["apple_to_jacobix", "load_apple_checkpoint", "load_checked", "load_tarflow", "read_config", "save_tarflow"]
+__all__ = ["APPLE_HEAD_DIM", "apple_to_jacobix", "load_apple_checkpoint", "load_checked", "load_tarflow", "read_config", "save_tarflow"]

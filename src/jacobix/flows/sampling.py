@@ -13,11 +13,14 @@ position-indexed KV cache. Methods differ only in the window and the acceptance 
 - Jacobi: window T with :func:`~jacobix.core.acceptance.tolerance_accept` (rtol = atol = 0 gives
   the sequential sample);
 - GS-Jacobi (arXiv 2505.12849): segments of width W, window W, committed whole by
-  :func:`~jacobix.core.acceptance.segment_accept` once the relative residual is under a tolerance
+  :func:`~jacobix.core.acceptance.segment_accept` once the
+  :func:`~jacobix.core.acceptance.relative_residual` is under a tolerance
   or the sweep cap is reached.
 
 Blocks are inverted last to first, each with its own :class:`BlockPlan`. Guidance runs the
-conditional and unconditional rows in one batch on the same guesses.
+conditional and unconditional rows in one batch on the same guesses; ml-tarflow's sampling
+options are :class:`FlowGuidance` fields (annealing, attention temperature, guiding only a or b)
+and ``denoise_scale``.
 """
 
 from __future__ import annotations
@@ -29,16 +32,18 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from jacobix.core.acceptance import leading_true, segment_accept, tolerance_accept
+from jacobix.core.acceptance import leading_true, relative_residual, segment_accept, take_positions, tolerance_accept
 from jacobix.core.cache import KVCache
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState, SolveStats, solve
-from jacobix.flows.tarflow import MetaBlock, TarFlow, denoise
+from jacobix.flows.tarflow import MetaBlock, TarFlow, check_step_scale, denoise
 
 Mode = Literal["sequential", "jacobi", "gs"]
 Init = Literal["z", "zeros"]
+Guide = Literal["ab", "a", "b"]
 GUESS_BOUND = 1e4  # far beyond any image value; only diverging guesses are clipped
 MODES: tuple[str, ...] = ("sequential", "jacobi", "gs")
 INITS: tuple[str, ...] = ("z", "zeros")
+GUIDES: tuple[str, ...] = ("ab", "a", "b")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +62,7 @@ class BlockPlan:
     mode: Mode = "gs"
     segments: int = 1
     max_sweeps: int = 0
-    tolerance: float = 1e-3
+    tolerance: float = 1e-4
     rtol: float = 0.0
     atol: float = 0.0
     init: Init = "z"
@@ -86,38 +91,40 @@ class BlockPlan:
 
 @dataclass(frozen=True, kw_only=True)
 class FlowGuidance:
-    """Classifier-free guidance on (a, b): ``a += w * (a - a_uncond)``, same for b.
+    """Guidance on (a, b) with a second, unconditional pass: ``a += w * (a - a_uncond)``, same for b.
+
+    The unconditional pass uses the mean class embedding (label -1) and, when
+    ``attention_temperature`` is not 1, divides every attention logit by it. With a temperature
+    the guidance needs no classes: for an unconditional model (or ``labels=None``) both passes see
+    the same input and differ only in the temperature (ml-tarflow's unconditional guidance).
 
     Attributes:
         scale: w; 0 is the conditional model alone.
-        annealed: grow w linearly along the block, ``w * (t + 1) / (T - 1)`` (ml-tarflow's option).
+        annealed: grow w linearly along the block, ``w * (t + 1) / (T - 1)`` for the value at
+            position t + 1 (ml-tarflow's ``annealed_guidance``).
+        attention_temperature: temperature of the unconditional pass's attention (ml-tarflow's
+            ``attn_temp``; it suggests 0.5 or 1.5); 1 leaves that pass as the model is.
+        guide: which of the affine parameters to guide: ``ab`` (both), ``a`` or ``b``
+            (ml-tarflow's ``guide_what``); the other keeps its conditional value.
     """
 
     scale: float
     annealed: bool = False
+    attention_temperature: float = 1.0
+    guide: Guide = "ab"
 
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.scale):
+            raise ValueError(f"FlowGuidance.scale must be finite, got {self.scale}")
+        if not (math.isfinite(self.attention_temperature) and self.attention_temperature > 0):
+            raise ValueError(f"FlowGuidance.attention_temperature must be finite and > 0 (1 = unchanged), got {self.attention_temperature}")
+        if self.guide not in GUIDES:
+            raise ValueError(f"FlowGuidance.guide must be one of {GUIDES}, got {self.guide!r}")
 
-def _take(x: Tensor, index: Tensor) -> Tensor:
-    """x[b, index[b, j]] for x (B, T, F) and index (B, J); returns (B, J, F)."""
-    return x.gather(1, index[..., None].expand(*index.shape, x.shape[-1]))
-
-
-def masked_relative_residual(guesses: Tensor, outputs: Tensor, valid: Tensor) -> Tensor:
-    """:func:`~jacobix.core.acceptance.relative_residual` restricted to valid guessed positions.
-
-    Args:
-        guesses: (B, D, F) values fed to the model.
-        outputs: (B, D+1, F) updated values; the last one has no guess and is left out.
-        valid: (B, D+1) positions inside the block (a window may run past its end).
-    Returns:
-        (B,) ``mean_valid((new - old)^2) / mean_valid(new^2)`` over the D guessed positions;
-        0 where nothing is compared.
-    """
-    mask = valid[:, :-1, None].to(outputs.dtype)  # (B, D, 1)
-    new = outputs[:, :-1]  # (B, D, F)
-    change = ((new - guesses).pow(2) * mask).sum((1, 2))
-    scale = (new.pow(2) * mask).sum((1, 2)).clamp_min(torch.finfo(outputs.dtype).tiny)
-    return change / scale
+    @property
+    def needs_labels(self) -> bool:
+        """Without a temperature the unconditional pass differs from the conditional one only by the labels."""
+        return self.attention_temperature == 1.0
 
 
 class FlowBlockProblem:
@@ -138,8 +145,11 @@ class FlowBlockProblem:
     """
 
     def __init__(self, block: MetaBlock, cache: KVCache, *, z: Tensor, labels: Tensor | None, plan: BlockPlan, guidance: FlowGuidance | None) -> None:
-        if guidance is not None and labels is None:
-            raise ValueError("guidance needs labels: pass the classes to sample, or guidance=None")
+        if guidance is not None and labels is None and guidance.needs_labels:
+            raise ValueError(
+                "guidance needs labels: pass the classes to sample, guide by attention temperature "
+                "(FlowGuidance(scale=..., attention_temperature=...)), or pass guidance=None"
+            )
         self.block, self.cache, self.z, self.labels = block, cache, z, labels
         self.plan, self.guidance = plan, guidance
         self.num_patches = z.shape[1]
@@ -148,16 +158,25 @@ class FlowBlockProblem:
 
     def affine(self, inputs: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Guided raw (a, b), each (B, L, F), for inputs (B, L, F) at positions (B, L)."""
-        if self.guidance is None:
+        guidance = self.guidance
+        if guidance is None:
             return self.block.affine(inputs, self.labels, positions, self.cache)
-        both = torch.cat([inputs, inputs])  # (2B, L, F)
-        uncond = torch.full_like(self.labels, -1)
-        a, b = self.block.affine(both, torch.cat([self.labels, uncond]), torch.cat([positions, positions]), self.cache)
+        rows = inputs.shape[0]
+        both = torch.cat([inputs, inputs])  # (2B, L, F): conditional rows, then unconditional ones
+        labels = None if self.labels is None else torch.cat([self.labels, torch.full_like(self.labels, -1)])
+        temperature = None
+        if guidance.attention_temperature != 1.0:
+            temperature = inputs.new_ones(2 * rows)
+            temperature[rows:] = guidance.attention_temperature  # (2B,)
+        a, b = self.block.affine(both, labels, torch.cat([positions, positions]), self.cache, temperature=temperature)
         (a_c, a_u), (b_c, b_u) = a.chunk(2), b.chunk(2)  # (B, L, F) each
-        w = self.guidance.scale
-        if self.guidance.annealed:
-            w = w * ((positions + 1).clamp(max=self.num_patches - 1) / (self.num_patches - 1))[..., None]  # (B, L, 1)
-        return a_c + w * (a_c - a_u), b_c + w * (b_c - b_u)
+        w = guidance.scale
+        if guidance.annealed:  # in the model's dtype: a float32 weight would round a float64 model's step
+            step = (positions + 1).clamp(max=self.num_patches - 1).to(a_c.dtype) / (self.num_patches - 1)  # (B, L)
+            w = w * step[..., None]  # (B, L, 1)
+        a = a_c + w * (a_c - a_u) if "a" in guidance.guide else a_c
+        b = b_c + w * (b_c - b_u) if "b" in guidance.guide else b_c
+        return a, b
 
     def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
         n = state.length  # (B,)
@@ -167,15 +186,15 @@ class FlowBlockProblem:
         last = torch.minimum(n + d - 1, torch.full_like(n, self.num_patches - 2))  # last input whose output we need
         span = int(torch.where(state.done, 1, last - start + 1).max())
         positions = start[:, None] + torch.arange(span, device=n.device)  # (B, L)
-        inputs = _take(canvas, positions.clamp(max=canvas.shape[1] - 1))  # (B, L, F)
+        inputs = take_positions(canvas, positions.clamp(max=canvas.shape[1] - 1))  # (B, L, F)
         # A diverging guess can overflow exp(a); its non-finite keys would poison every query
         # (masked attention still multiplies 0 * inf), so guesses are kept finite.
         inputs = inputs.nan_to_num(0.0).clamp(-GUESS_BOUND, GUESS_BOUND)
         a, b = self.affine(inputs, positions)  # (B, L, F) each
         pick = ((n - 1 - start)[:, None] + torch.arange(d + 1, device=n.device)).clamp(max=span - 1)  # (B, D+1)
         targets = n[:, None] + torch.arange(d + 1, device=n.device)  # (B, D+1) positions being solved
-        z = _take(self.z, targets.clamp(max=self.num_patches - 1))  # (B, D+1, F)
-        values = z * torch.exp(_take(a, pick)) + _take(b, pick)  # (B, D+1, F)
+        z = take_positions(self.z, targets.clamp(max=self.num_patches - 1))  # (B, D+1, F)
+        values = z * torch.exp(take_positions(a, pick)) + take_positions(b, pick)  # (B, D+1, F)
         n_commit, n_accepted = self._rule(state, drafts.values, values, targets < self.num_patches)
         exact = leading_true((drafts.values == values[:, :-1]).flatten(2).all(-1))  # (B,)
         self._pending_valid = n + exact
@@ -187,7 +206,7 @@ class FlowBlockProblem:
             accepted = tolerance_accept(guesses, values, rtol=self.plan.rtol, atol=self.plan.atol)
             return accepted + 1, accepted
         width = values.shape[1]
-        residual = masked_relative_residual(guesses, values, valid)
+        residual = relative_residual(guesses, values, valid[:, :-1])
         cap = self.plan.max_sweeps or width
         n_commit = segment_accept(residual, state.sweeps_on_window + 1, tolerance=self.plan.tolerance, max_sweeps=cap, width=width)
         return n_commit, torch.where(n_commit > 0, width - 1, 0)
@@ -202,7 +221,7 @@ class FlowBlockProblem:
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
         positions = state.window_positions(fresh.shape[1])  # (B, D)
         if self.plan.init == "z":
-            init = _take(self.z, positions.clamp(max=self.num_patches - 1))  # (B, D, F)
+            init = take_positions(self.z, positions.clamp(max=self.num_patches - 1))  # (B, D, F)
         else:
             init = self.z.new_zeros((*positions.shape, self.z.shape[-1]))
         if carried is None:
@@ -268,6 +287,7 @@ def sample_tarflow(
     schedule: Sequence[BlockPlan],
     guidance: FlowGuidance | None = None,
     denoise_step: bool = True,
+    denoise_scale: float = 1.0,
     record: bool = False,
 ) -> FlowSample:
     """Sample TarFlow: invert the blocks last to first, then the score-based denoising step.
@@ -277,8 +297,11 @@ def sample_tarflow(
         noise: (B, T, F) standard normal latents (scaled by the prior ``var``).
         labels: (B,) classes for a class-conditional model, else None.
         schedule: one :class:`BlockPlan` per block, in block order.
-        guidance: classifier-free guidance (needs labels), or None.
+        guidance: classifier-free guidance (needs labels), attention-temperature guidance (any
+            model; see :class:`FlowGuidance`), or None.
         denoise_step: apply the final denoising step (outside the engine: one gradient step).
+        denoise_scale: multiplier of that step's size (ml-tarflow's ``self_denoising_lr``): 1 is
+            the Tweedie step, 0 none; must be >= 0.
         record: keep each solve's trajectory.
     Returns:
         the samples and per-block statistics.
@@ -287,14 +310,18 @@ def sample_tarflow(
         raise ValueError(f"schedule has {len(schedule)} plans but the model has {len(model.blocks)} blocks: one plan per block")
     if noise.shape[1:] != model.var.shape:
         raise ValueError(f"noise must be (B, {model.config.num_patches}, {model.config.patch_dim}), got {tuple(noise.shape)}")
-    if guidance is not None and guidance.scale and not model.config.num_classes:
-        raise ValueError("guidance needs a class-conditional model; pass guidance=None")
+    if guidance is not None and guidance.scale and guidance.needs_labels and not model.config.num_classes:
+        raise ValueError(
+            "classifier-free guidance needs a class-conditional model; for an unconditional one guide by "
+            "attention temperature (FlowGuidance(scale=..., attention_temperature=...)) or pass guidance=None"
+        )
+    check_step_scale(denoise_scale)
     x = noise.to(model.var.dtype) * model.var.sqrt()  # (B, T, F)
     stats: list[SolveStats] = [None] * len(model.blocks)  # type: ignore[list-item]
     for index in reversed(range(len(model.blocks))):
         x, stats[index] = invert_block(model.blocks[index], x, labels, schedule[index], guidance=guidance, record=record)
     raw = model.unpatchify(x)
-    images = denoise(model, raw, labels) if denoise_step else raw
+    images = denoise(model, raw, labels, step_scale=denoise_scale) if denoise_step else raw
     return FlowSample(images=images, raw=raw, stats=stats)
 
 
@@ -304,6 +331,6 @@ def uniform_schedule(num_blocks: int, plan: BlockPlan) -> tuple[BlockPlan, ...]:
 
 
 __all__ = [
-    "BlockPlan", "FlowBlockProblem", "FlowGuidance", "FlowSample", "invert_block", "masked_relative_residual",
+    "BlockPlan", "FlowBlockProblem", "FlowGuidance", "FlowSample", "invert_block",
     "sample_tarflow", "uniform_schedule",
 ]

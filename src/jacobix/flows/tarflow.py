@@ -15,6 +15,7 @@ checkpoints load with :func:`jacobix.flows.checkpoint.load_apple_checkpoint`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,10 +91,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(channels, channels * 3)
         self.proj = nn.Linear(channels, channels)
 
-    def forward(self, x: Tensor, positions: Tensor | None, cache: KVCache | None, span: int) -> Tensor:
+    def forward(self, x: Tensor, positions: Tensor | None, cache: KVCache | None, span: int, temperature: Tensor | None = None) -> Tensor:
         b, w, c = x.shape
         qkv = self.qkv(self.norm(x)).view(b, w, 3 * self.num_heads, self.head_dim).transpose(1, 2)  # (B, 3H, W, hd)
         q, k, v = qkv.chunk(3, dim=1)  # (B, H, W, hd) each
+        if temperature is not None:  # logits / temperature; keys and values stay as they are
+            q = q / temperature.to(q.dtype)[:, None, None, None]
         if cache is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -119,8 +122,8 @@ class AttentionBlock(nn.Module):
         self.attention = Attention(channels, head_dim, layer)
         self.mlp = MLP(channels, expansion)
 
-    def forward(self, x: Tensor, positions: Tensor | None, cache: KVCache | None, span: int) -> Tensor:
-        x = x + self.attention(x, positions, cache, span)
+    def forward(self, x: Tensor, positions: Tensor | None, cache: KVCache | None, span: int, temperature: Tensor | None = None) -> Tensor:
+        x = x + self.attention(x, positions, cache, span, temperature)
         return x + self.mlp(x)
 
 
@@ -158,7 +161,10 @@ class MetaBlock(nn.Module):
         picked = self.class_embed[labels.clamp_min(0)]  # (B, 1, C)
         return torch.where((labels < 0)[:, None, None], mean, picked)
 
-    def affine(self, x: Tensor, labels: Tensor | None, positions: Tensor | None = None, cache: KVCache | None = None) -> tuple[Tensor, Tensor]:
+    def affine(
+        self, x: Tensor, labels: Tensor | None, positions: Tensor | None = None, cache: KVCache | None = None,
+        *, temperature: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Raw (a, b) at each input position: they parametrise the *next* position.
 
         Args:
@@ -167,6 +173,8 @@ class MetaBlock(nn.Module):
             positions: (B, W) positions in this block's order; 0..W-1 when None. Positions past
                 the last patch (garbage slots of a window) reuse the last position embedding.
             cache: KV cache written at ``positions``; None for a causal pass over ``x`` alone.
+            temperature: (B,) attention temperature per row: every layer's attention logits are
+                divided by it (ml-tarflow's ``attn_temp``); None is the model itself.
         Returns:
             a, b: (B, W, F) each; ``x_{t+1} = z_{t+1} * exp(a_t) + b_t``.
         """
@@ -178,7 +186,7 @@ class MetaBlock(nn.Module):
             pos, span = pos_table[positions.clamp(max=self.num_patches - 1)], int(positions.max()) + 1
         h = self.proj_in(x) + pos + self.embed_labels(labels, b)  # (B, W, C)
         for layer in self.attn_blocks:
-            h = layer(h, positions, cache, span)
+            h = layer(h, positions, cache, span, temperature)
         a, shift = self.proj_out(h).chunk(2, dim=-1)  # (B, W, F) each
         return a, shift
 
@@ -253,25 +261,34 @@ class TarFlow(nn.Module):
             raise ValueError(f"labels must be < num_classes ({self.config.num_classes}) or -1 (dropped)")
 
 
-def denoise(model: TarFlow, images: Tensor, labels: Tensor | None) -> Tensor:
-    """TarFlow's final score-based denoising step (Tweedie): ``x - sigma^2 * grad_x NLL(x)``.
+def denoise(model: TarFlow, images: Tensor, labels: Tensor | None, *, step_scale: float = 1.0) -> Tensor:
+    """TarFlow's final score-based denoising step (Tweedie): ``x - step_scale * sigma^2 * grad_x NLL(x)``.
 
     NLL is summed over dimensions for each sample, which equals ml-tarflow's step size
-    ``B*H*W*C*sigma^2`` applied to the mean-reduced loss.
+    ``B*H*W*C*sigma^2`` applied to the mean-reduced loss; ``step_scale`` is its
+    ``self_denoising_lr`` multiplier (1 is the Tweedie step, 0 leaves the images as they are).
 
     Args:
         model: the flow (its ``config.noise_std`` is sigma).
         images: (B, C, H, W) noisy samples.
         labels: (B,) classes used for sampling, or None.
+        step_scale: multiplier of the step size, >= 0.
     Returns:
         (B, C, H, W) denoised samples (detached).
     """
+    check_step_scale(step_scale)
     sigma = model.config.noise_std
     with torch.enable_grad():
         x = images.detach().clone().requires_grad_(True)
         nll = model.loss(x, labels) * x.numel()
         (grad,) = torch.autograd.grad(nll, [x])
-    return (x - sigma**2 * grad).detach()
+    return (x - step_scale * sigma**2 * grad).detach()
+
+
+def check_step_scale(step_scale: float) -> None:
+    """Refuse a denoising step multiplier that is negative or not finite."""
+    if not (math.isfinite(step_scale) and step_scale >= 0):
+        raise ValueError(f"the denoising step_scale must be finite and >= 0 (1 = the Tweedie step, 0 = none), got {step_scale}")
 
 
 __all__ = ["MetaBlock", "TarFlow", "TarFlowConfig", "denoise"]

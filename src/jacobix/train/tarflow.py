@@ -18,16 +18,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from jacobix.eval.datasets import load_digits_images, load_fashion_mnist
+from jacobix.eval.datasets import IMAGE_DATASETS, load_images
+from jacobix.flows.calibration import calibrate, save_schedule
 from jacobix.flows.checkpoint import save_tarflow
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("fashion", "digits")
+DATASETS = IMAGE_DATASETS
 # 49 patches of 16 values; 6 blocks x 1 layer, width 64 (sized to train in ~15 min on one CPU thread).
 FASHION_MODEL = TarFlowConfig(
     in_channels=1, img_size=28, patch_size=4, channels=64, num_blocks=6, layers_per_block=1,
@@ -78,18 +78,6 @@ FASHION_TRAIN = TarFlowTrainConfig(steps=2000, batch_size=64, lr=2e-3)
 DIGITS_TRAIN = TarFlowTrainConfig(steps=400, batch_size=64, lr=3e-3, warmup=50, drop_label=0.0)
 
 
-def load_images(dataset: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 1, H, W) float32 in [-1, 1] and labels (N,) of ``fashion`` or ``digits``."""
-    if dataset == "fashion":
-        images, labels = load_fashion_mnist(split)
-        pixels = images.astype(np.float32) / 255.0
-    elif dataset == "digits":
-        pixels, labels = load_digits_images()
-    else:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
-    return torch.from_numpy(pixels * 2 - 1)[:, None], torch.from_numpy(labels)
-
-
 def train_tarflow(
     dataset: str,
     out_dir: str | Path | None,
@@ -132,10 +120,8 @@ def train_tarflow(
 def write_schedule(model: TarFlow, dataset: str, out_dir: str | Path) -> Path:
     """Calibrate the automatic GS-Jacobi schedule on training data and save it beside the weights,
     so that sampling (``jacobix demo tarflow``) needs no data."""
-    from jacobix.flows.calibration import save_schedule
-    from jacobix.demos.tarflow import calibrate
-
-    plans = calibrate(model, dataset, torch.Generator().manual_seed(0)).plans
+    images, labels = load_images(dataset, "train")
+    plans = calibrate(model, images, labels, generator=torch.Generator().manual_seed(0)).plans
     return save_schedule(plans, out_dir, source=f"auto_schedule on 128 noised {dataset} training images, seed 0")
 
 
@@ -188,4 +174,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["DIGITS_MODEL", "DIGITS_TRAIN", "FASHION_MODEL", "FASHION_TRAIN", "TarFlowTrainConfig", "load_images", "train_tarflow"]
+__all__ = ["DIGITS_MODEL", "DIGITS_TRAIN", "FASHION_MODEL", "FASHION_TRAIN", "TarFlowTrainConfig", "train_tarflow", "write_schedule"]
