@@ -72,3 +72,21 @@ def test_demo_writes_labelled_pictures(tmp_path, monkeypatch):
         first = np.asarray(gif.convert("RGB"))
     assert len(np.unique(first.reshape(-1, 3), axis=0)) > 20
     assert "sjd-coupled" in result.table and "ar" in result.table
+
+
+def test_cli_demo_prints_every_file_it_writes(tmp_path, monkeypatch, capsys):
+    import jacobix.demos.images as demo_images_module
+    import jacobix.demos.tarflow as demo_tarflow_module
+    from jacobix.cli import main
+    from jacobix.demos.images import DemoResult
+    from jacobix.demos.tarflow import TarFlowDemo
+
+    images = DemoResult(tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.gif", table="table")
+    flows = TarFlowDemo(tmp_path / "d.png", tmp_path / "e.png", tmp_path / "f.png", tmp_path / "g.csv", torch.zeros(1, 1))
+    monkeypatch.setattr(demo_images_module, "demo_images", lambda *args, **kwargs: images)
+    monkeypatch.setattr(demo_tarflow_module, "demo_tarflow", lambda *args, **kwargs: flows)
+    assert main(["demo", "images", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "tarflow", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for path in (*images.paths, *flows.paths):
+        assert f"wrote {path}" in printed
