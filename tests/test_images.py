@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -12,8 +10,8 @@ import torch
 
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.tokens.proposers.basic import CopyInit, DraftContext
-from jacobix.eval import png
-from jacobix.demos.images import commit_sweeps
+from jacobix.eval import figures
+from jacobix.demos.images import commit_sweeps, fill_in_frames
 from jacobix.images.proposers import CodeRandomInit, GridTableInit, resolve_image_init
 from jacobix.images.model import CodesOnly, load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
@@ -189,19 +187,19 @@ def test_commit_sweeps_from_a_hand_made_trajectory():
     assert sweeps.tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]]
 
 
-def test_png_files_are_valid(tmp_path):
-    pixels = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    data = png.write_png(tmp_path / "a.png", pixels).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", data[16:24])
-    assert (width, height) == (4, 3)
-    idat = data.index(b"IDAT")
-    length = struct.unpack(">I", data[idat - 4 : idat])[0]
-    raw = np.frombuffer(zlib.decompress(data[idat + 4 : idat + 4 + length]), np.uint8).reshape(3, 5)
-    assert (raw[:, 0] == 0).all() and (raw[:, 1:] == pixels).all()
-    rgb = png.tile(np.zeros((5, 2, 2, 3), np.uint8), 2, pad=1)
-    assert rgb.shape == (3 * 3 + 1, 2 * 3 + 1, 3)
-    with pytest.raises(ValueError, match="uint8"):
-        png.write_png(tmp_path / "b.png", pixels.astype(float))
-    animated = png.write_apng(tmp_path / "c.png", [pixels, pixels]).read_bytes()
-    assert b"acTL" in animated and animated.count(b"fcTL") == 2
+def test_fill_in_frames_start_after_sweep_one_and_end_with_the_samples(image_model):
+    samples = generate_images(image_model, torch.tensor([0, 7, 9]), ImageSampling(method="sjd", window=16, init="prior-above"),
+                              generator=torch.Generator().manual_seed(0), batch_size=3, record=True)
+    fill = fill_in_frames(image_model, samples, max_frames=1000)
+    total = len(samples.trajectories[0])
+    assert fill.sweeps == tuple(range(1, total + 1)) and fill.total_sweeps == total
+    assert fill.pixels.shape == (total, 3, 28, 28) and fill.status.shape == (total, 3, 14, 14)
+    first = fill.status[0]
+    assert (first == figures.ACCEPTED).any() and (first == figures.DRAFT).any() and (first == figures.NOT_REACHED).any()
+    accepted = (fill.status == figures.ACCEPTED).reshape(total, 3, -1).sum(-1)  # (F, N)
+    assert (np.diff(accepted, axis=0) >= 0).all() and (accepted[-1] == 196).all()
+    committed = torch.stack([r.start - 1 for r in samples.trajectories[0][1:]]).numpy()  # (F-1, N) tokens before each next sweep
+    assert (accepted[:-1] == np.minimum(committed, 196)).all()
+    np.testing.assert_allclose(fill.pixels[-1], image_model.tokenizer.decode(samples.tokens).numpy(), atol=1e-6)
+    fewer = fill_in_frames(image_model, samples, max_frames=5)
+    assert len(fewer.sweeps) == 5 and fewer.sweeps[0] == 1 and fewer.sweeps[-1] == total

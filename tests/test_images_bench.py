@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from jacobix.bench.images import ImageBenchConfig, bench_images, parse_decoder, permutation_test
 from jacobix.demos.images import demo_images
+from jacobix.eval import figures
 from jacobix.images.sample import ImageSampling
 
 
@@ -43,8 +48,45 @@ def test_permutation_test_is_calibrated_and_separates_shifted_features():
     assert permutation_test(a, b + 0.5, 40)[1] < 0.05
 
 
-def test_demo_writes_pictures(tmp_path):
+def test_demo_writes_labelled_pictures(tmp_path, monkeypatch):
+    saved, save = {}, figures.save
+
+    def recording_save(figure, path):
+        saved[Path(path).name] = figure
+        return save(figure, path)
+
+    monkeypatch.setattr(figures, "save", recording_save)
     result = demo_images(tmp_path, per_class=1)
-    for path in (result.grid_path, result.heatmap_path, result.animation_path):
-        assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in result.paths] == ["samples_ar_vs_sjd.png", "accept_sweep.png", "sjd_progress.gif"]
+    assert all(p.parent == tmp_path and p.exists() for p in result.paths)
+    ar, sjd = saved["samples_ar_vs_sjd.png"].axes
+    assert ar.get_title().startswith("AR") and sjd.get_title().startswith("SJD")
+    assert [t.get_text() for t in ar.get_yticklabels()] == list(figures.CLASS_NAMES)
+    heat = saved["accept_sweep.png"].axes[1]
+    assert heat.images[0].colorbar.ax.get_ylabel() == "sweep" and heat.images[0].get_clim()[1] > 1
+    for name in saved:
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and np.asarray(image.convert("L")).std() > 10
+    with Image.open(result.animation_path) as gif:
+        assert gif.format == "GIF" and gif.n_frames > 1
+        first = np.asarray(gif.convert("RGB"))
+    assert len(np.unique(first.reshape(-1, 3), axis=0)) > 20
     assert "sjd-coupled" in result.table and "ar" in result.table
+
+
+def test_cli_demo_prints_every_file_it_writes(tmp_path, monkeypatch, capsys):
+    import jacobix.demos.images as demo_images_module
+    import jacobix.demos.tarflow as demo_tarflow_module
+    from jacobix.cli import main
+    from jacobix.demos.images import DemoResult
+    from jacobix.demos.tarflow import TarFlowDemo
+
+    images = DemoResult(tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.gif", table="table")
+    flows = TarFlowDemo(tmp_path / "d.png", tmp_path / "e.png", tmp_path / "f.png", tmp_path / "g.csv", torch.zeros(1, 1))
+    monkeypatch.setattr(demo_images_module, "demo_images", lambda *args, **kwargs: images)
+    monkeypatch.setattr(demo_tarflow_module, "demo_tarflow", lambda *args, **kwargs: flows)
+    assert main(["demo", "images", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "tarflow", "--quick", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    for path in (*images.paths, *flows.paths):
+        assert f"wrote {path}" in printed

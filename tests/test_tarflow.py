@@ -259,14 +259,38 @@ def test_checkpoint_round_trip_and_wrong_config_is_refused(tmp_path):
         load_checked(TarFlow(fewer_blocks), model.state_dict(), source="test")
 
 
-def test_convergence_plot_without_matplotlib_falls_back_to_a_heat_map(tmp_path, monkeypatch):
-    import sys
+def test_tarflow_demo_grids_name_the_classes_and_the_sampler(tmp_path, monkeypatch):
+    import jacobix.demos.tarflow as demo
+    from jacobix.eval import figures
 
-    from jacobix.demos.tarflow import plot_convergence
+    saved, save = {}, figures.save
+    monkeypatch.setattr(figures, "save", lambda figure, path: saved.setdefault(path.name, figure) and save(figure, path))
+    result = demo.demo_tarflow(tmp_path, num_samples=10)
+    assert set(saved) == {"samples_sequential.png", "samples_gs_jacobi.png", "convergence.png"}
+    assert all(path.exists() for path in result.paths)
+    for name, sampler in (("samples_sequential.png", "sequential"), ("samples_gs_jacobi.png", "GS-Jacobi")):
+        (axes,) = saved[name].axes
+        assert sampler in axes.get_title() and "passes" in axes.get_title() and axes.get_xlabel() == "class"
+        assert [t.get_text() for t in axes.get_xticklabels()] == list(figures.CLASS_NAMES)
+    assert len(saved["convergence.png"].axes[0].get_legend().get_texts()) == result.residuals.shape[0]
 
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
-    path = plot_convergence(tmp_path / "curves.png", torch.tensor([[1.0, 1e-3, 1e-6], [1.0, 1e-1, 1e-2]], dtype=torch.float64))
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (height, width) == (2 * 8, 3 * 8)
+
+def test_convergence_plot_has_one_labelled_line_per_block(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    import jacobix.demos.tarflow as demo
+    from jacobix.eval import figures
+
+    saved, save = [], figures.save
+    monkeypatch.setattr(figures, "save", lambda figure, path: saved.append(figure) or save(figure, path))
+    residuals = torch.tensor([[1.0, 1e-3, 1e-6], [1.0, 1e-1, 1e-2], [0.5, 1e-2, 0.0]], dtype=torch.float64)
+    path = demo.plot_convergence(tmp_path / "curves.png", residuals)
+    (axes,) = saved[0].axes
+    assert axes.get_yscale() == "log" and axes.get_xlabel() == "Jacobi sweep" and "residual" in axes.get_ylabel()
+    legend = [t.get_text() for t in axes.get_legend().get_texts()]
+    assert legend == ["block 0, inverted 3rd", "block 1, inverted 2nd", "block 2, inverted 1st"]
+    np.testing.assert_allclose(axes.get_lines()[1].get_ydata(), residuals[1].numpy())
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300 and image.size[1] > 200
+        assert np.asarray(image.convert("L")).std() > 10

@@ -163,12 +163,14 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"\n== image tokens: AR vs SJD on the bundled Fashion-MNIST model -> {args.out / 'images'}")
         result = demo_images(args.out / "images", per_class=2 if args.quick else 4)
         print(result.table)
+        for path in result.paths:
+            print(f"wrote {path}")
     if args.target in ("all", "tarflow"):
         from jacobix.demos.tarflow import demo_tarflow
 
         print(f"\n== TarFlow: sequential vs GS-Jacobi sampling -> {args.out / 'tarflow'}")
         result = demo_tarflow(args.out / "tarflow", num_samples=10 if args.quick else 20)
-        for path in (result.sequential, result.gs_jacobi, result.convergence):
+        for path in result.paths:
             print(f"wrote {path}")
     return 0
 

@@ -2,12 +2,12 @@
 
 Writes into ``out_dir`` (default ``jacobix-out/images``):
 
-- ``samples_ar_vs_sjd.png``: one row per class, AR images on the left, SJD images on the right
-  (same labels, same sampling settings; different random draws, so different images).
-- ``accept_sweep.png``: for each SJD image, the sweep at which each of its 14x14 tokens was
-  committed (dark = early, yellow = late), next to the image.
-- ``sjd_progress.png``: an animated PNG of the SJD canvases sweep by sweep (committed tokens,
-  then the window's drafts; gray = not yet drafted).
+- ``samples_ar_vs_sjd.png``: one row per class, AR samples in the left half, SJD samples in the
+  right half (same labels and sampling settings; different random draws, so different images).
+- ``accept_sweep.png``: each SJD sample next to a heat map of the sweep at which each of its
+  14x14 tokens was accepted, with a colour bar in sweeps.
+- ``sjd_progress.gif``: the SJD canvases sweep by sweep (accepted tokens, the window's drafts
+  tinted orange, positions not reached yet in blue).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from jacobix.eval import quality
 from jacobix.core.engine import SweepRecord
-from jacobix.eval import png
+from jacobix.eval import figures
 from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, ImageSamples, generate_images
 
@@ -37,6 +37,28 @@ class DemoResult:
     heatmap_path: Path
     animation_path: Path
     table: str
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every file the demo wrote."""
+        return (self.grid_path, self.heatmap_path, self.animation_path)
+
+
+@dataclass(frozen=True)
+class FillIn:
+    """Frames of the fill-in animation.
+
+    Attributes:
+        pixels: (F, N, 28, 28) decoded canvases in [0, 1].
+        status: (F, N, 14, 14) per token ``figures.NOT_REACHED``, ``DRAFT`` or ``ACCEPTED``.
+        sweeps: (F,) the sweep after which each frame is taken (1 = first forward pass).
+        total_sweeps: sweeps of the whole batch.
+    """
+
+    pixels: np.ndarray
+    status: np.ndarray
+    sweeps: tuple[int, ...]
+    total_sweeps: int
 
 
 def demo_images(
@@ -70,10 +92,20 @@ def demo_images(
     fast = generate_images(model, labels, sjd, generator=torch.Generator().manual_seed(seed), batch_size=len(labels), record=True)
     sweeps = commit_sweeps(fast.trajectories[0], prompt_length=1, tokens=model.vocab.image_tokens)  # (N, 196)
     grid = model.vocab.grid
+    ar_passes, sjd_passes = float(ar.row_passes.double().mean()), float(fast.row_passes.double().mean())
+    pair = figures.comparison_figure(
+        ar.images.numpy(), fast.images.numpy(), per_class=per_class, left_title=f"AR\n{ar_passes:.0f} passes per image",
+        right_title=f"SJD\n{sjd_passes:.0f} passes per image", title=f"AR vs {sjd.label()}")
+    heat = figures.accept_sweep_figure(
+        fast.images.numpy(), (sweeps + 1).view(-1, grid, grid).numpy(), per_class=per_class,
+        title=f"When {sjd.label()} accepted each token")
+    fill = fill_in_frames(model, fast)
+    titles = [f"after sweep {k} of {fill.total_sweeps}" for k in fill.sweeps]
     return DemoResult(
-        grid_path=png.write_png(out_dir / "samples_ar_vs_sjd.png", side_by_side(ar.images, fast.images, per_class)),
-        heatmap_path=png.write_png(out_dir / "accept_sweep.png", heatmap_panel(fast.images, sweeps.view(-1, grid, grid), per_class)),
-        animation_path=png.write_apng(out_dir / "sjd_progress.png", progress_frames(model, fast, per_class)),
+        grid_path=figures.save(pair, out_dir / "samples_ar_vs_sjd.png"),
+        heatmap_path=figures.save(heat, out_dir / "accept_sweep.png"),
+        animation_path=figures.fill_in_gif(out_dir / "sjd_progress.gif", fill.pixels, fill.status, per_class=per_class,
+                                           title=f"{sjd.label()}: filling in", frame_titles=titles),
         table=_table(ar, fast, labels, ar_settings, sjd),
     )
 
@@ -93,42 +125,36 @@ def commit_sweeps(trajectory: list[SweepRecord], *, prompt_length: int, tokens: 
     return out
 
 
-def side_by_side(left: Tensor, right: Tensor, per_class: int) -> np.ndarray:
-    """Grid with one row per class: ``left`` images, a gap, then ``right`` images."""
-    gap = np.full((1, 28, 28), 1.0)
-    rows = [np.concatenate([left[i : i + per_class].numpy(), gap, right[i : i + per_class].numpy()])
-            for i in range(0, len(left), per_class)]
-    return png.upscale(png.tile(png.to_uint8(np.concatenate(rows)), 2 * per_class + 1), 2)
+def fill_in_frames(model: ImageModel, samples: ImageSamples, max_frames: int = 60) -> FillIn:
+    """The canvases after each sweep: accepted tokens, the next sweep's drafts, and what is not reached yet.
 
-
-def heatmap_panel(images: Tensor, sweeps: Tensor, per_class: int) -> np.ndarray:
-    """Each image (gray, as RGB) next to its commit-sweep heat map, tiled by class."""
-    top = float(sweeps.max())
-    pairs = []
-    for image, sweep in zip(images.numpy(), sweeps.numpy()):
-        pairs.append(np.repeat(png.to_uint8(image)[..., None], 3, axis=2))
-        pairs.append(png.upscale(png.heat_colors(sweep, vmax=top), 2))  # (28, 28, 3)
-    return png.upscale(png.tile(np.stack(pairs), 2 * per_class), 3)
-
-
-def progress_frames(model: ImageModel, samples: ImageSamples, per_class: int, max_frames: int = 80) -> list[np.ndarray]:
-    """One frame per sweep: committed tokens plus the window's drafts, decoded; gray where nothing is drafted."""
+    Args:
+        model: the image model (its tokenizer decodes the canvases).
+        samples: generated with ``record=True`` in one batch.
+        max_frames: at most this many frames, evenly spread over the sweeps (the last is kept).
+    Returns:
+        :class:`FillIn` frames, the first taken after sweep 1, the last showing the finished images.
+    """
     trajectory, grid = samples.trajectories[0], model.vocab.grid
-    n, cells = samples.tokens.shape[0], grid * grid
-    frames = []
-    for record in trajectory[:max_frames]:
-        canvas = samples.tokens.view(n, cells).clone()
-        known = torch.arange(cells)[None] < (record.start[:, None] - 1)  # committed before this sweep
-        window = record.start[:, None] - 1 + torch.arange(record.drafts.shape[1])[None]  # (B, D)
-        drafted = torch.zeros(n, cells, dtype=torch.bool)
-        inside = window < cells
-        drafted[torch.arange(n)[:, None].expand_as(window)[inside], window[inside]] = True
-        canvas[drafted & ~known] = record.drafts.clamp(max=model.vocab.num_codes - 1)[inside]
-        pixels = model.tokenizer.decode(canvas.view(n, grid, grid))  # (N, 28, 28)
-        blank = ~(known | drafted).view(n, grid, grid).repeat_interleave(2, 1).repeat_interleave(2, 2)
-        pixels[blank] = 0.5
-        frames.append(png.upscale(png.tile(png.to_uint8(pixels.numpy()), per_class), 2))
-    return frames
+    n, cells, total = samples.tokens.shape[0], grid * grid, len(trajectory)
+    picks = np.unique(np.linspace(1, total, min(max_frames, total)).round().astype(int))  # sweeps to show
+    pixels, status = [], []
+    for sweep in picks:
+        canvas = samples.tokens.view(n, cells).clone()  # (N, cells) final tokens where accepted
+        state = torch.full((n, cells), figures.NOT_REACHED)
+        if sweep < total:  # the state fed to the next sweep: its start and its drafts
+            record = trajectory[sweep]
+            window = record.start[:, None] - 1 + torch.arange(record.drafts.shape[1])[None]  # (N, D)
+            inside = window < cells
+            rows = torch.arange(n)[:, None].expand_as(window)
+            state[rows[inside], window[inside]] = figures.DRAFT
+            canvas[rows[inside], window[inside]] = record.drafts.clamp(max=model.vocab.num_codes - 1)[inside]
+            state[torch.arange(cells)[None] < (record.start[:, None] - 1)] = figures.ACCEPTED
+        else:
+            state[:] = figures.ACCEPTED
+        pixels.append(model.tokenizer.decode(canvas.view(n, grid, grid)).numpy())  # (N, 28, 28)
+        status.append(state.view(n, grid, grid).numpy())
+    return FillIn(np.stack(pixels), np.stack(status), tuple(int(k) for k in picks), total)
 
 
 def _table(ar: ImageSamples, fast: ImageSamples, labels: Tensor, ar_settings: ImageSampling, sjd: ImageSampling) -> str:

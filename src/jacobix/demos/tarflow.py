@@ -3,11 +3,11 @@
 Writes into a folder:
 
 - ``samples_sequential.png`` and ``samples_gs_jacobi.png``: the same latents and labels sampled
-  by KV-cached sequential inversion and by GS-Jacobi with the automatic schedule;
+  by KV-cached sequential inversion and by GS-Jacobi with the automatic schedule (columns named
+  by class for a class-conditional model);
 - ``convergence.png``: for every block, the relative residual ``mean((x^k - x^{k-1})^2) /
-  mean((x^k)^2)`` of whole-block Jacobi against the sweep k (matplotlib, from the optional
-  ``plots`` extra; without it a heat map, rows = blocks, columns = sweeps, brighter = larger
-  log-residual), and ``convergence.csv`` with the numbers.
+  mean((x^k)^2)`` of whole-block Jacobi against the sweep k, one line per block on a log axis,
+  and ``convergence.csv`` with the numbers.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from jacobix.core.acceptance import relative_residual
 from jacobix.eval.datasets import load_images
 from jacobix.flows.calibration import AutoScheduleConfig, calibrate, load_schedule
 from jacobix.flows.checkpoint import load_tarflow
-from jacobix.flows.sampling import BlockPlan, FlowGuidance, invert_block, sample_tarflow, uniform_schedule
+from jacobix.flows.sampling import BlockPlan, FlowGuidance, FlowSample, invert_block, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
-from jacobix.eval.png import heat_colors, tile, to_uint8, upscale, write_png
+from jacobix.eval import figures
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class TarFlowDemo:
     convergence_csv: Path
     residuals: Tensor
     schedule: tuple[BlockPlan, ...]
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every file the demo wrote."""
+        return (self.sequential, self.gs_jacobi, self.convergence, self.convergence_csv)
 
 
 @torch.no_grad()
@@ -79,34 +84,27 @@ def _residual_curve(trajectory: list, num_patches: int) -> Tensor:
     return curve
 
 
-def _grid(images: Tensor, columns: int) -> np.ndarray:
-    pixels = to_uint8(((images.clamp(-1, 1) + 1) / 2)[:, 0].cpu().numpy())  # (N, H, W)
-    return upscale(tile(pixels, columns), 4 if images.shape[-1] < 16 else 2)
+def _pixels(images: Tensor) -> np.ndarray:
+    """(B, 1, H, W) flow samples in [-1, 1] -> (B, H, W) in [0, 1]."""
+    return ((images.clamp(-1, 1) + 1) / 2)[:, 0].cpu().double().numpy()
+
+
+def grid_figure(images: Tensor, *, columns: int, title: str, class_names: list[str] | None):
+    """Labelled sample grid; columns are classes when ``class_names`` is given."""
+    if class_names is None:
+        return figures.image_grid_figure(_pixels(images), columns=columns, title=title)
+    return figures.image_grid_figure(_pixels(images), columns=columns, title=title, column_names=class_names[:columns],
+                                     xlabel="class", ylabel="sample")
 
 
 def plot_convergence(path: Path, residuals: Tensor) -> Path:
-    """Semilog curves (matplotlib) or, without matplotlib, a heat map of log10 residuals."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logs = residuals.clamp_min(1e-16).log10().numpy()  # (blocks, sweeps)
-        return write_png(path, upscale(heat_colors(logs - logs.min()), 8))
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
-    sweeps = np.arange(1, residuals.shape[1] + 1)
-    for index in reversed(range(residuals.shape[0])):
-        order = residuals.shape[0] - index
-        axes.semilogy(sweeps, residuals[index].clamp_min(1e-16).numpy(), label=f"block {index} (sampled {order}.)")
-    axes.set_xlabel("Jacobi sweep")
-    axes.set_ylabel("relative residual")
-    axes.set_title("TarFlow: whole-block Jacobi convergence")
-    axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    """Write the per-block convergence curves (blocks, sweeps) as a picture; returns the path."""
+    blocks = residuals.shape[0]
+    ordinal = {1: "1st", 2: "2nd", 3: "3rd"}
+    labels = [f"block {index}, inverted {ordinal.get(blocks - index, f'{blocks - index}th')}" for index in range(blocks)]
+    figure = figures.convergence_figure(residuals.numpy(), labels=labels, ylabel="relative residual (mean over samples)",
+                                        title="TarFlow: whole-block Jacobi convergence per block")
+    return figures.save(figure, path)
 
 
 def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: str = "fashion", num_samples: int = 20,
@@ -149,9 +147,10 @@ def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: 
     rows = [",".join(["block"] + [f"sweep{k + 1}" for k in range(residuals.shape[1])])]
     rows += [",".join([str(i)] + [f"{v:.6e}" for v in curve.tolist()]) for i, curve in enumerate(residuals)]
     csv.write_text("\n".join(rows) + "\n")
+    sequential_path, gs_path = _write_grids(out, sequential, fast, model, dataset, columns)
     return TarFlowDemo(
-        sequential=write_png(out / "samples_sequential.png", _grid(sequential.images, columns)),
-        gs_jacobi=write_png(out / "samples_gs_jacobi.png", _grid(fast.images, columns)),
+        sequential=sequential_path,
+        gs_jacobi=gs_path,
         convergence=plot_convergence(out / "convergence.png", residuals),
         convergence_csv=csv,
         residuals=residuals,
@@ -159,4 +158,15 @@ def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: 
     )
 
 
-__all__ = ["TarFlowDemo", "convergence_curves", "demo_tarflow", "plot_convergence"]
+def _write_grids(out: Path, sequential: FlowSample, fast: FlowSample, model: TarFlow, dataset: str, columns: int) -> tuple[Path, Path]:
+    """The two labelled sample grids; columns are named by class for a class-conditional model."""
+    classes = model.config.num_classes
+    names = list(figures.CLASS_NAMES) if classes == 10 and dataset == "fashion" else [str(c) for c in range(classes)] or None
+    deviation = float((fast.images - sequential.images).abs().max())
+    seq_title = f"TarFlow, sequential inversion (KV cache): {sequential.forward_passes} passes"
+    gs_title = f"TarFlow, GS-Jacobi (auto schedule): {fast.forward_passes} passes, max |diff| to sequential {deviation:.1e}"
+    return (figures.save(grid_figure(sequential.images, columns=columns, title=seq_title, class_names=names), out / "samples_sequential.png"),
+            figures.save(grid_figure(fast.images, columns=columns, title=gs_title, class_names=names), out / "samples_gs_jacobi.png"))
+
+
+__all__ = ["TarFlowDemo", "convergence_curves", "demo_tarflow", "grid_figure", "plot_convergence"]
