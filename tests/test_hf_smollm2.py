@@ -11,7 +11,7 @@ pytest.importorskip("transformers", reason="the SmolLM2 tests need transformers:
 import jacobix  # noqa: E402
 from jacobix.bench.baselines import transformers_generate  # noqa: E402
 from jacobix.integrations.hf import jacobi_generate  # noqa: E402
-from jacobix.models.smollm2 import load_smollm2  # noqa: E402
+from jacobix.integrations.hf.smollm2 import load_smollm2  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

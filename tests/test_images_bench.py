@@ -82,7 +82,7 @@ def test_cli_demo_prints_every_file_it_writes(tmp_path, monkeypatch, capsys):
     from jacobix.demos.tarflow import TarFlowDemo
 
     images = DemoResult(tmp_path / "a.png", tmp_path / "b.png", tmp_path / "c.gif", table="table")
-    flows = TarFlowDemo(tmp_path / "d.png", tmp_path / "e.png", tmp_path / "f.png", tmp_path / "g.csv", torch.zeros(1, 1))
+    flows = TarFlowDemo(tmp_path / "d.png", tmp_path / "e.png", tmp_path / "f.png", tmp_path / "g.csv", torch.zeros(1, 1), ())
     monkeypatch.setattr(demo_images_module, "demo_images", lambda *args, **kwargs: images)
     monkeypatch.setattr(demo_tarflow_module, "demo_tarflow", lambda *args, **kwargs: flows)
     assert main(["demo", "images", "--quick", "--out", str(tmp_path)]) == 0

@@ -116,7 +116,7 @@ def test_sjd_with_several_candidates_per_pass_stays_lossless(prompt):
 @pytest.mark.slow
 def test_smollm2_multi_candidate_equals_ar():
     pytest.importorskip("transformers")
-    from jacobix.models.smollm2 import load_smollm2
+    from jacobix.integrations.hf.smollm2 import load_smollm2
 
     smol = load_smollm2()
     ids = smol.tokenizer.encode("Repeat five times: the quick brown fox jumps over the lazy dog")

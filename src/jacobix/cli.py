@@ -88,7 +88,7 @@ def _window(text: str) -> int | str:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from jacobix.models.smollm2 import load_named
+    from jacobix.integrations.hf.smollm2 import load_named
 
     text_model = load_named(args.model)
     prompt = text_model.tokenizer.encode(args.prompt)
@@ -125,7 +125,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     if args.target == "text":
         from jacobix.bench.text import HF_PROMPTS, HF_SETTINGS, TextBenchConfig, bench_text
-        from jacobix.models.smollm2 import HF_TEXT_MODELS
+        from jacobix.integrations.hf.smollm2 import HF_TEXT_MODELS
 
         hf = dict(prompts=HF_PROMPTS, settings=HF_SETTINGS) if args.model in HF_TEXT_MODELS else {}
         config = TextBenchConfig(

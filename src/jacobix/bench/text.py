@@ -177,7 +177,7 @@ def _ratio(ref: BenchRow, row: BenchRow, prompt: int, what: int) -> float:
 
 def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextModel | None = None) -> TextBenchResult:
     """Run every setting on every prompt and seed; return summed counts and times."""
-    from jacobix.models.smollm2 import load_named
+    from jacobix.integrations.hf.smollm2 import load_named
 
     text_model = text_model or load_named(config.model)
     text_model.model.to(config.device)
