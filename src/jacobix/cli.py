@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from jacobix.tokens.generate import generate
+from jacobix.api import generate
 
 METHODS = ("ar", "jacobi", "sjd")
 ASSETS = Path(__file__).resolve().parent / "assets"

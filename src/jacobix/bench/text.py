@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from jacobix.bench.baselines import transformers_generate
-from jacobix.tokens.generate import generate
+from jacobix.api import generate
 from jacobix.tokens.proposers.ngram import LookaheadConfig
 from jacobix.models.registry import TextModel
 

@@ -198,7 +198,7 @@ def _start(model: CausalLM, verifier: Verifier, cache: Any, prompts: Tensor, pro
 def _costs(model: CausalLM, verifier: Verifier, state: FixedPointState, width: int, device: torch.device,
            dtype: torch.dtype, rows: int) -> PassCosts:
     """The model's shared pass costs, probed on this generation's cache where they lack timings."""
-    costs = shared_costs(model, (str(device), str(dtype), len(state.length) * rows))
+    costs = shared_costs(model, (str(device), str(dtype), len(state.length) * rows, verifier.sampling.greedy))
     widths = tuple(w for w in PROBE_WIDTHS if w <= width)
     if costs.needs_probe(widths):
         costs.probe(lambda w: verifier.probe(state, w), widths, device)

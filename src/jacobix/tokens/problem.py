@@ -10,13 +10,14 @@ cost model. Drafts the policy did not feed are carried on untouched.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState
+from jacobix.core.timing import clock
 from jacobix.tokens.policy.costs import PassCosts
 from jacobix.tokens.policy.width import FixedWidth, WidthPolicy, novel_prefixes
 from jacobix.tokens.proposers.base import Candidates, ProposalContext, Proposer
@@ -67,7 +68,7 @@ class TokenProblem:
         verifier: the model, its cache and the acceptance rule.
         proposer: where drafts come from.
         policy: drafts fed per pass (default: all of them).
-        costs: pass timings to feed (the adaptive policy reads them), or None.
+        costs: where to record each pass's verification time (the adaptive policy reads them), or None.
         generator: randomness of draft rules and redrafts.
         vocab_size: tokens of the model.
     """
@@ -77,10 +78,10 @@ class TokenProblem:
         self.verifier, self.proposer, self.costs = verifier, proposer, costs
         self.policy = policy
         self.generator, self.vocab_size = generator, vocab_size
+        self.device = verifier.prompt_length.device
         self.greedy = verifier.sampling.greedy
         self.candidates: Candidates | None = None
         self.stats = ScheduleStats()
-        self._last: tuple[float, int] | None = None  # (start time, width) of the previous pass
         self._written: tuple[Tensor, Tensor] | None = None  # (first position fed (B,), winner (B,))
 
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
@@ -95,22 +96,24 @@ class TokenProblem:
         return Drafts(first.tokens[:, 0], None if first.p_draft is None else first.p_draft[:, 0], first.state)
 
     def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
-        self._time_pass()
         candidates = self.candidates
         running = ~state.done.cpu()
         source = candidates.source.cpu()
         d = source.shape[2]
         policy = self.policy or FixedWidth(d)
-        fed = min(policy.choose(source[running], novel_prefixes(candidates.tokens.cpu())[running]), d)
+        novel = novel_prefixes(candidates.tokens.cpu()) if candidates.count > 1 else torch.ones(source.shape, dtype=torch.bool)
+        fed = min(policy.choose(source[running], novel[running]), d)
         start = state.length - 1
+        began = clock(self.device) if self.costs is not None else 0.0
         verdict = self.verifier.verify(state, candidates, fed)
+        if self.costs is not None:
+            self.costs.add(fed + 1, clock(self.device) - began)
         matched = verdict.matched.cpu()
         policy.observe(source[running], matched[running], fed)
         self._count(fed, source, verdict, running)
         if verdict.outputs is not None and fed > 0:
             self.proposer.observe(verdict.outputs, running)
         self._written = (start, verdict.winner)
-        self._last = (time.perf_counter(), fed + 1)
         return self._acceptance(state, verdict, drafts, fed)
 
     def _acceptance(self, state: FixedPointState, verdict: Verdict, drafts: Drafts, fed: int) -> Acceptance:
@@ -138,12 +141,6 @@ class TokenProblem:
         start, winner = self._written if self._written is not None else (None, None)
         self.verifier.rollback(state, start, winner)
 
-    def _time_pass(self) -> None:
-        """Credit the time since the previous sweep began (forward, sampling, bookkeeping) to its width."""
-        if self._last is not None and self.costs is not None:
-            began, width = self._last
-            self.costs.add(width, time.perf_counter() - began)
-
     def _count(self, fed: int, source: Tensor, verdict: Verdict, running: Tensor) -> None:
         stats = self.stats
         stats.widths[fed + 1] = stats.widths.get(fed + 1, 0) + 1
@@ -152,11 +149,10 @@ class TokenProblem:
         if fed == 0:
             return
         winner = verdict.winner.cpu()
-        rows = torch.arange(len(winner))
-        won = source[rows, winner, :fed][running]  # (A, fed)
-        hit = (torch.arange(fed) < verdict.n_accepted.cpu()[running][:, None])  # (A, fed)
-        fed_counts = torch.bincount(won.flatten(), minlength=len(self.proposer.sources))
-        hit_counts = torch.bincount(won[hit], minlength=len(self.proposer.sources))
+        won = source[torch.arange(len(winner)), winner, :fed][running].numpy()  # (A, fed)
+        hit = np.arange(fed) < verdict.n_accepted.cpu()[running].numpy()[:, None]  # (A, fed)
+        fed_counts = np.bincount(won.ravel(), minlength=len(self.proposer.sources))
+        hit_counts = np.bincount(won[hit], minlength=len(self.proposer.sources))
         for index, spec in enumerate(self.proposer.sources):
             stats.drafts_by_source[spec.name] = stats.drafts_by_source.get(spec.name, 0) + int(fed_counts[index])
             stats.accepted_by_source[spec.name] = stats.accepted_by_source.get(spec.name, 0) + int(hit_counts[index])

@@ -3,9 +3,11 @@
 One start-up timing is fragile on a loaded machine (on 2 shared cores one run measured a
 2-token pass at 0.18x a 1-token pass, another at 9.5x). :class:`PassCosts` instead keeps the
 recent timings of each width and answers with their median: a short probe seeds every width
-(a few interleaved rounds on the real cache, so any context length fits and the batch is the
-real one), and every pass of a generation adds its own timing, which includes everything a pass
-costs: the forward, the per-pass sampling work of SJD and the bookkeeping around it.
+(a discarded warm-up round, then a few interleaved rounds on the real cache, so any context
+length fits and the batch is the real one), and every pass of a generation adds its own timing.
+Both time the same work: the verifier's forward, target distributions (the per-pass sampling
+work of SJD) and acceptance rule. Bookkeeping around a pass costs about the same at every width
+and is left out, which errs toward narrower windows.
 """
 
 from __future__ import annotations
@@ -42,7 +44,10 @@ class PassCosts:
         return any(len(self.samples.get(w, ())) < self.probe_rounds for w in widths)
 
     def probe(self, run_pass: Callable[[int], None], widths: tuple[int, ...], device=None) -> None:
-        """Time ``run_pass(width)`` for each width, rounds interleaved so that load hits all alike."""
+        """Time ``run_pass(width)`` for each width, rounds interleaved so that load hits all alike
+        (after one untimed round: first calls pay for allocations)."""
+        for width in widths:
+            run_pass(width)
         for _ in range(self.probe_rounds):
             for width in widths:
                 start = clock(device)
@@ -83,7 +88,7 @@ _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def shared_costs(model: object, key: tuple) -> PassCosts:
     """The :class:`PassCosts` of ``model`` (its wrapped module for an adapter) for ``key``
-    (device, dtype, rows per pass), shared by the generations of one process so that their
+    (device, dtype, rows per pass, greedy or not), shared by the generations of one process so that their
     timings pool; pass ``AdaptiveWidth(costs=...)`` to keep your own."""
     owner = getattr(model, "model", model)
     return _SHARED.setdefault(owner, {}).setdefault(key, PassCosts())

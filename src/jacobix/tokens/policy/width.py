@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,6 +75,9 @@ class AdaptiveConfig:
 class AdaptiveWidth:
     """Drafts per pass from observed pass rates and measured pass costs.
 
+    The arithmetic runs in NumPy on the host: it is a few dozen numbers per pass, and torch's
+    per-call overhead would cost a small model more than the choice can save.
+
     Args:
         sources: the proposer's draft sources (their priors seed the rates).
         drafts: most drafts per pass (D).
@@ -84,39 +88,43 @@ class AdaptiveWidth:
     def __init__(self, sources: tuple[DraftSource, ...], drafts: int, costs: PassCosts,
                  config: AdaptiveConfig = AdaptiveConfig()) -> None:
         self.config, self.drafts, self.costs = config, drafts, costs
-        priors = torch.tensor([s.prior for s in sources], dtype=torch.float64)
-        self.prior = priors[:, None].expand(len(sources), max(drafts, 1))  # (S, D)
-        self.passed = torch.zeros_like(self.prior)  # (S, D) decayed observations
-        self.tested = torch.zeros_like(self.prior)
-        self.cost: Tensor | None = None  # (D+1,) seconds by drafts fed, refreshed every few passes
+        self.prior = np.repeat(np.array([[s.prior] for s in sources], dtype=np.float64), max(drafts, 1), 1)  # (S, D)
+        self.passed = np.zeros_like(self.prior)  # (S, D) decayed observations
+        self.tested = np.zeros_like(self.prior)
+        self.cost: np.ndarray | None = None  # (D+1,) seconds by drafts fed, refreshed every few passes
         self.passes = 0
+
+    def rates(self) -> np.ndarray:
+        """(S, D) current pass-rate estimate per source and slot."""
+        weight = self.config.prior_weight
+        return (self.passed + weight * self.prior) / (self.tested + weight)
 
     def choose(self, source: Tensor, novel: Tensor) -> int:
         if self.drafts == 0 or source.shape[0] == 0:
             return 0
-        weight = self.config.prior_weight
-        rate = (self.passed + weight * self.prior) / (self.tested + weight)  # (S, D)
-        slot_rate = rate[source, torch.arange(self.drafts)]  # (A, R, D)
-        reach = (slot_rate.cumprod(-1) * novel).sum(1).clamp(max=1.0)  # (A, D) P(some candidate matches t+1)
-        expected = 1 + torch.cat([torch.zeros(reach.shape[0], 1, dtype=reach.dtype), reach.cumsum(1)], 1)  # (A, D+1)
         if self.cost is None or self.passes % REFRESH == 0:
-            self.cost = torch.tensor(self.costs.table(self.drafts + 1), dtype=torch.float64)
+            self.cost = np.array(self.costs.table(self.drafts + 1))
         self.passes += 1
-        speed = expected.sum(0) / self.cost  # (D+1,)
-        floor = max(float(speed.max()) * (1 - self.config.slack), float(speed[0]))  # never expected slower than k = 0
-        return int((speed >= floor).nonzero().max())
+        slot_rate = self.rates()[source.numpy(), np.arange(self.drafts)]  # (A, R, D)
+        reach = np.minimum((np.cumprod(slot_rate, -1) * novel.numpy()).sum(1), 1.0)  # (A, D) P(some candidate matches t+1)
+        expected = 1.0 + np.concatenate([[0.0], reach.sum(0).cumsum()]) / reach.shape[0]  # (D+1,) per row
+        speed = expected / self.cost
+        floor = max(speed.max() * (1 - self.config.slack), speed[0])  # never expected slower than k = 0
+        return int(np.nonzero(speed >= floor)[0].max())
 
     def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
         """Slot ``i`` of a candidate row counts as tested when it was fed and every slot before it passed."""
-        slots = torch.arange(self.drafts)  # (D,)
-        tested = (slots < fed) & (slots <= matched[..., None])  # (A, R, D)
-        passed = tested & (slots < matched[..., None])
         self.passed *= self.config.decay
         self.tested *= self.config.decay
-        flat = source.reshape(-1, self.drafts)  # (A*R, D)
-        slot_index = slots.expand_as(flat)
-        self.passed.index_put_((flat, slot_index), passed.reshape(flat.shape).double(), accumulate=True)
-        self.tested.index_put_((flat, slot_index), tested.reshape(flat.shape).double(), accumulate=True)
+        if fed == 0 or source.shape[0] == 0:
+            return
+        slots = np.arange(fed)  # only fed slots can be tested
+        matched = matched.numpy()[..., None]  # (A, R, 1)
+        tested = slots <= matched  # (A, R, fed)
+        passed = slots < matched
+        index = source.numpy()[..., :fed]  # (A, R, fed)
+        np.add.at(self.passed, (index, np.broadcast_to(slots, index.shape)), passed)
+        np.add.at(self.tested, (index, np.broadcast_to(slots, index.shape)), tested)
 
 
 def novel_prefixes(tokens: Tensor) -> Tensor:
