@@ -104,3 +104,58 @@ def exact_joint(
 def _row_logits(model: Llama, prompt: list[int], sequence: tuple[int, ...]) -> torch.Tensor:
     tokens = torch.tensor(list(prompt) + list(sequence))[None]
     return model(tokens)[0, len(prompt) - 1 : len(prompt) - 1 + len(sequence)]  # (length, V)
+
+
+def read_png(path) -> "np.ndarray":
+    """Decode an 8-bit, non-interlaced PNG (grey, RGB or RGBA) to (H, W) or (H, W, C) uint8.
+
+    Written for the tests, independent of jacobix.eval.png: checks every chunk's CRC, undoes
+    all five scanline filters, and reads the first frame of an animated PNG.
+    """
+    import struct
+    import zlib
+
+    import numpy as np
+
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    offset, chunks = 8, []
+    while offset < len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind, body = data[offset + 4 : offset + 8], data[offset + 8 : offset + 8 + length]
+        (crc,) = struct.unpack(">I", data[offset + 8 + length : offset + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r}"
+        chunks.append((kind, body))
+        offset += 12 + length
+    assert chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    assert depth == 8 and interlace == 0 and color in (0, 2, 6), (depth, color, interlace)
+    channels = {0: 1, 2: 3, 6: 4}[color]
+    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    stride = width * channels
+    assert len(raw) == height * (stride + 1), "scanline data does not match the header"
+    rows, previous = [], np.zeros(stride, dtype=np.int64)
+    for y in range(height):
+        line = raw[y * (stride + 1) : (y + 1) * (stride + 1)]
+        kind, scan = line[0], np.frombuffer(line[1:], dtype=np.uint8).astype(np.int64)
+        out = np.zeros(stride, dtype=np.int64)
+        for x in range(stride):
+            left = out[x - channels] if x >= channels else 0
+            up, corner = previous[x], (previous[x - channels] if x >= channels else 0)
+            if kind == 0:
+                base = 0
+            elif kind == 1:
+                base = left
+            elif kind == 2:
+                base = up
+            elif kind == 3:
+                base = (left + up) // 2
+            else:
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                base = left if pa <= pb and pa <= pc else (up if pb <= pc else corner)
+            out[x] = (scan[x] + base) % 256
+        rows.append(out)
+        previous = out
+    pixels = np.stack(rows).astype(np.uint8).reshape(height, width, channels)
+    return pixels[..., 0] if channels == 1 else pixels

@@ -9,6 +9,8 @@ from jacobix.bench.images import ImageBenchConfig, bench_images, parse_decoder, 
 from jacobix.demos.images import demo_images
 from jacobix.images.sample import ImageSampling
 
+from conftest import read_png
+
 
 def test_bench_table_on_a_tiny_run():
     config = ImageBenchConfig(decoders=("ar", "sjd-coupled:16:prior-above"), per_class=1, seeds=(0, 1), permutations=5)
@@ -17,7 +19,10 @@ def test_bench_table_on_a_tiny_run():
     ar, sjd = result.rows
     assert ar.passes_per_image == 196 and ar.batch_passes == 2 * 196
     assert sjd.passes_per_image < 196 and sjd.pass_ratio == pytest.approx(ar.batch_passes / sjd.batch_passes)
-    assert len(sjd.fid) == 2 and all(0 <= a <= 1 for a in sjd.accuracy)
+    assert len(sjd.fid) == 2 and len(sjd.accuracy) == 2
+    for row in (ar, sjd):  # 10 images per seed: accuracy counts whole images; chance is 0.1
+        assert all(abs(10 * a - round(10 * a)) < 1e-9 for a in row.accuracy)
+        assert sum(row.accuracy) / 2 >= 0.3, "the generated classes are not recognised: labels and images disagree?"
     table = result.table()
     assert "FID-proxy" in table and "sjd-coupled w16 prior-above" in table
 
@@ -45,6 +50,10 @@ def test_permutation_test_is_calibrated_and_separates_shifted_features():
 
 def test_demo_writes_pictures(tmp_path):
     result = demo_images(tmp_path, per_class=1)
-    for path in (result.grid_path, result.heatmap_path, result.animation_path):
-        assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    grid, heatmap = read_png(result.grid_path), read_png(result.heatmap_path)
+    assert grid.std() > 20 and heatmap.std() > 20  # pictures, not blank canvases
+    assert grid.shape[0] >= 10 * 28 and grid.shape[1] >= 2 * 28  # ten classes, AR beside SJD
+    animation = result.animation_path.read_bytes()
+    frames = animation.count(b"fcTL")
+    assert frames >= 2 and read_png(result.animation_path).std() > 0
     assert "sjd-coupled" in result.table and "ar" in result.table

@@ -19,6 +19,8 @@ from jacobix.flows.sampling import (
 )
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 
+from conftest import read_png
+
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"
 SEQUENTIAL = BlockPlan(mode="sequential")
 
@@ -172,7 +174,10 @@ def test_convergence_plot_without_matplotlib_falls_back_to_a_heat_map(tmp_path, 
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     path = plot_convergence(tmp_path / "curves.png", torch.tensor([[1.0, 1e-3, 1e-6], [1.0, 1e-1, 1e-2]], dtype=torch.float64))
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (height, width) == (2 * 8, 3 * 8)
+    pixels = read_png(path)
+    assert pixels.shape[:2] == (2 * 8, 3 * 8)  # one 8x8 cell per (curve, sweep)
+    cells = pixels.reshape(2, 8, 3, 8, -1)
+    assert (cells == cells[:, :1, :, :1]).all(), "each cell is one colour"
+    colour = cells[:, 0, :, 0].astype(int)  # (2, 3, C)
+    assert (colour[0, 0] == colour[1, 0]).all()  # both curves start at residual 1
+    assert (colour[0, 2] != colour[1, 2]).any() and (colour[0, 1] != colour[0, 0]).any()

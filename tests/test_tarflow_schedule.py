@@ -14,6 +14,8 @@ from jacobix.flows.sampling import INITS, BlockPlan, sample_tarflow, uniform_sch
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 from jacobix.train.tarflow import TarFlowTrainConfig, load_images, train_tarflow
 
+from conftest import read_png
+
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"
 FASHION = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-fashion"
 
@@ -154,11 +156,17 @@ def test_bench_and_demo_on_digits(digits, tmp_path):
     result = bench_tarflow(model, dataset="digits", config=TarFlowBenchConfig(num_samples=16, calibration_samples=32, reference_samples=200))
     names = [r.name for r in result.rows]
     assert names == ["sequential (KV cache)", "jacobi (exact)", "gs-jacobi hand", "gs-jacobi auto"]
-    assert result.rows[0].max_deviation == 0.0 and result.rows[1].max_deviation <= 1e-4
+    sequential, exact, hand, auto = result.rows
+    assert exact.max_deviation <= 1e-4
+    for fast in (hand, auto):  # a tolerance above 0 deviates, but within the stated bound
+        assert 0.0 < fast.max_deviation <= 0.1 and 0.0 < fast.mean_deviation <= 5e-3
+        assert fast.forward_passes < sequential.forward_passes
     assert "speed-up" in result.table() and "CRM shares" in result.table()
     demo = demo_tarflow(tmp_path, model=model, dataset="digits", num_samples=8)
-    for path in (demo.sequential, demo.gs_jacobi, demo.convergence):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    slow, fast = read_png(demo.sequential).astype(float), read_png(demo.gs_jacobi).astype(float)
+    assert slow.shape == fast.shape and slow.std() > 20  # a grid of samples, not a blank picture
+    assert 0 < abs(slow - fast).mean() < 8  # GS-Jacobi pictures are close to the sequential ones, not a copy
+    assert read_png(demo.convergence).size > 0
     assert demo.residuals.shape == (model.config.num_blocks, model.config.num_patches - 1)
     assert bool((demo.residuals[:, 0] > demo.residuals[:, 5]).all())  # Jacobi converges
 
