@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 
 import pytest
 import torch
 
 from jacobix.models import Llama, LlamaConfig
-from jacobix.core.sampling import SamplingConfig, process_logits, target_probs
+from jacobix.core.sampling import SamplingConfig
 
 # Tests never reach a model hub: every model is built locally or read from an installed wheel.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,6 +42,38 @@ def naive_greedy(model: Llama, prompt: torch.Tensor, new_tokens: int) -> torch.T
     return sequence[0, len(prompt) :]
 
 
+def reference_probs(logits: torch.Tensor, *, temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """Sampling distributions (N, V) float64 from raw logits (N, V), by plain Python loops.
+
+    The independent reference of the library's temperature -> top-k -> top-p processing:
+    divide by the temperature once; keep every token whose logit is at least the k-th largest
+    (ties kept); softmax over the kept tokens; keep the most likely tokens while the mass of
+    those already kept is below p; renormalise. Non-finite logits are never kept.
+    """
+    rows = []
+    for row in logits.double().tolist():
+        scaled = [x / temperature for x in row]
+        keep = [i for i, x in enumerate(scaled) if math.isfinite(x)]
+        if top_k is not None:
+            ranked = sorted((scaled[i] for i in keep), reverse=True)
+            kth = ranked[min(top_k, len(ranked)) - 1]
+            keep = [i for i in keep if scaled[i] >= kth]
+        top = max(scaled[i] for i in keep)
+        weight = {i: math.exp(scaled[i] - top) for i in keep}
+        if top_p is not None and top_p < 1.0:
+            total, mass, nucleus = sum(weight.values()), 0.0, {}
+            for i in sorted(weight, key=lambda i: -weight[i]):
+                if mass >= top_p:
+                    break
+                nucleus[i] = weight[i]
+                mass += weight[i] / total
+            weight = nucleus
+        total = sum(weight.values())
+        rows.append([weight.get(i, 0.0) / total for i in range(len(row))])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
 @torch.no_grad()
 def exact_joint(
     model: Llama,
@@ -51,7 +84,11 @@ def exact_joint(
     negative: list[int] | None = None,
     cfg_scale: float = 1.0,
 ) -> dict[tuple[int, ...], float]:
-    """Probability of every sequence of ``length`` new tokens under sequential sampling."""
+    """Probability of every sequence of ``length`` new tokens under sequential sampling.
+
+    Built from the model's raw logits (one cache-free forward over the whole sequence) with
+    :func:`reference_probs`, so it shares no code with the library's sampling path.
+    """
     vocab = model.vocab_size
     joint = {}
     for sequence in itertools.product(range(vocab), repeat=length):
@@ -59,12 +96,12 @@ def exact_joint(
         if negative is not None:
             uncond = _row_logits(model, negative, sequence)
             logits = uncond + cfg_scale * (logits - uncond)
-        new_positions = torch.arange(length)[None]
-        probs = target_probs(process_logits(logits[None], new_positions, sampling))[0]  # (length, V)
-        joint[sequence] = float(torch.prod(probs[torch.arange(length), torch.tensor(sequence)]))
+        probs = reference_probs(logits, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
+        joint[sequence] = math.prod(float(probs[t, token]) for t, token in enumerate(sequence))
     return joint
 
 
 def _row_logits(model: Llama, prompt: list[int], sequence: tuple[int, ...]) -> torch.Tensor:
     tokens = torch.tensor(list(prompt) + list(sequence))[None]
     return model(tokens)[0, len(prompt) - 1 : len(prompt) - 1 + len(sequence)]  # (length, V)
+

@@ -25,11 +25,30 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
-def test_generate_prints_every_method(checkpoint, capsys):
+def printed_texts(out: str) -> dict[str, str]:
+    """The text printed under each ``=== method`` heading, up to its ``--- N passes`` line."""
+    texts, method, lines = {}, None, []
+    for line in out.splitlines():
+        if line.startswith("=== "):
+            method, lines = line.split()[1], []
+        elif line.startswith("--- ") and method is not None:
+            texts[method], method = "\n".join(lines), None
+        elif method is not None:
+            lines.append(line)
+    return texts
+
+
+def test_generate_prints_the_same_greedy_text_for_ar_and_jacobi(checkpoint, capsys):
+    from conftest import naive_greedy
+
     assert main(["generate", "--model", str(checkpoint), "--max-new-tokens", "12", "--no-progress", "ROMEO:"]) == 0
     out = capsys.readouterr().out
-    for method in ("ar", "jacobi", "sjd"):
-        assert f"=== {method}" in out
+    texts = printed_texts(out)
+    assert sorted(texts) == ["ar", "jacobi", "sjd"]
+    text_model = load_text_model(str(checkpoint))
+    expected = naive_greedy(text_model.model, torch.as_tensor(text_model.tokenizer.encode("ROMEO:")), 12)
+    assert texts["ar"] == texts["jacobi"] == "ROMEO:" + text_model.tokenizer.decode(expected)
+    assert texts["sjd"].startswith("ROMEO:") and len(texts["sjd"]) == len("ROMEO:") + 12  # one character per token
     assert out.count("passes for 12 tokens") == 3
 
 

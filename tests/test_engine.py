@@ -116,22 +116,12 @@ def test_cache_after_jacobi_equals_a_fresh_prefill_of_the_committed_tokens():
     """Rejected drafts leave no trace: every committed slot holds the keys a clean prefill writes."""
     from conftest import tiny_model
 
-    from jacobix.core.sampling import SamplingConfig
-    from jacobix.tokens.problem import TokenProblem
-    from jacobix.tokens.proposers.basic import JacobiProposer, RandomInit
-    from jacobix.tokens.verify import Verifier
-
     model = tiny_model(2)
     prompts = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
     lengths = torch.tensor([4, 2])
     state = FixedPointState.start(prompts, lengths, lengths + 25, 6)
     cache = model.new_cache(2, state.values.shape[1])
-    generator = torch.Generator().manual_seed(0)
-    verifier = Verifier(model, cache, candidates=1, prompt_length=lengths, sampling=SamplingConfig(temperature=1.0),
-                        processors=(), guidance=None, eos_token_ids=(), generator=generator, prob_dtype=torch.float64,
-                        max_position=state.values.shape[1] - 1)
-    problem = TokenProblem(verifier, JacobiProposer(RandomInit()), policy=None, costs=None, generator=generator,
-                           vocab_size=model.vocab_size)
+    problem = _sjd_problem(model, cache, lengths, state.values.shape[1] - 1, seed=0)
     with torch.no_grad():
         model.forward(prompts[:, :3], torch.arange(3).expand(2, 3), cache)
         problem.rollback(state)
@@ -142,7 +132,64 @@ def test_cache_after_jacobi_equals_a_fresh_prefill_of_the_committed_tokens():
     with torch.no_grad():
         model.forward(state.values[:, :width], torch.arange(width).expand(2, width), fresh)
     for row in range(2):
-        valid = int(cache.lengths[row])
-        assert valid == int(state.length[row]) - 1
+        valid = int(state.length[row]) - 1  # the last committed token is fed by the next sweep
         assert torch.allclose(cache.keys[:, row, :, :valid], fresh.keys[:, row, :, :valid], atol=1e-12)
         assert torch.allclose(cache.values[:, row, :, :valid], fresh.values[:, row, :, :valid], atol=1e-12)
+
+
+def test_decoding_on_from_the_jacobi_cache_equals_decoding_from_a_clean_prefill():
+    """Rollback observed by outputs: after SJD with rejections, greedy steps fed through the
+    engine's cache give the same logits as the same steps after a clean prefill of the prefix."""
+    from conftest import tiny_model
+
+    model = tiny_model(5)
+    prompts = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8]])
+    lengths = torch.tensor([3, 5])
+    state = FixedPointState.start(prompts, lengths, lengths + 17, 7)
+    capacity = state.values.shape[1] + 16
+    cache = model.new_cache(2, capacity)
+    problem = _sjd_problem(model, cache, lengths, capacity - 1, seed=1)
+    with torch.no_grad():
+        model.forward(prompts[:, :4], torch.arange(4).expand(2, 4), cache)  # row 0's padding slots are stale
+        problem.rollback(state)
+        stats = solve(problem, state, window=7)
+    assert int(stats.accepted.sum()) < int(stats.committed.sum())  # some drafts were rejected
+    for row in range(2):
+        n = int(state.length[row])
+        committed = state.values[row : row + 1, :n]  # (1, n)
+        clean = model.new_cache(1, capacity)
+        reused = _row_cache(cache, row)
+        with torch.no_grad():
+            model.forward(committed[:, : n - 1], torch.arange(n - 1)[None], clean)
+            last = committed[:, n - 1 :]  # (1, 1)
+            for step in range(6):  # greedy steps, fed one token at a time through each cache
+                position = torch.tensor([[n - 1 + step]])
+                from_clean = model.forward(last, position, clean)  # (1, 1, V)
+                from_reused = model.forward(last, position, reused)
+                torch.testing.assert_close(from_reused, from_clean, rtol=0, atol=1e-12)
+                last = from_clean[:, -1].argmax(-1, keepdim=True)
+
+
+def _row_cache(cache: KVCache, row: int) -> KVCache:
+    """A one-row copy of ``cache`` with every slot, stale ones included."""
+    single = KVCache(num_layers=cache.keys.shape[0], batch_size=1, num_kv_heads=cache.keys.shape[2],
+                     capacity=cache.capacity, head_dim=cache.keys.shape[4], dtype=cache.keys.dtype)
+    single.keys.copy_(cache.keys[:, row : row + 1])
+    single.values.copy_(cache.values[:, row : row + 1])
+    return single
+
+
+def _sjd_problem(model, cache, lengths: torch.Tensor, max_position: int, seed: int):
+    """SJD at temperature 1 with random drafts: a token problem whose passes reject drafts."""
+    from jacobix.core.sampling import SamplingConfig
+    from jacobix.tokens.problem import TokenProblem
+    from jacobix.tokens.proposers.basic import JacobiProposer, RandomInit
+    from jacobix.tokens.verify import Verifier
+
+    generator = torch.Generator().manual_seed(seed)
+    verifier = Verifier(model, cache, candidates=1, prompt_length=lengths, sampling=SamplingConfig(temperature=1.0),
+                        processors=(), guidance=None, eos_token_ids=(), generator=generator, prob_dtype=torch.float64,
+                        max_position=max_position)
+    return TokenProblem(verifier, JacobiProposer(RandomInit()), policy=None, costs=None, generator=generator,
+                        vocab_size=model.vocab_size)
+

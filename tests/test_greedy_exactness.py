@@ -138,6 +138,13 @@ def test_window_past_the_context_limit_is_clamped_not_refused():
     for window in (16, 64):
         out = jacobix.generate(model, prompt, method="jacobi", window=window, max_new_tokens=60)
         assert torch.equal(out.tokens[0], expected)
-    sampled = jacobix.generate(model, prompt, method="sjd", window=32, temperature=1.0, max_new_tokens=60,
+    # the sampling path with top_k=1 is deterministic: it must give guided greedy decoding, computed here
+    sampled = jacobix.generate(model, prompt, method="sjd", window=32, temperature=1.0, top_k=1, max_new_tokens=60,
                                cfg_scale=2.0, negative_input_ids=[[0]], generator=torch.Generator().manual_seed(0))
-    assert len(sampled.tokens[0]) == 60
+    with torch.no_grad():
+        cond, uncond = prompt[None], torch.tensor([[0]])
+        for _ in range(60):
+            lc, lu = model(cond)[:, -1], model(uncond)[:, -1]
+            nxt = (lu + 2.0 * (lc - lu)).argmax(-1, keepdim=True)
+            cond, uncond = torch.cat([cond, nxt], 1), torch.cat([uncond, nxt], 1)
+    assert sampled.tokens[0].tolist() == cond[0, len(prompt):].tolist()

@@ -172,12 +172,39 @@ def test_sjd_through_hf_matches_exact_joint(lookahead):
     assert chisquare(observed, expected).pvalue > 1e-3
 
 
-def test_lookahead_generate_samples_when_asked():
-    model = build("llama")
-    ids = torch.tensor([PROMPTS[0]])
-    out = model.generate(ids, max_new_tokens=8, do_sample=True, custom_generate=lookahead_generate,
-                         generator=torch.Generator().manual_seed(0))
-    assert out.shape == (1, len(PROMPTS[0]) + 8)
+def test_lookahead_generate_samples_the_tempered_filtered_joint():
+    """Sampling through transformers with temperature, top-k and top-p: the joint of three tokens
+    against the one computed from the model's raw logits with the test's own filters."""
+    import itertools
+
+    from scipy.stats import chisquare
+
+    from conftest import reference_probs
+
+    torch.manual_seed(4)
+    config = tf.LlamaConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, pad_token_id=None, eos_token_id=None)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)
+    prompt, n, filters = [1, 3, 0, 1, 3], 3000, dict(temperature=0.7, top_k=4, top_p=0.9)
+    joint = {}
+    with torch.no_grad():
+        for seq in itertools.product(range(5), repeat=3):
+            logits = model(torch.tensor([prompt + list(seq)])).logits[0, len(prompt) - 1 : -1]  # (3, V) raw
+            probs = reference_probs(logits, **filters)
+            joint[seq] = float(probs[0, seq[0]] * probs[1, seq[1]] * probs[2, seq[2]])
+    out = model.generate(torch.tensor([prompt] * n), max_new_tokens=3, do_sample=True, **filters,
+                         custom_generate=lookahead_generate, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (n, len(prompt) + 3) and out[:, : len(prompt)].eq(torch.tensor(prompt)).all()
+    samples = [tuple(r) for r in out[:, len(prompt) :].tolist()]
+    assert all(joint[s] > 0 for s in samples), "a sequence the filters exclude was sampled"
+    cells = [c for c in joint if joint[c] * n >= 5]
+    rest = [c for c in joint if 0 < joint[c] * n < 5]
+    observed = [samples.count(c) for c in cells] + ([sum(samples.count(c) for c in rest)] if rest else [])
+    expected = [joint[c] * n for c in cells] + ([sum(joint[c] for c in rest) * n] if rest else [])
+    expected = [e * n / sum(expected) for e in expected]
+    assert chisquare(observed, expected).pvalue > 1e-3
 
 
 def test_hybrid_and_recurrent_caches_are_refused():

@@ -13,8 +13,10 @@ from jacobix.tokens.proposers.basic import CopyInit, DraftContext
 from jacobix.eval import figures
 from jacobix.demos.images import commit_sweeps, fill_in_frames
 from jacobix.images.proposers import CodeRandomInit, GridTableInit, resolve_image_init
-from jacobix.images.model import CodesOnly, load_image_model
+from jacobix.images.model import load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
+
+from conftest import reference_probs
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +56,24 @@ def test_greedy_jacobi_equals_greedy_ar_with_cfg(image_model):
 
 
 def _exact_marginals(image_model, label: int, cfg: float, top_k: int, tokens: int, floor: float = 1e-6) -> list[torch.Tensor]:
-    """Exact marginals of the first ``tokens`` image tokens under CFG and top-k, by enumerating prefixes."""
-    from jacobix.core.sampling import SamplingConfig, process_logits, target_probs
+    """Exact marginals of the first ``tokens`` image tokens under CFG and top-k, by enumerating prefixes.
 
-    vocab, config = image_model.vocab, SamplingConfig(temperature=1.0, top_k=top_k)
+    Built from the transformer's raw logits (a cache-free forward over each whole prefix) with the
+    test's own code masking, guidance and top-k (:func:`conftest.reference_probs`): nothing of
+    the library's sampling path is reused.
+    """
+    num_codes = image_model.vocab.num_codes
     prefixes, weights, marginals = torch.zeros(1, 0, dtype=torch.long), torch.ones(1, dtype=torch.float64), []
-    cond, uncond = (t[0] for t in vocab.prompts(torch.tensor([label])))
+    cond = num_codes + label  # the class token
+    uncond = num_codes + image_model.vocab.num_classes  # the null token
     for _ in range(tokens):
         n = len(prefixes)
         with torch.no_grad():
-            logits_c = image_model.transformer(torch.cat([cond.expand(n, 1), prefixes], 1))[:, -1]
-            logits_u = image_model.transformer(torch.cat([uncond.expand(n, 1), prefixes], 1))[:, -1]
-        logits = CodesOnly(vocab.num_codes)(logits_u + cfg * (logits_c - logits_u), torch.zeros(1))
-        p = target_probs(process_logits(logits[:, None], torch.zeros(n, 1, dtype=torch.long), config))[:, 0].double()
+            logits_c = image_model.transformer(torch.cat([torch.full((n, 1), cond), prefixes], 1))[:, -1].double()
+            logits_u = image_model.transformer(torch.cat([torch.full((n, 1), uncond), prefixes], 1))[:, -1].double()
+        guided = logits_u + cfg * (logits_c - logits_u)  # (n, V)
+        guided[:, num_codes:] = float("-inf")  # image codes only
+        p = reference_probs(guided, temperature=1.0, top_k=top_k)  # (n, V)
         joint = weights[:, None] * p  # (n, V)
         marginals.append(joint.sum(0))
         keep = (joint > floor).nonzero()

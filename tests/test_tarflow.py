@@ -19,6 +19,7 @@ from jacobix.flows.sampling import (
 )
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig, denoise
 
+
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"
 SEQUENTIAL = BlockPlan(mode="sequential")
 

@@ -15,6 +15,7 @@ from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 from jacobix.eval.datasets import load_images
 from jacobix.train.tarflow import TarFlowTrainConfig, train_tarflow
 
+
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"
 FASHION = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-fashion"
 
@@ -184,7 +185,11 @@ def test_bench_and_demo_on_digits(digits, tmp_path):
     result = bench_tarflow(model, dataset="digits", config=TarFlowBenchConfig(num_samples=16, calibration_samples=32, reference_samples=200))
     names = [r.name for r in result.rows]
     assert names == ["sequential (KV cache)", "jacobi (exact)", "gs-jacobi hand", "gs-jacobi auto"]
-    assert result.rows[0].max_deviation == 0.0 and result.rows[1].max_deviation <= 1e-4
+    sequential, exact, hand, auto = result.rows
+    assert exact.max_deviation <= 1e-4
+    for fast in (hand, auto):  # a tolerance above 0 deviates, but within the stated bound
+        assert 0.0 < fast.max_deviation <= 0.1 and 0.0 < fast.mean_deviation <= 5e-3
+        assert fast.forward_passes < sequential.forward_passes
     assert "speed-up" in result.table() and "CRM shares" in result.table()
     demo = demo_tarflow(tmp_path, model=model, dataset="digits", num_samples=8, tolerance=1e-3)
     assert {plan.tolerance for plan in demo.schedule if plan.mode == "gs"} == {1e-3}  # the tolerance is used

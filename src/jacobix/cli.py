@@ -12,14 +12,13 @@ import torch
 from jacobix.api import generate
 
 METHODS = ("ar", "jacobi", "sjd")
-ASSETS = Path(__file__).resolve().parent / "assets"
-TRAINERS = {  # target: (module with main(argv), arguments it always gets)
+TRAINERS = {  # target: (module with main(argv), arguments it always gets); output: ./jacobix-train/NAME unless --out or --replace-bundled
     "shakespeare": ("jacobix.train.shakespeare", []),
     "vq": ("jacobix.train.vq", []),
     "image-ar": ("jacobix.train.image_ar", []),
     "classifier": ("jacobix.train.classifier", []),
-    "tarflow-fashion": ("jacobix.train.tarflow", ["fashion", "--out", str(ASSETS / "tarflow-fashion")]),
-    "tarflow-digits": ("jacobix.train.tarflow", ["digits", "--out", str(ASSETS / "tarflow-digits")]),
+    "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
+    "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
 }
 
 

@@ -88,6 +88,19 @@ class ImageModel:
     directory: Path
 
 
+def bundled_vq(name: str, source: Path) -> Path:
+    """The tokenizer folder a checkpoint's config.json names: a folder inside the bundled assets.
+
+    A checkpoint is data, so the name may not reach outside the assets folder (an absolute
+    path or ``..``); a tokenizer elsewhere is passed explicitly with ``vq_directory=``.
+    """
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or not (ASSETS / path).resolve().is_relative_to(ASSETS.resolve()):
+        raise ValueError(f"{source}/config.json names its VQ tokenizer {name!r}, outside the bundled assets folder; "
+                         f"refused: name a folder inside {ASSETS} or pass vq_directory= explicitly")
+    return ASSETS / path
+
+
 def load_image_model(directory: str | Path | None = None, *, vq_directory: str | Path | None = None) -> ImageModel:
     """Load the class-conditional image model (default: bundled ``assets/fmnist-ar`` + ``assets/fmnist-vq``).
 
@@ -106,7 +119,7 @@ def load_image_model(directory: str | Path | None = None, *, vq_directory: str |
     vocab = ImageVocab(**{k: meta["image"][k] for k in ("num_codes", "num_classes", "grid")})
     if vocab.vocab_size != transformer.vocab_size:
         raise ValueError(f"{directory}: vocabulary {transformer.vocab_size} != codes + classes + null ({vocab.vocab_size})")
-    tokenizer = load_vq(vq_directory if vq_directory is not None else ASSETS / meta["image"].get("vq", "fmnist-vq"))
+    tokenizer = load_vq(vq_directory if vq_directory is not None else bundled_vq(meta["image"].get("vq", "fmnist-vq"), directory))
     if tokenizer.config.codebook_size != vocab.num_codes:
         raise ValueError(f"tokenizer has {tokenizer.config.codebook_size} codes, the model expects {vocab.num_codes}")
     return ImageModel(transformer, tokenizer, vocab, meta, directory)

@@ -1,1 +1,45 @@
-"""Scripts that reproduce jacobix's bundled checkpoints (``jacobix train ...``)."""
+"""Scripts that reproduce jacobix's bundled checkpoints (``jacobix train ...``).
+
+Every trainer writes to a fresh folder, ``./jacobix-train/NAME``, unless told otherwise with
+``--out DIR``. Replacing a checkpoint shipped inside the package takes ``--replace-bundled``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jacobix.core.checkpoints import ASSETS
+
+FRESH_ROOT = Path("jacobix-train")  # relative to the current folder
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, bundled: str | None) -> None:
+    """``--out DIR`` and ``--replace-bundled`` for a trainer whose checkpoint ships as ``assets/<bundled>``."""
+    default = f"./{FRESH_ROOT}/{bundled or 'NAME'}"
+    parser.add_argument("--out", type=Path, default=None, help=f"output folder (default: {default})")
+    parser.add_argument("--replace-bundled", action="store_true",
+                        help="write into the installed package's assets, replacing the bundled checkpoint")
+
+
+def output_folder(args: argparse.Namespace, bundled: str) -> Path:
+    """Where a trainer writes, from ``--out`` and ``--replace-bundled``.
+
+    Args:
+        args: parsed arguments holding ``out`` (Path or None) and ``replace_bundled``.
+        bundled: the checkpoint's folder name under the package assets.
+    Returns:
+        ``assets/<bundled>`` with ``--replace-bundled``; else ``--out`` or ``./jacobix-train/<bundled>``.
+    Raises:
+        ValueError: ``--out`` inside the package assets without ``--replace-bundled``, or
+            ``--replace-bundled`` with an ``--out`` elsewhere.
+    """
+    target = ASSETS / bundled
+    if args.replace_bundled:
+        if args.out is not None and Path(args.out).resolve() != target.resolve():
+            raise ValueError(f"--replace-bundled writes to {target}; drop --out {args.out} or drop --replace-bundled")
+        return target
+    out = Path(args.out) if args.out is not None else FRESH_ROOT / bundled
+    if out.resolve().is_relative_to(ASSETS.resolve()):
+        raise ValueError(f"{out} is inside the bundled checkpoints ({ASSETS}); pass --replace-bundled to replace a shipped model")
+    return out

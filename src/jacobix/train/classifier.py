@@ -2,8 +2,8 @@
 
 Reproduce ``src/jacobix/assets/fmnist-classifier`` (about 3 minutes on one CPU thread)::
 
-    jacobix train classifier --out src/jacobix/assets/fmnist-classifier
-    # or: python -m jacobix.train.classifier --out src/jacobix/assets/fmnist-classifier
+    jacobix train classifier                    # writes ./jacobix-train/fmnist-classifier
+    jacobix train classifier --replace-bundled  # replaces the bundled checkpoint
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.eval.quality import Classifier, ClassifierConfig, save_classifier
+from jacobix.train import add_output_arguments, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +77,19 @@ def test_accuracy(model: Classifier) -> float:
     return float((predicted == torch.from_numpy(labels)).float().mean())
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="src/jacobix/assets/fmnist-classifier")
+    add_output_arguments(parser, "fmnist-classifier")
     parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.out = output_folder(args, "fmnist-classifier")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(args.out, ClassifierTrainConfig(epochs=args.epochs, seed=args.seed))
 

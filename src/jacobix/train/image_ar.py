@@ -3,8 +3,8 @@
 Needs the tokenizer in ``assets/fmnist-vq`` (``jacobix train vq``). Reproduce
 ``src/jacobix/assets/fmnist-ar`` (about 15 minutes on one busy CPU thread)::
 
-    jacobix train image-ar --out src/jacobix/assets/fmnist-ar
-    # or: python -m jacobix.train.image_ar --out src/jacobix/assets/fmnist-ar
+    jacobix train image-ar                    # writes ./jacobix-train/fmnist-ar
+    jacobix train image-ar --replace-bundled  # replaces the bundled checkpoint
 
 Sequences are ``[class token] + 196 codes``; the class token is replaced by the null token with
 probability ``label_dropout`` so that one model serves classifier-free guidance. Besides the
@@ -29,6 +29,7 @@ from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, LlamaConfig, load_llama, save_llama
+from jacobix.train import add_output_arguments, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +159,22 @@ def _normalize(counts: Tensor) -> Tensor:
     return counts / counts.sum(-1, keepdim=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="src/jacobix/assets/fmnist-ar")
+    add_output_arguments(parser, "fmnist-ar")
     parser.add_argument("--vq", default=None, help="tokenizer folder (default: bundled fmnist-vq)")
     parser.add_argument("--steps", type=int, default=ImageARTrainConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=ImageARTrainConfig.lr)
     parser.add_argument("--init-from", default=None, help="continue from the weights in this folder")
     args = parser.parse_args(argv)
+    args.out = output_folder(args, "fmnist-ar")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = ImageARTrainConfig(steps=args.steps, seed=args.seed, lr=args.lr)
     train(args.out, config, vq_dir=args.vq, init_from=args.init_from)

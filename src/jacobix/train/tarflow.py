@@ -2,7 +2,7 @@
 
 Fashion-MNIST, class-conditional (the checkpoint in ``jacobix/assets/tarflow-fashion``)::
 
-    jacobix train tarflow-fashion --out src/jacobix/assets/tarflow-fashion
+    jacobix train tarflow-fashion --replace-bundled  # or --out DIR; default ./jacobix-train/tarflow-fashion
 
 which calls ``train_tarflow("fashion", out_dir)`` with :data:`FASHION_MODEL` and
 :data:`FASHION_TRAIN`. scikit-learn's 8x8 digits, unconditional, tiny (for tests)::
@@ -12,6 +12,7 @@ which calls ``train_tarflow("fashion", out_dir)`` with :data:`FASHION_MODEL` and
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from jacobix.eval.datasets import IMAGE_DATASETS, load_images
 from jacobix.flows.calibration import calibrate, save_schedule
 from jacobix.flows.checkpoint import save_tarflow
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
+from jacobix.train import add_output_arguments, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -154,15 +156,20 @@ def _optimise(model: TarFlow, images: torch.Tensor, labels: torch.Tensor | None,
     return sum(recent) / len(recent)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m jacobix.train.tarflow {fashion,digits} --out DIR [--steps N]``."""
-    import argparse
-
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
     parser = argparse.ArgumentParser(description="train a TarFlow")
     parser.add_argument("dataset", choices=DATASETS)
-    parser.add_argument("--out", required=True)
+    add_output_arguments(parser, None)
     parser.add_argument("--steps", type=int, default=None, help="override the default number of steps")
     args = parser.parse_args(argv)
+    args.out = output_folder(args, f"tarflow-{args.dataset}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m jacobix.train.tarflow {fashion,digits} [--out DIR | --replace-bundled] [--steps N]``."""
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train = FASHION_TRAIN if args.dataset == "fashion" else DIGITS_TRAIN
     if args.steps is not None:

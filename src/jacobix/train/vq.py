@@ -2,8 +2,8 @@
 
 Reproduce ``src/jacobix/assets/fmnist-vq`` (about 8 minutes on a busy core on one CPU thread)::
 
-    jacobix train vq --out src/jacobix/assets/fmnist-vq
-    # or: python -m jacobix.train.vq --out src/jacobix/assets/fmnist-vq
+    jacobix train vq                    # writes ./jacobix-train/fmnist-vq
+    jacobix train vq --replace-bundled  # replaces the bundled checkpoint
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.vq import VQConfig, VQTokenizer, save_vq
+from jacobix.train import add_output_arguments, output_folder
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,19 @@ def reconstruction_metrics(model: VQTokenizer) -> dict[str, float]:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="src/jacobix/assets/fmnist-vq")
+    add_output_arguments(parser, "fmnist-vq")
     parser.add_argument("--steps", type=int, default=VQTrainConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.out = output_folder(args, "fmnist-vq")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(args.out, VQTrainConfig(steps=args.steps, seed=args.seed))
 

@@ -1,0 +1,73 @@
+"""Safe defaults: checkpoints cannot point outside the assets folder; trainers never overwrite
+the bundled checkpoints unless told to."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from jacobix.cli import TRAINERS
+from jacobix.core.checkpoints import ASSETS
+from jacobix.images.model import load_image_model
+
+BUNDLED_AR = ASSETS / "fmnist-ar"
+
+
+@pytest.mark.parametrize("vq", ["/tmp/elsewhere", "../fmnist-vq", "fmnist-vq/../../x", "../../../../etc"])
+def test_a_checkpoint_naming_a_tokenizer_outside_the_assets_is_refused(tmp_path, vq):
+    copy = tmp_path / "ar"
+    shutil.copytree(BUNDLED_AR, copy)
+    meta = json.loads((copy / "config.json").read_text())
+    meta["image"]["vq"] = vq
+    (copy / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="outside the bundled assets folder"):
+        load_image_model(copy)
+    assert load_image_model(copy, vq_directory=ASSETS / "fmnist-vq").vocab.num_codes > 1  # an explicit folder is fine
+
+
+def test_a_tokenizer_named_inside_the_assets_still_loads(tmp_path):
+    copy = tmp_path / "ar"
+    shutil.copytree(BUNDLED_AR, copy)
+    meta = json.loads((copy / "config.json").read_text())
+    meta["image"]["vq"] = "fmnist-vq"
+    (copy / "config.json").write_text(json.dumps(meta))
+    assert load_image_model(copy).tokenizer.config.codebook_size == meta["image"]["num_codes"]
+
+
+TRAINER_ARGS = {  # module, extra arguments, bundled folder name
+    "classifier": ("jacobix.train.classifier", [], "fmnist-classifier"),
+    "vq": ("jacobix.train.vq", [], "fmnist-vq"),
+    "image-ar": ("jacobix.train.image_ar", [], "fmnist-ar"),
+    "shakespeare": ("jacobix.train.shakespeare", [], "shakespeare"),
+    "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"], "tarflow-fashion"),
+    "tarflow-digits": ("jacobix.train.tarflow", ["digits"], "tarflow-digits"),
+}
+
+
+@pytest.mark.parametrize("target", sorted(TRAINER_ARGS))
+def test_trainers_default_to_a_fresh_folder_and_need_a_flag_to_replace_a_bundled_model(target, tmp_path):
+    import importlib
+
+    module_name, extra, bundled = TRAINER_ARGS[target]
+    module_from_cli, fixed = TRAINERS[target]
+    assert module_from_cli == module_name and fixed == extra  # the CLI adds no --out of its own
+    module = importlib.import_module(module_name)
+    out = module.parse_args([*extra]).out
+    assert Path(out) == Path("jacobix-train") / bundled
+    assert not Path(out).resolve().is_relative_to(ASSETS.resolve())
+    assert Path(module.parse_args([*extra, "--out", str(tmp_path / "x")]).out) == tmp_path / "x"
+    assert Path(module.parse_args([*extra, "--replace-bundled"]).out) == ASSETS / bundled
+    with pytest.raises(ValueError, match="--replace-bundled"):
+        module.parse_args([*extra, "--out", str(ASSETS / bundled)])
+    with pytest.raises(ValueError, match="drop --out"):
+        module.parse_args([*extra, "--replace-bundled", "--out", str(tmp_path / "x")])
+
+
+def test_the_cli_reports_a_refused_output_folder(capsys):
+    from jacobix.cli import main
+
+    assert main(["train", "vq", "--out", str(ASSETS / "fmnist-vq")]) == 2
+    assert "pass --replace-bundled" in capsys.readouterr().err
