@@ -191,5 +191,5 @@ def _sjd_problem(model, cache, lengths: torch.Tensor, max_position: int, seed: i
                         processors=(), guidance=None, eos_token_ids=(), generator=generator, prob_dtype=torch.float64,
                         max_position=max_position)
     return TokenProblem(verifier, JacobiProposer(RandomInit()), policy=None, costs=None, generator=generator,
-                        vocab_size=model.vocab_size)
+                        vocab_size=model.vocab_size, drafts=6)
 

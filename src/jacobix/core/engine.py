@@ -288,7 +288,7 @@ def _commit(state: FixedPointState, values: Tensor, n_commit: Tensor) -> None:
     old = take(state.values, index)
     expanded = index.reshape(*index.shape, *([1] * (values.dim() - 2))).expand_as(values)
     state.values.scatter_(1, expanded, torch.where(keep_new, values.to(state.values.dtype), old))
-    state.length += n_commit
+    state.length = state.length + n_commit  # a new tensor: contexts handed out earlier keep their view
 
 
 def _record(state: FixedPointState, drafts: Drafts, decision: Acceptance, n_commit: Tensor) -> SweepRecord:

@@ -25,7 +25,7 @@ from jacobix.core.engine import FixedPointState, solve
 from jacobix.core.sampling import LogitsProcessor, SamplingConfig
 from jacobix.core.timing import clock
 from jacobix.models.protocol import CausalLM
-from jacobix.tokens.policy.costs import PROBE_WIDTHS, PassCosts, shared_costs
+from jacobix.tokens.policy.costs import PROBE_WIDTHS, shared_costs
 from jacobix.tokens.policy.width import AdaptiveWidth, WidthPolicy
 from jacobix.tokens.problem import TokenProblem
 from jacobix.tokens.prompts import Prompt, first_tokens, model_device, model_dtype, pack_prompts, prefill
@@ -155,12 +155,18 @@ def generate(
     start = clock(device)
     with torch.inference_mode():
         state, prefilled = _start(model, verifier, cache, prompts, prompt_length, uncond, uncond_length, limit, width)
-        costs = _costs(model, verifier, state, width, device, dtype, rows) if adaptive and policy is None else None
+        costs = None
         if adaptive and policy is None:
+            costs = shared_costs(model, (str(device), str(dtype), len(prompts) * rows, sampling.greedy,
+                                         type(proposer).__name__))
             policy = AdaptiveWidth(proposer.sources, width - 1, costs)
-        proposer.begin(len(prompts))
         problem = TokenProblem(verifier, proposer, policy=policy, costs=costs, generator=generator,
-                               vocab_size=model.vocab_size)
+                               vocab_size=model.vocab_size, drafts=width - 1)
+        proposer.begin(len(prompts))
+        widths = tuple(w for w in PROBE_WIDTHS if w <= width)
+        if costs is not None and costs.needs_probe(widths):
+            costs.probe(lambda w: problem.probe(state, w), widths, device)
+            proposer.begin(len(prompts))  # forget what the probe passes proposed
         verifier.rollback(state, state.length - 1, None)
         watch = Watchers(progress, spec.name, streamer, state, prompt_length)
         solved = solve(problem, state, window=width, record=record, on_sweep=watch.after_sweep if watch.any else None,
@@ -193,16 +199,6 @@ def _start(model: CausalLM, verifier: Verifier, cache: Any, prompts: Tensor, pro
     if len(verifier.eos):
         state.done |= torch.isin(first, verifier.eos)
     return state, 1
-
-
-def _costs(model: CausalLM, verifier: Verifier, state: FixedPointState, width: int, device: torch.device,
-           dtype: torch.dtype, rows: int) -> PassCosts:
-    """The model's shared pass costs, probed on this generation's cache where they lack timings."""
-    costs = shared_costs(model, (str(device), str(dtype), len(state.length) * rows, verifier.sampling.greedy))
-    widths = tuple(w for w in PROBE_WIDTHS if w <= width)
-    if costs.needs_probe(widths):
-        costs.probe(lambda w: verifier.probe(state, w), widths, device)
-    return costs
 
 
 def _method(method: str) -> Method:

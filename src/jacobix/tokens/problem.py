@@ -71,20 +71,25 @@ class TokenProblem:
         costs: where to record each pass's verification time (the adaptive policy reads them), or None.
         generator: randomness of draft rules and redrafts.
         vocab_size: tokens of the model.
+        drafts: drafts per window (D).
     """
 
     def __init__(self, verifier: Verifier, proposer: Proposer, *, policy: WidthPolicy | None, costs: PassCosts | None,
-                 generator: torch.Generator | None, vocab_size: int) -> None:
+                 generator: torch.Generator | None, vocab_size: int, drafts: int) -> None:
         self.verifier, self.proposer, self.costs = verifier, proposer, costs
         self.policy = policy
         self.generator, self.vocab_size = generator, vocab_size
         self.device = verifier.prompt_length.device
+        self.drafts = drafts
+        self._began = 0.0
         self.greedy = verifier.sampling.greedy
         self.candidates: Candidates | None = None
         self.stats = ScheduleStats()
         self._written: tuple[Tensor, Tensor] | None = None  # (first position fed (B,), winner (B,))
 
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
+        if self.costs is not None:
+            self._began = clock(self.device)
         positions = state.window_positions(fresh.shape[1])  # (B, D)
         canvas = state.values.clone()  # (B, C)
         if carried is not None:
@@ -104,33 +109,50 @@ class TokenProblem:
         novel = novel_prefixes(candidates.tokens.cpu()) if candidates.count > 1 else torch.ones(source.shape, dtype=torch.bool)
         fed = min(policy.choose(source[running], novel[running]), d)
         start = state.length - 1
-        began = clock(self.device) if self.costs is not None else 0.0
         verdict = self.verifier.verify(state, candidates, fed)
-        if self.costs is not None:
-            self.costs.add(fed + 1, clock(self.device) - began)
         matched = verdict.matched.cpu()
         policy.observe(source[running], matched[running], fed)
         self._count(fed, source, verdict, running)
         if verdict.outputs is not None and fed > 0:
             self.proposer.observe(verdict.outputs, running)
         self._written = (start, verdict.winner)
-        return self._acceptance(state, verdict, drafts, fed)
+        acceptance = self._acceptance(state, verdict, drafts, fed)
+        if self.costs is not None:  # proposal, verification and redraft: the work that grows with the width
+            self.costs.add(fed + 1, clock(self.device) - self._began)
+        return acceptance
+
+    def probe(self, state: FixedPointState, width: int) -> None:
+        """One throw-away pass that feeds ``width - 1`` fresh drafts (pass-cost measurement). It
+        writes only cache slots past the committed prefix, which later sweeps overwrite first."""
+        d = self.drafts
+        drafts = self.draft(state, None, torch.ones(len(state.length), d, dtype=torch.bool, device=state.length.device))
+        fed = min(width - 1, d)
+        self._acceptance(state, self.verifier.verify(state, self.candidates, fed), drafts, fed)
 
     def _acceptance(self, state: FixedPointState, verdict: Verdict, drafts: Drafts, fed: int) -> Acceptance:
+        acceptance = self._decide(state, verdict, drafts, fed)
+        slot_state = drafts.state
+        extra = acceptance.proposals.values.shape[1] - (0 if slot_state is None else slot_state.shape[1])
+        if slot_state is not None and extra > 0:  # the bonus slot was never in the window: zero state
+            slot_state = torch.cat([slot_state, slot_state.new_zeros(slot_state.shape[0], extra, *slot_state.shape[2:])], 1)
+        acceptance.proposals.state = slot_state
+        return acceptance
+
+    def _decide(self, state: FixedPointState, verdict: Verdict, drafts: Drafts, fed: int) -> Acceptance:
         """The engine's view: the winner's values, and the next guesses for positions ``n ..``: the
         redrafted outputs of the ``fed + 1`` evaluated slots, then the winner's drafts not fed."""
         rows = torch.arange(len(verdict.winner), device=verdict.winner.device)
         rest = self.candidates.tokens[rows, verdict.winner, fed + 1 :]  # (B, D - fed - 1) for positions n+fed+1 ..
         if self.greedy:
             values = torch.cat([verdict.values, rest], 1)
-            return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(values, None, drafts.state),
+            return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(values),
                               n_accepted=verdict.n_accepted, finished=verdict.finished)
         positions = state.window_positions(fed + 1)  # (B, fed+1) the positions the outputs are for
         redrafted = self.proposer.redraft(verdict.p_target, positions, self.generator)  # (B, fed+1)
         p_all = self.candidates.p_draft
         p_rest = _one_hot(rest, self.vocab_size) if p_all is None else p_all[rows, verdict.winner, fed + 1 :]
         proposals = Drafts(torch.cat([redrafted, rest], 1),
-                           torch.cat([verdict.p_target, p_rest.to(verdict.p_target.dtype)], 1), drafts.state)
+                           torch.cat([verdict.p_target, p_rest.to(verdict.p_target.dtype)], 1))
         slots = torch.arange(fed + 1, device=rows.device)
         # Past the committed slot the values are the current iterate (committed only by a lossy cap).
         values = torch.cat([torch.where(slots <= verdict.n_accepted[:, None], verdict.values, redrafted), rest], 1)

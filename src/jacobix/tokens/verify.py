@@ -191,15 +191,5 @@ class Verifier:
         else:
             self.cache.rollback(kept.repeat_interleave(r))
 
-    def probe(self, state: FixedPointState, width: int) -> None:
-        """One throw-away pass of ``width`` tokens per row past the committed prefix (pass-cost
-        measurement): it writes cache slots that the next sweep overwrites before reading."""
-        b, r = len(state.length), self.candidates
-        tokens = state.last_values()[:, None].expand(b, width).repeat_interleave(r, 0)  # (B*R, width)
-        positions = (state.window_positions(width) - 1).repeat_interleave(r, 0)
-        logits = self.logits(tokens, positions)
-        if not self.sampling.greedy:
-            target_probs(logits)
-
 
 __all__ = ["Guidance", "Verdict", "Verifier"]

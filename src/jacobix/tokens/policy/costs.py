@@ -5,9 +5,10 @@ One start-up timing is fragile on a loaded machine (on 2 shared cores one run me
 recent timings of each width and answers with their median: a short probe seeds every width
 (a discarded warm-up round, then a few interleaved rounds on the real cache, so any context
 length fits and the batch is the real one), and every pass of a generation adds its own timing.
-Both time the same work: the verifier's forward, target distributions (the per-pass sampling
-work of SJD) and acceptance rule. Bookkeeping around a pass costs about the same at every width
-and is left out, which errs toward narrower windows.
+Both time the same work, the part of a pass that grows with its width: the proposal, the
+verifier's forward, target distributions and acceptance rule (SJD's per-pass sampling work) and
+the redraft. The engine's own commit and rollback cost the same at every width and are left
+out, which errs toward narrower windows.
 """
 
 from __future__ import annotations
@@ -57,25 +58,28 @@ class PassCosts:
     def estimate(self, width: int) -> float:
         """Median seconds of a ``width`` pass; other widths are interpolated between measured ones
         (linearly; past the largest, in proportion to the width). Never below a narrower width's."""
-        known = sorted(w for w, s in self.samples.items() if s)
-        if not known:
-            raise ValueError("PassCosts has no timings yet: probe or add passes first")
-        median = {w: statistics.median(self.samples[w]) for w in known}
-        floor = max((median[w] for w in known if w <= width), default=0.0)
-        if width in median:
-            return max(median[width], floor)
-        upper = next((w for w in known if w > width), None)
-        if upper is None:
-            return max(median[known[-1]] * width / known[-1], floor)
-        lower = max((w for w in known if w < width), default=None)
-        if lower is None:
-            return median[upper]
-        t = (width - lower) / (upper - lower)
-        return max(median[lower] * (1 - t) + median[upper] * t, floor)
+        return self.table(width)[-1]
 
     def table(self, most: int) -> list[float]:
-        """Estimated seconds of widths ``1 .. most`` (one median pass over the timings)."""
-        return [self.estimate(w) for w in range(1, most + 1)]
+        """Estimated seconds of widths ``1 .. most`` (one median per measured width)."""
+        median = {w: statistics.median(s) for w, s in sorted(self.samples.items()) if s}
+        if not median:
+            raise ValueError("PassCosts has no timings yet: probe or add passes first")
+        known = list(median)
+        table, floor = [], 0.0
+        for width in range(1, most + 1):
+            upper = next((w for w in known if w >= width), None)
+            lower = next((w for w in reversed(known) if w <= width), None)
+            if upper is None:
+                cost = median[known[-1]] * width / known[-1]
+            elif lower is None or lower == upper:
+                cost = median[upper]
+            else:
+                t = (width - lower) / (upper - lower)
+                cost = median[lower] * (1 - t) + median[upper] * t
+            floor = max(floor, cost)
+            table.append(floor)
+        return table
 
     def ratios(self, widths: tuple[int, ...]) -> dict[int, float]:
         """Estimated cost of each width over a one-token pass."""
@@ -88,7 +92,7 @@ _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def shared_costs(model: object, key: tuple) -> PassCosts:
     """The :class:`PassCosts` of ``model`` (its wrapped module for an adapter) for ``key``
-    (device, dtype, rows per pass, greedy or not), shared by the generations of one process so that their
+    (device, dtype, rows per pass, greedy or not, proposer), shared by the generations of one process so that their
     timings pool; pass ``AdaptiveWidth(costs=...)`` to keep your own."""
     owner = getattr(model, "model", model)
     return _SHARED.setdefault(owner, {}).setdefault(key, PassCosts())

@@ -104,7 +104,8 @@ class Candidates:
         verifiable: (B, R, D) False for drafts that must not be tested (acceptance stops there
             and the slot is drawn from the target), or None: all may be tested.
         state: (B, D, *S) continuous per-slot state of candidate 0, carried by the engine to the
-            next sweep, or None.
+            next sweep with its slot, or None. A slot that enters the window after the drafts (the
+            bonus slot of a sweep) arrives with zero state.
     """
 
     tokens: Tensor
