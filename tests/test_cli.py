@@ -52,14 +52,21 @@ def test_generate_prints_the_same_greedy_text_for_ar_and_jacobi(checkpoint, caps
     assert out.count("passes for 12 tokens") == 3
 
 
-def test_bench_text_reports_ratios_and_exactness(checkpoint, capsys):
-    assert main(["bench", "text", "--model", str(checkpoint), "--quick", "--per-prompt"]) == 0
+def test_bench_text_reports_ratios_and_exactness(checkpoint, capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "text", "--model", str(checkpoint), "--quick", "--per-prompt", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "jacobi w16 repeat" in out and "sjd w16 random" in out
     assert "NO(" not in out  # greedy Jacobi matched greedy AR on every prompt
     assert "measured cost of a pass" in out and "prompt 3" in out
     ar_rows = [line.split() for line in out.splitlines() if line.startswith(("ar greedy", "ar sample")) and "/" in line]
-    assert [cells[2:] for cells in ar_rows] == [["1.00/1.00"] * 4] * 2  # per-prompt table: AR against itself
+    assert [cells[2:6] for cells in ar_rows] == [["1.00/1.00"] * 4] * 2  # per-prompt table: AR against itself
+    records = {r["setting"]: r for r in json.loads(path.read_text())}
+    assert set(records) == {line.split("  ")[0].strip() for line in out.splitlines()[2:12]}
+    assert records["ar greedy"]["passes_vs_ar"] == 1.0 and records["ar greedy"]["exact"] is True
+    assert records["sjd auto"]["exact"] is None and records["jacobi auto"]["exact"] is True
+    for record in records.values():
+        assert record["model"] == str(checkpoint) and record["tokens_per_pass"] * record["forward_passes"] == pytest.approx(record["tokens"], rel=1e-3)
 
 
 def test_bench_on_a_missing_device_is_a_clear_error(checkpoint, capsys):

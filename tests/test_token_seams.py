@@ -201,3 +201,24 @@ def test_auto_window_fits_a_short_context_and_reports_auto():
     assert torch.equal(out.tokens[0], naive_greedy(model, prompt, 20))
     assert out.stats.summary()["window"] == "auto (1-16)"
     assert sum(out.stats.schedule.widths.values()) == out.stats.forward_passes
+
+
+def test_drafts_the_policy_did_not_feed_stay_at_their_positions():
+    """A policy that feeds 2 of 7 oracle drafts: the 5 unfed ones are carried to the next pass at
+    their own positions, so every pass still accepts everything (3 tokens per pass)."""
+    from jacobix.tokens.policy import FixedWidth
+    from jacobix.tokens.proposers import DraftContext
+
+    model = tiny_model(4)
+    prompt = torch.tensor([2, 7, 1])
+    reference = torch.cat([prompt, naive_greedy(model, prompt, 40), torch.zeros(64, dtype=torch.long)])
+
+    def oracle(context: DraftContext):
+        return reference[context.positions.clamp(max=len(reference) - 1)], None
+
+    out = jacobix.generate(model, prompt, method="jacobi", window=8, init=oracle, policy=FixedWidth(2),
+                           max_new_tokens=31, record=True)
+    assert torch.equal(out.tokens[0], reference[3:34])
+    assert out.stats.forward_passes == 10 and out.stats.accepted_per_pass.flatten().tolist() == [2] * 10
+    carried = [record.drafts[0, 2:] for record in out.trajectory[1:]]  # unfed drafts of earlier passes
+    assert all(torch.equal(c, reference[int(r.start): int(r.start) + 7][2:]) for c, r in zip(carried, out.trajectory[1:]))

@@ -79,6 +79,20 @@ MUTANTS = (
            r"position_ids=positions\b", "position_ids=positions + 1", ("tests/test_hf.py",)),
     Mutant("copy-init-offset-off-by-one", "src/jacobix/tokens/proposers/**/*.py",
            r"source = positions - hops \* offset", "source = positions - hops * offset - 1", ("tests/test_draft_rules.py",)),
+    Mutant("candidates-accept-no-renormalise", "src/jacobix/core/acceptance.py",
+           r"u\[:, t\]\.gather\(1, rank\) \* before < mass", "u[:, t].gather(1, rank) < mass",
+           ("tests/test_lookahead_multi.py", "tests/test_acceptance.py")),
+    Mutant("verifier-skips-sibling-copy", "src/jacobix/tokens/verify.py",
+           r"self\.cache\.copy_slots\(source\.repeat_interleave\(r\), positions\.repeat_interleave\(r, 0\)\)", "pass",
+           ("tests/test_lookahead_multi.py",)),
+    Mutant("first-token-skips-processors", "src/jacobix/tokens/prompts.py",
+           r"verifier\.sampling, verifier\.processors\)", "verifier.sampling, ())", ("tests/test_errors.py",)),
+    Mutant("coupled-redraft-without-noise", "src/jacobix/tokens/proposers/coupled.py",
+           r"\(p_target / race\.to\(p_target\.dtype\)\)\.argmax\(-1\)", "p_target.argmax(-1)",
+           ("tests/test_token_seams.py", "tests/test_images.py")),
+    Mutant("unfed-drafts-shift-a-position", "src/jacobix/tokens/problem.py",
+           r"rest = self\.candidates\.tokens\[rows, verdict\.winner, fed \+ 1 :\]",
+           "rest = self.candidates.tokens[rows, verdict.winner, fed:]", ("tests/test_lookahead_multi.py",)),
 )
 
 

@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="text: torch device of the model, e.g. cuda (default cpu)")
     bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
     bench.add_argument("--quick", action="store_true", help="a small run for smoke tests")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="text: also write the table as a JSON list, one object per setting")
     bench.set_defaults(run=_bench)
 
     demo = commands.add_parser("demo", help="the main demo: text comparison, then pictures")
@@ -138,6 +139,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(result.table())
         if args.per_prompt:
             print("\n" + result.prompt_table())
+        if args.json:
+            _write_json(args.json, result.records())
     elif args.target == "tarflow":
         from jacobix.bench.tarflow import TarFlowBenchConfig, bench_tarflow
 
@@ -151,6 +154,14 @@ def _bench(args: argparse.Namespace) -> int:
         config = ImageBenchConfig(batch_size=args.batch_size or 50, **sizes)
         print(format_table(bench_images(config)))
     return 0
+
+
+def _write_json(path: Path, records: list[dict]) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ compare like with like. Forward passes are exact counts; wall times are this mac
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
@@ -41,10 +42,12 @@ DEFAULT_SETTINGS = (
     Setting(label="ar greedy", method="ar"),
     Setting(label="jacobi w16 random", method="jacobi", window=16),
     Setting(label="jacobi w16 repeat", method="jacobi", window=16, init="repeat"),
+    Setting(label="jacobi auto", method="jacobi", window="auto", init="repeat"),
     Setting(label="jacobi auto+pool", method="jacobi", window="auto", init="repeat", lookahead=True),
     Setting(label="ar sample", method="ar", sampled=True),
     Setting(label="sjd w16 random", method="sjd", window=16, sampled=True),
     Setting(label="sjd w16 repeat", method="sjd", window=16, init="repeat", sampled=True),
+    Setting(label="sjd auto", method="sjd", window="auto", init="repeat", sampled=True),
     Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
 )
 
@@ -69,6 +72,7 @@ HF_SETTINGS = (
     Setting(label="lookahead auto k4", method="jacobi", window="auto", init="repeat", lookahead=True, verify=4),
     Setting(label="lookahead w11", method="jacobi", window=11, init="repeat", lookahead=True),  # prompt lookup's 10 drafts
     Setting(label="ar sample", method="ar", sampled=True),
+    Setting(label="sjd auto", method="sjd", window="auto", init="repeat", sampled=True),
     Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
     Setting(label="sjd auto+pool k4", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True, verify=4),
 )
@@ -116,6 +120,11 @@ class BenchRow:
         """
         return statistics.median(run[what] / max(run[1], 1) for run in self.per_prompt[prompt])
 
+    def pass_spread(self, prompt: int) -> float:
+        """Largest over smallest pass count of one prompt across its repetitions (1.0: stable)."""
+        passes = [run[0] for run in self.per_prompt[prompt]]
+        return max(passes) / max(min(passes), 1)
+
 
 @dataclass
 class TextBenchResult:
@@ -153,6 +162,30 @@ class TextBenchResult:
             lines.append(f"measured cost of a pass vs a one-token pass (window='auto' plans with it): {costs}")
         return "\n".join(lines)
 
+    def records(self) -> list[dict]:
+        """One JSON-ready object per setting (``--json``)."""
+        out = []
+        for row in self.rows:
+            ref = self.reference(row)
+            prompts = range(len(row.per_prompt))
+            out.append({
+                "setting": row.setting.label,
+                "model": self.config.model,
+                "device": self.config.device,
+                "tokens": row.tokens,
+                "forward_passes": row.passes,
+                "tokens_per_pass": round(row.tokens_per_pass, 4),
+                "passes_vs_ar": round(_per_token_ratio(ref.passes, ref.tokens, row.passes, row.tokens), 4),
+                "wall_vs_ar": round(_per_token_ratio(ref.wall_s, ref.tokens, row.wall_s, row.tokens), 4),
+                "worst_prompt_wall_vs_ar": round(min(_ratio(ref, row, i, 2) for i in prompts), 4),
+                "per_prompt_wall_vs_ar": [round(_ratio(ref, row, i, 2), 4) for i in prompts],
+                "per_prompt_passes_vs_ar": [round(_ratio(ref, row, i, 0), 4) for i in prompts],
+                "pass_spread": round(max(row.pass_spread(i) for i in prompts), 4),
+                "exact": None if row.setting.sampled else row.mismatches == 0,
+                "seeds": len(self.config.seeds),
+            })
+        return out
+
     def prompt_table(self) -> str:
         """Per prompt: each setting's passes and wall-time ratios to its AR row (passes x / wall x)."""
         head = f"{'setting':<20} " + " ".join(f"{f'prompt {i}':>13}" for i in range(len(self.config.prompts)))
@@ -160,8 +193,11 @@ class TextBenchResult:
         for row in self.rows:
             ref = self.reference(row)
             cells = (f"{_ratio(ref, row, i, 0):.2f}/{_ratio(ref, row, i, 2):.2f}" for i in range(len(row.per_prompt)))
-            lines.append(f"{row.setting.label:<20} " + " ".join(f"{cell:>13}" for cell in cells))
-        lines.append("cells: passes vs AR / wall vs AR per generated token, per prompt (medians over seeds)")
+            spread = max(row.pass_spread(i) for i in range(len(row.per_prompt)))
+            lines.append(f"{row.setting.label:<20} " + " ".join(f"{cell:>13}" for cell in cells) + f" {spread:>8.2f}")
+        lines[0] += f" {'spread':>8}"
+        lines.append("cells: passes vs AR / wall vs AR per generated token, per prompt (medians over seeds); spread: "
+                     "largest / smallest pass count of one prompt over the seeds (greedy rows: run-to-run stability)")
         return "\n".join(lines)
 
 
@@ -185,11 +221,9 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
     pass_costs: dict[int, float] = {}
     prompts = [text_model.tokenizer.encode(p).to(config.device) for p in config.prompts]
     generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
-    if any(s.window == "auto" for s in config.settings):  # measures pass costs once, outside the timings
-        generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=4, window="auto")
-    for verify in sorted({s.verify for s in config.settings if s.window == "auto" and s.verify > 1}):
-        generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=4, window="auto",
-                 lookahead=LookaheadConfig(verify=verify))
+    for setting in config.settings:  # "auto" settings probe their pass costs once, outside the timings
+        if setting.window == "auto":
+            _run(text_model, prompts[0], setting, dataclasses.replace(config, max_new_tokens=4), seed=0)
     for prompt in prompts:
         for row in rows:
             row.per_prompt.append([])
