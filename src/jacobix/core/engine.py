@@ -28,6 +28,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from jacobix.core.acceptance import take_positions
+
 
 @dataclass
 class FixedPointState:
@@ -102,14 +104,8 @@ class Drafts:
         index = n_commit[:, None] + torch.arange(width, device=n_commit.device)  # (B, width)
         fresh = index >= total
         index = index.clamp(max=max(total - 1, 0))
-        carried = Drafts(*(None if x is None else take(x, index) for x in (self.values, self.p_draft, self.state)))
+        carried = Drafts(*(None if x is None else take_positions(x, index) for x in (self.values, self.p_draft, self.state)))
         return carried, fresh
-
-
-def take(x: Tensor, index: Tensor) -> Tensor:
-    """x[b, index[b, j], ...] for x (B, T, *F) and index (B, J); returns (B, J, *F)."""
-    expanded = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
-    return x.gather(1, expanded)
 
 
 @dataclass
@@ -285,7 +281,7 @@ def _commit(state: FixedPointState, values: Tensor, n_commit: Tensor) -> None:
     offsets = torch.arange(values.shape[1], device=values.device)
     index = state.length[:, None] + offsets  # (B, D+1); in range: capacity >= limit + window
     keep_new = (offsets[None, :] < n_commit[:, None]).reshape(*index.shape, *([1] * (values.dim() - 2)))
-    old = take(state.values, index)
+    old = take_positions(state.values, index)
     expanded = index.reshape(*index.shape, *([1] * (values.dim() - 2))).expand_as(values)
     state.values.scatter_(1, expanded, torch.where(keep_new, values.to(state.values.dtype), old))
     state.length = state.length + n_commit  # a new tensor: contexts handed out earlier keep their view

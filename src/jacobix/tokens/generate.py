@@ -142,39 +142,20 @@ def generate(
     proposer = _proposer(spec, proposer, init, row_length, lookahead, width - 1)
     device = model_device(model)
     prompts, prompt_length = prompts.to(device), prompt_length.to(device)
-    eos = () if eos_token_id is None else ((eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
     guidance, uncond, uncond_length = _guidance(model, cfg_scale, negative_input_ids, prompt_length)
-    rows = proposer.candidates if guidance is None else 2
     limit = prompt_length + max_new_tokens
-    capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
-    cache = model.new_cache(len(prompts) * rows, capacity)
-    dtype = model_dtype(model)
-    verifier = Verifier(model, cache, candidates=proposer.candidates, prompt_length=prompt_length, sampling=sampling,
-                        processors=processors, guidance=guidance, eos_token_ids=eos, generator=generator,
-                        prob_dtype=torch.float64 if dtype == torch.float64 else torch.float32, max_position=capacity - 1)
+    verifier = _verifier(model, proposer, guidance, prompt_length, limit, sampling=sampling, processors=processors,
+                         eos_token_id=eos_token_id, generator=generator)
     start = clock(device)
     with torch.inference_mode():
-        state, prefilled = _start(model, verifier, cache, prompts, prompt_length, uncond, uncond_length, limit, width)
-        costs = None
-        if adaptive and policy is None:
-            costs = shared_costs(model, (str(device), str(dtype), len(prompts) * rows, sampling.greedy,
-                                         type(proposer).__name__))
-            policy = AdaptiveWidth(proposer.sources, width - 1, costs)
-        problem = TokenProblem(verifier, proposer, policy=policy, costs=costs, generator=generator,
-                               vocab_size=model.vocab_size, drafts=width - 1)
-        proposer.begin(len(prompts))
-        widths = tuple(w for w in PROBE_WIDTHS if w <= width)
-        if costs is not None and costs.needs_probe(widths):
-            costs.probe(lambda w: problem.probe(state, w), widths, device)
-            proposer.begin(len(prompts))  # forget what the probe passes proposed
-        verifier.rollback(state, state.length - 1, None)
+        state, prefilled = _start(model, verifier, prompts, prompt_length, uncond, uncond_length, limit, width)
+        problem = _problem(model, verifier, proposer, state, policy=policy, adaptive=adaptive, width=width,
+                           generator=generator)
         watch = Watchers(progress, spec.name, streamer, state, prompt_length)
         solved = solve(problem, state, window=width, record=record, on_sweep=watch.after_sweep if watch.any else None,
                        block=block, lossy_sweep_cap=lossy_sweep_cap)
         watch.close()
     elapsed = clock(device) - start
-    if costs is not None:
-        problem.stats.cost_ratio = costs.ratios(tuple(w for w in PROBE_WIDTHS if w <= width))
     tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(len(prompts))]
     stats = DecodeStats(method=spec.name, window=width, adaptive=adaptive, forward_passes=solved.forward_passes,
                         prefill_passes=prefilled, new_tokens=[len(t) for t in tokens],
@@ -184,17 +165,55 @@ def generate(
     return GenerateResult(tokens=tokens, stats=stats, trajectory=solved.trajectory)
 
 
-def _start(model: CausalLM, verifier: Verifier, cache: Any, prompts: Tensor, prompt_length: Tensor,
+def _verifier(model: CausalLM, proposer: Proposer, guidance: Guidance | None, prompt_length: Tensor, limit: Tensor, *,
+              sampling: SamplingConfig, processors: Sequence[LogitsProcessor], eos_token_id: int | Sequence[int] | None,
+              generator: torch.Generator | None) -> Verifier:
+    """The verifier with a cache of ``B * R`` rows (``2B`` with guidance) and room for ``limit`` positions."""
+    rows = proposer.candidates if guidance is None else 2
+    capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
+    eos = () if eos_token_id is None else ((eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
+    dtype = model_dtype(model)
+    return Verifier(model, model.new_cache(len(limit) * rows, capacity), candidates=proposer.candidates,
+                    prompt_length=prompt_length, sampling=sampling, processors=processors, guidance=guidance,
+                    eos_token_ids=eos, generator=generator,
+                    prob_dtype=torch.float64 if dtype == torch.float64 else torch.float32, max_position=capacity - 1)
+
+
+def _problem(model: CausalLM, verifier: Verifier, proposer: Proposer, state: FixedPointState, *,
+             policy: WidthPolicy | None, adaptive: bool, width: int, generator: torch.Generator | None) -> TokenProblem:
+    """The token problem; with ``window="auto"`` an adaptive policy on the model's shared pass costs,
+    probed first if they lack timings."""
+    costs = None
+    if adaptive and policy is None:
+        key = (str(state.values.device), str(model_dtype(model)), len(verifier.prompt_length) * verifier.candidates,
+               verifier.sampling.greedy, type(proposer).__name__)
+        costs = shared_costs(model, key)
+        policy = AdaptiveWidth(proposer.sources, width - 1, costs)
+    problem = TokenProblem(verifier, proposer, policy=policy, costs=costs, generator=generator,
+                           vocab_size=model.vocab_size, drafts=width - 1)
+    batch = len(state.length)
+    proposer.begin(batch)
+    widths = tuple(w for w in PROBE_WIDTHS if w <= width)
+    if costs is not None:
+        if costs.needs_probe(widths):
+            costs.probe(lambda w: problem.probe(state, w), widths, state.values.device)
+            proposer.begin(batch)  # forget what the probe passes proposed
+        problem.stats.cost_ratio = costs.ratios(widths)
+    verifier.rollback(state, state.length - 1, None)
+    return problem
+
+
+def _start(model: CausalLM, verifier: Verifier, prompts: Tensor, prompt_length: Tensor,
            uncond: Tensor | None, uncond_length: Tensor | None, limit: Tensor, width: int) -> tuple[FixedPointState, int]:
     """Prefill the prompts and commit the first new token from the prefill logits (no extra pass)."""
     state = FixedPointState.start(prompts, prompt_length, limit, width)
     if bool(state.done.all()):
         return state, 0
-    logits = prefill(model, cache, prompts, prompt_length, uncond, uncond_length, verifier.candidates)  # (B or 2B, V)
+    logits = prefill(model, verifier.cache, prompts, prompt_length, uncond, uncond_length, verifier.candidates)  # (B or 2B, V)
     first = first_tokens(verifier, logits)  # (B,)
     rows = torch.arange(len(prompts), device=prompts.device)
     state.values[rows, prompt_length] = first
-    state.length += 1
+    state.length = state.length + 1
     state.done |= state.length >= state.limit
     if len(verifier.eos):
         state.done |= torch.isin(first, verifier.eos)
