@@ -3,6 +3,8 @@ in which order, and how many drafts the controller feeds for given costs and acc
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 import torch
 
@@ -66,8 +68,9 @@ TEXT_2, TEXT_1, TRAJECTORY_2 = 1, 2, 3  # source ids after the Jacobi source, ke
 def _policy(cost_ratio: dict[int, float], drafts: int = 4, *, text_prior=(0.7, 0.5), trajectory_prior=0.1,
             **config) -> AdaptiveWidth:
     costs = PassCosts()
-    for width, seconds in cost_ratio.items():
-        costs.add(width, seconds)
+    costs.probe(lambda width: None, ())  # no width but the one-token pass
+    for width, ratio in cost_ratio.items():
+        costs.shapes[width] = deque([ratio])
     pool = LookaheadConfig(key_lengths=(2, 1), text_prior=text_prior, trajectory_prior=trajectory_prior).sources()
     return AdaptiveWidth((*JACOBI_SOURCES, *pool), drafts, costs, AdaptiveConfig(**config))
 
@@ -116,16 +119,37 @@ def test_lookahead_config_refuses_bad_priors(bad):
         LookaheadConfig(**bad)
 
 
-def test_pass_costs_median_resists_outliers_and_interpolates():
-    costs = PassCosts(keep=5)
-    for seconds in (1.0, 1.1, 0.9, 50.0, 1.0):  # one pass hit by load
+def test_pass_costs_separate_the_machine_level_from_the_width_shape():
+    costs = PassCosts(keep=15)
+    for seconds in (1.0, 1.1, 0.9, 50.0, 1.0):  # one-token passes, one hit by load
         costs.add(1, seconds)
-    for seconds in (2.0, 2.2, 0.1, 2.1):  # one implausibly fast reading
+    assert costs.level() == pytest.approx(1.0)
+    for seconds in (2.0, 0.1, 2.2, 2.1, 2.0, 2.1):  # 4-token passes between one-token ones; one implausibly fast
         costs.add(4, seconds)
-    assert costs.estimate(1) == pytest.approx(1.0)
-    assert costs.estimate(4) == pytest.approx(2.05)
-    assert costs.estimate(2) == pytest.approx(1.0 + (2.05 - 1.0) / 3)  # linear between measured widths
-    assert costs.estimate(8) == pytest.approx(2.05 * 2)  # in proportion past the largest
+        costs.add(1, 1.0)
+    assert costs.shape(4) == pytest.approx(2.05)
+    assert costs.shape(2) == pytest.approx(1.0 + 1.05 / 3)  # linear between measured widths
+    assert costs.shape(8) == pytest.approx(2.05 * 2)  # in proportion past the largest
+    for _ in range(20):  # the machine slows down 2x while only 4-token passes run
+        costs.add(4, 4.1)
+    assert 2.05 <= costs.shape(4) <= 2.2  # the drift goes into the level, not the shape
+    assert costs.level() == pytest.approx(4.1 / costs.shape(4)) and costs.estimate(4) == pytest.approx(4.1)
+
+
+def test_pass_costs_probe_times_each_width_against_the_one_token_pass_of_its_round(monkeypatch):
+    import jacobix.tokens.policy.costs as costs_module
+
+    now = [0.0]
+    speed = iter([1.0, 1.0] + [1.0, 3.0] + [2.0, 6.0] + [1.0, 3.0])  # warm-up, then rounds at drifting speeds
+    monkeypatch.setattr(costs_module, "clock", lambda device=None: now[0])
+
+    def run_pass(width):
+        now[0] += next(speed)
+
+    costs = PassCosts(probe_rounds=3)
+    costs.probe(run_pass, (2,))
+    assert costs.shape(2) == pytest.approx(3.0)  # every round says 3x, whatever the machine's speed
+    assert not costs.needs_probe((1, 2)) and costs.needs_probe((1, 2, 4))
 
 
 def test_auto_window_takes_any_number_of_key_lengths_and_stays_exact():

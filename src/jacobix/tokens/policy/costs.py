@@ -1,14 +1,23 @@
 """What a pass of the model costs, by window width, measured on the passes actually run.
 
 One start-up timing is fragile on a loaded machine (on 2 shared cores one run measured a
-2-token pass at 0.18x a 1-token pass, another at 9.5x). :class:`PassCosts` instead keeps the
-recent timings of each width and answers with their median: a short probe seeds every width
-(a discarded warm-up round, then a few interleaved rounds on the real cache, so any context
-length fits and the batch is the real one), and every pass of a generation adds its own timing.
-Both time the same work, the part of a pass that grows with its width: the proposal, the
-verifier's forward, target distributions and acceptance rule (SJD's per-pass sampling work) and
-the redraft. The engine's own commit and rollback cost the same at every width and are left
-out, which errs toward narrower windows.
+2-token pass at 0.18x a 1-token pass, another at 9.5x), and so is comparing timings of different
+widths taken minutes apart: the machine's speed drifts by 10-30% in between. :class:`PassCosts`
+therefore splits a pass's cost into the machine's current *level* (seconds of a one-token pass
+now) and the *shape* of the width (cost relative to a one-token pass), and keeps both as medians
+of recent samples:
+
+- a probe seeds the shape: a discarded warm-up round, then interleaved rounds of real passes on
+  the generation's own cache (any context length fits, the batch is the real one), each width
+  timed against the one-token pass of the same round;
+- every pass of a generation adds its timing: divided by the current level it refines its width's
+  shape, divided by its width's shape it refines the level. Widths that alternate are compared
+  within moments of each other; a width that runs alone only moves the level.
+
+The adaptive width compares widths by shape only, so its choices do not follow the machine's
+load. Timed is the part of a pass that grows with its width: the proposal, the verifier's forward,
+target distributions and acceptance rule (SJD's per-pass sampling work) and the redraft; the
+engine's commit and rollback cost the same at every width and are left out.
 """
 
 from __future__ import annotations
@@ -21,50 +30,75 @@ from collections.abc import Callable
 from jacobix.core.timing import clock
 
 PROBE_WIDTHS = (1, 2, 4, 8, 16)
+RECENT = 4  # passes over which another width must have run for a timing to refine its width's shape
 
 
 class PassCosts:
-    """Recent seconds per pass, by width (tokens per row per pass).
+    """Recent pass timings as a machine level times a per-width shape.
 
     Args:
-        keep: timings kept per width (the median of these is the estimate).
-        probe_rounds: rounds of the start-up probe over the probe widths.
+        keep: samples kept per width shape and for the level (their medians are the estimates).
+        probe_rounds: interleaved rounds of the start-up probe.
     """
 
-    def __init__(self, keep: int = 31, probe_rounds: int = 3) -> None:
+    def __init__(self, keep: int = 31, probe_rounds: int = 5) -> None:
         if keep < 1 or probe_rounds < 1:
             raise ValueError(f"PassCosts: keep and probe_rounds must be >= 1, got {keep}, {probe_rounds}")
         self.keep, self.probe_rounds = keep, probe_rounds
-        self.samples: dict[int, deque[float]] = {}
-
-    def add(self, width: int, seconds: float) -> None:
-        """Record one pass of ``width`` tokens that took ``seconds``."""
-        self.samples.setdefault(width, deque(maxlen=self.keep)).append(seconds)
+        self.shapes: dict[int, deque[float]] = {1: deque([1.0], maxlen=keep)}
+        self.levels: deque[float] = deque(maxlen=keep)
+        self.recent: deque[int] = deque(maxlen=RECENT)  # widths of the last passes
+        self._table: list[float] = []  # cached relative costs of widths 1 .., dropped when a shape changes
 
     def needs_probe(self, widths: tuple[int, ...]) -> bool:
-        return any(len(self.samples.get(w, ())) < self.probe_rounds for w in widths)
+        return not self.levels or any(w not in self.shapes for w in widths)
 
     def probe(self, run_pass: Callable[[int], None], widths: tuple[int, ...], device=None) -> None:
-        """Time ``run_pass(width)`` for each width, rounds interleaved so that load hits all alike
+        """Time ``run_pass(width)`` for each width against a one-token pass of the same round
         (after one untimed round: first calls pay for allocations)."""
+        widths = tuple(sorted(set(widths) | {1}))
         for width in widths:
             run_pass(width)
         for _ in range(self.probe_rounds):
+            seconds = {}
             for width in widths:
                 start = clock(device)
                 run_pass(width)
-                self.add(width, clock(device) - start)
+                seconds[width] = clock(device) - start
+            self.levels.append(seconds[1])
+            for width in widths[1:]:
+                self.shapes.setdefault(width, deque(maxlen=self.keep)).append(seconds[width] / seconds[1])
+        self._table = []
 
-    def estimate(self, width: int) -> float:
-        """Median seconds of a ``width`` pass; other widths are interpolated between measured ones
-        (linearly; past the largest, in proportion to the width). Never below a narrower width's."""
+    def add(self, width: int, seconds: float) -> None:
+        """Record one pass of ``width`` tokens that took ``seconds``."""
+        # The level is a fair yardstick only if other widths set it recently; a width running
+        # alone would otherwise fold the machine's drift into its own shape.
+        if self.levels and width != 1 and any(w != width for w in self.recent):
+            self.shapes.setdefault(width, deque(maxlen=self.keep)).append(seconds / self.level())
+            self._table = []
+        self.levels.append(seconds / self.shape(width))
+        self.recent.append(width)
+
+    def level(self) -> float:
+        """Seconds of a one-token pass at the machine's current speed (median of recent passes)."""
+        if not self.levels:
+            raise ValueError("PassCosts has no timings yet: probe or add passes first")
+        return statistics.median(self.levels)
+
+    def shape(self, width: int) -> float:
+        """Cost of a ``width`` pass over a one-token pass."""
         return self.table(width)[-1]
 
     def table(self, most: int) -> list[float]:
-        """Estimated seconds of widths ``1 .. most`` (one median per measured width)."""
-        median = {w: statistics.median(s) for w, s in sorted(self.samples.items()) if s}
-        if not median:
-            raise ValueError("PassCosts has no timings yet: probe or add passes first")
+        """Relative costs of widths ``1 .. most``: measured widths by their median, others linear
+        between measured ones and in proportion past the largest; never below a narrower width's."""
+        if len(self._table) < most:
+            self._table = self._compute(max(most, 16))
+        return self._table[:most]
+
+    def _compute(self, most: int) -> list[float]:
+        median = {w: statistics.median(s) for w, s in sorted(self.shapes.items()) if s}
         known = list(median)
         table, floor = [], 0.0
         for width in range(1, most + 1):
@@ -72,7 +106,7 @@ class PassCosts:
             lower = next((w for w in reversed(known) if w <= width), None)
             if upper is None:
                 cost = median[known[-1]] * width / known[-1]
-            elif lower is None or lower == upper:
+            elif lower == upper:
                 cost = median[upper]
             else:
                 t = (width - lower) / (upper - lower)
@@ -81,10 +115,13 @@ class PassCosts:
             table.append(floor)
         return table
 
+    def estimate(self, width: int) -> float:
+        """Seconds of a ``width`` pass now."""
+        return self.level() * self.shape(width)
+
     def ratios(self, widths: tuple[int, ...]) -> dict[int, float]:
         """Estimated cost of each width over a one-token pass."""
-        base = self.estimate(1)
-        return {w: self.estimate(w) / base for w in widths}
+        return {w: self.shape(w) for w in widths}
 
 
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
