@@ -222,3 +222,49 @@ def test_drafts_the_policy_did_not_feed_stay_at_their_positions():
     assert out.stats.forward_passes == 10 and out.stats.accepted_per_pass.flatten().tolist() == [2] * 10
     carried = [record.drafts[0, 2:] for record in out.trajectory[1:]]  # unfed drafts of earlier passes
     assert all(torch.equal(c, reference[int(r.start): int(r.start) + 7][2:]) for c, r in zip(carried, out.trajectory[1:]))
+
+
+def test_a_rows_sample_does_not_depend_on_its_batch_with_per_row_generators():
+    model = tiny_model(7, vocab=VOCAB, dim=16)
+    prompts = [[1, 3, 0], [2, 2], [4, 1, 0, 3], [0]]
+    options = dict(method="sjd", window=4, temperature=1.0, top_k=4, max_new_tokens=12)
+    seeds = [11, 12, 13, 14]
+    batch = jacobix.generate(model, prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], **options)
+    for prompt, seed, tokens in zip(prompts, seeds, batch.tokens):
+        alone = jacobix.generate(model, [prompt], generator=[torch.Generator().manual_seed(seed)], **options)
+        assert torch.equal(alone.tokens[0], tokens)
+    shuffled = jacobix.generate(model, prompts[::-1], generator=[torch.Generator().manual_seed(s) for s in seeds[::-1]],
+                                **options)
+    assert all(torch.equal(a, b) for a, b in zip(shuffled.tokens[::-1], batch.tokens))
+    with pytest.raises(ValueError, match="one per row"):
+        jacobix.generate(model, prompts, generator=[torch.Generator()], **options)
+
+
+def test_vllm_metrics_on_oracle_and_on_no_drafts():
+    model = tiny_model(4)
+    prompt = torch.tensor([3, 1, 4])
+    reference = torch.cat([prompt, naive_greedy(model, prompt, 25), torch.zeros(64, dtype=torch.long)])
+
+    def oracle(context):
+        return reference[context.positions.clamp(max=len(reference) - 1)], None
+
+    out = jacobix.generate(model, prompt, method="jacobi", window=6, init=oracle, max_new_tokens=25)
+    stats = out.stats
+    assert stats.forward_passes == 4 and stats.num_drafts == 4  # 24 tokens after the prefill token, 6 per pass
+    assert stats.num_draft_tokens == 20 and stats.num_accepted_tokens == 20
+    assert stats.draft_acceptance_length == 6.0 and torch.equal(stats.acceptance_rate_per_position, torch.ones(5))
+    assert stats.per_row() == [{"new_tokens": 25, "forward_passes": 4, "draft_tokens": 20, "accepted_tokens": 20}]
+    sequential = jacobix.generate(model, prompt, method="ar", max_new_tokens=25).stats
+    assert sequential.num_drafts == 0 and sequential.draft_acceptance_length == 1.0  # passes without drafts do not count
+    assert sequential.summary()["num_draft_tokens"] == 0
+
+
+def test_clock_waits_for_any_accelerator(monkeypatch):
+    from jacobix.core import timing
+
+    calls = []
+    monkeypatch.setattr(torch, "accelerator", type("Fake", (), {"synchronize": staticmethod(calls.append)}), raising=False)
+    timing.clock("cpu")
+    assert calls == []
+    timing.clock(torch.device("xpu", 0))
+    assert calls == [torch.device("xpu", 0)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from jacobix.core.sampling import sample, uniform
+from jacobix.core.sampling import Randomness, sample, uniform
 
 
 def leading_true(mask: Tensor) -> Tensor:
@@ -102,7 +102,7 @@ def speculative_accept(
     drafts: Tensor,
     p_draft: Tensor,
     p_target: Tensor,
-    generator: torch.Generator | None,
+    generator: Randomness,
     verifiable: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Speculative sampling over a window (SJD, arXiv 2410.01699, eq. 4; Leviathan et al. 2023).
@@ -151,7 +151,7 @@ def speculative_accept(
 
 
 def candidates_accept(
-    candidates: Tensor, p_target: Tensor, generator: torch.Generator | None
+    candidates: Tensor, p_target: Tensor, generator: Randomness
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Lossless speculative sampling over several fixed draft sequences per row (one pass).
 

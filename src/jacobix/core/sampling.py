@@ -8,6 +8,7 @@ and residual distributions of speculative decoding are all formed by identical p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Protocol, Sequence
 
 import torch
@@ -104,12 +105,38 @@ def target_probs(logits: Tensor) -> Tensor:
     return logits.to(dtype).softmax(-1)
 
 
-def sample(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+Randomness = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the batch, or one per batch row (dim 0 of every draw), or torch's global one."""
+
+
+def sample(probs: Tensor, generator: Randomness) -> Tensor:
     """Draw one token per row of ``probs`` (..., V) by the exponential race; returns (...)."""
-    race = torch.empty_like(probs).exponential_(generator=generator)
+    race = exponential(probs.shape, probs, generator)
     return torch.argmax(probs / race, dim=-1)
 
 
-def uniform(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+def uniform(shape: tuple[int, ...], like: Tensor, generator: Randomness) -> Tensor:
     """Uniform numbers in [0, 1) of ``shape``, on ``like``'s device and dtype."""
-    return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype)
+    return per_row(lambda s, g: torch.rand(s, generator=g, device=like.device, dtype=like.dtype), shape, generator)
+
+
+def exponential(shape: tuple[int, ...], like: Tensor, generator: Randomness) -> Tensor:
+    """Standard exponential numbers of ``shape``, on ``like``'s device and dtype."""
+    return per_row(lambda s, g: torch.empty(s, device=like.device, dtype=like.dtype).exponential_(generator=g),
+                   shape, generator)
+
+
+def randint(high: int, shape: tuple[int, ...], device: torch.device, generator: Randomness) -> Tensor:
+    """Uniform integers in [0, high) of ``shape``."""
+    return per_row(lambda s, g: torch.randint(high, s, generator=g, device=device), shape, generator)
+
+
+def per_row(draw: Callable[[tuple[int, ...], torch.Generator | None], Tensor], shape: tuple[int, ...],
+            generator: Randomness) -> Tensor:
+    """``draw(shape, generator)``, or with one generator per row, row ``b`` drawn from ``generator[b]``
+    (so a row's numbers do not depend on the batch it runs in)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return draw(tuple(shape), generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} rows: give one per row")
+    return torch.stack([draw(tuple(shape[1:]), g) for g in generator])

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from jacobix.tokens.proposers.basic import CopyInit, DraftContext, DraftInit, RandomInit, resolve_init
-from jacobix.core.sampling import sample
+from jacobix.core.sampling import randint, sample
 
 if TYPE_CHECKING:
     from jacobix.images.model import ImageModel
@@ -42,7 +42,7 @@ class CodeRandomInit:
     def __call__(self, context: DraftContext) -> tuple[Tensor, Tensor | None]:
         b, d = context.positions.shape
         device = context.canvas.device
-        tokens = torch.randint(self.num_codes, (b, d), generator=context.generator, device=device)  # (B, D)
+        tokens = randint(self.num_codes, (b, d), device, context.generator)  # (B, D)
         p_draft = torch.zeros(b, d, context.vocab_size, device=device)
         p_draft[..., : self.num_codes] = 1.0 / self.num_codes
         return tokens, p_draft

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jacobix.core.engine import FixedPointState, solve
-from jacobix.core.sampling import LogitsProcessor, SamplingConfig
+from jacobix.core.sampling import Randomness, LogitsProcessor, SamplingConfig
 from jacobix.core.timing import clock
 from jacobix.models.protocol import CausalLM
 from jacobix.tokens.policy.costs import PROBE_WIDTHS, shared_costs
@@ -86,7 +86,7 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     processors: Sequence[LogitsProcessor] = (),
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     cfg_scale: float | None = None,
     negative_input_ids: Prompt | None = None,
     eos_token_id: int | Sequence[int] | None = None,
@@ -117,7 +117,9 @@ def generate(
         temperature: 0 for greedy; > 0 samples (required by "sjd").
         top_k, top_p: filters applied to the target distribution at every position.
         processors: more logits processors, called with each position's generated index.
-        generator: explicit randomness; a fresh unseeded one if None.
+        generator: explicit randomness: one ``torch.Generator``, or a list with one per row (a row's
+            sample then does not depend on the batch it runs in, at a fixed window), or None
+            for torch's global generator.
         cfg_scale: classifier-free guidance scale; needs ``negative_input_ids``.
         negative_input_ids: unconditional prompts, one per row.
         eos_token_id: stop a row after this token (or any of several).
@@ -136,7 +138,7 @@ def generate(
     spec = _method(method)
     prompts, prompt_length = pack_prompts(input_ids, model.vocab_size, "input_ids")
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    _check_options(spec, max_new_tokens, window, sampling, streamer, prompts.shape[0], lossy_sweep_cap)
+    _check_options(spec, max_new_tokens, window, sampling, streamer, prompts.shape[0], lossy_sweep_cap, generator)
     adaptive = window == "auto" and not spec.sequential
     width = 1 if spec.sequential else (AUTO_MAX_WINDOW if window == "auto" else int(window))
     proposer = _proposer(spec, proposer, init, row_length, lookahead, width - 1)
@@ -160,14 +162,15 @@ def generate(
     stats = DecodeStats(method=spec.name, window=width, adaptive=adaptive, forward_passes=solved.forward_passes,
                         prefill_passes=prefilled, new_tokens=[len(t) for t in tokens],
                         committed_per_pass=solved.committed, accepted_per_pass=solved.accepted,
-                        active_per_pass=solved.active, lossy_per_pass=solved.lossy, wall_time_s=elapsed,
+                        active_per_pass=solved.active, lossy_per_pass=solved.lossy,
+                        fed_per_pass=torch.tensor(problem.fed_per_pass, dtype=torch.long), wall_time_s=elapsed,
                         schedule=problem.stats)
     return GenerateResult(tokens=tokens, stats=stats, trajectory=solved.trajectory)
 
 
 def _verifier(model: CausalLM, proposer: Proposer, guidance: Guidance | None, prompt_length: Tensor, limit: Tensor, *,
               sampling: SamplingConfig, processors: Sequence[LogitsProcessor], eos_token_id: int | Sequence[int] | None,
-              generator: torch.Generator | None) -> Verifier:
+              generator: Randomness) -> Verifier:
     """The verifier with a cache of ``B * R`` rows (``2B`` with guidance) and room for ``limit`` positions."""
     rows = proposer.candidates if guidance is None else 2
     capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
@@ -180,7 +183,7 @@ def _verifier(model: CausalLM, proposer: Proposer, guidance: Guidance | None, pr
 
 
 def _problem(model: CausalLM, verifier: Verifier, proposer: Proposer, state: FixedPointState, *,
-             policy: WidthPolicy | None, adaptive: bool, width: int, generator: torch.Generator | None) -> TokenProblem:
+             policy: WidthPolicy | None, adaptive: bool, width: int, generator: Randomness) -> TokenProblem:
     """The token problem; with ``window="auto"`` an adaptive policy on the model's shared pass costs,
     probed first if they lack timings."""
     costs = None
@@ -257,7 +260,7 @@ def _guidance(model: CausalLM, cfg_scale: float | None, negative_input_ids: Prom
 
 
 def _check_options(spec: Method, max_new_tokens: int, window: Any, sampling: SamplingConfig, streamer: Any,
-                   batch: int, lossy_sweep_cap: int | None) -> None:
+                   batch: int, lossy_sweep_cap: int | None, generator: Randomness) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if window != "auto" and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
@@ -268,6 +271,11 @@ def _check_options(spec: Method, max_new_tokens: int, window: Any, sampling: Sam
         raise ValueError(f"method={spec.name!r} samples and needs temperature > 0; for greedy decoding use method='jacobi'")
     if streamer is not None and batch != 1:
         raise ValueError(f"a streamer follows one prompt, got {batch}; stream one prompt at a time")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+            raise ValueError("generator must be a torch.Generator, a list of them (one per row), or None")
+        if len(generator) != batch:
+            raise ValueError(f"generator is a list of {len(generator)} generators for {batch} prompts; give one per row")
     if lossy_sweep_cap is not None and (not isinstance(lossy_sweep_cap, int) or lossy_sweep_cap < 1):
         raise ValueError(f"lossy_sweep_cap must be an int >= 1 or None (exact), got {lossy_sweep_cap!r}")
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jacobix.core.sampling import Randomness
+
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState
 from jacobix.core.timing import clock
 from jacobix.tokens.policy.costs import PassCosts
@@ -75,12 +77,13 @@ class TokenProblem:
     """
 
     def __init__(self, verifier: Verifier, proposer: Proposer, *, policy: WidthPolicy | None, costs: PassCosts | None,
-                 generator: torch.Generator | None, vocab_size: int, drafts: int) -> None:
+                 generator: Randomness, vocab_size: int, drafts: int) -> None:
         self.verifier, self.proposer, self.costs = verifier, proposer, costs
         self.policy = policy
         self.generator, self.vocab_size = generator, vocab_size
         self.device = verifier.prompt_length.device
         self.drafts = drafts
+        self.fed_per_pass: list[int] = []  # drafts fed per candidate row, one entry per sweep
         self._began = 0.0
         self.greedy = verifier.sampling.greedy
         self.candidates: Candidates | None = None
@@ -165,6 +168,7 @@ class TokenProblem:
 
     def _count(self, fed: int, source: Tensor, verdict: Verdict, running: Tensor) -> None:
         stats = self.stats
+        self.fed_per_pass.append(fed)
         stats.widths[fed + 1] = stats.widths.get(fed + 1, 0) + 1
         r = verdict.matched.shape[1]
         stats.rows[r] = stats.rows.get(r, 0) + 1

@@ -27,6 +27,7 @@ class DecodeStats:
         accepted_per_pass: (P, B) drafts accepted per pass and row.
         active_per_pass: (P, B) rows still generating during each pass.
         lossy_per_pass: (P, B) tokens committed unconverged by the LOSSY sweep cap (all zero when exact).
+        fed_per_pass: (P,) drafts fed to each candidate row by each pass (the width policy's choice).
         wall_time_s: seconds, prefill included.
         schedule: passes per width, pass costs and drafts per source (:class:`ScheduleStats`).
     """
@@ -41,6 +42,7 @@ class DecodeStats:
     accepted_per_pass: Tensor
     active_per_pass: Tensor
     lossy_per_pass: Tensor
+    fed_per_pass: Tensor
     wall_time_s: float
     schedule: ScheduleStats | None = None
 
@@ -68,6 +70,49 @@ class DecodeStats:
         passed = (accepted[None] > slots) & active[None]
         return passed.sum((1, 2)) / tested.sum((1, 2)).clamp_min(1)
 
+    def _drafted(self) -> Tensor:
+        """(P, B) True for passes of active rows that tested drafts (vLLM counts only those)."""
+        return self.active_per_pass & (self.fed_per_pass[:, None] > 0)
+
+    @property
+    def num_drafts(self) -> int:
+        """vLLM's ``num_drafts``: (pass, row) pairs that tested at least one draft."""
+        return int(self._drafted().sum())
+
+    @property
+    def num_draft_tokens(self) -> int:
+        """vLLM's ``num_draft_tokens``: drafts tested, summed over passes and rows."""
+        return int((self.fed_per_pass[:, None] * self._drafted()).sum())
+
+    @property
+    def num_accepted_tokens(self) -> int:
+        """vLLM's ``num_accepted_tokens``: drafts accepted (bonus and recovered tokens not counted)."""
+        return int((self.accepted_per_pass * self._drafted()).sum())
+
+    @property
+    def draft_acceptance_length(self) -> float:
+        """vLLM's mean acceptance length, ``1 + num_accepted_tokens / num_drafts`` (passes with no
+        drafts left out; compare ``mean_acceptance_length``, which counts every pass)."""
+        return 1.0 + self.num_accepted_tokens / max(self.num_drafts, 1)
+
+    @property
+    def acceptance_rate_per_position(self) -> Tensor:
+        """(D,) vLLM's per-position rate: drafts accepted at slot ``i`` over ``num_drafts``
+        (unconditional; ``position_acceptance`` is the rate among passes that tested slot ``i``)."""
+        drafted = self._drafted()
+        slots = torch.arange(self.window - 1)[:, None, None]  # (D, 1, 1)
+        return ((self.accepted_per_pass[None] > slots) & drafted[None]).sum((1, 2)) / max(self.num_drafts, 1)
+
+    def per_row(self) -> list[dict[str, int]]:
+        """Per batch row: new tokens, passes while active, drafts tested and accepted."""
+        drafted = self._drafted()
+        return [
+            {"new_tokens": self.new_tokens[b], "forward_passes": int(self.active_per_pass[:, b].sum()),
+             "draft_tokens": int((self.fed_per_pass * drafted[:, b]).sum()),
+             "accepted_tokens": int((self.accepted_per_pass[:, b] * drafted[:, b]).sum())}
+            for b in range(len(self.new_tokens))
+        ]
+
     def summary(self) -> dict[str, float | int | str | bool]:
         return {
             "method": self.method,
@@ -76,6 +121,10 @@ class DecodeStats:
             "new_tokens": sum(self.new_tokens),
             "tokens_per_pass": round(self.tokens_per_pass, 3),
             "mean_acceptance_length": round(self.mean_acceptance_length, 3),
+            "num_drafts": self.num_drafts,
+            "num_draft_tokens": self.num_draft_tokens,
+            "num_accepted_tokens": self.num_accepted_tokens,
+            "draft_acceptance_length": round(self.draft_acceptance_length, 3),
             "wall_time_s": round(self.wall_time_s, 4),
             **({"lossy_tokens": int(self.lossy_per_pass.sum())} if self.lossy else {}),
             **({"schedule": self.schedule.summary()} if self.schedule is not None else {}),

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from jacobix.core.acceptance import candidates_accept, leading_true, speculative_accept
 from jacobix.core.engine import FixedPointState
-from jacobix.core.sampling import LogitsProcessor, SamplingConfig, process_logits, target_probs
+from jacobix.core.sampling import Randomness, LogitsProcessor, SamplingConfig, process_logits, target_probs
 from jacobix.models.protocol import Cache, CausalLM
 from jacobix.tokens.proposers.base import Candidates
 
@@ -87,7 +87,7 @@ class Verifier:
 
     def __init__(self, model: CausalLM, cache: Cache, *, candidates: int, prompt_length: Tensor,
                  sampling: SamplingConfig, processors: Sequence[LogitsProcessor], guidance: Guidance | None,
-                 eos_token_ids: Sequence[int], generator: torch.Generator | None, prob_dtype: torch.dtype,
+                 eos_token_ids: Sequence[int], generator: Randomness, prob_dtype: torch.dtype,
                  max_position: int) -> None:
         if guidance is not None and candidates > 1:
             raise ValueError("several candidates per pass run without classifier-free guidance; "

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from jacobix.core.engine import Drafts
-from jacobix.core.sampling import sample
+from jacobix.core.sampling import Randomness, sample
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class ProposalContext:
     prompt_length: Tensor
     vocab_size: int
     greedy: bool
-    generator: torch.Generator | None
+    generator: Randomness
 
     def carried_tokens(self) -> Tensor:
         """(B, D) the carried drafts (placeholders at fresh slots)."""
@@ -145,7 +145,7 @@ class Proposer:
         """Candidates for the next sweep."""
         raise NotImplementedError
 
-    def redraft(self, p_target: Tensor, positions: Tensor, generator: torch.Generator | None) -> Tensor:
+    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness) -> Tensor:
         """Next guesses (B, W) at evaluated slots from the sweep's targets (B, W, V) when sampling.
 
         Args:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jacobix.core.sampling import Randomness, randint
 from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext, Proposer
 
 
@@ -37,7 +38,7 @@ class DraftContext:
     fresh: Tensor
     prompt_length: Tensor
     vocab_size: int
-    generator: torch.Generator | None
+    generator: Randomness
 
 
 class DraftInit(Protocol):
@@ -54,9 +55,7 @@ class RandomInit:
 
     def __call__(self, context: DraftContext) -> tuple[Tensor, Tensor | None]:
         b, d = context.positions.shape
-        tokens = torch.randint(
-            context.vocab_size, (b, d), generator=context.generator, device=context.canvas.device
-        )  # (B, D)
+        tokens = randint(context.vocab_size, (b, d), context.canvas.device, context.generator)  # (B, D)
         p_draft = torch.full((b, d, context.vocab_size), 1.0 / context.vocab_size, device=context.canvas.device)
         return tokens, p_draft
 

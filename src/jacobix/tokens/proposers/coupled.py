@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from jacobix.core.sampling import Randomness, exponential
 from jacobix.tokens.proposers.base import DraftSource
 from jacobix.tokens.proposers.basic import DraftInit, JacobiProposer
 
@@ -41,7 +42,7 @@ class CoupledProposer(JacobiProposer):
     def begin(self, batch_size: int) -> None:
         self.noise = None
 
-    def redraft(self, p_target: Tensor, positions: Tensor, generator: torch.Generator | None) -> Tensor:
+    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness) -> Tensor:
         b, w, vocab = p_target.shape
         needed = int(positions.max()) + 1
         if self.noise is None or self.noise.shape[1] < needed or self.noise.shape[0] != b:
@@ -51,10 +52,10 @@ class CoupledProposer(JacobiProposer):
 
 
 def _extend(noise: Tensor | None, rows: int, length: int, vocab: int, device: torch.device,
-            generator: torch.Generator | None) -> Tensor:
+            generator: Randomness) -> Tensor:
     """Noise (rows, >= length, V): the old positions kept, new ones drawn."""
     start = 0 if noise is None or noise.shape[0] != rows else noise.shape[1]
-    fresh = torch.empty(rows, max(length - start, 0), vocab, device=device).exponential_(generator=generator)
+    fresh = exponential((rows, max(length - start, 0), vocab), torch.empty(0, device=device), generator)
     return fresh if start == 0 else torch.cat([noise, fresh], 1)
 
 
