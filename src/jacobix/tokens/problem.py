@@ -85,6 +85,8 @@ class TokenProblem:
         self.drafts = drafts
         self.fed_per_pass: list[int] = []  # drafts fed per candidate row, one entry per sweep
         self._began = 0.0
+        self._planned: int | None = None  # drafts to feed, when decided before proposing
+        self._stale = False  # a proposal was skipped: the carried drafts are not the last outputs
         self.greedy = verifier.sampling.greedy
         self.candidates: Candidates | None = None
         self.stats = ScheduleStats()
@@ -93,6 +95,14 @@ class TokenProblem:
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
         if self.costs is not None:
             self._began = clock(self.device)
+        self._planned = self._plan(state, fresh.shape[1])
+        if self._planned == 0 and carried is not None and self.candidates is not None:
+            # Nothing will be fed: skip the proposal. The carried drafts are left as they are and the
+            # next proposal starts afresh (all slots fresh), so no stale guess is ever tested.
+            self._stale = True
+            return carried
+        if self._stale:
+            fresh, self._stale = torch.ones_like(fresh), False
         positions = state.window_positions(fresh.shape[1])  # (B, D)
         canvas = state.values.clone()  # (B, C)
         if carried is not None:
@@ -109,8 +119,11 @@ class TokenProblem:
         source = candidates.source.cpu()
         d = source.shape[2]
         policy = self.policy or FixedWidth(d)
-        novel = novel_prefixes(candidates.tokens.cpu()) if candidates.count > 1 else torch.ones(source.shape, dtype=torch.bool)
-        fed = min(policy.choose(source[running], novel[running]), d)
+        if self._planned is not None:
+            fed = min(self._planned, d)
+        else:
+            novel = novel_prefixes(candidates.tokens.cpu()) if candidates.count > 1 else torch.ones_like(source, dtype=torch.bool)
+            fed = min(policy.choose(source[running], novel[running]), d)
         start = state.length - 1
         verdict = self.verifier.verify(state, candidates, fed)
         matched = verdict.matched.cpu()
@@ -124,11 +137,20 @@ class TokenProblem:
             self.costs.add(fed + 1, clock(self.device) - self._began)
         return acceptance
 
+    def _plan(self, state: FixedPointState, drafts: int) -> int | None:
+        """Drafts the policy will feed, decided before proposing when the proposer has one source
+        (its source ids are known without proposing); None: decide at the sweep."""
+        if self.policy is None or len(self.proposer.sources) != 1 or self.proposer.candidates != 1:
+            return None
+        shape = (int((~state.done).sum()), 1, drafts)
+        return self.policy.choose(torch.zeros(shape, dtype=torch.long), torch.ones(shape, dtype=torch.bool))
+
     def probe(self, state: FixedPointState, width: int) -> None:
         """One throw-away pass that feeds ``width - 1`` fresh drafts (pass-cost measurement). It
         writes only cache slots past the committed prefix, which later sweeps overwrite first."""
         d = self.drafts
         drafts = self.draft(state, None, torch.ones(len(state.length), d, dtype=torch.bool, device=state.length.device))
+        self._planned = None
         fed = min(width - 1, d)
         self._acceptance(state, self.verifier.verify(state, self.candidates, fed), drafts, fed)
 

@@ -24,6 +24,7 @@ from jacobix.tokens.policy.costs import PassCosts
 from jacobix.tokens.proposers.base import DraftSource
 
 REFRESH = 8  # passes a choice stands for the same drafts when nothing new was observed
+EXPLORE_PASSES = 2  # an exploration feeds drafts twice: the second tests the first's outputs (Jacobi)
 
 
 class WidthPolicy(Protocol):
@@ -61,15 +62,20 @@ class AdaptiveConfig:
         decay: weight kept by old observations at each new pass (forgetting).
         slack: among draft counts whose expected speed is within this fraction of the best and no
             lower than sequential decoding's, take the largest (fewer passes, same wall time).
+        explore_every: when no draft has been fed for this many passes, two passes feed the draft
+            count that would be best if drafts were fed, so that a pessimistic prior gets tested.
     """
 
     prior_weight: float = 2.0
     decay: float = 0.97
     slack: float = 0.03
+    explore_every: int = 32
 
     def __post_init__(self) -> None:
         if self.prior_weight <= 0 or not (0.0 < self.decay <= 1.0) or not (0.0 <= self.slack < 1.0):
             raise ValueError("AdaptiveConfig: prior_weight > 0, decay in (0, 1], slack in [0, 1)")
+        if self.explore_every < 1:
+            raise ValueError(f"AdaptiveConfig: explore_every must be >= 1 pass, got {self.explore_every}")
 
 
 class AdaptiveWidth:
@@ -94,7 +100,9 @@ class AdaptiveWidth:
         self.cost: np.ndarray | None = None  # (D+1,) relative cost by drafts fed, as last read
         self.passes = 0
         self._key: tuple | None = None  # the drafts of the last computed choice
-        self._chosen_at, self._choice = 0, 0
+        self._chosen_at, self._choice, self._explore = 0, 0, 1
+        self._tried_at = 0  # the last pass that fed drafts
+        self._exploring = 0  # passes of drafts still to feed against the policy's own choice
 
     def rates(self) -> np.ndarray:
         """(S, D) current pass-rate estimate per source and slot."""
@@ -109,16 +117,22 @@ class AdaptiveWidth:
         self.passes += 1
         # Between observations the rates only decay a little: the last choice for the same drafts
         # stands for up to REFRESH passes (the arithmetic would cost a small model ~3% of a pass).
-        if key == self._key and self.passes - self._chosen_at < REFRESH:
-            return self._choice
-        self.cost = np.array(self.costs.table(self.drafts + 1))
-        slot_rate = self.rates()[sources, np.arange(self.drafts)]  # (A, R, D)
-        reach = np.minimum((np.cumprod(slot_rate, -1) * novelty).sum(1), 1.0)  # (A, D) P(some candidate matches t+1)
-        expected = 1.0 + np.concatenate([[0.0], reach.sum(0).cumsum()]) / reach.shape[0]  # (D+1,) per row
-        speed = expected / self.cost
-        floor = max(speed.max() * (1 - self.config.slack), speed[0])  # never expected slower than k = 0
-        self._key, self._chosen_at = key, self.passes
-        self._choice = int(np.nonzero(speed >= floor)[0].max())
+        if key != self._key or self.passes - self._chosen_at >= REFRESH:
+            self.cost = np.array(self.costs.table(self.drafts + 1))
+            slot_rate = self.rates()[sources, np.arange(self.drafts)]  # (A, R, D)
+            reach = np.minimum((np.cumprod(slot_rate, -1) * novelty).sum(1), 1.0)  # (A, D) P(some candidate matches t+1)
+            expected = 1.0 + np.concatenate([[0.0], reach.sum(0).cumsum()]) / reach.shape[0]  # (D+1,) per row
+            speed = expected / self.cost
+            floor = max(speed.max() * (1 - self.config.slack), speed[0])  # never expected slower than k = 0
+            self._key, self._chosen_at = key, self.passes
+            self._choice = int(np.nonzero(speed >= floor)[0].max())
+            self._explore = 1 + int(speed[1:].argmax())  # the best draft count, were drafts to be fed
+        if self._choice == 0 and self.passes - self._tried_at >= self.config.explore_every:
+            self._exploring = EXPLORE_PASSES  # now and then test the drafts anyway: the priors may be wrong
+        if self._exploring:
+            self._exploring -= 1
+            self._tried_at = self.passes
+            return self._explore
         return self._choice
 
     def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
@@ -128,6 +142,7 @@ class AdaptiveWidth:
         if fed == 0 or source.shape[0] == 0:
             return
         self._key = None  # new evidence: decide afresh
+        self._tried_at = self.passes
         slots = np.arange(fed)  # only fed slots can be tested
         matched = matched.numpy()[..., None]  # (A, R, 1)
         tested = slots <= matched  # (A, R, fed)
