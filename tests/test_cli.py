@@ -26,11 +26,11 @@ def checkpoint(tmp_path_factory):
 
 
 def printed_texts(out: str) -> dict[str, str]:
-    """The text printed under each ``=== method`` heading, up to its ``--- N passes`` line."""
+    """The text printed under each ``=== method: mode, window ...`` heading, up to its ``--- N passes`` line."""
     texts, method, lines = {}, None, []
     for line in out.splitlines():
         if line.startswith("=== "):
-            method, lines = line.split()[1], []
+            method, lines = line.split()[1].rstrip(":"), []
         elif line.startswith("--- ") and method is not None:
             texts[method], method = "\n".join(lines), None
         elif method is not None:
@@ -47,8 +47,11 @@ def test_generate_prints_the_same_greedy_text_for_ar_and_jacobi(checkpoint, caps
     assert sorted(texts) == ["ar", "jacobi", "sjd"]
     text_model = load_text_model(str(checkpoint))
     expected = naive_greedy(text_model.model, torch.as_tensor(text_model.tokenizer.encode("ROMEO:")), 12)
-    assert texts["ar"] == texts["jacobi"] == "ROMEO:" + text_model.tokenizer.decode(expected)
-    assert texts["sjd"].startswith("ROMEO:") and len(texts["sjd"]) == len("ROMEO:") + 12  # one character per token
+    assert texts["ar"] == texts["jacobi"] == text_model.tokenizer.decode(expected)  # the answer, apart from the prompt
+    assert len(texts["sjd"]) == 12  # one character per token
+    assert out.startswith(f"model {checkpoint}, prompt (6 tokens):\nROMEO:\n")
+    assert "=== ar: greedy, window 1 ===" in out and "=== jacobi: greedy, window 16, repeat drafts ===" in out
+    assert "=== sjd: sampling at temperature 0.8, window 16, repeat drafts ===" in out
     assert out.count("passes for 12 tokens") == 3
 
 
@@ -78,7 +81,7 @@ def test_bench_on_a_missing_device_is_a_clear_error(checkpoint, capsys):
 
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["generate", "--model", "no-such-model", "x"]) == 2
-    assert "not a bundled name" in capsys.readouterr().err
+    assert "not a known name (shakespeare, smollm2)" in capsys.readouterr().err
 
 
 def test_characters_outside_the_alphabet_are_refused(checkpoint, capsys):

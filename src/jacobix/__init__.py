@@ -1,6 +1,7 @@
 """jacobix: parallel generation for sequential generative models by Jacobi iteration."""
 
 from jacobix.api import generate
+from jacobix.api import load_text_model
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState, JacobiProblem, SolveStats, solve
 from jacobix.core.sampling import LogitsProcessor, SamplingConfig
 from jacobix.models.protocol import CausalLM, LMOutput
@@ -46,6 +47,7 @@ __all__ = [
     "SamplingConfig",
     "SolveStats",
     "generate",
+    "load_text_model",
     "solve",
 ]
 

@@ -4,7 +4,10 @@
 transformers hands a custom decoding callable (input ids, logits processors, stopping criteria,
 GenerationConfig, model keyword arguments), run :func:`jacobix.tokens.generate.generate` on the
 adapter of :mod:`jacobix.integrations.hf.adapter`, and return the tensor greedy ``generate``
-would: (B, L + N), right-padded with ``pad_token_id``.
+would: (B, L + N), right-padded with ``pad_token_id`` (a ``GenerateDecoderOnlyOutput`` with
+``sequences`` under ``return_dict_in_generate=True``). transformers' guidance (``guidance_scale``,
+``negative_prompt_ids``) is mapped to jacobix's classifier-free guidance; its processor assumes
+one new token per call and would silently guide the wrong positions inside a window.
 """
 
 from __future__ import annotations
@@ -19,19 +22,62 @@ from jacobix.integrations.hf.adapter import HFCausalLM, HFProcessors
 from jacobix.tokens.generate import generate
 
 
-def _split_processors(processors: Sequence[Any] | None) -> list[Any]:
-    """Drop temperature/top-k/top-p warpers (jacobix applies them from GenerationConfig); keep the rest."""
+def _split_processors(processors: Sequence[Any] | None) -> tuple[list[Any], Any | None]:
+    """Drop temperature/top-k/top-p warpers (jacobix applies them from GenerationConfig); take out the
+    guidance processor; keep the rest. Returns (kept processors, guidance processor or None)."""
     g = require_transformers().generation
     mapped = tuple(getattr(g, n) for n in ("TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"))
-    return [p for p in processors or () if not isinstance(p, mapped)]
+    guidance = tuple(getattr(g, n) for n in ("UnbatchedClassifierFreeGuidanceLogitsProcessor",
+                                             "ClassifierFreeGuidanceLogitsProcessor") if hasattr(g, n))
+    found = [p for p in processors or () if isinstance(p, guidance)]
+    kept = [p for p in processors or () if not isinstance(p, (*mapped, *guidance))]
+    return kept, (found[0] if found else None)
 
 
-def _single_eos(config: Any) -> int | None:
+def _guidance(cfg: Any, input_ids: Tensor, others: list[Any]) -> dict[str, Any]:
+    """transformers' guidance (``guidance_scale``, ``negative_prompt_ids``) as jacobix's own CFG.
+
+    transformers' processor runs the unconditional prompt (``negative_prompt_ids``, else each
+    row's last prompt token) at positions 0, 1, ... and then one new token per call; jacobix's
+    ``cfg_scale`` / ``negative_input_ids`` guide the same unconditional rows over a whole window
+    per pass. Both combine log-probabilities ``uncond + scale * (cond - uncond)`` (equal up to a
+    per-row constant, so argmax and softmax agree).
+    """
+    if cfg is None:
+        return {}
+    if others:
+        names = ", ".join(type(p).__name__ for p in others)
+        raise ValueError(f"custom_generate: guidance_scale together with other logits processors ({names}) is not "
+                         "supported (transformers applies them to guided log-probabilities); drop one of them")
+    negative, mask = cfg.unconditional_context["input_ids"], cfg.unconditional_context["attention_mask"]
+    if negative is None:
+        negative = input_ids[:, -1:]  # (B, 1) transformers' default unconditional prompt
+    elif mask is not None and not bool(mask.bool().all()):
+        raise ValueError("custom_generate: a padded negative_prompt_attention_mask is not supported (transformers "
+                         "numbers the padded positions, jacobix would not); pass negative prompts of one length")
+    if negative.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"negative_prompt_ids has {negative.shape[0]} rows but input_ids has {input_ids.shape[0]}")
+    return dict(cfg_scale=float(cfg.guidance_scale), negative_input_ids=negative)
+
+
+def _eos_ids(config: Any) -> list[int]:
+    """The GenerationConfig's EOS ids as a list (transformers allows one id or a list)."""
     eos = config.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    if len(set(eos)) > 1:
-        raise ValueError(f"jacobix stops on one eos_token_id; generation_config has {eos}: set eos_token_id=<one id>")
-    return eos[0] if eos else None
+    if isinstance(eos, Tensor):
+        eos = eos.tolist()
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos or []]
+
+
+def _check_config(config: Any) -> None:
+    """Refuse GenerationConfig settings that custom_generate cannot honour, naming the fix."""
+    if config.num_beams not in (None, 1) or (config.num_return_sequences or 1) > 1:
+        raise ValueError("jacobix custom_generate returns one sequence per prompt: use num_beams=1, num_return_sequences=1")
+    unsupported = [name for name in ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
+                   if getattr(config, name, False)]
+    if unsupported:
+        raise ValueError(f"jacobix custom_generate does not return {', '.join(unsupported)} (it keeps no per-token "
+                         "scores, logits, attentions or hidden states); drop them: with return_dict_in_generate=True "
+                         "the output carries `sequences` only")
 
 
 def _prompts(input_ids: Tensor, attention_mask: Tensor | None) -> list[Tensor]:
@@ -56,27 +102,29 @@ def _stop_early(rows: list[Tensor], prompts: list[Tensor], criteria: Sequence[An
 
 
 def _hf_generate(model: Any, input_ids: Tensor, method: str, logits_processor: Any, stopping_criteria: Any,
-                 generation_config: Any, options: dict[str, Any], model_kwargs: dict[str, Any]) -> Tensor:
-    g = require_transformers().generation
+                 generation_config: Any, options: dict[str, Any], model_kwargs: dict[str, Any]) -> Any:
+    tf = require_transformers()
     config = generation_config if generation_config is not None else model.generation_config
-    if config.num_beams not in (None, 1) or (config.num_return_sequences or 1) > 1 or config.return_dict_in_generate:
-        raise ValueError("jacobix custom_generate returns one sequence per prompt: use num_beams=1, "
-                         "num_return_sequences=1, return_dict_in_generate=False")
+    _check_config(config)
     if bool(config.do_sample) != (method == "sjd"):
         fix = "sjd_generate for do_sample=True" if config.do_sample else "jacobi_generate for greedy decoding"
         raise ValueError(f"custom_generate: use jacobix.integrations.hf.{fix}")
+    if options.get("streamer") is not None and input_ids.shape[0] != 1:
+        raise ValueError(f"jacobix_streamer follows one prompt, got {input_ids.shape[0]}; stream one prompt at a time")
     lm = HFCausalLM(model)
     prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
     max_new = config.max_new_tokens if config.max_new_tokens is not None else config.max_length - input_ids.shape[1]
-    eos = _single_eos(config)
-    processors = _split_processors(logits_processor)
+    eos = _eos_ids(config)
+    processors, cfg = _split_processors(logits_processor)
+    guidance = _guidance(cfg, input_ids, processors)
     sampling = dict(temperature=config.temperature or 1.0, top_k=config.top_k, top_p=config.top_p) if config.do_sample else {}
-    pad = config.pad_token_id if config.pad_token_id is not None else (eos if eos is not None else 0)
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
     if processors:
         lengths = torch.tensor([len(p) for p in prompts])
         processors = [HFProcessors(lm, processors, input_ids, lengths, int(pad))]
-    result = generate(lm, prompts, method=method, max_new_tokens=max_new, eos_token_id=eos,
-                      processors=processors, **sampling, **options)
+    result = generate(lm, prompts, method=method, max_new_tokens=max_new, eos_token_id=eos or None,
+                      processors=processors, **guidance, **sampling, **options)
+    g = tf.generation
     custom = [c for c in stopping_criteria or () if not isinstance(c, (g.MaxLengthCriteria, g.EosTokenCriteria))]
     rows = _stop_early(result.tokens, prompts, custom) if custom else result.tokens
     width = max(len(r) for r in rows)
@@ -84,43 +132,53 @@ def _hf_generate(model: Any, input_ids: Tensor, method: str, logits_processor: A
     out[:, : input_ids.shape[1]] = input_ids
     for b, row in enumerate(rows):
         out[b, input_ids.shape[1] : input_ids.shape[1] + len(row)] = row.to(out.device)
+    if config.return_dict_in_generate:
+        return g.GenerateDecoderOnlyOutput(sequences=out)
     return out
 
 
 def jacobi_generate(model: Any, input_ids: Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
                     generation_config: Any = None, window: int | str = "auto", lookahead: bool = False,
-                    **model_kwargs: Any) -> Tensor:
+                    jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
     """Greedy Jacobi decoding for ``hf_model.generate(..., custom_generate=jacobi_generate)``.
 
-    Returns the same (B, L + N) tensor as greedy ``generate`` (right-padded with pad_token_id).
-    ``window`` ("auto" or tokens per pass) and ``lookahead`` (n-gram pool drafts) pass through
-    ``generate``'s keyword arguments. transformers does not forward ``streamer`` to custom
-    callables; stream with ``jacobix.generate(hf_model, ids, streamer=...)`` instead.
+    Returns the same (B, L + N) tensor as greedy ``generate`` (right-padded with pad_token_id), or
+    with ``return_dict_in_generate=True`` a ``GenerateDecoderOnlyOutput`` holding ``sequences``
+    only (jacobix keeps no per-token scores; ``output_scores=True`` is refused). ``window``
+    ("auto" or tokens per pass), ``lookahead`` (n-gram pool drafts) and ``jacobix_streamer`` pass
+    through ``generate``'s keyword arguments. ``jacobix_streamer`` (e.g. ``TextStreamer(tokenizer)``;
+    one prompt) gets the prompt, then each pass's committed tokens: transformers hands its own
+    ``streamer=`` to no custom callable. ``guidance_scale`` and ``negative_prompt_ids`` run as
+    jacobix's classifier-free guidance; the EOS ids of the GenerationConfig (one or a list) stop a row.
     """
-    options = dict(window=window, lookahead=lookahead)
+    options = dict(window=window, lookahead=lookahead, streamer=jacobix_streamer)
     return _hf_generate(model, input_ids, "jacobi", logits_processor, stopping_criteria, generation_config,
                         options, model_kwargs)
 
 
 def lookahead_generate(model: Any, input_ids: Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
                        generation_config: Any = None, window: int | str = "auto", generator: Any = None,
-                       **model_kwargs: Any) -> Tensor:
-    """Jacobi (greedy) or SJD (``do_sample=True``) with n-gram pool drafts and an adaptive window."""
+                       jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
+    """Jacobi (greedy) or SJD (``do_sample=True``) with n-gram pool drafts and an adaptive window.
+
+    Keywords and return value as :func:`jacobi_generate` (``generator`` as :func:`sjd_generate`).
+    """
     config = generation_config if generation_config is not None else model.generation_config
     method = "sjd" if config.do_sample else "jacobi"
-    options = dict(window=window, lookahead=True, generator=generator)
+    options = dict(window=window, lookahead=True, generator=generator, streamer=jacobix_streamer)
     return _hf_generate(model, input_ids, method, logits_processor, stopping_criteria, generation_config,
                         options, model_kwargs)
 
 
 def sjd_generate(model: Any, input_ids: Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
                  generation_config: Any = None, window: int | str = "auto", lookahead: bool = False,
-                 generator: Any = None, **model_kwargs: Any) -> Tensor:
+                 generator: Any = None, jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
     """Speculative Jacobi decoding (lossless sampling) for ``custom_generate`` with ``do_sample=True``.
 
-    ``generator`` (a ``torch.Generator``) makes the draw reproducible.
+    ``generator`` (a ``torch.Generator``) makes the draw reproducible; the other keywords and the
+    return value are those of :func:`jacobi_generate`.
     """
-    options = dict(window=window, lookahead=lookahead, generator=generator)
+    options = dict(window=window, lookahead=lookahead, generator=generator, streamer=jacobix_streamer)
     return _hf_generate(model, input_ids, "sjd", logits_processor, stopping_criteria, generation_config,
                         options, model_kwargs)
 

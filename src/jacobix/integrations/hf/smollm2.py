@@ -68,10 +68,40 @@ def load_smollm2(*, chat: bool = True):
     return TextModel(name="smollm2", model=model, tokenizer=ChatTokenizer(tokenizer, chat), eos_token_id=eos)
 
 
-def load_named(name: str):
-    """A text model by name: ``smollm2`` here, else jacobix's bundled models and checkpoint folders."""
+def text_model_names() -> tuple[str, ...]:
+    """Every name :func:`load_named` accepts besides a checkpoint folder: jacobix's bundled models and ``smollm2``."""
+    from jacobix.models.registry import BUNDLED_TEXT
+
+    return (*sorted(BUNDLED_TEXT), *HF_TEXT_MODELS)
+
+
+def load_named(name: str | os.PathLike):
+    """A text model by name: ``smollm2`` here, else jacobix's bundled models and checkpoint folders.
+
+    Args:
+        name: ``"smollm2"``, a bundled jacobix model (``"shakespeare"``) or a folder written by
+            :func:`jacobix.models.save_llama` with a character tokenizer in its ``config.json``.
+    Returns:
+        A :class:`~jacobix.models.registry.TextModel` (``model``, ``tokenizer``, ``eos_token_id``).
+    Raises:
+        FileNotFoundError: an unknown name (the message lists the known ones) or missing weights.
+        ValueError: a folder whose config or weights cannot be read (damaged or not jacobix's).
+    """
+    from jacobix.models.registry import BUNDLED_TEXT, load_text_model
+
+    name = str(name)
     if name in HF_TEXT_MODELS:
         return load_smollm2()
-    from jacobix.models.registry import load_text_model
-
-    return load_text_model(name)
+    folder = Path(name)
+    if name not in BUNDLED_TEXT and not (folder / "config.json").is_file():
+        where = "has no config.json" if folder.is_dir() else "is no folder"
+        raise FileNotFoundError(f"no text model {name!r}: not a known name ({', '.join(text_model_names())}) and {where}; "
+                                "give one of those names or a checkpoint folder written by jacobix.models.save_llama")
+    try:
+        return load_text_model(name)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # a damaged config.json or weights file: name the folder and the way out
+        raise ValueError(f"cannot load the text model in {BUNDLED_TEXT.get(name, folder)}: {error} "
+                         f"({type(error).__name__}); the config.json or model.safetensors there is damaged or not a "
+                         "jacobix checkpoint: write it again with jacobix.models.save_llama or a jacobix trainer") from error
