@@ -352,18 +352,19 @@ def test_gguf_cache_survives_a_failed_conversion_and_is_replaced_whole(tmp_path,
     monkeypatch.setattr(gguf, "_read_gguf", lambda path, dtype: (old, _tiny_tokenizer()))
     loaded, _ = load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
     assert torch.equal(loaded.lm_head.weight, old.lm_head.weight)
-    before = _snapshot(cache_dir)
+    before, version = _snapshot(cache_dir), cache_dir.resolve().name
+    assert cache_dir.is_symlink() and _entries(cache_dir) == ["m", version]  # the link and the one version it names
 
     gguf_file.write_bytes(b"v2, longer")  # a different source: the cache is converted again
     monkeypatch.setattr(gguf, "_read_gguf", lambda path, dtype: (new, FailingTokenizer()))
     with pytest.raises(RuntimeError, match="disk full"):
         load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
-    assert _snapshot(cache_dir) == before and sorted(p.name for p in cache_dir.parent.iterdir()) == ["m"]
+    assert _snapshot(cache_dir) == before and _entries(cache_dir) == ["m", version]
 
     real_replace = os.replace
 
     def replace_failing_into_cache(src, dst):
-        if os.fspath(dst) == os.fspath(cache_dir) and ".new-" in os.fspath(src):
+        if os.fspath(dst) == os.fspath(cache_dir) and ".link-" in os.fspath(src):  # the atomic switch
             raise OSError("interrupted")
         return real_replace(src, dst)
 
@@ -371,9 +372,14 @@ def test_gguf_cache_survives_a_failed_conversion_and_is_replaced_whole(tmp_path,
     monkeypatch.setattr(gguf.os, "replace", replace_failing_into_cache)
     with pytest.raises(OSError, match="interrupted"):
         load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
-    assert _snapshot(cache_dir) == before and sorted(p.name for p in cache_dir.parent.iterdir()) == ["m"]
+    assert _snapshot(cache_dir) == before and _entries(cache_dir) == ["m", version]
 
     monkeypatch.setattr(gguf.os, "replace", real_replace)
     loaded, tokenizer = load_gguf_cached(gguf_file, cache_dir, dtype=torch.float64)
     assert torch.equal(loaded.lm_head.weight, new.lm_head.weight) and tokenizer.convert_tokens_to_ids("t5") == 5
-    assert sorted(p.name for p in cache_dir.parent.iterdir()) == ["m"]
+    assert cache_dir.resolve().name != version and _entries(cache_dir) == ["m", cache_dir.resolve().name]  # old one gone
+
+
+def _entries(cache_dir):
+    """Names beside the cache link, the link first (nothing left over from failed attempts)."""
+    return sorted((p.name for p in cache_dir.parent.iterdir()), key=lambda name: (name.startswith("."), name))

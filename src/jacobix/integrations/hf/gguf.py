@@ -3,9 +3,10 @@
 Reading a GGUF file takes tens of seconds (the ``gguf`` package dequantises every tensor), so
 :func:`load_gguf_cached` writes the converted model once to a cache folder and reads that
 folder afterwards. The folder also records which GGUF file it came from
-(:data:`SOURCE_RECORD`); a different file (name or size) is converted again. A new folder is
-written completely beside the old one and only then moved into place, and the old one is
-deleted last: a failed or interrupted conversion leaves the old cache as it was.
+(:data:`SOURCE_RECORD`); a different file (name or size) is converted again. A new version is
+written completely beside the old one, and the cache folder, a symbolic link, is switched to it
+in one atomic rename; the old version is deleted last. A failed or interrupted conversion leaves
+the old cache as it was, and no moment is without a complete cache.
 """
 
 from __future__ import annotations
@@ -91,27 +92,34 @@ def _save_dequantised(model: Any, tokenizer: Any, cache_dir: Path, source: dict[
 
 
 def _swap_in(staging: Path, cache_dir: Path, source: dict[str, Any]) -> None:
-    """Move the complete folder ``staging`` to ``cache_dir``; the old folder is deleted only afterwards.
+    """Make ``cache_dir`` point at the complete folder ``staging`` in one atomic step.
 
-    ``rename`` cannot replace a non-empty folder, so the old one is first renamed aside (one
-    atomic rename each way). If the second rename fails, the old folder is renamed back; if the
-    process dies between the two, the old folder survives as ``.<name>.old-*`` beside it. A
-    concurrent process that finished first wins: its folder is kept and ``staging`` dropped.
+    ``cache_dir`` is a symbolic link to a versioned sibling folder; the swap writes a new link
+    beside it and renames it over the old one (``os.replace``, atomic on POSIX), so at every
+    moment ``cache_dir`` names a complete cache. The old version is deleted afterwards. A cache
+    folder from before links (a plain directory) is first moved aside, once. A concurrent
+    process that finished first wins: its version is kept and ``staging`` dropped.
     """
     if _is_current(cache_dir, source):
         return
-    aside = None
-    if cache_dir.exists():
-        aside = cache_dir.with_name(f".{cache_dir.name}.old-{uuid.uuid4().hex}")
-        os.replace(cache_dir, aside)
+    version = cache_dir.with_name(f".{cache_dir.name}.v-{uuid.uuid4().hex}")
+    os.replace(staging, version)
+    old = cache_dir.resolve() if cache_dir.is_symlink() else None
+    if cache_dir.exists() and not cache_dir.is_symlink():  # a plain folder written before links
+        old = cache_dir.with_name(f".{cache_dir.name}.old-{uuid.uuid4().hex}")
+        os.replace(cache_dir, old)
+    link = cache_dir.with_name(f".{cache_dir.name}.link-{uuid.uuid4().hex}")
     try:
-        os.replace(staging, cache_dir)
+        os.symlink(version.name, link, target_is_directory=True)
+        os.replace(link, cache_dir)
     except BaseException:
-        if aside is not None:
-            os.replace(aside, cache_dir)
+        link.unlink(missing_ok=True)
+        shutil.rmtree(version, ignore_errors=True)
+        if old is not None and not cache_dir.exists() and old.name.startswith(f".{cache_dir.name}.old-"):
+            os.replace(old, cache_dir)
         raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["SOURCE_RECORD", "load_gguf_cached"]
