@@ -156,6 +156,7 @@ def generate(
         watch = Watchers(progress, spec.name, streamer, state, prompt_length)
         solved = solve(problem, state, window=width, record=record, on_sweep=watch.after_sweep if watch.any else None,
                        block=block, lossy_sweep_cap=lossy_sweep_cap)
+        problem.finish()
         watch.close()
     elapsed = clock(device) - start
     tokens = [state.values[row, prompt_length[row] : state.length[row]].cpu() for row in range(len(prompts))]

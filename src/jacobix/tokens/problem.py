@@ -10,6 +10,7 @@ cost model. Drafts the policy did not feed are carried on untouched.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,6 @@ from torch import Tensor
 from jacobix.core.sampling import Randomness
 
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState
-from jacobix.core.timing import clock
 from jacobix.tokens.policy.costs import PassCosts
 from jacobix.tokens.policy.width import FixedWidth, WidthPolicy, novel_prefixes
 from jacobix.tokens.proposers.base import Candidates, ProposalContext, Proposer
@@ -84,7 +84,9 @@ class TokenProblem:
         self.device = verifier.prompt_length.device
         self.drafts = drafts
         self.fed_per_pass: list[int] = []  # drafts fed per candidate row, one entry per sweep
-        self._began = 0.0
+        self._began: float | None = None  # when the previous sweep began
+        self._width = 1  # tokens per row fed by the previous pass
+        self._pending: tuple | None = None  # the previous pass's outcome, read one pass late
         self._planned: int | None = None  # drafts to feed, when decided before proposing
         self._stale = False  # a proposal was skipped: the carried drafts are not the last outputs
         self.greedy = verifier.sampling.greedy
@@ -93,8 +95,6 @@ class TokenProblem:
         self._written: tuple[Tensor, Tensor] | None = None  # (first position fed (B,), winner (B,))
 
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
-        if self.costs is not None:
-            self._began = clock(self.device)
         self._planned = self._plan(state, fresh.shape[1])
         if self._planned == 0 and carried is not None and self.candidates is not None:
             # Nothing will be fed: skip the proposal. The carried drafts are left as they are and the
@@ -114,6 +114,8 @@ class TokenProblem:
         return Drafts(first.tokens[:, 0], None if first.p_draft is None else first.p_draft[:, 0], first.state)
 
     def sweep(self, state: FixedPointState, drafts: Drafts) -> Acceptance:
+        self._flush()  # the previous pass: its tensors are ready, the engine has synced since
+        self._time_pass()
         candidates = self.candidates
         running = ~state.done.cpu()
         source = candidates.source.cpu()
@@ -126,16 +128,35 @@ class TokenProblem:
             fed = min(policy.choose(source[running], novel[running]), d)
         start = state.length - 1
         verdict = self.verifier.verify(state, candidates, fed)
-        matched = verdict.matched.cpu()
-        policy.observe(source[running], matched[running], fed)
+        self._pending = (policy, source, running, verdict, fed)
+        self._written = (start, verdict.winner)
+        return self._acceptance(state, verdict, drafts, fed)
+
+    def finish(self) -> None:
+        """Account for the last pass (call once the engine is done)."""
+        self._flush()
+
+    def _flush(self) -> None:
+        """Learn from the previous pass: the policy's rates, the statistics, the proposer's pools.
+        Done one pass late so that reading its outcome on the host costs no extra device sync."""
+        if self._pending is None:
+            return
+        policy, source, running, verdict, fed = self._pending
+        self._pending = None
+        policy.observe(source[running], verdict.matched.cpu()[running], fed)
         self._count(fed, source, verdict, running)
         if verdict.outputs is not None and fed > 0:
             self.proposer.observe(verdict.outputs, running)
-        self._written = (start, verdict.winner)
-        acceptance = self._acceptance(state, verdict, drafts, fed)
-        if self.costs is not None:  # proposal, verification and redraft: the work that grows with the width
-            self.costs.add(fed + 1, clock(self.device) - self._began)
-        return acceptance
+        self._width = fed + 1
+
+    def _time_pass(self) -> None:
+        """Credit the time since the previous sweep began (the whole pass: proposal, forward,
+        sampling work, redraft and the engine's bookkeeping) to that pass's width. The engine has
+        just synced, so the clock reads finished work without waiting for the device."""
+        now = time.perf_counter()
+        if self.costs is not None and self._began is not None:
+            self.costs.add(self._width, now - self._began)
+        self._began = now
 
     def _plan(self, state: FixedPointState, drafts: int) -> int | None:
         """Drafts the policy will feed, decided before proposing when the proposer has one source

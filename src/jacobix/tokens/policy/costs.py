@@ -15,9 +15,10 @@ of recent samples:
   within moments of each other; a width that runs alone only moves the level.
 
 The adaptive width compares widths by shape only, so its choices do not follow the machine's
-load. Timed is the part of a pass that grows with its width: the proposal, the verifier's forward,
-target distributions and acceptance rule (SJD's per-pass sampling work) and the redraft; the
-engine's commit and rollback cost the same at every width and are left out.
+load. A generation's pass is timed from one sweep's start to the next (the proposal, the forward,
+target distributions and acceptance rule, i.e. SJD's per-pass sampling work, the redraft and the
+engine's bookkeeping); the engine syncs with the device once per sweep, so reading the clock
+there adds no wait. A probe pass times the proposal, forward, rule and redraft.
 """
 
 from __future__ import annotations

@@ -98,7 +98,8 @@ class Candidates:
         tokens: (B, R, D) R candidate draft sequences per row; candidate 0 is the one carried on.
         p_draft: (B, R, D, V) the distribution each draft was drawn from, or None when every
             draft is fixed (one-hot). Fixed drafts keep sampling lossless.
-        source: (B, R, D) source id of each slot (an index into the proposer's ``sources``).
+        source: (B, R, D) source id of each slot (an index into the proposer's ``sources``), a host
+            tensor: the width policy reads it before the pass without waiting for the device.
         embeds: (B, R, D, E) input embeddings fed in place of the drafts' token embeddings
             (e.g. SJD2's noisy slots), or None.
         verifiable: (B, R, D) False for drafts that must not be tested (acceptance stops there
@@ -118,7 +119,7 @@ class Candidates:
     @classmethod
     def single(cls, tokens: Tensor, p_draft: Tensor | None = None, source: int | Tensor = 0) -> Candidates:
         """One candidate per row from drafts (B, D) (and their distributions (B, D, V))."""
-        source = torch.as_tensor(source, device=tokens.device).expand(tokens.shape)
+        source = torch.as_tensor(source).expand(tokens.shape)  # on the host, as the policy reads it
         return cls(tokens[:, None], None if p_draft is None else p_draft[:, None], source[:, None].long())
 
     @property

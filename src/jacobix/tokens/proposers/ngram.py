@@ -221,7 +221,7 @@ class NGramProposer(Proposer):
             for row in range(b):
                 self._fill(row, first[row], tokens, source, from_pool)
         device = base.tokens.device
-        tokens, source, from_pool = tokens.to(device), source.to(device), from_pool.to(device)
+        tokens, from_pool = tokens.to(device), from_pool.to(device)
         p_draft = base.p_draft
         if p_draft is not None:
             one_hot = torch.nn.functional.one_hot(tokens, p_draft.shape[-1]).to(p_draft.dtype)  # (B, R, D, V)
