@@ -126,3 +126,27 @@ def test_smollm2_multi_candidate_equals_ar():
                                   eos_token_id=smol.eos_token_id, lookahead=LookaheadConfig(verify=4))
         assert torch.equal(result.tokens[0], reference.tokens[0]), window
         assert result.stats.forward_passes < reference.stats.forward_passes
+
+
+def test_passes_without_drafts_run_one_row_per_sequence_and_keep_the_siblings_in_step():
+    """A policy that alternates 0 and 3 drafts: the 0-draft passes run on the first B cache rows
+    only (a view), then the committed slot is copied to the sibling rows, so later multi-candidate
+    passes still see the full prefix and the output stays greedy AR."""
+    from jacobix.tokens.policy import FixedWidth
+
+    class Alternate(FixedWidth):
+        def __init__(self) -> None:
+            super().__init__(3)
+            self.calls = 0
+
+        def choose(self, source, novel):
+            self.calls += 1
+            return 3 * (self.calls % 2)
+
+    model = tiny_model(vocab=11)
+    result = jacobix.generate(model, PROMPTS, method="jacobi", window=4, max_new_tokens=30, policy=Alternate(),
+                              lookahead=LookaheadConfig(verify=3))
+    for prompt, tokens in zip(PROMPTS, result.tokens):
+        assert torch.equal(tokens, naive_greedy(model, torch.tensor(prompt), 30))
+    rows = result.stats.schedule.rows
+    assert set(rows) == {1, 3} and abs(rows[1] - rows[3]) <= 1

@@ -83,7 +83,7 @@ MUTANTS = (
            r"u\[:, t\]\.gather\(1, rank\) \* before < mass", "u[:, t].gather(1, rank) < mass",
            ("tests/test_lookahead_multi.py", "tests/test_acceptance.py")),
     Mutant("verifier-skips-sibling-copy", "src/jacobix/tokens/verify.py",
-           r"self\.cache\.copy_slots\(source\.repeat_interleave\(r\), positions\.repeat_interleave\(r, 0\)\)", "pass",
+           r"self\.cache\.copy_slots\(source\.repeat\(r\), positions\.repeat\(r, 1\)\)", "pass",
            ("tests/test_lookahead_multi.py",)),
     Mutant("first-token-skips-processors", "src/jacobix/tokens/prompts.py",
            r"verifier\.sampling, verifier\.processors\)", "verifier.sampling, ())", ("tests/test_errors.py",)),

@@ -70,6 +70,13 @@ class KVCache:
         slots = torch.arange(self.capacity, device=positions.device)
         return slots[None, None, None, :] <= positions[:, None, :, None]
 
+    def narrow_rows(self, rows: int) -> KVCache:
+        """The first ``rows`` rows as a cache of their own that shares this one's storage (no copy)."""
+        view = KVCache.__new__(KVCache)
+        view.keys, view.values = self.keys[:, :rows], self.values[:, :rows]
+        view.lengths, view.capacity = self.lengths[:rows], self.capacity
+        return view
+
     def copy_slots(self, source_rows: Tensor, positions: Tensor) -> None:
         """Row ``i`` takes row ``source_rows[i]``'s keys and values at ``positions[i]`` (B, P).
 

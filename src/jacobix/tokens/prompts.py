@@ -62,11 +62,12 @@ def prefill(model: CausalLM, cache: Any, prompts: Tensor, lengths: Tensor, uncon
         width = max(prompts.shape[1], uncond.shape[1])
         rows = [torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in (prompts, uncond)]
         row_lengths = [lengths, uncond_lengths]
-    tokens = torch.cat(rows).repeat_interleave(candidates, 0)  # (M, L)
-    last = torch.cat(row_lengths).repeat_interleave(candidates) - 1  # (M,)
+    tokens = torch.cat(rows).repeat(candidates, 1)  # (M, L) candidate-major: row i * B + b
+    last = torch.cat(row_lengths).repeat(candidates) - 1  # (M,)
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     logits = model.forward(tokens, positions, cache)  # (M, L, V)
-    return logits[torch.arange(len(last), device=last.device), last][::candidates]  # (B or 2B, V)
+    first = len(last) // candidates  # the rows of candidate 0 (conditional, then unconditional, rows)
+    return logits[torch.arange(first, device=last.device), last[:first]]  # (B or 2B, V)
 
 
 def first_tokens(verifier: Verifier, logits: Tensor) -> Tensor:

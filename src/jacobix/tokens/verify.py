@@ -110,21 +110,32 @@ class Verifier:
             both = self.model.forward(torch.cat([tokens, tokens]), torch.cat([slots, shifted]), self.cache, **doubled)
             cond, uncond = both.chunk(2)  # (B, W, V) each
             logits = uncond + self.guidance.scale * (cond - uncond)
-        prompt = self.prompt_length.repeat_interleave(tokens.shape[0] // len(self.prompt_length))
+        prompt = self.prompt_length.repeat(tokens.shape[0] // len(self.prompt_length))
         return process_logits(logits, positions + 1 - prompt[:, None], self.sampling, self.processors)
 
     def verify(self, state: FixedPointState, candidates: Candidates, fed: int) -> Verdict:
-        """Test the first ``fed`` drafts of every candidate after each row's committed prefix."""
-        b, r = len(state.length), self.candidates
-        drafts = candidates.tokens[:, :r, :fed]  # (B, R, fed)
+        """Test the first ``fed`` drafts of every candidate after each row's committed prefix.
+
+        Cache rows are candidate-major (row ``i * B + b`` holds candidate ``i`` of sequence ``b``),
+        so a pass that feeds no draft runs the ``B`` first rows alone, on a view of the cache,
+        where the cache offers one (``narrow_rows``); rollback then copies the slot to the siblings.
+        """
+        b = len(state.length)
+        r = 1 if fed == 0 and hasattr(self.cache, "narrow_rows") else self.candidates
+        drafts = candidates.tokens[:, :r, :fed]  # (B, r, fed)
         last = state.last_values()[:, None, None].expand(b, r, 1)
-        tokens = torch.cat([last, drafts], 2).reshape(b * r, fed + 1)  # (B*R, W)
-        positions = (state.window_positions(fed + 1) - 1).repeat_interleave(r, 0)  # (B*R, W)
+        tokens = torch.cat([last, drafts], 2).transpose(0, 1).reshape(r * b, fed + 1)  # (r*B, W) candidate-major
+        positions = (state.window_positions(fed + 1) - 1).repeat(r, 1)  # (r*B, W)
         embeds = None
         if candidates.embeds is not None:
-            head = self.model.embed(tokens[:, :1])  # (B*R, 1, E)
-            embeds = torch.cat([head, candidates.embeds[:, :r, :fed].flatten(0, 1).to(head.dtype)], 1)
-        logits = self.logits(tokens, positions, embeds).view(b, r, fed + 1, -1)  # (B, R, W, V)
+            head = self.model.embed(tokens[:, :1])  # (r*B, 1, E)
+            embeds = torch.cat([head, candidates.embeds[:, :r, :fed].transpose(0, 1).flatten(0, 1).to(head.dtype)], 1)
+        cache, self.cache = self.cache, self.cache if r == self.candidates else self.cache.narrow_rows(b)
+        try:
+            logits = self.logits(tokens, positions, embeds)  # (r*B, W, V)
+        finally:
+            self.cache = cache
+        logits = logits.view(r, b, fed + 1, -1).transpose(0, 1)  # (B, r, W, V)
         verifiable = None if candidates.verifiable is None else candidates.verifiable[:, :r, :fed]
         if self.sampling.greedy:
             verdict = self._greedy(drafts, logits.argmax(-1), verifiable)
@@ -157,7 +168,7 @@ class Verifier:
             winner, n_accepted, next_token = candidates_accept(drafts, probs, self.generator)
         values = torch.cat([drafts[rows, winner], next_token[:, None]], 1)  # (B, W)
         values.scatter_(1, n_accepted[:, None], next_token[:, None])
-        matched = torch.minimum(leading_true(drafts == values[:, None, :fed]), n_accepted[:, None] + 1)  # (B, R)
+        matched = torch.minimum(leading_true(drafts == values[:, None, :fed]), n_accepted[:, None] + 1)  # (B, r)
         return self._finish(winner, n_accepted, values, matched, None, probs[rows, winner])
 
     def _finish(self, winner: Tensor, n_accepted: Tensor, values: Tensor, matched: Tensor,
@@ -179,17 +190,17 @@ class Verifier:
         """Keep each row's committed prefix; with several candidates copy the winner's slots written
         since ``start`` (B,) (the position fed first by the last pass) into its sibling rows."""
         kept = state.length - 1  # (B,) the last committed token is fed again by the next sweep
-        r = self.candidates
+        r, b = self.candidates, len(kept)
         if r > 1 and winner is not None:
             count = (kept - start).clamp_min(1)  # (B,) slots the pass wrote that are now committed
             span = torch.arange(int(count.max()), device=kept.device)
             positions = start[:, None] + torch.minimum(span[None], count[:, None] - 1)  # (B, P)
-            source = torch.arange(len(kept), device=kept.device) * r + winner
-            self.cache.copy_slots(source.repeat_interleave(r), positions.repeat_interleave(r, 0))
+            source = winner.to(kept.device) * b + torch.arange(b, device=kept.device)  # (B,) candidate-major rows
+            self.cache.copy_slots(source.repeat(r), positions.repeat(r, 1))
         if self.guidance is not None:
             self.cache.rollback(torch.cat([kept, kept + self.guidance.position_shift]))
         else:
-            self.cache.rollback(kept.repeat_interleave(r))
+            self.cache.rollback(kept.repeat(r))
 
 
 __all__ = ["Guidance", "Verdict", "Verifier"]
