@@ -383,3 +383,20 @@ def test_gguf_cache_survives_a_failed_conversion_and_is_replaced_whole(tmp_path,
 def _entries(cache_dir):
     """Names beside the cache link, the link first (nothing left over from failed attempts)."""
     return sorted((p.name for p in cache_dir.parent.iterdir()), key=lambda name: (name.startswith("."), name))
+
+
+def test_narrow_rows_is_a_view_that_writes_through():
+    from jacobix.integrations.hf import as_causal_lm
+
+    lm = as_causal_lm(build("llama"))
+    cache = lm.new_cache(3, 16)
+    tokens = torch.tensor([[1, 5, 9, 3]] * 3)
+    positions = torch.arange(4).expand(3, 4)
+    lm.forward(tokens, positions, cache)
+    view = cache.narrow_rows(2)
+    step = lm.forward(torch.tensor([[7], [8]]), torch.tensor([[4], [4]]), view)  # writes slot 4 of rows 0, 1
+    assert cache.tokens[:2, 4].tolist() == [7, 8] and cache.tokens[2, 4] == 0
+    for layer in cache.layers:
+        assert layer.keys[:2, :, 4].abs().sum() > 0 and not layer.keys[2, :, 4].any()  # row 2 untouched
+    reference = lm.forward(torch.tensor([[1, 5, 9, 3, 7]]), torch.arange(5)[None], lm.new_cache(1, 16))[:, -1:]
+    torch.testing.assert_close(step[:1], reference, rtol=0, atol=1e-10)

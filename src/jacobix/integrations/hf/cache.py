@@ -93,6 +93,19 @@ class PositionCacheMethods:
         """Declare each row's valid prefix ``lengths`` (B,) long; later writes overwrite the rest."""
         self.lengths = lengths.to(self.lengths.device).clone()
 
+    def narrow_rows(self, rows: int) -> PositionCacheMethods:
+        """The first ``rows`` rows as a cache of their own that shares this one's storage (no copy).
+
+        Needs the layers initialized (after the prompt's prefill)."""
+        view = type(self)(len(self.layers), rows, self.capacity, self.sliding_window)
+        view.tokens, view.lengths = self.tokens[:rows], self.lengths[:rows]
+        for mine, theirs in zip(view.layers, self.layers):
+            if not theirs.is_initialized:
+                raise ValueError("narrow_rows needs an initialized cache: prefill it first")
+            mine.keys, mine.values = theirs.keys[:rows], theirs.values[:rows]
+            mine.device, mine.is_initialized = theirs.device, True
+        return view
+
     def copy_slots(self, source_rows: Tensor, positions: Tensor) -> None:
         """Row ``i`` takes row ``source_rows[i]``'s keys, values and tokens at ``positions[i]``, in this cache.
 
