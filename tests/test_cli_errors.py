@@ -172,3 +172,14 @@ def test_quick_keeps_explicit_seeds_and_tokens(monkeypatch, capsys):
     with pytest.raises(Stop):
         main(["bench", "text", "--quick", "--seeds", "2", "--max-new-tokens", "30"])
     assert seen["config"].seeds == (0, 1) and seen["config"].max_new_tokens == 30
+
+
+def test_the_readme_demo_command_parses_with_and_without_a_target(monkeypatch, capsys, tmp_path):
+    """`jacobix demo` (the README's first command) and `jacobix demo images --quick` reach the demo."""
+    import jacobix.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_demo", lambda args: seen.append((args.target, args.quick)) or 0)
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 0
+    assert cli.main(["demo", "images", "--quick", "--out", str(tmp_path)]) == 0
+    assert seen == [("all", False), ("images", True)]

@@ -146,7 +146,7 @@ def _explicit(argv: list[str]) -> set[str]:
         for action in parsers.pop()._actions:
             if isinstance(action, argparse._SubParsersAction):
                 parsers.extend(action.choices.values())
-            elif action.dest != "help":
+            elif action.dest != "help" and action.option_strings:  # positionals keep theirs (checked against choices)
                 action.default = argparse.SUPPRESS
     return set(vars(parser.parse_args(argv))) - {"run", "check"}
 
