@@ -22,7 +22,7 @@ from jacobix.core.sampling import Randomness
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState
 from jacobix.tokens.policy.costs import PassCosts
 from jacobix.tokens.policy.width import FixedWidth, WidthPolicy, novel_prefixes
-from jacobix.tokens.proposers.base import Candidates, ProposalContext, Proposer
+from jacobix.tokens.proposers.base import Candidates, ProposalContext, Proposer, one_hot
 from jacobix.tokens.verify import Verdict, Verifier
 
 
@@ -196,7 +196,7 @@ class TokenProblem:
         positions = state.window_positions(fed + 1)  # (B, fed+1) the positions the outputs are for
         redrafted = self.proposer.redraft(verdict.p_target, positions, self.generator)  # (B, fed+1)
         p_all = self.candidates.p_draft
-        p_rest = _one_hot(rest, self.vocab_size) if p_all is None else p_all[rows, verdict.winner, fed + 1 :]
+        p_rest = one_hot(rest, self.vocab_size) if p_all is None else p_all[rows, verdict.winner, fed + 1 :]
         proposals = Drafts(torch.cat([redrafted, rest], 1),
                            torch.cat([verdict.p_target, p_rest.to(verdict.p_target.dtype)], 1))
         slots = torch.arange(fed + 1, device=rows.device)
@@ -225,10 +225,6 @@ class TokenProblem:
         for index, spec in enumerate(self.proposer.sources):
             stats.drafts_by_source[spec.name] = stats.drafts_by_source.get(spec.name, 0) + int(fed_counts[index])
             stats.accepted_by_source[spec.name] = stats.accepted_by_source.get(spec.name, 0) + int(hit_counts[index])
-
-
-def _one_hot(tokens: Tensor, vocab_size: int) -> Tensor:
-    return torch.nn.functional.one_hot(tokens, vocab_size).float()
 
 
 __all__ = ["ScheduleStats", "TokenProblem"]

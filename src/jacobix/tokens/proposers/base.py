@@ -161,4 +161,9 @@ class Proposer:
         """See a greedy sweep's outputs (B, R, W) for every candidate row (``running`` (B,) rows only)."""
 
 
-__all__ = ["Candidates", "DraftSource", "ProposalContext", "Proposer"]
+def one_hot(tokens: Tensor, vocab_size: int) -> Tensor:
+    """The draft distribution of fixed drafts (..., V): all mass on the token."""
+    return torch.nn.functional.one_hot(tokens, vocab_size).float()
+
+
+__all__ = ["Candidates", "DraftSource", "ProposalContext", "Proposer", "one_hot"]

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from jacobix.core.sampling import Randomness, randint
-from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext, Proposer
+from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext, Proposer, one_hot
 
 
 @dataclass(frozen=True)
@@ -123,16 +122,12 @@ class JacobiProposer(Proposer):
         values = tokens if carried is None else torch.where(context.fresh, tokens, carried.values)
         if context.greedy:
             return Candidates.single(values)
-        p_init = _one_hot(tokens, context.vocab_size) if p_init is None else p_init
+        p_init = one_hot(tokens, context.vocab_size) if p_init is None else p_init
         if carried is None:
             return Candidates.single(values, p_init)
-        p_carried = carried.p_draft if carried.p_draft is not None else _one_hot(carried.values, context.vocab_size)
+        p_carried = carried.p_draft if carried.p_draft is not None else one_hot(carried.values, context.vocab_size)
         fresh = context.fresh[..., None]
         return Candidates.single(values, torch.where(fresh, p_init.to(p_carried.dtype), p_carried))
-
-
-def _one_hot(tokens: Tensor, vocab_size: int) -> Tensor:
-    return F.one_hot(tokens, vocab_size).float()  # (..., V)
 
 
 __all__ = ["CopyInit", "DraftContext", "DraftInit", "JacobiProposer", "RandomInit", "resolve_init"]
