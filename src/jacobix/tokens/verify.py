@@ -98,16 +98,18 @@ class Verifier:
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=prompt_length.device)
         self.generator, self.prob_dtype, self.max_position = generator, prob_dtype, max_position
 
-    def logits(self, tokens: Tensor, positions: Tensor, embeds: Tensor | None = None) -> Tensor:
-        """Guided, processed logits (N, W, V) for tokens (N, W) at positions (N, W) of the N rows."""
+    def logits(self, tokens: Tensor, positions: Tensor, embeds: Tensor | None = None, cache: Cache | None = None) -> Tensor:
+        """Guided, processed logits (N, W, V) for tokens (N, W) at positions (N, W) of the N rows
+        (of ``cache``, by default the verifier's own)."""
+        cache = self.cache if cache is None else cache
         slots = positions.clamp(max=self.max_position)
         extra = {} if embeds is None else {"embeds": embeds}
         if self.guidance is None:
-            logits = self.model.forward(tokens, slots, self.cache, **extra)
+            logits = self.model.forward(tokens, slots, cache, **extra)
         else:
             shifted = (positions + self.guidance.position_shift[:, None]).clamp(max=self.max_position)
             doubled = {k: torch.cat([v, v]) for k, v in extra.items()}
-            both = self.model.forward(torch.cat([tokens, tokens]), torch.cat([slots, shifted]), self.cache, **doubled)
+            both = self.model.forward(torch.cat([tokens, tokens]), torch.cat([slots, shifted]), cache, **doubled)
             cond, uncond = both.chunk(2)  # (B, W, V) each
             logits = uncond + self.guidance.scale * (cond - uncond)
         prompt = self.prompt_length.repeat(tokens.shape[0] // len(self.prompt_length))
@@ -130,12 +132,8 @@ class Verifier:
         if candidates.embeds is not None:
             head = self.model.embed(tokens[:, :1])  # (r*B, 1, E)
             embeds = torch.cat([head, candidates.embeds[:, :r, :fed].transpose(0, 1).flatten(0, 1).to(head.dtype)], 1)
-        cache, self.cache = self.cache, self.cache if r == self.candidates else self.cache.narrow_rows(b)
-        try:
-            logits = self.logits(tokens, positions, embeds)  # (r*B, W, V)
-        finally:
-            self.cache = cache
-        logits = logits.view(r, b, fed + 1, -1).transpose(0, 1)  # (B, r, W, V)
+        cache = self.cache if r == self.candidates else self.cache.narrow_rows(b)
+        logits = self.logits(tokens, positions, embeds, cache).view(r, b, fed + 1, -1).transpose(0, 1)  # (B, r, W, V)
         verifiable = None if candidates.verifiable is None else candidates.verifiable[:, :r, :fed]
         if self.sampling.greedy:
             verdict = self._greedy(drafts, logits.argmax(-1), verifiable)
