@@ -131,6 +131,17 @@ def test_transformers_logits_processors_apply_per_position():
     assert torch.equal(model.generate(ids, custom_generate=jacobi_generate, window=4, **options), reference)
 
 
+def _toy_sampling_llama():
+    """A 5-token Llama whose joint of 3 tokens can be enumerated (sharpened logits)."""
+    torch.manual_seed(4)
+    config = tf.LlamaConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, pad_token_id=None, eos_token_id=None)
+    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(3.0)
+    return model
+
+
 def _exact_joint(model, prompt: list[int], length: int) -> dict[tuple[int, ...], float]:
     import itertools
 
@@ -146,14 +157,9 @@ def _exact_joint(model, prompt: list[int], length: int) -> dict[tuple[int, ...],
 
 @pytest.mark.parametrize("lookahead", [False, True])
 def test_sjd_through_hf_matches_exact_joint(lookahead):
-    from scipy.stats import chisquare
+    from test_sjd_distribution import chi_square_pvalue
 
-    torch.manual_seed(4)
-    config = tf.LlamaConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, num_key_value_heads=1, pad_token_id=None, eos_token_id=None)
-    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(3.0)
+    model = _toy_sampling_llama()
     prompt, n = [1, 3, 0, 1, 3], 3000
     joint = _exact_joint(model, prompt, 3)
     ids = torch.tensor([prompt] * n)
@@ -161,15 +167,7 @@ def test_sjd_through_hf_matches_exact_joint(lookahead):
                          custom_generate=sjd_generate, window=4, lookahead=lookahead,
                          generator=torch.Generator().manual_seed(7))
     samples = [tuple(r) for r in out[:, len(prompt) :].tolist()]
-    counts = {cell: 0 for cell in joint}
-    for s in samples:
-        counts[s] += 1
-    cells = [c for c in joint if joint[c] * n >= 5]
-    rest = [c for c in joint if joint[c] * n < 5]
-    observed = [counts[c] for c in cells] + ([sum(counts[c] for c in rest)] if rest else [])
-    expected = [joint[c] * n for c in cells] + ([sum(joint[c] for c in rest) * n] if rest else [])
-    expected = [e * n / sum(expected) for e in expected]
-    assert chisquare(observed, expected).pvalue > 1e-3
+    assert chi_square_pvalue(samples, joint) > 1e-3
 
 
 def test_lookahead_generate_samples_the_tempered_filtered_joint():
@@ -177,16 +175,10 @@ def test_lookahead_generate_samples_the_tempered_filtered_joint():
     against the one computed from the model's raw logits with the test's own filters."""
     import itertools
 
-    from scipy.stats import chisquare
-
     from conftest import reference_probs
+    from test_sjd_distribution import chi_square_pvalue
 
-    torch.manual_seed(4)
-    config = tf.LlamaConfig(vocab_size=5, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                            num_attention_heads=2, num_key_value_heads=1, pad_token_id=None, eos_token_id=None)
-    model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(3.0)
+    model = _toy_sampling_llama()
     prompt, n, filters = [1, 3, 0, 1, 3], 3000, dict(temperature=0.7, top_k=4, top_p=0.9)
     joint = {}
     with torch.no_grad():
@@ -199,12 +191,7 @@ def test_lookahead_generate_samples_the_tempered_filtered_joint():
     assert out.shape == (n, len(prompt) + 3) and out[:, : len(prompt)].eq(torch.tensor(prompt)).all()
     samples = [tuple(r) for r in out[:, len(prompt) :].tolist()]
     assert all(joint[s] > 0 for s in samples), "a sequence the filters exclude was sampled"
-    cells = [c for c in joint if joint[c] * n >= 5]
-    rest = [c for c in joint if 0 < joint[c] * n < 5]
-    observed = [samples.count(c) for c in cells] + ([sum(samples.count(c) for c in rest)] if rest else [])
-    expected = [joint[c] * n for c in cells] + ([sum(joint[c] for c in rest) * n] if rest else [])
-    expected = [e * n / sum(expected) for e in expected]
-    assert chisquare(observed, expected).pvalue > 1e-3
+    assert chi_square_pvalue(samples, joint) > 1e-3
 
 
 def test_hybrid_and_recurrent_caches_are_refused():

@@ -81,7 +81,6 @@ class TokenProblem:
         self.verifier, self.proposer, self.costs = verifier, proposer, costs
         self.policy = policy
         self.generator, self.vocab_size = generator, vocab_size
-        self.device = verifier.prompt_length.device
         self.drafts = drafts
         self.fed_per_pass: list[int] = []  # drafts fed per candidate row, one entry per sweep
         self._began: float | None = None  # when the previous sweep began
