@@ -21,6 +21,7 @@ METHODS = ("ar", "jacobi", "sjd")
 SJD_TEMPERATURE = 0.8
 TRAINERS = {  # target: (module with main(argv), arguments it always gets); output: ./jacobix-train/NAME unless --out or --replace-bundled
     "shakespeare": ("jacobix.train.shakespeare", []),
+    "cllm": ("jacobix.train.cllm_command", []),
     "vq": ("jacobix.train.vq", []),
     "image-ar": ("jacobix.train.image_ar", []),
     "classifier": ("jacobix.train.classifier", []),
@@ -108,8 +109,11 @@ def _generate_parser(commands: argparse._SubParsersAction) -> None:
                      help="jacobi/sjd: tokens per pass (drafts + 1, at most the model's positions), or 'auto' (1-16 "
                      "chosen every pass from measured pass costs)")
     gen.add_argument("--lookahead", action="store_true", help="jacobi/sjd: draft from an n-gram pool of the prompt and output")
-    gen.add_argument("--init", default="repeat", choices=("random", "repeat"),
-                     help="jacobi/sjd: how fresh draft slots are filled (random tokens, or the last token repeated)")
+    gen.add_argument("--init", default="repeat", choices=("random", "repeat", "context"),
+                     help="jacobi/sjd: how fresh draft slots are filled (random tokens, the last token repeated, or "
+                     "tokens drawn from the prompt and text so far, as consistency-distilled models are trained)")
+    gen.add_argument("--block", action="store_true",
+                     help="jacobi/sjd: CLLM's block mode (blocks of --window tokens, each iterated to its fixed point)")
     gen.add_argument("--temperature", type=_nonnegative, default=SJD_TEMPERATURE,
                      help="sampling temperature of sjd, and of ar when given with --method ar (ar is greedy otherwise)")
     gen.add_argument("--top-k", type=_positive, help="sampling: keep the k most likely tokens (sjd, or ar with --temperature)")
@@ -176,10 +180,12 @@ def _check_generate(args: argparse.Namespace) -> None:
     """Refuse options that the chosen methods would ignore or cannot honour."""
     given = args.explicit
     if args.method == "ar":
-        for name in ("window", "lookahead", "init"):
+        for name in ("window", "lookahead", "init", "block"):
             if name in given:
                 raise ValueError(f"--{name} does not apply to --method ar (sequential decoding, one token per pass); "
                                  "drop it, or use --method jacobi, sjd or all")
+    if args.block and args.window == "auto":
+        raise ValueError("--block iterates blocks of --window tokens; give a whole number, e.g. --window 16")
     if args.method == "jacobi" and "temperature" in given and args.temperature > 0:
         raise ValueError("--method jacobi is greedy; to sample use --method sjd --temperature T (or all)")
     samples = args.method in ("sjd", "all") or (args.method == "ar" and "temperature" in given and args.temperature > 0)
@@ -231,8 +237,8 @@ def _generate(args: argparse.Namespace) -> int:
         sampled = _sampled(args, method)
         result = generate(
             text_model.model, prompt, method=method, window=args.window, init=args.init,
-            lookahead=args.lookahead and method != "ar", max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature if sampled else 0.0, top_k=args.top_k if sampled else None,
+            lookahead=args.lookahead and method != "ar", block=args.block and method != "ar",
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature if sampled else 0.0, top_k=args.top_k if sampled else None,
             top_p=args.top_p if sampled else None, generator=torch.Generator().manual_seed(args.seed),
             eos_token_id=text_model.eos_token_id, progress=not args.no_progress,
         )
@@ -383,6 +389,7 @@ def _train(args: argparse.Namespace) -> int:
     import importlib
 
     module, fixed = TRAINERS[args.target]
+    logging.getLogger().setLevel(logging.INFO)  # trainers run for minutes: show their progress
     try:
         importlib.import_module(module).main([*fixed, *args.options])
     except SystemExit as stop:  # the trainer's own argparse printed its message (or help)

