@@ -204,3 +204,40 @@ def test_bad_training_options_are_refused():
         CLLMConfig(global_weight=0.0, local_weight=0.0, ar_weight=0.0)
     with pytest.raises(ValueError, match="steps >= 1"):
         CLLMConfig(steps=0)
+
+
+# --- convergence counts (CLLM Table 3) ------------------------------------------------------------
+
+def test_fast_forwarded_and_stationary_counts_on_a_hand_built_block():
+    from jacobix.tokens.trajectory import BlockTrajectory, convergence_counts
+
+    # fixed point 1 2 3 4; slots 2 and 3 are right from the start while slot 0 is wrong (stationary);
+    # the sweeps commit 1, 1, then 2 tokens (one fast-forwarded)
+    block = BlockTrajectory(row=0, start=1, length=4, states=torch.tensor([[9, 9, 3, 4], [1, 8, 3, 4], [1, 2, 3, 4]]),
+                            committed=torch.tensor([0, 1, 2]), fixed_point=torch.tensor([1, 2, 3, 4]))
+    assert convergence_counts(block) == (1, 2)
+    wobbly = BlockTrajectory(row=0, start=1, length=4, states=torch.tensor([[9, 9, 3, 4], [1, 8, 7, 4], [1, 2, 3, 4]]),
+                             committed=torch.tensor([0, 1, 2]), fixed_point=torch.tensor([1, 2, 3, 4]))
+    assert convergence_counts(wobbly) == (1, 1)  # slot 2 changed after being right: not stationary
+
+
+def test_bench_runs_a_distilled_model_beside_its_teacher(tmp_path):
+    from jacobix.bench.text import CLLM_SETTINGS, TextBenchConfig, bench_text, model_options
+    from jacobix.models.llama import load_llama, save_llama
+    from jacobix.models.registry import BUNDLED_TEXT, distilled_teacher
+
+    model, meta = load_llama(BUNDLED_TEXT["shakespeare"])
+    save_llama(model, tmp_path / "student", extra={"tokenizer": meta["tokenizer"], "cllm": {"teacher": "shakespeare"}})
+    assert distilled_teacher(str(tmp_path / "student")) == "shakespeare"
+    options = model_options(str(tmp_path / "student"))
+    assert options["teacher"] == "shakespeare" and options["settings"] == CLLM_SETTINGS
+    settings = tuple(s for s in CLLM_SETTINGS if s.label in ("ar greedy", "jacobi block16", "ar sample", "sjd w16 context"))
+    result = bench_text(TextBenchConfig(model=str(tmp_path / "student"), teacher="shakespeare", settings=settings,
+                                        prompts=("ROMEO:\n",), max_new_tokens=20, seeds=(0,)))
+    records = result.records()
+    assert [r["model"] for r in records] == ["shakespeare"] * 4 + [str(tmp_path / "student")] * 4
+    for record in records:
+        assert {"setting", "model", "tokens_per_pass", "passes_vs_ar", "wall_vs_ar", "exact"} <= set(record)
+        assert record["exact"] in (True, None)
+    block = [r for r in records if r["setting"] == "jacobi block16"]
+    assert all(r["fast_forwarded_per_block"] >= 0 for r in block) and "fast-forwarded" in result.convergence_table()

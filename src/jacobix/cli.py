@@ -35,6 +35,7 @@ BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
     "batch_size": (("images", "tarflow"), "text decodes one prompt per call"),
     "tolerance": (("tarflow",), "text and images decode exactly"),
     "per_prompt": (("text",), "only text has prompts"),
+    "teacher": (("text",), "only text models are distilled"),
     "json": (("text",), "only the text table is written as JSON"),
 }
 
@@ -129,7 +130,10 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
                                 description="Every setting runs on the same inputs, interleaved, in one process; "
                                 "an option that does not apply to the chosen target is refused.")
     bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow"), help="what to measure")
-    bench.add_argument("--model", default="shakespeare", help="text: shakespeare, smollm2 or a checkpoint folder")
+    bench.add_argument("--model", default="shakespeare",
+                       help="text: shakespeare, shakespeare-cllm (run beside its teacher), smollm2 or a checkpoint folder")
+    bench.add_argument("--teacher", help="text: also run every setting on this model (default: a distilled model's "
+                       "teacher, e.g. shakespeare for shakespeare-cllm)")
     bench.add_argument("--max-new-tokens", type=_positive, default=200, help="text: tokens per prompt and seed (--quick: 60)")
     bench.add_argument("--seeds", type=_positive, default=3, help="text, images: seeds per prompt / class (--quick: 1)")
     bench.add_argument("--batch-size", type=_positive, help="tarflow: samples per call (default 1); images: per batch (default 50)")
@@ -300,16 +304,17 @@ def _bench(args: argparse.Namespace) -> int:
     quick = args.quick
     seeds = tuple(range(args.seeds if "seeds" in args.explicit or not quick else 1))
     if args.target == "text":
-        from jacobix.bench.text import HF_PROMPTS, HF_SETTINGS, TextBenchConfig, bench_text
-        from jacobix.integrations.hf.smollm2 import HF_TEXT_MODELS
+        from jacobix.bench.text import HF_PROMPTS, HF_SETTINGS, TextBenchConfig, bench_text, model_options
 
-        hf = dict(prompts=HF_PROMPTS, settings=HF_SETTINGS) if args.model in HF_TEXT_MODELS else {}
         tokens = args.max_new_tokens if "max_new_tokens" in args.explicit or not quick else 60
-        config = TextBenchConfig(**hf, model=args.model, max_new_tokens=tokens, seeds=seeds, device=args.device)
+        config = TextBenchConfig(**model_options(args.model, args.teacher), model=args.model, max_new_tokens=tokens,
+                                 seeds=seeds, device=args.device)
         result = bench_text(config)
         print(result.table())
         if args.per_prompt:
             print("\n" + result.prompt_table())
+        if result.convergence_table():
+            print("\n" + result.convergence_table())
         if args.json:
             _write_json(args.json, result.records())
     elif args.target == "tarflow":

@@ -15,7 +15,8 @@ import torch
 from jacobix.bench.baselines import transformers_generate
 from jacobix.api import generate
 from jacobix.tokens.proposers.ngram import LookaheadConfig
-from jacobix.models.registry import TextModel
+from jacobix.models.registry import TextModel, distilled_teacher
+from jacobix.tokens.trajectory import convergence_counts, split_blocks
 
 DEFAULT_PROMPTS = (
     "ROMEO:\n",
@@ -36,6 +37,7 @@ class Setting:
     sampled: bool = False
     lookahead: bool = False
     verify: int = 1  # pool candidates verified per pass (lookahead)
+    block: bool = False  # CLLM's block mode
 
 
 DEFAULT_SETTINGS = (
@@ -49,6 +51,19 @@ DEFAULT_SETTINGS = (
     Setting(label="sjd w16 repeat", method="sjd", window=16, init="repeat", sampled=True),
     Setting(label="sjd auto", method="sjd", window="auto", init="repeat", sampled=True),
     Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
+)
+
+
+CLLM_SETTINGS = (  # a consistency-distilled model and its teacher, side by side
+    Setting(label="ar greedy", method="ar"),
+    Setting(label="jacobi w16 random", method="jacobi", window=16),
+    Setting(label="jacobi w16 context", method="jacobi", window=16, init="context"),
+    Setting(label="jacobi block16", method="jacobi", window=16, init="context", block=True),
+    Setting(label="jacobi auto", method="jacobi", window="auto", init="context"),
+    Setting(label="jacobi auto+pool", method="jacobi", window="auto", init="context", lookahead=True),
+    Setting(label="ar sample", method="ar", sampled=True),
+    Setting(label="sjd w16 context", method="sjd", window=16, init="context", sampled=True),
+    Setting(label="sjd auto", method="sjd", window="auto", init="context", sampled=True),
 )
 
 
@@ -78,9 +93,21 @@ HF_SETTINGS = (
 )
 
 
+def model_options(model: str, teacher: str | None = None) -> dict:
+    """Prompts and settings for a model: chat prompts for smollm2; for a consistency-distilled model
+    (or with ``teacher``), the CLLM settings, run beside the teacher."""
+    from jacobix.integrations.hf.smollm2 import HF_TEXT_MODELS
+
+    if model in HF_TEXT_MODELS:
+        return dict(prompts=HF_PROMPTS, settings=HF_SETTINGS, teacher=teacher)
+    teacher = teacher or distilled_teacher(model)
+    return dict(settings=CLLM_SETTINGS, teacher=teacher) if teacher else {}
+
+
 @dataclass(frozen=True, kw_only=True)
 class TextBenchConfig:
     model: str = "shakespeare"
+    teacher: str | None = None  # also run every setting on this model (a distilled model's teacher)
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     settings: tuple[Setting, ...] = DEFAULT_SETTINGS
     max_new_tokens: int = 200
@@ -102,12 +129,14 @@ class TextBenchConfig:
 @dataclass
 class BenchRow:
     setting: Setting
+    model: str = ""
     passes: int = 0
     tokens: int = 0
     wall_s: float = 0.0
     mismatches: int = 0  # greedy runs whose output differed from greedy AR (must stay 0)
     runs: int = 0
     per_prompt: list[list[tuple[int, int, float]]] = field(default_factory=list)  # (passes, tokens, seconds) per seed
+    convergence: list[tuple[int, int]] = field(default_factory=list)  # block mode: (fast-forwarded, stationary) per block
 
     @property
     def tokens_per_pass(self) -> float:
@@ -134,10 +163,18 @@ class TextBenchResult:
 
     def reference(self, row: BenchRow) -> BenchRow:
         """The sequential row that ``row`` is compared with (greedy or sampling AR)."""
-        return next(r for r in self.rows if r.setting.method in ("ar", "hf") and r.setting.sampled == row.setting.sampled)
+        return next(r for r in self.rows if r.setting.method in ("ar", "hf") and r.setting.sampled == row.setting.sampled
+                    and r.model == row.model)
+
+    def _model(self, name: str) -> str:
+        """The model column, shown when a teacher runs beside the model."""
+        if self.config.teacher is None:
+            return ""
+        width = max(len(r.model) for r in self.rows) + 1
+        return f"{name:<{width}} "
 
     def table(self) -> str:
-        head = (f"{'setting':<20} {'passes':>7} {'tokens':>7} {'tok/pass':>8} {'wall s':>8} {'passes vs AR':>12} "
+        head = (f"{self._model('model')}{'setting':<20} {'passes':>7} {'tokens':>7} {'tok/pass':>8} {'wall s':>8} {'passes vs AR':>12} "
                 f"{'wall vs AR':>10} {'worst prompt':>12} {'exact':>6}")
         lines = [head, "-" * len(head)]
         for row in self.rows:
@@ -145,7 +182,7 @@ class TextBenchResult:
             exact = "-" if row.setting.sampled else ("yes" if row.mismatches == 0 else f"NO({row.mismatches})")
             worst = min((_ratio(ref, row, i, 2) for i in range(len(row.per_prompt))), default=0.0)
             lines.append(
-                f"{row.setting.label:<20} {row.passes:>7} {row.tokens:>7} {row.tokens_per_pass:>8.2f} {row.wall_s:>8.3f} "
+                f"{self._model(row.model)}{row.setting.label:<20} {row.passes:>7} {row.tokens:>7} {row.tokens_per_pass:>8.2f} {row.wall_s:>8.3f} "
                 f"{_per_token_ratio(ref.passes, ref.tokens, row.passes, row.tokens):>11.2f}x "
                 f"{_per_token_ratio(ref.wall_s, ref.tokens, row.wall_s, row.tokens):>9.2f}x {worst:>11.2f}x {exact:>6}"
             )
@@ -162,6 +199,18 @@ class TextBenchResult:
             lines.append(f"measured cost of a pass vs a one-token pass (window='auto' plans with it): {costs}")
         return "\n".join(lines)
 
+    def convergence_table(self) -> str:
+        """Block-mode rows: fast-forwarded and stationary tokens per block (CLLM, Table 3)."""
+        lines = [f"{self._model('model')}{'setting':<20} {'blocks':>7} {'fast-forwarded':>15} {'stationary':>11}"]
+        for row in self.rows:
+            if row.convergence:
+                counts = torch.tensor(row.convergence, dtype=torch.float64).mean(0).tolist()
+                lines.append(f"{self._model(row.model)}{row.setting.label:<20} {len(row.convergence):>7} {counts[0]:>15.2f} "
+                             f"{counts[1]:>11.2f}")
+        lines.append("per block of greedy block-mode decoding: fast-forwarded = tokens a sweep committed beyond its one "
+                     "sure token; stationary = tokens right while an earlier one was wrong, and never changed after")
+        return "\n".join(lines) if len(lines) > 2 else ""
+
     def records(self) -> list[dict]:
         """One JSON-ready object per setting (``--json``)."""
         out = []
@@ -170,7 +219,7 @@ class TextBenchResult:
             prompts = range(len(row.per_prompt))
             out.append({
                 "setting": row.setting.label,
-                "model": self.config.model,
+                "model": row.model,
                 "device": self.config.device,
                 "tokens": row.tokens,
                 "forward_passes": row.passes,
@@ -183,22 +232,30 @@ class TextBenchResult:
                 "pass_spread": round(max(row.pass_spread(i) for i in prompts), 4),
                 "exact": None if row.setting.sampled else row.mismatches == 0,
                 "seeds": len(self.config.seeds),
+                **_convergence_record(row),
             })
         return out
 
     def prompt_table(self) -> str:
         """Per prompt: each setting's passes and wall-time ratios to its AR row (passes x / wall x)."""
-        head = f"{'setting':<20} " + " ".join(f"{f'prompt {i}':>13}" for i in range(len(self.config.prompts)))
+        head = f"{self._model('model')}{'setting':<20} " + " ".join(f"{f'prompt {i}':>13}" for i in range(len(self.config.prompts)))
         lines = [head, "-" * len(head)]
         for row in self.rows:
             ref = self.reference(row)
             cells = (f"{_ratio(ref, row, i, 0):.2f}/{_ratio(ref, row, i, 2):.2f}" for i in range(len(row.per_prompt)))
             spread = max(row.pass_spread(i) for i in range(len(row.per_prompt)))
-            lines.append(f"{row.setting.label:<20} " + " ".join(f"{cell:>13}" for cell in cells) + f" {spread:>8.2f}")
+            lines.append(f"{self._model(row.model)}{row.setting.label:<20} " + " ".join(f"{cell:>13}" for cell in cells) + f" {spread:>8.2f}")
         lines[0] += f" {'spread':>8}"
         lines.append("cells: passes vs AR / wall vs AR per generated token, per prompt (medians over seeds); spread: "
                      "largest / smallest pass count of one prompt over the seeds (greedy rows: run-to-run stability)")
         return "\n".join(lines)
+
+
+def _convergence_record(row: BenchRow) -> dict:
+    if not row.convergence:
+        return {}
+    mean = torch.tensor(row.convergence, dtype=torch.float64).mean(0).tolist()
+    return {"fast_forwarded_per_block": round(mean[0], 3), "stationary_per_block": round(mean[1], 3)}
 
 
 def _per_token_ratio(ref_cost: float, ref_tokens: int, cost: float, tokens: int) -> float:
@@ -212,40 +269,55 @@ def _ratio(ref: BenchRow, row: BenchRow, prompt: int, what: int) -> float:
 
 
 def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextModel | None = None) -> TextBenchResult:
-    """Run every setting on every prompt and seed; return summed counts and times."""
+    """Run every setting on every prompt and seed (and on the teacher, if any); return summed counts and times."""
     from jacobix.integrations.hf.smollm2 import load_named
 
-    text_model = text_model or load_named(config.model)
-    text_model.model.to(config.device)
-    rows = [BenchRow(setting=s) for s in config.settings]
+    models = {config.model: text_model or load_named(config.model)}
+    if config.teacher is not None:
+        models = {config.teacher: load_named(config.teacher), **models}
+    for m in models.values():
+        m.model.to(config.device)
+    rows = [BenchRow(setting=s, model=name) for name in models for s in config.settings]
     pass_costs: dict[int, float] = {}
-    prompts = [text_model.tokenizer.encode(p).to(config.device) for p in config.prompts]
-    generate(text_model.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
-    for setting in config.settings:  # "auto" settings probe their pass costs once, outside the timings
-        if setting.window == "auto":
-            _run(text_model, prompts[0], setting, dataclasses.replace(config, max_new_tokens=4), seed=0)
+    first = next(iter(models.values()))
+    prompts = [first.tokenizer.encode(p).to(config.device) for p in config.prompts]
+    for m in models.values():
+        generate(m.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
+        for setting in config.settings:  # "auto" settings probe their pass costs once, outside the timings
+            if setting.window == "auto":
+                _run(m, prompts[0], setting, dataclasses.replace(config, max_new_tokens=4), seed=0)
     for prompt in prompts:
         for row in rows:
             row.per_prompt.append([])
         for seed in config.seeds:
-            greedy_reference = None
+            greedy_reference: dict[str, torch.Tensor] = {}
             for row in rows:
-                result = _run(text_model, prompt, row.setting, config, seed)
-                row.passes += result.stats.forward_passes
-                row.tokens += sum(result.stats.new_tokens)
-                row.wall_s += result.stats.wall_time_s
-                row.per_prompt[-1].append((result.stats.forward_passes, sum(result.stats.new_tokens),
-                                           result.stats.wall_time_s))
+                result = _run(models[row.model], prompt, row.setting, config, seed)
+                _add(row, result, greedy_reference)
                 if getattr(result.stats, "schedule", None) is not None and not pass_costs:
                     pass_costs.update(result.stats.schedule.cost_ratio)
-                row.runs += 1
-                if not row.setting.sampled:
-                    greedy_reference = greedy_reference if greedy_reference is not None else result.tokens[0]
-                    row.mismatches += int(not torch.equal(result.tokens[0].cpu(), greedy_reference.cpu()))
+    for row in rows:  # trajectories of block mode, recorded outside the timings
+        if row.setting.block:
+            for prompt in prompts:
+                result = _run(models[row.model], prompt, row.setting, config, 0, record=True)
+                row.convergence += [convergence_counts(b) for b in split_blocks(
+                    result.trajectory, result.tokens, torch.tensor([len(prompt)]), int(row.setting.window))]
     return TextBenchResult(config=config, rows=rows, pass_costs=pass_costs)
 
 
-def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfig, seed: int):
+def _add(row: BenchRow, result, greedy_reference: dict[str, torch.Tensor]) -> None:
+    """Add one run's counts to its row; greedy runs are checked against the model's first greedy output."""
+    row.passes += result.stats.forward_passes
+    row.tokens += sum(result.stats.new_tokens)
+    row.wall_s += result.stats.wall_time_s
+    row.per_prompt[-1].append((result.stats.forward_passes, sum(result.stats.new_tokens), result.stats.wall_time_s))
+    row.runs += 1
+    if not row.setting.sampled:
+        reference = greedy_reference.setdefault(row.model, result.tokens[0])
+        row.mismatches += int(not torch.equal(result.tokens[0].cpu(), reference.cpu()))
+
+
+def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfig, seed: int, *, record: bool = False):
     if setting.method in ("hf", "hf-pld"):
         lookup = 10 if setting.method == "hf-pld" else None
         tokens, passes, seconds = transformers_generate(text_model.model, prompt, max_new_tokens=config.max_new_tokens,
@@ -262,6 +334,8 @@ def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfi
         max_new_tokens=config.max_new_tokens,
         generator=torch.Generator(device=config.device).manual_seed(seed),
         eos_token_id=text_model.eos_token_id,
+        block=setting.block,
+        record=record,
         **sampling,
     )
 

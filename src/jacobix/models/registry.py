@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,18 @@ class TextModel:
     model: Llama
     tokenizer: CharTokenizer
     eos_token_id: int | None = None
+
+
+def distilled_teacher(name: str) -> str | None:
+    """The teacher named in a consistency-distilled checkpoint's ``config.json`` (None for other models)."""
+    config = BUNDLED_TEXT.get(name, Path(name)) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        teacher = json.loads(config.read_text()).get("cllm", {}).get("teacher")
+    except (ValueError, AttributeError):
+        return None
+    return teacher if isinstance(teacher, str) else None
 
 
 def load_text_model(name: str) -> TextModel:

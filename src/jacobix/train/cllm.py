@@ -154,7 +154,7 @@ def step_losses(forward, batch: Batch, config: CLLMConfig) -> dict[str, Tensor]:
 
 
 def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLMConfig = CLLMConfig(),
-               *, log_every: int = 50) -> TrainLog:
+               *, log_every: int = 50, on_log=None) -> TrainLog:
     """Fine-tune ``model`` in place on ``data``.
 
     Args:
@@ -163,6 +163,8 @@ def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLM
         forward: ``forward(tokens (B, L)) -> logits (B, L, V)``, a cache-free causal pass of ``model``.
         data: trajectories of the model (:func:`jacobix.train.trajectories.collect`).
         config: steps, batch, learning rate, loss weights.
+        log_every: log the losses every this many steps.
+        on_log: called with the step number after each log (e.g. to measure and save), in eval mode.
     Returns:
         per-step losses and the wall time.
     """
@@ -185,6 +187,10 @@ def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLM
         if step % log_every == 0 or step == config.steps - 1:
             log.info("step %d %s lr %.2e %.0fs", step, " ".join(f"{k} {v:.4f}" for k, v in record.steps[-1].items()),
                      lr, time.perf_counter() - start)
+            if on_log is not None and step:
+                model.eval()
+                on_log(step)
+                model.train()
     model.eval()
     record.seconds = time.perf_counter() - start
     return record

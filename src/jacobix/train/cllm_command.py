@@ -48,13 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collect-batch", type=int, default=32, help="prompts decoded together while collecting")
     parser.add_argument("--trajectories", type=Path, help="trajectories file: read it if it exists, else write it there")
     parser.add_argument("--collect-only", action="store_true", help="stop after writing the trajectories")
+    parser.add_argument("--eval-every", type=int, default=250,
+                        help="measure tokens per pass on 4 held-out prompts and save a checkpoint every this many steps")
     for name, default in asdict(CLLMConfig()).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     add_output_arguments(parser, "shakespeare-cllm")
     args = parser.parse_args(argv)
     if args.data is None:
         raise ValueError(f"jacobix train cllm needs --data: the plays ({FETCH_HINT}) or 'stdlib' for code prompts")
-    for name in ("prompts", "held_out", "block_size", "max_new_tokens", "collect_batch"):
+    for name in ("prompts", "held_out", "block_size", "max_new_tokens", "collect_batch", "eval_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.teacher != "shakespeare" and not args.replace_bundled and args.out is None:
@@ -141,7 +143,13 @@ def main(argv: list[str] | None = None) -> None:
     measure_args = dict(block_size=args.block_size, max_new_tokens=min(args.max_new_tokens, 256), eos=eos)
     report = {"teacher": args.teacher, "config": asdict(config), "before": measure(teacher, sets.held_out[0], **measure_args)}
     log.info("before: %s", report["before"])
-    train_log = train_cllm(module, causal_forward(teacher), data, config)
+    def progress(step: int) -> None:
+        if step % args.eval_every == 0:
+            quick = measure(teacher, sets.held_out[0][:4], block_size=args.block_size, max_new_tokens=128, eos=eos)
+            log.info("step %d: held-out tokens per pass %s", step, quick)
+            _save(args, text_model, module, {**report, "partial_step": step}, hf)
+
+    train_log = train_cllm(module, causal_forward(teacher), data, config, on_log=progress)
     report.update(after=measure(teacher, sets.held_out[0], **measure_args), train_seconds=round(train_log.seconds, 1),
                   final_losses=train_log.steps[-1], blocks=len(data.block_prompt), states=len(data.states),
                   agreement_200=round(agreement(frozen_lm, teacher, sets.held_out[0], 200, eos), 4))

@@ -41,6 +41,7 @@ from torch import Tensor
 from jacobix.core.engine import SweepRecord
 from jacobix.models.protocol import CausalLM
 from jacobix.tokens.generate import generate
+from jacobix.tokens.trajectory import UNSEEN, BlockTrajectory, split_blocks
 
 FORMAT = "jacobix-trajectories/1"
 
@@ -188,35 +189,29 @@ def collect(model: CausalLM, prompts: list[Tensor], truths: list[Tensor], config
 @dataclass
 class _Row:
     generated: Tensor  # (G,) the continuation, cut after the last kept block
-    starts: list[int]  # kept blocks: start in ``generated``
-    lengths: list[int]
-    states: list[list[Tensor]]  # per kept block, its states (n,) in sweep order
+    blocks: list[BlockTrajectory]  # the kept blocks, in order
 
 
 def _rows(records: list[SweepRecord], tokens: list[Tensor], prompt_length: Tensor, config: CollectConfig) -> list[_Row]:
-    """Cut one batch's sweep records into blocks and states, then apply the repetition filter."""
-    n = config.block_size
-    states: dict[tuple[int, int], list[Tensor]] = {}
-    for record in records:
-        for row in torch.nonzero(record.n_commit > 0).flatten().tolist():
-            start = int(record.start[row] - prompt_length[row])  # new tokens committed before the sweep
-            block = (start - 1) // n  # token 0 comes from the prefill; block k holds tokens 1 + k*n ...
-            begin, end = 1 + block * n, min(1 + (block + 1) * n, len(tokens[row]))
-            state = tokens[row][begin : begin + n].clone()  # committed slots; fixed point as the filler
-            drafts = record.drafts[row, : end - start]  # (<= n - 1,) the guesses for the rest of the block
-            state[start - begin : start - begin + len(drafts)] = drafts
-            states.setdefault((row, block), []).append(torch.nn.functional.pad(state, (0, n - len(state))))
+    """Cut one batch's sweep records into blocks, apply the repetition filter, and fill unseen slots
+    (never a model input inside their block) with the fixed point's tokens."""
+    by_row: dict[int, list[BlockTrajectory]] = {row: [] for row in range(len(tokens))}
+    for block in split_blocks(records, tokens, prompt_length, config.block_size):
+        by_row[block.row].append(block)
     out = []
-    for row, generated in enumerate(tokens):
-        blocks = sorted(b for r, b in states if r == row)
-        starts = [1 + b * n for b in blocks]
-        lengths = [min(n, len(generated) - s) for s in starts]
+    for row, blocks in by_row.items():
         cut = None if config.repetition is None else config.repetition.first_repetitive_block(
-            generated.tolist(), starts, lengths)
-        starts, lengths, blocks = starts[:cut], lengths[:cut], blocks[:cut]
-        end = starts[-1] + lengths[-1] if starts else 1
-        out.append(_Row(generated[:end], starts, lengths, [states[(row, b)] for b in blocks]))
+            tokens[row].tolist(), [b.start for b in blocks], [b.length for b in blocks])
+        blocks = [_filled(b) for b in blocks[:cut]]
+        end = blocks[-1].start + blocks[-1].length if blocks else 1
+        out.append(_Row(tokens[row][:end], blocks))
     return out
+
+
+def _filled(block: BlockTrajectory) -> BlockTrajectory:
+    fixed = block.fixed_point.clamp_min(0)  # (n,) padding past the block's length is 0
+    states = torch.where(block.states == UNSEEN, fixed[None], block.states)  # (J, n)
+    return BlockTrajectory(block.row, block.start, block.length, states, block.committed, fixed)
 
 
 def _pad(rows: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -233,13 +228,13 @@ def _assemble(prompts: list[Tensor], truths: list[Tensor], rows: list[_Row], con
     n = config.block_size
     block_prompt, block_start, block_length, fixed, states, state_block = [], [], [], [], [], []
     for p, row in enumerate(rows):
-        for start, length, block_states in zip(row.starts, row.lengths, row.states):
-            fixed.append(torch.nn.functional.pad(row.generated[start : start + length], (0, n - length)))
-            states += block_states
-            state_block += [len(block_prompt)] * len(block_states)
+        for block in row.blocks:
+            fixed.append(block.fixed_point)
+            states += list(block.states)
+            state_block += [len(block_prompt)] * len(block.states)
             block_prompt.append(p)
-            block_start.append(start)
-            block_length.append(length)
+            block_start.append(block.start)
+            block_length.append(block.length)
     if not block_prompt:
         raise ValueError("collect: the repetition filter dropped every block; loosen it (max_repeated) or use other prompts")
     prompt_tokens, prompt_length = _pad(prompts)
