@@ -241,3 +241,74 @@ def test_bench_runs_a_distilled_model_beside_its_teacher(tmp_path):
         assert record["exact"] in (True, None)
     block = [r for r in records if r["setting"] == "jacobi block16"]
     assert all(r["fast_forwarded_per_block"] >= 0 for r in block) and "fast-forwarded" in result.convergence_table()
+
+
+# --- a transformers model through the adapter -----------------------------------------------------
+
+def test_a_transformers_model_distills_through_the_adapter_and_round_trips_its_folder(tmp_path):
+    import transformers as tf
+
+    from jacobix.integrations.hf.adapter import as_causal_lm
+    from jacobix.integrations.hf.folders import is_hf_folder, save_hf_folder
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = tf.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(6.0)
+    lm = as_causal_lm(model)
+    prompts = _prompts(8, vocab=32, seed=5)
+    data = collect(lm, prompts, prompts, CollectConfig(block_size=N, max_new_tokens=2 * N + 1, batch_size=8,
+                                                         repetition=None))
+    before = [p.clone() for p in model.parameters()]
+    log = train_cllm(model, causal_forward(lm), data, CLLMConfig(steps=3, batch_size=4, warmup=1))
+    assert len(log.steps) == 3 and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    save_hf_folder(model, None, tmp_path / "student", extra={"cllm": {"teacher": "tiny"}})
+    assert is_hf_folder(tmp_path / "student")
+    reloaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "student", local_files_only=True).eval()
+    for prompt in prompts[:3]:
+        expected = jacobix.generate(model, prompt, method="ar", max_new_tokens=20).tokens[0]
+        result = jacobix.generate(reloaded, prompt, method="jacobi", window=N, block=True, init="context",
+                                  max_new_tokens=20)
+        assert torch.equal(result.tokens[0], expected)
+
+
+# --- prompts from offline text --------------------------------------------------------------------
+
+def test_prompts_start_at_lines_and_continuations_follow_them():
+    from jacobix.train.text_data import PromptSpec, cut_prompts, line_starts
+
+    text = "ROMEO:\nBut soft, what light through yonder window breaks?\n\nJULIET:\nAy me!\n" * 20
+    tokens = torch.tensor([ord(c) for c in text])
+    prompts, truths = cut_prompts(tokens, PromptSpec(count=10, min_prompt=5, max_prompt=12, continuation=20),
+                                  line_starts(text))
+    for prompt, truth in zip(prompts, truths):
+        joined = "".join(map(chr, torch.cat([prompt, truth]).tolist()))
+        assert joined in text and ("\n" + joined) in text and 5 <= len(prompt) <= 12 and len(truth) == 20
+    with pytest.raises(ValueError, match="too short"):
+        cut_prompts(tokens[:30], PromptSpec(count=1, continuation=64), [0])
+
+
+def test_code_prompts_come_from_the_standard_library():
+    from jacobix.train.text_data import PromptSpec, code_prompts
+
+    encode = lambda source: torch.tensor([ord(c) % 128 for c in source])  # noqa: E731
+    prompts, truths = code_prompts(encode, PromptSpec(count=3, min_prompt=20, max_prompt=40, continuation=30))
+    assert len(prompts) == len(truths) == 3
+    assert all(20 <= len(p) <= 40 and len(t) == 30 for p, t in zip(prompts, truths))
+    assert any(bytes(p.tolist()).decode().lstrip().startswith(("def ", "class ")) for p in prompts)
+
+
+def test_cut_contexts_and_ar_windows_never_train_on_prompt_tokens(collected):
+    data = collected[2]
+    batch = sample_batch(data, 8, torch.Generator().manual_seed(3), context_limit=2)
+    assert int(batch.context_length.max()) <= 2
+    assert batch.state_rows.shape[1] <= 2 + N
+    assert batch.truth_rows.shape[1] <= 2 + N
+    fields = {name: getattr(data, name) for name in data.__dataclass_fields__}
+    marked = Trajectories(**{**fields, "prompts": torch.where(data.prompts > 0, 7, 0), "truth": torch.full_like(data.truth, 3)})
+    for limit in (None, 2, 4):
+        batch = sample_batch(marked, 8, torch.Generator().manual_seed(limit or 0), context_limit=limit)
+        targets = batch.truth_rows[:, 1:][batch.truth_mask[:, :-1]]  # the tokens the AR loss trains on
+        assert len(targets) and bool((targets == 3).all())

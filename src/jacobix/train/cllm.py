@@ -44,6 +44,10 @@ class CLLMConfig:
         warmup: warm-up steps.
         global_weight, local_weight, ar_weight: loss weights (CLLM: consistency 1, AR 10).
         label_smoothing: of the AR loss (CLLM: 0.1).
+        context_limit: keep only this many context tokens before a block (and AR windows of this many
+            tokens plus a block). Rotary attention depends on relative positions only, so a cut context
+            is a shorter context, not a shifted one; targets are computed on the same cut context.
+            None keeps everything (slower: cost grows with the context).
         seed: seed of batch sampling.
     """
 
@@ -56,6 +60,7 @@ class CLLMConfig:
     ar_weight: float = 10.0
     label_smoothing: float = 0.1
     weight_decay: float = 0.0
+    context_limit: int | None = 128
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -64,6 +69,8 @@ class CLLMConfig:
         weights = (self.global_weight, self.local_weight, self.ar_weight)
         if min(weights) < 0 or sum(weights) == 0:
             raise ValueError(f"CLLMConfig loss weights must be >= 0 and not all 0, got {weights}")
+        if self.context_limit is not None and self.context_limit < 1:
+            raise ValueError(f"context_limit must be >= 1 token or None, got {self.context_limit}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -91,14 +98,17 @@ class Batch:
     truth_mask: Tensor  # (B, L2) True where the next token is ground truth
 
 
-def sample_batch(data: Trajectories, batch_size: int, generator: torch.Generator) -> Batch:
-    """Blocks uniformly at random, one uniformly random non-final state each (CLLM's sampling)."""
+def sample_batch(data: Trajectories, batch_size: int, generator: torch.Generator,
+                 context_limit: int | None = None) -> Batch:
+    """Blocks uniformly at random, one uniformly random non-final state each (CLLM's sampling);
+    contexts cut to their last ``context_limit`` tokens."""
     blocks = torch.randint(len(data.block_prompt), (batch_size,), generator=generator).tolist()
     rows, targets, nexts, contexts, states, fixed, lengths = [], [], [], [], [], [], []
     for block in blocks:
         block_states = data.states_of(block)  # (J, n)
         j = int(torch.randint(len(block_states), (1,), generator=generator))
         context = data.context(block)
+        context = context if context_limit is None else context[-context_limit:]
         state, goal = block_states[j], data.fixed_points[block]
         after = block_states[j + 1] if j + 1 < len(block_states) else goal
         rows.append(torch.cat([context, state]))
@@ -108,7 +118,8 @@ def sample_batch(data: Trajectories, batch_size: int, generator: torch.Generator
         states.append(state)
         fixed.append(goal)
         lengths.append(int(data.block_length[block]))
-    truth_rows, truth_mask = _truth_rows(data, [int(data.block_prompt[b]) for b in blocks])
+    window = None if context_limit is None else context_limit + data.block_size
+    truth_rows, truth_mask = _truth_rows(data, [int(data.block_prompt[b]) for b in blocks], window, generator)
     padded = _pad(rows + targets + nexts)
     return Batch(state_rows=padded[:batch_size], target_rows=padded[batch_size:],
                  context_length=torch.tensor(contexts), states=torch.stack(states), fixed=torch.stack(fixed),
@@ -116,15 +127,21 @@ def sample_batch(data: Trajectories, batch_size: int, generator: torch.Generator
                  truth_rows=truth_rows, truth_mask=truth_mask)
 
 
-def _truth_rows(data: Trajectories, prompts: list[int]) -> tuple[Tensor, Tensor]:
-    """Rows ``prompt ++ ground truth`` and the mask of positions whose next token is ground truth."""
+def _truth_rows(data: Trajectories, prompts: list[int], window: int | None,
+                generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Rows ``prompt ++ ground truth`` (a random ``window`` of them ending inside the ground truth) and
+    the mask of positions whose next token is ground truth (never a prompt token)."""
     rows, masks = [], []
     for p in prompts:
         prompt = data.prompts[p, : int(data.prompt_length[p])]
         truth = data.truth[p, : int(data.truth_length[p])]
-        rows.append(torch.cat([prompt, truth]))
-        mask = torch.zeros(len(prompt) + len(truth), dtype=torch.bool)
+        row = torch.cat([prompt, truth])
+        mask = torch.zeros(len(row), dtype=torch.bool)
         mask[len(prompt) - 1 : -1] = True  # the prompt's last position predicts the first truth token
+        if window is not None and len(row) > window:
+            start = int(torch.randint(len(row) - window + 1, (1,), generator=generator))
+            row, mask = row[start : start + window], mask[start : start + window]
+        rows.append(row)
         masks.append(mask)
     return _pad(rows), _pad(masks).bool()
 
@@ -177,7 +194,7 @@ def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLM
         lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1)) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = step_losses(forward, sample_batch(data, config.batch_size, generator), config)
+        losses = step_losses(forward, sample_batch(data, config.batch_size, generator, config.context_limit), config)
         total = sum(weights[k] * v for k, v in losses.items() if weights[k])
         optimizer.zero_grad(set_to_none=True)
         total.backward()

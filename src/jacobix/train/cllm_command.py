@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=250,
                         help="measure tokens per pass on 4 held-out prompts and save a checkpoint every this many steps")
     for name, default in asdict(CLLMConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        kind = int if name == "context_limit" else type(default)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
     add_output_arguments(parser, "shakespeare-cllm")
     args = parser.parse_args(argv)
     if args.data is None:
