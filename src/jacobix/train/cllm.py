@@ -43,6 +43,9 @@ class CLLMConfig:
         lr: peak learning rate (linear warm-up, cosine decay).
         warmup: warm-up steps.
         global_weight, local_weight, ar_weight: loss weights (CLLM: consistency 1, AR 10).
+        fixed_point_weight: weight of cross-entropy on the fixed points themselves (the model's own
+            greedy text): it keeps the student's greedy output where the trajectories were collected,
+            so they stay its own (CEED-VLA's mixed labels use the same idea). CLLM: 0.
         label_smoothing: of the AR loss (CLLM: 0.1).
         context_limit: keep only this many context tokens before a block (and AR windows of this many
             tokens plus a block). Rotary attention depends on relative positions only, so a cut context
@@ -53,12 +56,13 @@ class CLLMConfig:
 
     steps: int = 1500
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 3e-4
     warmup: int = 50
     global_weight: float = 1.0
     local_weight: float = 1.0
-    ar_weight: float = 10.0
-    label_smoothing: float = 0.1
+    ar_weight: float = 1.0
+    fixed_point_weight: float = 1.0
+    label_smoothing: float = 0.0
     weight_decay: float = 0.0
     context_limit: int | None = 128
     seed: int = 0
@@ -66,7 +70,7 @@ class CLLMConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup < 0:
             raise ValueError(f"CLLMConfig needs steps >= 1, batch_size >= 1, lr > 0 and warmup >= 0, got {self}")
-        weights = (self.global_weight, self.local_weight, self.ar_weight)
+        weights = (self.global_weight, self.local_weight, self.ar_weight, self.fixed_point_weight)
         if min(weights) < 0 or sum(weights) == 0:
             raise ValueError(f"CLLMConfig loss weights must be >= 0 and not all 0, got {weights}")
         if self.context_limit is not None and self.context_limit < 1:
@@ -158,11 +162,16 @@ def step_losses(forward, batch: Batch, config: CLLMConfig) -> dict[str, Tensor]:
     """
     n, b = batch.states.shape[1], len(batch.states)
     student = block_logits(forward(batch.state_rows), batch.context_length, n)  # (B, n, V)
+    track = config.fixed_point_weight > 0
+    with torch.set_grad_enabled(track and torch.is_grad_enabled()):
+        on_fixed = block_logits(forward(batch.target_rows[:b]), batch.context_length, n)  # (B, n, V)
     with torch.no_grad():
-        targets = block_logits(forward(batch.target_rows), batch.context_length.repeat(2), n)  # (2B, n, V)
+        on_next = block_logits(forward(batch.target_rows[b:]), batch.context_length, n)  # (B, n, V)
+    valid = torch.arange(n)[None, :] < batch.length[:, None]  # (B, n)
     losses = {
-        "global": consistency_loss(student, targets[:b], prediction_mask(batch.states, batch.fixed, batch.length)),
-        "local": consistency_loss(student, targets[b:], prediction_mask(batch.states, batch.next_states, batch.length)),
+        "global": consistency_loss(student, on_fixed, prediction_mask(batch.states, batch.fixed, batch.length)),
+        "local": consistency_loss(student, on_next, prediction_mask(batch.states, batch.next_states, batch.length)),
+        "fixed_point": ar_loss(on_fixed, batch.fixed, valid, label_smoothing=0.0) if track else student.sum() * 0.0,
     }
     truth_logits = forward(batch.truth_rows[:, :-1])  # (B, L2-1, V)
     losses["ar"] = ar_loss(truth_logits, batch.truth_rows[:, 1:], batch.truth_mask[:, :-1],
@@ -185,7 +194,8 @@ def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLM
     Returns:
         per-step losses and the wall time.
     """
-    weights = {"global": config.global_weight, "local": config.local_weight, "ar": config.ar_weight}
+    weights = {"global": config.global_weight, "local": config.local_weight, "ar": config.ar_weight,
+               "fixed_point": config.fixed_point_weight}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(config.seed)
     model.train()

