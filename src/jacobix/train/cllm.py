@@ -92,7 +92,8 @@ class Batch:
     """One step's rows: Jacobi states, their targets, and ground-truth rows for the AR loss."""
 
     state_rows: Tensor  # (B, L) context ++ state, right-padded
-    target_rows: Tensor  # (2B, L) context ++ fixed point, then context ++ next state
+    fixed_rows: Tensor  # (B, L) context ++ fixed point
+    next_rows: Tensor  # (B, L) context ++ the state after it (the fixed point after the last state)
     context_length: Tensor  # (B,)
     states: Tensor  # (B, n)
     fixed: Tensor  # (B, n)
@@ -125,7 +126,8 @@ def sample_batch(data: Trajectories, batch_size: int, generator: torch.Generator
     window = None if context_limit is None else context_limit + data.block_size
     truth_rows, truth_mask = _truth_rows(data, [int(data.block_prompt[b]) for b in blocks], window, generator)
     padded = _pad(rows + targets + nexts)
-    return Batch(state_rows=padded[:batch_size], target_rows=padded[batch_size:],
+    return Batch(state_rows=padded[:batch_size], fixed_rows=padded[batch_size : 2 * batch_size],
+                 next_rows=padded[2 * batch_size :],
                  context_length=torch.tensor(contexts), states=torch.stack(states), fixed=torch.stack(fixed),
                  next_states=torch.stack([r[c:] for r, c in zip(nexts, contexts)]), length=torch.tensor(lengths),
                  truth_rows=truth_rows, truth_mask=truth_mask)
@@ -160,13 +162,13 @@ def step_losses(forward, batch: Batch, config: CLLMConfig) -> dict[str, Tensor]:
 
     Right padding needs no attention mask: in a causal model pads only follow the tokens that matter.
     """
-    n, b = batch.states.shape[1], len(batch.states)
+    n = batch.states.shape[1]
     student = block_logits(forward(batch.state_rows), batch.context_length, n)  # (B, n, V)
     track = config.fixed_point_weight > 0
     with torch.set_grad_enabled(track and torch.is_grad_enabled()):
-        on_fixed = block_logits(forward(batch.target_rows[:b]), batch.context_length, n)  # (B, n, V)
+        on_fixed = block_logits(forward(batch.fixed_rows), batch.context_length, n)  # (B, n, V)
     with torch.no_grad():
-        on_next = block_logits(forward(batch.target_rows[b:]), batch.context_length, n)  # (B, n, V)
+        on_next = block_logits(forward(batch.next_rows), batch.context_length, n)  # (B, n, V)
     valid = torch.arange(n)[None, :] < batch.length[:, None]  # (B, n)
     losses = {
         "global": consistency_loss(student, on_fixed, prediction_mask(batch.states, batch.fixed, batch.length)),
