@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -202,6 +202,32 @@ def finished_ids(path: str | Path) -> tuple[set[str], int]:
     return done, cut
 
 
+def settings_path(output_path: str | Path) -> Path:
+    """The file beside the output that records the settings its rows were made with."""
+    output_path = Path(output_path)
+    return output_path.with_name(output_path.name + ".settings.json")
+
+
+def check_settings(output_path: str | Path, spec: BatchSpec) -> None:
+    """Record the output-determining settings beside a new output; refuse to extend an output
+    made with other settings (a restart must not mix two jobs in one file).
+
+    ``batch_size`` is left out: it does not change any row's result.
+    """
+    settings = {k: v for k, v in asdict(spec).items() if k != "batch_size"}
+    path = settings_path(output_path)
+    if path.exists() and Path(output_path).exists():
+        recorded = json.loads(path.read_text())
+        changed = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
+        if changed:
+            raise ValueError(f"{output_path} holds rows made with other settings ({', '.join(changed)} differ: "
+                             f"{', '.join(f'{k}={recorded.get(k)!r}' for k in changed)}); "
+                             "use the same settings to continue it, or a new --output")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
 class ResultWriter:
     """Appends result rows to a JSONL file, one whole line per ``write`` (flushed), as a context manager."""
 
@@ -230,4 +256,4 @@ class ResultWriter:
 
 
 __all__ = ["BAD_LINE_CHOICES", "BadLine", "BatchSpec", "IMAGE_MODELS", "Job", "ResultWriter", "TEXT_METHODS",
-           "finished_ids", "open_job", "read_rows", "row_seed"]
+           "check_settings", "finished_ids", "open_job", "read_rows", "row_seed", "settings_path"]
