@@ -171,11 +171,13 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def save_checkpoint(path: str | Path, run: Run, *, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    generator: torch.Generator | None = None, extra: dict | None = None) -> None:
+                    generator: torch.Generator | None = None, extra: dict | None = None,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
     """Write everything needed to continue the run after ``step`` optimizer steps (rank 0 writes).
 
     Saved: model and optimizer state (gathered whole, so a run may resume on another number of
-    processes), ``step``, the data generator's state, torch's global RNG state, and ``extra``.
+    processes), ``step``, the data generator's state, torch's global RNG state, the learning-rate
+    ``scheduler``'s state when there is one, and ``extra``.
     The file is written beside its target and renamed over it, so a crash never leaves half a
     checkpoint. Every rank must call this (gathering is collective).
     """
@@ -185,7 +187,8 @@ def save_checkpoint(path: str | Path, run: Run, *, model: nn.Module, optimizer: 
         target.parent.mkdir(parents=True, exist_ok=True)
         state = {"step": step, "model": model_state, "optimizer": optim_state, "world_size": run.world_size,
                  "generator": None if generator is None else generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "extra": extra or {}}
+                 "torch_rng": torch.get_rng_state(), "extra": extra or {},
+                 "scheduler": None if scheduler is None else scheduler.state_dict()}
         partial = target.with_name(target.name + ".partial")
         torch.save(state, partial)
         os.replace(partial, target)
@@ -193,7 +196,8 @@ def save_checkpoint(path: str | Path, run: Run, *, model: nn.Module, optimizer: 
 
 
 def load_checkpoint(path: str | Path | None, run: Run, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator | None = None) -> int:
+                    generator: torch.Generator | None = None,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> int:
     """Restore a :func:`save_checkpoint` file into the (wrapped) model, optimizer and generator.
 
     Args:
@@ -201,6 +205,7 @@ def load_checkpoint(path: str | Path | None, run: Run, *, model: nn.Module, opti
         run: from :func:`setup`.
         model, optimizer: built as for a fresh run (after :func:`wrap`).
         generator: the data generator, restored to where the saved run left it.
+        scheduler: a learning-rate scheduler to restore (trainers that set the rate per step need none).
     Returns:
         the step to continue from (0 without a checkpoint).
     """
@@ -218,8 +223,17 @@ def load_checkpoint(path: str | Path | None, run: Run, *, model: nn.Module, opti
         optimizer.load_state_dict(state["optimizer"])
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return int(state["step"])
+
+
+def checkpoint_extra(path: str | Path | None) -> dict:
+    """The ``extra`` dict saved with a checkpoint ({} without one): trainer state beyond the standard."""
+    if path is None:
+        return {}
+    return torch.load(Path(path), map_location="cpu", weights_only=True).get("extra", {})
 
 
 def _is_fsdp(model: nn.Module) -> bool:
@@ -317,6 +331,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-__all__ = ["CHECKPOINT", "METRICS", "Metrics", "Run", "RunOptions", "add_distributed_arguments", "full_state_dict", "is_main_process",
+__all__ = ["CHECKPOINT", "METRICS", "Metrics", "Run", "RunOptions", "add_distributed_arguments", "checkpoint_extra", "full_state_dict", "is_main_process",
            "load_checkpoint",
            "read_metrics", "save_checkpoint", "setup", "unwrap", "wrap"]
