@@ -99,3 +99,31 @@ def test_metrics_of_a_resumed_run_drop_the_steps_it_redoes(tmp_path):
     assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]
     Metrics(path, Run(rank=1, world_size=2), start=0)  # other ranks never touch the file
     assert len(read_metrics(path)) == 4
+
+
+OTHER_TRAINERS = {  # module, arguments of a tiny run (global batch divisible by 2)
+    "tarflow": ("jacobix.train.tarflow", ["digits", "--steps", "8", "--stop-after", "6", "--batch-size", "16"]),
+    "classifier": ("jacobix.train.classifier", ["--epochs", "1", "--batch-size", "6000"]),
+    "vq": ("jacobix.train.vq", ["--steps", "6", "--batch-size", "16", "--restart-every", "3"]),
+    "image-ar": ("jacobix.train.image_ar", ["--steps", "4", "--batch-size", "4", "--dim", "32", "--layers", "1"]),
+}
+
+
+@pytest.mark.parametrize("name", [
+    "tarflow",
+    pytest.param("classifier", marks=pytest.mark.slow),
+    pytest.param("vq", marks=pytest.mark.slow),  # tokenizes or scores Fashion-MNIST: a minute or more per run
+    pytest.param("image-ar", marks=pytest.mark.slow),
+])
+def test_every_trainer_gives_the_one_process_losses_on_two(tmp_path, name):
+    module, arguments = OTHER_TRAINERS[name]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(jacobix.__file__).parents[1])}
+    losses = []
+    for launcher in ([], ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]):
+        out = tmp_path / ("two" if launcher else "one")
+        command = [sys.executable, *launcher, "-m", module, *arguments, "--out", str(out)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        losses.append(_losses(read_metrics(out / distributed.METRICS)))
+    assert len(losses[0]) >= 4
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)

@@ -18,6 +18,7 @@ from jacobix.api import generate, load_text_model
 from jacobix.batch.jobs import BatchSpec, ResultWriter, row_seed
 from jacobix.images.model import load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
+from jacobix.tokens.result import DecodeStats
 
 
 class BatchGenerator:
@@ -42,9 +43,7 @@ class BatchGenerator:
         """Result rows for ``rows`` (decoded together as one batch), in the same order.
 
         Text results: ``id``, ``prompt``, ``text``, ``tokens``, ``stats``; image results: ``id``,
-        ``label``, ``png`` (the file written), ``stats``. ``stats`` holds the row's ``new_tokens``,
-        ``forward_passes`` (passes while the row was being generated), ``draft_tokens`` and
-        ``accepted_tokens``.
+        ``label``, ``png`` (the file written), ``stats`` (:func:`row_stats`).
         """
         if not rows:
             return []
@@ -59,7 +58,7 @@ class BatchGenerator:
                           generator=generators, eos_token_id=text_model.eos_token_id)
         return [{"id": row["id"], "prompt": row["prompt"], "text": text_model.tokenizer.decode(tokens),
                  "tokens": tokens.tolist(), "method": spec.method, "stats": stats}
-                for row, tokens, stats in zip(rows, result.tokens, result.stats.per_row())]
+                for row, tokens, stats in zip(rows, result.tokens, row_stats(result.stats))]
 
     def _images(self, rows: Sequence[Mapping[str, Any]], generators: list[torch.Generator]) -> list[dict]:
         spec = self.spec
@@ -69,11 +68,27 @@ class BatchGenerator:
         samples = generate_images(self.image_model, labels, settings, generator=generators, batch_size=len(rows))
         pixels = (samples.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (N, 28, 28)
         out = []
-        for row, image, stats in zip(rows, pixels, samples.stats[0].per_row()):
+        for row, image, stats in zip(rows, pixels, row_stats(samples.stats[0])):
             path = Path(spec.image_dir) / f"{_file_stem(row['id'])}.png"
             _write_png(image, path)
             out.append({"id": row["id"], "label": row["label"], "png": str(path), "method": spec.method, "stats": stats})
         return out
+
+
+def row_stats(stats: DecodeStats) -> list[dict[str, int]]:
+    """Per row: new tokens, passes while active, drafts tested, and drafts accepted AND committed.
+
+    Unlike ``DecodeStats.per_row``, accepted drafts are counted only up to the row's budget
+    (``min(accepted, committed)`` per pass): in its last pass a row may accept drafts beyond its
+    last token, at positions whose values depend on the longest row of the batch (the cache
+    capacity), and counting those would make a row's stats depend on its batch.
+    """
+    active = stats.active_per_pass & (stats.fed_per_pass[:, None] > 0)  # (P, B) passes that tested drafts
+    accepted = torch.minimum(stats.accepted_per_pass, stats.committed_per_pass) * active  # (P, B)
+    tested = stats.fed_per_pass[:, None] * active  # (P, B)
+    return [{"new_tokens": stats.new_tokens[b], "forward_passes": int(stats.active_per_pass[:, b].sum()),
+             "draft_tokens": int(tested[:, b].sum()), "accepted_tokens": int(accepted[:, b].sum())}
+            for b in range(len(stats.new_tokens))]
 
 
 def _file_stem(row_id: str | int) -> str:
@@ -123,4 +138,4 @@ def run_local(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, ge
     return done
 
 
-__all__ = ["BatchGenerator", "chunks", "run_local"]
+__all__ = ["BatchGenerator", "chunks", "row_stats", "run_local"]
