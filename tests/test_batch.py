@@ -204,3 +204,30 @@ def test_specs_are_checked():
         BatchSpec(model="fmnist-ar", method="sjd", temperature=1.0)
     with pytest.raises(ValueError, match="unknown method"):
         BatchSpec(method="beam")
+
+
+def test_a_killed_command_finishes_on_the_second_run(tmp_path, generators):
+    """SIGKILL mid-job (no clean-up runs), then the same command: every row once, as one run writes them."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    rows = _rows(12)
+    source = _write(tmp_path / "in.jsonl", [json.dumps(r) for r in rows])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    killed = tmp_path / "killed.jsonl"
+    command = [sys.executable, "-m", "jacobix.cli", "generate-batch", "--input", str(source), "--output", str(killed),
+               "--method", "sjd", "--batch-size", "2", "--max-new-tokens", "40"]
+    job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while (not killed.exists() or len(killed.read_bytes().splitlines()) < 2) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    assert 2 <= len(killed.read_text().splitlines()) < 12, "the job was not stopped half-way"
+    assert subprocess.run(command, env=env, capture_output=True, timeout=300).returncode == 0
+    whole = tmp_path / "whole.jsonl"
+    with ResultWriter(whole) as writer:
+        run_local(SPECS["sjd"], rows, writer, generator=generators["sjd"])
+    assert killed.read_text() == whole.read_text()

@@ -40,7 +40,7 @@ def add_parser(commands: argparse._SubParsersAction, formatter: type[argparse.He
     batch.add_argument("--batch-size", type=int, default=8, help="rows decoded together by one model")
     batch.add_argument("--on-bad-line", choices=BAD_LINE_CHOICES, default="error",
                        help="a malformed input line: error (refuse the job, listing line numbers) or skip (report each)")
-    batch.add_argument("--image-dir", type=Path, default=None, help="images: PNG folder (default: OUTPUT without .jsonl + '-png')")
+    batch.add_argument("--image-dir", type=Path, default=None, help="images: PNG folder (default: OUTPUT's name without .jsonl, plus -png)")
     batch.add_argument("--cfg-scale", type=float, default=1.5, help="images: classifier-free guidance scale")
     batch.add_argument("--actors", type=int, default=2, help="ray: model actors (one model each)")
     batch.add_argument("--address", default=None, help="ray: cluster address (e.g. auto); default: a local cluster")

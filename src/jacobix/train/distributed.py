@@ -331,6 +331,6 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-__all__ = ["CHECKPOINT", "METRICS", "Metrics", "Run", "RunOptions", "add_distributed_arguments", "checkpoint_extra", "full_state_dict", "is_main_process",
-           "load_checkpoint",
-           "read_metrics", "save_checkpoint", "setup", "unwrap", "wrap"]
+__all__ = ["CHECKPOINT", "METRICS", "Metrics", "Run", "RunOptions", "add_distributed_arguments", "checkpoint_extra",
+           "full_state_dict", "is_main_process", "load_checkpoint", "read_metrics", "save_checkpoint", "setup", "unwrap",
+           "wrap"]

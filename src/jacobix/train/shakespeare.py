@@ -156,13 +156,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``jacobix train shakespeare --data DIR [--out DIR | --replace-bundled] [--steps N]``."""
+    """``jacobix train shakespeare --data DIR [--out DIR | --replace-bundled] [--steps N] [--resume FILE] ...``."""
     args = parse_args(argv)
     if args.data is None:
         raise ValueError(f"jacobix train shakespeare needs --data; get the plays with: {FETCH_HINT}")
     logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING, format="%(message)s")
-    train(args.data, args.out, TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                                           lr=args.lr, warmup=args.warmup, dim=args.dim, num_layers=args.layers), RunOptions.from_args(args))
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                         warmup=args.warmup, dim=args.dim, num_layers=args.layers)
+    train(args.data, args.out, config, RunOptions.from_args(args))
 
 
 
