@@ -7,11 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from jacobix.batch.jobs import BAD_LINE_CHOICES, BatchSpec, Job, ResultWriter, TEXT_METHODS, check_settings, open_job
 from jacobix.batch.rows import run_local
 
 ENGINES = ("local", "ray")
-RAY_OPTIONS = ("actors", "address", "num_cpus")
+RAY_OPTIONS = ("actors", "address", "num_cpus", "gpus_per_actor")
 DEFAULT_SJD_TEMPERATURE = 0.8
 
 
@@ -45,6 +47,8 @@ def add_parser(commands: argparse._SubParsersAction, formatter: type[argparse.He
     batch.add_argument("--actors", type=int, default=2, help="ray: model actors (one model each)")
     batch.add_argument("--address", default=None, help="ray: cluster address (e.g. auto); default: a local cluster")
     batch.add_argument("--num-cpus", type=int, default=None, help="ray: CPUs of the local cluster (default: one per actor)")
+    batch.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs reserved per actor (with --device cuda)")
+    batch.add_argument("--device", default="cpu", help="text: torch device of each model (e.g. cuda)")
     batch.set_defaults(run=run, check=check)
 
 
@@ -58,6 +62,12 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError("--actors and --batch-size must be >= 1")
     if args.output.resolve() == args.input.resolve():
         raise ValueError("--output must differ from --input")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {args.device!r} is not a torch device; use cpu or e.g. cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available() and args.engine == "local":
+        raise ValueError(f"--device {args.device}: no CUDA device here; use --device cpu")
 
 
 def spec_from_args(args: argparse.Namespace) -> BatchSpec:
@@ -68,7 +78,8 @@ def spec_from_args(args: argparse.Namespace) -> BatchSpec:
     image_dir = args.image_dir or args.output.with_name(args.output.stem + "-png")
     return BatchSpec(model=args.model, method=args.method, max_new_tokens=args.max_new_tokens, window=args.window,
                      init=args.init, temperature=temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                     batch_size=args.batch_size, cfg_scale=args.cfg_scale, image_dir=str(image_dir) if images else None)
+                     batch_size=args.batch_size, cfg_scale=args.cfg_scale, image_dir=str(image_dir) if images else None,
+                     device=args.device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             from jacobix.integrations.ray import run_ray
 
             written = run_ray(spec, job.rows, writer, actors=args.actors, address=args.address, num_cpus=args.num_cpus,
-                              progress=args.verbose)
+                              gpus_per_actor=args.gpus_per_actor, progress=args.verbose)
         else:
             written = run_local(spec, job.rows, writer)
     seconds = time.perf_counter() - start

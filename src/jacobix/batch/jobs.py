@@ -42,6 +42,9 @@ class BatchSpec:
         batch_size: rows decoded together by one model.
         cfg_scale: images: classifier-free guidance scale (None disables it).
         image_dir: images: where the PNG files go (created).
+        device: text: torch device of the model and of the row generators (e.g. "cuda"); a GPU
+            draws other random numbers than the CPU, so outputs match across engines and batch
+            sizes on one device type, not across device types.
     """
 
     model: str = "shakespeare"
@@ -56,6 +59,7 @@ class BatchSpec:
     batch_size: int = 8
     cfg_scale: float | None = 1.5
     image_dir: str | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.method == "sjd-coupled":
@@ -71,6 +75,8 @@ class BatchSpec:
             raise ValueError("method 'jacobi' is greedy: use temperature 0, or method 'sjd' to sample")
         if self.init not in ("repeat", "random"):
             raise ValueError(f"init must be 'repeat' or 'random', got {self.init!r}")
+        if self.images and self.device != "cpu":
+            raise ValueError("image rows run on the CPU (the bundled image model is tiny); drop the device")
         if self.images and self.image_dir is None:
             raise ValueError(f"model {self.model!r} makes images: give image_dir, the folder for the PNG files")
 

@@ -38,6 +38,7 @@ class BatchGenerator:
             Path(spec.image_dir).mkdir(parents=True, exist_ok=True)
         else:
             self.text_model = load_text_model(spec.model)
+            self.text_model.model.to(spec.device)
 
     def generate_rows(self, rows: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Result rows for ``rows`` (decoded together as one batch), in the same order.
@@ -47,7 +48,8 @@ class BatchGenerator:
         """
         if not rows:
             return []
-        generators = [torch.Generator().manual_seed(row_seed(self.spec.seed, row["id"])) for row in rows]
+        device = "cpu" if self.spec.images else self.spec.device
+        generators = [torch.Generator(device=device).manual_seed(row_seed(self.spec.seed, row["id"])) for row in rows]
         return self._images(rows, generators) if self.spec.images else self._text(rows, generators)
 
     def _text(self, rows: Sequence[Mapping[str, Any]], generators: list[torch.Generator]) -> list[dict]:

@@ -67,7 +67,7 @@ def actor_pool(ray: ModuleType, actors: int) -> dict[str, Any]:
 
 
 def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, actors: int = 2, address: str | None = None,
-            num_cpus: int | None = None, cpus_per_actor: float = 1.0, progress: bool = False,
+            num_cpus: int | None = None, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, progress: bool = False,
             on_row: Callable[[int], None] | None = None) -> int:
     """Generate ``rows`` on Ray Data with ``actors`` model actors, writing each result as it arrives.
 
@@ -83,6 +83,7 @@ def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, acto
         address: a running cluster to use.
         num_cpus: CPUs of a local cluster.
         cpus_per_actor: CPUs Ray reserves for each actor.
+        gpus_per_actor: GPUs Ray reserves for each actor (with ``spec.device="cuda"``).
         progress: Ray Data's progress bars.
         on_row: called with the number of rows written so far after each row.
     Returns:
@@ -90,6 +91,9 @@ def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, acto
     """
     if actors < 1:
         raise ValueError(f"actors must be >= 1, got {actors}")
+    if address is None and num_cpus is not None and num_cpus < actors * cpus_per_actor:
+        raise ValueError(f"a local cluster of {num_cpus} CPU(s) cannot hold {actors} actors of {cpus_per_actor} CPU(s) "
+                         f"each; give --num-cpus {-int(-actors * cpus_per_actor // 1)} or fewer --actors")
     if not rows:
         return 0
     ray = require_ray()
@@ -105,7 +109,8 @@ def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, acto
         original = {str(row["id"]): row["id"] for row in rows}
         dataset = ray.data.from_items([{"id": str(row["id"]), field: row[field]} for row in rows])
         results = dataset.map_batches(RayBatchGenerator, fn_constructor_kwargs={"spec": spec}, batch_size=spec.batch_size,
-                                      num_cpus=cpus_per_actor, **actor_pool(ray, actors))
+                                      num_cpus=cpus_per_actor, **({"num_gpus": gpus_per_actor} if gpus_per_actor else {}),
+                                      **actor_pool(ray, actors))
         written = 0
         for result in results.iter_rows():
             row = {name: _plain(value) for name, value in dict(result).items()}
