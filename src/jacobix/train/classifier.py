@@ -88,7 +88,7 @@ def train(out_dir: str | Path, config: ClassifierTrainConfig = ClassifierTrainCo
             distributed.save_checkpoint(Path(out_dir) / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
                                         step=step + 1, generator=epoch_start, scheduler=schedule)
     if run.is_main and last == steps:
-        accuracy = test_accuracy(classifier.eval())
+        accuracy = test_accuracy(classifier.cpu().eval())
         log.info("test accuracy %.4f", accuracy)
         save_classifier(classifier, out_dir, extra={"test_accuracy": round(accuracy, 4), "train": asdict(config)})
     run.close()

@@ -1,16 +1,25 @@
 """One process or many: what a trainer needs to run unchanged under ``torchrun``.
 
-A trainer makes five calls and otherwise keeps its single-process loop::
+A trainer keeps its single-process loop and adds these calls (see ``train/shakespeare.py``)::
 
     run = distributed.setup()                                   # rank, world size, device; joins torchrun's group
-    model = distributed.wrap(model.to(run.device), run)         # DDP (or FSDP2 with fsdp=True); as is on 1 process
-    start = distributed.load_checkpoint(path, run, model=model, optimizer=opt, generator=g)  # 0 without path
-    for step in range(start, steps):
+    model = distributed.wrap(model, run, fsdp=options.fsdp)     # DDP or FSDP2; as it is on 1 process
+    optimizer = ...(model.parameters())                         # after wrap (FSDP2 shards the parameters)
+    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=g)
+    metrics = distributed.Metrics(out / distributed.METRICS, run, first)
+    for step in range(first, options.last_step(steps)):
         x, y = run.shard(*global_batch(g))                      # this rank's rows of the SAME global batch
-        ...loss.backward(); opt.step()
+        ...loss.backward(); optimizer.step()
         metrics.log(step, loss=run.mean(loss))                  # the global-batch loss; rank 0 writes
-        distributed.save_checkpoint(path, run, model=model, optimizer=opt, step=step + 1, generator=g)
+        if options.save_due(step + 1, steps):
+            distributed.save_checkpoint(out / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
+                                        step=step + 1, generator=g)
+    weights = distributed.full_state_dict(model)                # every rank (gathers FSDP2 shards)
+    if run.is_main: ...save a plain model built from weights
     run.close()
+
+``options`` is a :class:`RunOptions` (``add_distributed_arguments`` + ``RunOptions.from_args``
+give every trainer the same ``--resume``, ``--save-every``, ``--stop-after`` and ``--fsdp``).
 
 Every rank draws the whole global batch from the same seeded generator and keeps its own
 contiguous slice, so N processes see exactly the rows one process sees; DDP averages the
@@ -167,7 +176,8 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
     if not _is_fsdp(model):
         return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+    return {k: v.detach().cpu() for k, v in full.items()}
 
 
 def save_checkpoint(path: str | Path, run: Run, *, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,

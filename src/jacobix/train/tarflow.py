@@ -123,6 +123,7 @@ def train_tarflow(
     log.info("trained %s TarFlow in %.0f s, final loss %.4f", dataset, seconds, final_loss)
     finished = options.last_step(train_config.steps) == train_config.steps
     run.close()
+    model = model.cpu()
     if out_dir is not None and run.is_main and finished:
         save_tarflow(model, out_dir, extra={
             "dataset": dataset, "train": asdict(train_config), "final_loss": final_loss,

@@ -93,7 +93,7 @@ def train(out_dir: str | Path, config: VQTrainConfig = VQTrainConfig(), model_co
             distributed.save_checkpoint(Path(out_dir) / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
                                         step=step + 1, generator=generator, extra={"usage": run.sum(usage)})
     if run.is_main and last == config.steps:
-        metrics_out = reconstruction_metrics(tokenizer.eval())
+        metrics_out = reconstruction_metrics(tokenizer.cpu().eval())
         log.info("test reconstruction: %s", metrics_out)
         save_vq(tokenizer, out_dir, extra={"reconstruction": metrics_out, "train": asdict(config)})
     run.close()
