@@ -100,7 +100,7 @@ def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, acto
     started = not ray.is_initialized()
     if started:
         cpus = None if address else (num_cpus or max(1, -int(-actors * cpus_per_actor // 1)))
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        _init(ray, address, cpus)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
@@ -123,6 +123,18 @@ def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, acto
     finally:
         if started:
             ray.shutdown()
+
+
+def _init(ray: ModuleType, address: str | None, cpus: int | None) -> None:
+    """``ray.init``; a cluster that wants a token we do not have is reported with the fix."""
+    refused = getattr(ray.exceptions, "AuthenticationError", None)
+    try:
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    except Exception as error:
+        if refused is None or not isinstance(error, refused):
+            raise
+        raise ValueError(f"the Ray cluster at {address} uses token authentication and refused this process: give it "
+                         "the cluster's token (RAY_AUTH_TOKEN=... or the file ~/.ray/auth_token)") from error
 
 
 def _plain(value: Any) -> Any:
