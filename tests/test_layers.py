@@ -11,8 +11,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src" / "jacobix"
-LIBRARY = ("core", "models", "tokens", "images", "flows", "integrations", "eval")
-TOP = ("bench", "demos", "cli")
+LIBRARY = ("core", "models", "tokens", "images", "flows", "integrations", "eval", "batch")
+TOP = ("bench", "demos", "cli", "cli_batch")
 
 
 def module_name(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""The ``jacobix`` command: generate, bench, demo and train.
+"""The ``jacobix`` command: generate, generate-batch, bench, demo and train.
 
 Every argument is checked before any work starts; a bad one ends with exit status 2 and a
 message that names the argument and the fix.
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from jacobix import cli_batch
 from jacobix.api import generate, load_text_model
 
 METHODS = ("ar", "jacobi", "sjd")
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress of training and benchmarks")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     _generate_parser(commands)
+    cli_batch.add_parser(commands, _Help)
     _bench_parser(commands)
 
     demo = commands.add_parser("demo", help="the main demo: text comparison, then pictures", formatter_class=_Help)

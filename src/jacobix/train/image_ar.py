@@ -10,6 +10,8 @@ Sequences are ``[class token] + 196 codes``; the class token is replaced by the 
 probability ``label_dropout`` so that one model serves classifier-free guidance. Besides the
 model, the script writes ``drafts.safetensors``: code frequencies per (class, position) and per
 code above, used by the draft rules of :mod:`jacobix.images.proposers` (no data at generation time).
+Under ``torchrun --nproc_per_node N -m jacobix.train.image_ar`` the global batch is split over the
+processes (:mod:`jacobix.train.distributed`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, LlamaConfig, load_llama, save_llama
-from jacobix.train import add_output_arguments, output_folder
+from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.distributed import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -63,52 +66,89 @@ def train(
     *,
     vq_dir: str | Path | None = None,
     init_from: str | Path | None = None,
+    options: RunOptions = RunOptions(),
 ) -> Path:
     """Tokenize the training split, train the transformer, save model and draft tables to ``out_dir``.
 
     Args:
-        out_dir: checkpoint folder (created).
+        out_dir: checkpoint folder (created); also ``metrics.jsonl`` and, when asked, ``checkpoint.pt``.
         config: optimisation settings and model size.
         vq_dir: tokenizer folder; default: the bundled ``fmnist-vq``.
         init_from: continue from the weights in this folder (a second run with a fresh schedule).
+        options: resume, checkpoint frequency, early stop, FSDP (:class:`RunOptions`).
     Returns:
         ``out_dir``.
     """
+    run = distributed.setup()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     tokenizer = load_vq(vq_dir)
     vocab = ImageVocab(num_codes=tokenizer.config.codebook_size, num_classes=10, grid=tokenizer.config.grid)
     codes, labels = _tokenize("train", tokenizer)  # (N, 196), (N,)
-    model = Llama(LlamaConfig(vocab_size=vocab.vocab_size, dim=config.dim, num_layers=config.num_layers, num_heads=4,
-                              num_kv_heads=2, hidden_dim=3 * config.dim, max_seq_len=512))
+    model_config = LlamaConfig(vocab_size=vocab.vocab_size, dim=config.dim, num_layers=config.num_layers, num_heads=4,
+                               num_kv_heads=2, hidden_dim=3 * config.dim, max_seq_len=512)
+    model = Llama(model_config)
     if init_from is not None:
         model.load_state_dict(load_llama(init_from)[0].state_dict())
+    model = distributed.wrap(model, run, fsdp=options.fsdp)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(config.seed)
+    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=generator)
+    metrics = distributed.Metrics(Path(out_dir) / distributed.METRICS, run, first)
     image_meta = {**asdict(vocab), "vq": Path(vq_dir).name if vq_dir else "fmnist-vq"}
-    save_draft_tables(out_dir, codes, labels, vocab)
-    start = time.perf_counter()
-    for step in range(config.steps):
+    if run.is_main:
+        save_draft_tables(out_dir, codes, labels, vocab)
+    start, last = time.perf_counter(), options.last_step(config.steps)
+    for step in range(first, last):
         lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = torch.randint(len(codes), (config.batch_size,), generator=generator)
-        inputs, targets = _sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)
+        inputs, targets = _sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)  # global batch
+        inputs, targets = run.shard(inputs, targets)  # this rank's rows
         loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        global_loss = run.mean(loss)
+        metrics.log(step, loss=global_loss, lr=lr)
         if step % 50 == 0 or step == config.steps - 1:
-            log.info("step %d loss %.3f lr %.2e %.0fs", step, loss.item(), lr, time.perf_counter() - start)
+            log.info("step %d loss %.3f lr %.2e %.0fs", step, global_loss, lr, time.perf_counter() - start)
         if step % config.save_every == config.save_every - 1:  # partial checkpoints, overwritten at the end
-            save_llama(model, out_dir, extra={"image": image_meta, "partial_step": step + 1})
-    test_codes, test_labels = _tokenize("test", tokenizer)
-    val_loss = evaluate(model.eval(), test_codes, test_labels, vocab)
-    log.info("test loss %.4f nats/token", val_loss)
-    history = [*(load_llama(init_from)[1].get("train_runs", []) if init_from else []), asdict(config)]
-    save_llama(model.train(False), out_dir, extra={"image": image_meta, "test_loss": round(val_loss, 4), "train_runs": history})
+            _save_plain(model, model_config, run, out_dir, {"image": image_meta, "partial_step": step + 1})
+        if options.save_due(step + 1, config.steps):
+            distributed.save_checkpoint(Path(out_dir) / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
+                                        step=step + 1, generator=generator)
+    if last == config.steps:
+        history = [*(load_llama(init_from)[1].get("train_runs", []) if init_from else []), asdict(config)]
+        _save_final(model, model_config, run, out_dir, tokenizer, vocab, {"image": image_meta, "train_runs": history})
+    run.close()
     return Path(out_dir)
+
+
+def _save_final(model: torch.nn.Module, model_config: LlamaConfig, run: distributed.Run, out_dir: str | Path,
+                tokenizer, vocab: ImageVocab, extra: dict) -> None:
+    """Gather the weights, measure the test loss and save the model (rank 0)."""
+    weights = distributed.full_state_dict(model)
+    if not run.is_main:
+        return
+    final = Llama(model_config)
+    final.load_state_dict(weights)
+    test_codes, test_labels = _tokenize("test", tokenizer)
+    val_loss = evaluate(final.eval(), test_codes, test_labels, vocab)
+    log.info("test loss %.4f nats/token", val_loss)
+    save_llama(final, out_dir, extra={**extra, "test_loss": round(val_loss, 4)})
+
+
+def _save_plain(model: torch.nn.Module, model_config: LlamaConfig, run: distributed.Run, out_dir: str | Path,
+                extra: dict) -> None:
+    """Save the (gathered) weights as an ordinary jacobix checkpoint from rank 0."""
+    weights = distributed.full_state_dict(model)
+    if run.is_main:
+        plain = Llama(model_config)
+        plain.load_state_dict(weights)
+        save_llama(plain, out_dir, extra=extra)
 
 
 def _tokenize(split: str, tokenizer) -> tuple[Tensor, Tensor]:
@@ -168,6 +208,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=ImageARTrainConfig.lr)
     parser.add_argument("--init-from", default=None, help="continue from the weights in this folder")
+    parser.add_argument("--batch-size", type=int, default=ImageARTrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--dim", type=int, default=ImageARTrainConfig.dim, help="model width")
+    parser.add_argument("--layers", type=int, default=ImageARTrainConfig.num_layers, help="transformer layers")
+    distributed.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     args.out = output_folder(args, "fmnist-ar")
     return args
@@ -175,9 +219,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = ImageARTrainConfig(steps=args.steps, seed=args.seed, lr=args.lr)
-    train(args.out, config, vq_dir=args.vq, init_from=args.init_from)
+    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(message)s")
+    config = ImageARTrainConfig(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size, dim=args.dim,
+                                num_layers=args.layers)
+    train(args.out, config, vq_dir=args.vq, init_from=args.init_from, options=RunOptions.from_args(args))
 
 
 if __name__ == "__main__":

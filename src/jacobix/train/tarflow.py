@@ -8,6 +8,9 @@ which calls ``train_tarflow("fashion", out_dir)`` with :data:`FASHION_MODEL` and
 :data:`FASHION_TRAIN`. scikit-learn's 8x8 digits, unconditional, tiny (for tests)::
 
     jacobix train tarflow-digits --out runs/tarflow-digits
+
+Under ``torchrun --nproc_per_node N -m jacobix.train.tarflow digits ...`` each batch (images, noise
+and label dropout drawn whole, then split) is shared by the processes (:mod:`jacobix.train.distributed`, DDP).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from jacobix.eval.datasets import IMAGE_DATASETS, load_images
 from jacobix.flows.calibration import calibrate, save_schedule
 from jacobix.flows.checkpoint import save_tarflow
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
-from jacobix.train import add_output_arguments, output_folder
+from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.distributed import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,7 @@ def train_tarflow(
     *,
     model_config: TarFlowConfig | None = None,
     train_config: TarFlowTrainConfig | None = None,
+    options: RunOptions = RunOptions(),
 ) -> TarFlow:
     """Train a TarFlow with noise augmentation (and label dropout when conditional).
 
@@ -94,9 +100,12 @@ def train_tarflow(
         out_dir: where to write the checkpoint; None keeps it in memory only (tests).
         model_config: defaults to :data:`FASHION_MODEL` / :data:`DIGITS_MODEL`.
         train_config: defaults to :data:`FASHION_TRAIN` / :data:`DIGITS_TRAIN`.
+        options: resume, checkpoint frequency, early stop (:class:`RunOptions`; DDP only, no FSDP).
     Returns:
         the trained model in eval mode.
     """
+    if options.fsdp:
+        raise ValueError("--fsdp: the TarFlow trainer uses DDP (its models fit one device); drop --fsdp")
     fashion = dataset == "fashion"
     model_config = model_config or (FASHION_MODEL if fashion else DIGITS_MODEL)
     train_config = train_config or (FASHION_TRAIN if fashion else DIGITS_TRAIN)
@@ -106,11 +115,16 @@ def train_tarflow(
     torch.set_num_threads(train_config.threads)
     torch.manual_seed(train_config.seed)
     model = TarFlow(model_config)
+    run = distributed.setup()
     start = time.perf_counter()
-    final_loss = _optimise(model, images, labels if model_config.num_classes else None, train_config)
+    final_loss = _optimise(model, images, labels if model_config.num_classes else None, train_config, run, options,
+                           None if out_dir is None else Path(out_dir))
     seconds = time.perf_counter() - start
     log.info("trained %s TarFlow in %.0f s, final loss %.4f", dataset, seconds, final_loss)
-    if out_dir is not None:
+    finished = options.last_step(train_config.steps) == train_config.steps
+    run.close()
+    model = model.cpu()
+    if out_dir is not None and run.is_main and finished:
         save_tarflow(model, out_dir, extra={
             "dataset": dataset, "train": asdict(train_config), "final_loss": final_loss,
             "train_seconds": round(seconds, 1), "command": f"jacobix train tarflow-{dataset} --out {out_dir}",
@@ -127,14 +141,30 @@ def write_schedule(model: TarFlow, dataset: str, out_dir: str | Path) -> Path:
     return save_schedule(plans, out_dir, source=f"auto_schedule on 128 noised {dataset} training images, seed 0")
 
 
-def _optimise(model: TarFlow, images: torch.Tensor, labels: torch.Tensor | None, config: TarFlowTrainConfig) -> float:
-    """The training loop; returns the mean loss of the last 100 steps."""
+class _Loss(nn.Module):
+    """The flow's training loss as a ``forward``, so DDP sees the pass it synchronises."""
+
+    def __init__(self, flow: TarFlow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        return self.flow.loss(x, y)
+
+
+def _optimise(model: TarFlow, images: torch.Tensor, labels: torch.Tensor | None, config: TarFlowTrainConfig,
+              run: distributed.Run = distributed.Run(), options: RunOptions = RunOptions(),
+              out_dir: Path | None = None) -> float:
+    """The training loop; returns the mean loss of the last 100 steps (of the global batches)."""
+    objective = distributed.wrap(_Loss(model), run)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
+    first = distributed.load_checkpoint(options.resume, run, model=objective, optimizer=optimizer, generator=generator)
+    metrics = distributed.Metrics(out_dir / distributed.METRICS, run, first) if out_dir is not None else None
     sigma = model.config.noise_std
-    recent: list[float] = []
+    recent: list[float] = distributed.checkpoint_extra(options.resume).get("recent", [])
     model.train()
-    for step in range(config.steps):
+    for step in range(first, options.last_step(config.steps)):
         warm = min(1.0, (step + 1) / max(config.warmup, 1))
         for group in optimizer.param_groups:
             group["lr"] = config.lr * warm * 0.5 * (1 + math.cos(math.pi * step / config.steps))
@@ -145,15 +175,21 @@ def _optimise(model: TarFlow, images: torch.Tensor, labels: torch.Tensor | None,
         if labels is not None:
             drop = torch.rand(config.batch_size, generator=generator) < config.drop_label
             y = torch.where(drop, -1, labels[index])  # (B,)
-        loss = model.loss(x, y)
+        x, *rest = run.shard(x, *([] if y is None else [y]))  # this rank's rows of the global batch
+        loss = objective(x, rest[0] if rest else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        recent = (recent + [loss.item()])[-100:]
+        recent = (recent + [run.mean(loss)])[-100:]
+        if metrics is not None:
+            metrics.log(step, loss=recent[-1])
         if step % 250 == 0 or step == config.steps - 1:
             log.info("step %d/%d loss %.4f", step, config.steps, sum(recent) / len(recent))
-    return sum(recent) / len(recent)
+        if out_dir is not None and options.save_due(step + 1, config.steps):
+            distributed.save_checkpoint(out_dir / distributed.CHECKPOINT, run, model=objective, optimizer=optimizer,
+                                        step=step + 1, generator=generator, extra={"recent": recent})
+    return sum(recent) / max(len(recent), 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,6 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("dataset", choices=DATASETS)
     add_output_arguments(parser, None)
     parser.add_argument("--steps", type=int, default=None, help="override the default number of steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the global batch (all processes)")
+    distributed.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     args.out = output_folder(args, f"tarflow-{args.dataset}")
     return args
@@ -170,11 +208,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """``python -m jacobix.train.tarflow {fashion,digits} [--out DIR | --replace-bundled] [--steps N]``."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(message)s")
     train = FASHION_TRAIN if args.dataset == "fashion" else DIGITS_TRAIN
-    if args.steps is not None:
-        train = TarFlowTrainConfig(**{**asdict(train), "steps": args.steps})
-    train_tarflow(args.dataset, args.out, train_config=train)
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
+    train = TarFlowTrainConfig(**{**asdict(train), **overrides})
+    train_tarflow(args.dataset, args.out, train_config=train, options=RunOptions.from_args(args))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ Reproduce ``src/jacobix/assets/fmnist-vq`` (about 8 minutes on a busy core on on
 
     jacobix train vq                    # writes ./jacobix-train/fmnist-vq
     jacobix train vq --replace-bundled  # replaces the bundled checkpoint
+
+Under ``torchrun --nproc_per_node N -m jacobix.train.vq`` each batch is split over the processes
+(:mod:`jacobix.train.distributed`, DDP); code usage is summed over them, and dead codes restart
+from the whole batch on every rank alike.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch.nn.functional as F
 
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.vq import VQConfig, VQTokenizer, save_vq
-from jacobix.train import add_output_arguments, output_folder
+from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.distributed import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +46,57 @@ class VQTrainConfig:
             raise ValueError("VQTrainConfig needs steps, batch_size, restart_every, threads >= 1 and lr > 0")
 
 
-def train(out_dir: str | Path, config: VQTrainConfig = VQTrainConfig(), model_config: VQConfig = VQConfig()) -> Path:
-    """Train the tokenizer, measure reconstruction on the test split, save to ``out_dir``."""
+def train(out_dir: str | Path, config: VQTrainConfig = VQTrainConfig(), model_config: VQConfig = VQConfig(),
+          options: RunOptions = RunOptions()) -> Path:
+    """Train the tokenizer, measure reconstruction on the test split, save to ``out_dir``.
+
+    ``options``: resume, checkpoint frequency, early stop (:class:`RunOptions`; DDP only, no FSDP).
+    """
+    if options.fsdp:
+        raise ValueError("--fsdp: the VQ tokenizer is small and restarts codes in place; it trains with DDP (drop --fsdp)")
+    run = distributed.setup()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     images, _ = load_fashion_mnist("train")
     x = torch.tensor(images).float().div(255)[:, None]  # (N, 1, 28, 28)
-    model = VQTokenizer(model_config)
+    tokenizer = VQTokenizer(model_config)
+    model = distributed.wrap(tokenizer, run)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    usage = torch.zeros(model_config.codebook_size)
-    start = time.perf_counter()
-    for step in range(config.steps):
+    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=generator)
+    metrics = distributed.Metrics(Path(out_dir) / distributed.METRICS, run, first)
+    usage = torch.zeros(model_config.codebook_size)  # codes used by this rank's rows since the last restart
+    saved = distributed.checkpoint_extra(options.resume).get("usage")
+    if saved is not None and run.is_main:  # the saved count is the sum over ranks: rank 0 carries it
+        usage += saved
+    start, last = time.perf_counter(), options.last_step(config.steps)
+    for step in range(first, last):
         lr = config.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        batch = x[torch.randint(len(x), (config.batch_size,), generator=generator)]
-        logits, quantized = model(batch)
-        recon = F.mse_loss(torch.sigmoid(logits), batch)
+        batch = x[torch.randint(len(x), (config.batch_size,), generator=generator)]  # the global batch
+        (local,) = run.shard(batch)  # this rank's rows
+        logits, quantized = model(local)
+        recon = F.mse_loss(torch.sigmoid(logits), local)
         loss = recon + quantized.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        usage += torch.bincount(quantized.indices.flatten(), minlength=model_config.codebook_size)
+        usage += torch.bincount(quantized.indices.flatten().cpu(), minlength=model_config.codebook_size)
         if step % config.restart_every == config.restart_every - 1 and step < 0.8 * config.steps:
-            _restart_dead_codes(model, batch, usage, generator)
+            _restart_dead_codes(tokenizer, batch.to(run.device), run.sum(usage), generator)
             usage.zero_()
+        metrics.log(step, loss=run.mean(loss), recon=run.mean(recon))
         if step % 200 == 0:
             log.info("step %d recon %.4f vq %.4f %.0fs", step, recon.item(), quantized.loss.item(), time.perf_counter() - start)
-    metrics = reconstruction_metrics(model.eval())
-    log.info("test reconstruction: %s", metrics)
-    save_vq(model, out_dir, extra={"reconstruction": metrics, "train": asdict(config)})
+        if options.save_due(step + 1, config.steps):
+            distributed.save_checkpoint(Path(out_dir) / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
+                                        step=step + 1, generator=generator, extra={"usage": run.sum(usage)})
+    if run.is_main and last == config.steps:
+        metrics_out = reconstruction_metrics(tokenizer.cpu().eval())
+        log.info("test reconstruction: %s", metrics_out)
+        save_vq(tokenizer, out_dir, extra={"reconstruction": metrics_out, "train": asdict(config)})
+    run.close()
     return Path(out_dir)
 
 
@@ -121,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_output_arguments(parser, "fmnist-vq")
     parser.add_argument("--steps", type=int, default=VQTrainConfig.steps)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=VQTrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--restart-every", type=int, default=VQTrainConfig.restart_every, help="dead-code restart period")
+    distributed.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     args.out = output_folder(args, "fmnist-vq")
     return args
@@ -128,8 +156,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    train(args.out, VQTrainConfig(steps=args.steps, seed=args.seed))
+    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(message)s")
+    config = VQTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, restart_every=args.restart_every)
+    train(args.out, config, options=RunOptions.from_args(args))
 
 
 if __name__ == "__main__":
