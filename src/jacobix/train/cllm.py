@@ -21,12 +21,13 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from jacobix.train import distributed
 from jacobix.train.consistency import ar_loss, block_logits, consistency_loss, prediction_mask
 from jacobix.train.trajectories import Trajectories
 
@@ -157,11 +158,15 @@ def _pad(rows: list[Tensor]) -> Tensor:
     return torch.stack([torch.nn.functional.pad(r, (0, width - len(r))) for r in rows])
 
 
-def step_losses(forward, batch: Batch, config: CLLMConfig) -> dict[str, Tensor]:
-    """The three losses of one batch; ``forward(tokens (B, L)) -> logits (B, L, V)`` is the student.
+def step_losses(forward, batch: Batch, config: CLLMConfig, share=None) -> dict[str, Tensor]:
+    """The losses of one batch; ``forward(tokens (B, L)) -> logits (B, L, V)`` is the student.
 
     Right padding needs no attention mask: in a causal model pads only follow the tokens that matter.
+    ``share(count)`` turns a rank's count of trained positions into its share of the global count
+    (the global count over the number of ranks), so the ranks' averaged gradients are those of the
+    global-batch mean; None on a single process.
     """
+    share = share or (lambda count: count)
     n = batch.states.shape[1]
     student = block_logits(forward(batch.state_rows), batch.context_length, n)  # (B, n, V)
     track = config.fixed_point_weight > 0
@@ -170,59 +175,87 @@ def step_losses(forward, batch: Batch, config: CLLMConfig) -> dict[str, Tensor]:
     with torch.no_grad():
         on_next = block_logits(forward(batch.next_rows), batch.context_length, n)  # (B, n, V)
     valid = torch.arange(n)[None, :] < batch.length[:, None]  # (B, n)
+    to_global = prediction_mask(batch.states, batch.fixed, batch.length)  # (B, n)
+    to_next = prediction_mask(batch.states, batch.next_states, batch.length)
+    truth_mask = batch.truth_mask[:, :-1]  # (B, L2-1)
     losses = {
-        "global": consistency_loss(student, on_fixed, prediction_mask(batch.states, batch.fixed, batch.length)),
-        "local": consistency_loss(student, on_next, prediction_mask(batch.states, batch.next_states, batch.length)),
-        "fixed_point": ar_loss(on_fixed, batch.fixed, valid, label_smoothing=0.0) if track else student.sum() * 0.0,
+        "global": consistency_loss(student, on_fixed, to_global, count=share(to_global.sum())),
+        "local": consistency_loss(student, on_next, to_next, count=share(to_next.sum())),
+        "fixed_point": (ar_loss(on_fixed, batch.fixed, valid, label_smoothing=0.0, count=share(valid.sum()))
+                        if track else student.sum() * 0.0),
     }
     truth_logits = forward(batch.truth_rows[:, :-1])  # (B, L2-1, V)
-    losses["ar"] = ar_loss(truth_logits, batch.truth_rows[:, 1:], batch.truth_mask[:, :-1],
-                           label_smoothing=config.label_smoothing)
+    losses["ar"] = ar_loss(truth_logits, batch.truth_rows[:, 1:], truth_mask, label_smoothing=config.label_smoothing,
+                           count=share(truth_mask.sum()))
     return losses
 
 
 def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLMConfig = CLLMConfig(),
-               *, log_every: int = 50, on_log=None) -> TrainLog:
-    """Fine-tune ``model`` in place on ``data``.
+               *, run: distributed.Run | None = None, options: distributed.RunOptions = distributed.RunOptions(),
+               out: Path | None = None, log_every: int = 50, on_log=None) -> TrainLog:
+    """Fine-tune ``model`` in place on ``data``, alone or as one rank of a torchrun job.
 
     Args:
         model: the module whose parameters are trained (a jacobix Llama, or the transformers model
-            under the adapter).
+            under the adapter), already passed through :func:`jacobix.train.distributed.wrap`
+            when ``run`` is distributed.
         forward: ``forward(tokens (B, L)) -> logits (B, L, V)``, a cache-free causal pass of ``model``.
         data: trajectories of the model (:func:`jacobix.train.trajectories.collect`).
-        config: steps, batch, learning rate, loss weights.
+        config: steps, batch, learning rate, loss weights. ``batch_size`` is the global batch:
+            every rank draws it from the same generator and keeps its slice.
+        run: this process's rank (default: a single process).
+        options: resume, checkpoint frequency, early stop (:class:`~jacobix.train.distributed.RunOptions`).
+        out: folder for ``metrics.jsonl`` and resumable checkpoints (None: neither is written).
         log_every: log the losses every this many steps.
         on_log: called with the step number after each log (e.g. to measure and save), in eval mode.
     Returns:
-        per-step losses and the wall time.
+        per-step losses (global-batch means) and the wall time.
     """
+    run = run or distributed.Run()
     weights = {"global": config.global_weight, "local": config.local_weight, "ar": config.ar_weight,
                "fixed_point": config.fixed_point_weight}
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     generator = torch.Generator().manual_seed(config.seed)
+    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=generator)
+    metrics = distributed.Metrics(out / distributed.METRICS, run, first) if out is not None else None
+    share = (lambda count: run.sum(count) / run.world_size) if run.distributed else None
     model.train()
     record, start = TrainLog(), time.perf_counter()
-    for step in range(config.steps):
+    for step in range(first, options.last_step(config.steps)):
         lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1)) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
-        losses = step_losses(forward, sample_batch(data, config.batch_size, generator, config.context_limit), config)
+        batch = _shard(sample_batch(data, config.batch_size, generator, config.context_limit), run)
+        losses = step_losses(forward, batch, config, share)
         total = sum(weights[k] * v for k, v in losses.items() if weights[k])
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        record.steps.append({k: round(float(v.detach()), 5) for k, v in {**losses, "total": total}.items()})
+        record.steps.append({k: round(run.mean(v.detach()), 5) for k, v in {**losses, "total": total}.items()})
+        if metrics is not None:
+            metrics.log(step, lr=lr, **record.steps[-1])
+        if out is not None and options.save_due(step + 1, config.steps):
+            distributed.save_checkpoint(out / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
+                                        step=step + 1, generator=generator)
         if step % log_every == 0 or step == config.steps - 1:
             log.info("step %d %s lr %.2e %.0fs", step, " ".join(f"{k} {v:.4f}" for k, v in record.steps[-1].items()),
                      lr, time.perf_counter() - start)
-            if on_log is not None and step:
+            if on_log is not None and step and run.is_main:
                 model.eval()
                 on_log(step)
                 model.train()
     model.eval()
     record.seconds = time.perf_counter() - start
     return record
+
+
+def _shard(batch: Batch, run: distributed.Run) -> Batch:
+    """This rank's rows of every field of a global batch (all fields have the batch as dim 0)."""
+    if not run.distributed:
+        return batch
+    names = [f.name for f in fields(batch)]
+    return Batch(**dict(zip(names, run.shard(*(getattr(batch, n) for n in names)))))
 
 
 def causal_forward(lm) -> callable:

@@ -19,7 +19,7 @@ from jacobix.integrations.hf.smollm2 import load_named
 from jacobix.models.llama import save_llama
 from jacobix.models.registry import TextModel
 from jacobix.models.text import CharTokenizer
-from jacobix.train import FRESH_ROOT, add_output_arguments, output_folder
+from jacobix.train import FRESH_ROOT, add_output_arguments, distributed, output_folder
 from jacobix.train.cllm import CLLMConfig, causal_forward, train_cllm
 from jacobix.train.shakespeare import FETCH_HINT, read_plays
 from jacobix.train.text_data import PromptSpec, code_prompts, cut_prompts, line_starts
@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         kind = int if name == "context_limit" else type(default)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
     add_output_arguments(parser, "shakespeare-cllm")
+    distributed.add_distributed_arguments(parser)
     args = parser.parse_args(argv)
     if args.data is None:
         raise ValueError(f"jacobix train cllm needs --data: the plays ({FETCH_HINT}) or 'stdlib' for code prompts")
@@ -113,6 +114,7 @@ def measure(lm, prompts: list[Tensor], *, block_size: int, max_new_tokens: int, 
 @torch.no_grad()
 def validation_loss(forward, text: Tensor, *, seq_len: int = 512, chunks: int = 40) -> float:
     """Mean next-token cross-entropy (nats per token) over evenly spaced chunks of held-out text."""
+    seq_len = min(seq_len, len(text) - 1)
     starts = torch.linspace(0, len(text) - seq_len - 1, chunks).long().tolist()
     rows = torch.stack([text[s : s + seq_len + 1] for s in starts])  # (chunks, seq_len + 1)
     losses = [F.cross_entropy(forward(r[None, :-1])[0], r[1:]).item() for r in rows]
@@ -129,47 +131,85 @@ def agreement(teacher, student, prompts: list[Tensor], tokens: int, eos) -> floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``jacobix train cllm --data DIR|stdlib [--teacher NAME] [options]``; see ``--help``."""
+    """``jacobix train cllm --data DIR|stdlib [--teacher NAME] [options]``; see ``--help``. Runs
+    unchanged under ``torchrun`` (DDP, or FSDP2 with ``--fsdp``): rank 0 collects, measures and saves."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    options = distributed.RunOptions.from_args(args)  # checked before any work
+    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING, format="%(message)s")
+    run = distributed.setup()
     text_model = load_named(args.teacher)
     hf = is_transformers_model(text_model.model)
     module = text_model.model
-    teacher = as_causal_lm(module) if hf else module
     sets = prompt_sets(args, text_model)
-    eos = text_model.eos_token_id
-    data = _trajectories(args, teacher, sets, eos)
+    data = _trajectories(args, _lm(module, hf), sets, text_model.eos_token_id, run)
     if args.collect_only:
+        run.close()
         return
     config = CLLMConfig(**{k: getattr(args, k) for k in asdict(CLLMConfig())})
-    frozen = load_named(args.base_model).model if args.base_model else copy.deepcopy(module).eval()
-    frozen_lm = as_causal_lm(frozen) if hf else frozen
-    measure_args = dict(block_size=args.block_size, max_new_tokens=min(args.max_new_tokens, 256), eos=eos)
-    report = {"teacher": args.base_model or args.teacher, "trajectories_from": args.teacher, "config": asdict(config),
-              "before": measure(teacher, sets.held_out[0], **measure_args)}
-    log.info("before: %s", report["before"])
-    def progress(step: int) -> None:
-        if step % args.eval_every == 0:
-            quick = measure(teacher, sets.held_out[0][:4], block_size=args.block_size, max_new_tokens=128, eos=eos)
+    plain = copy.deepcopy(module)  # FSDP2 shards ``module`` in place; the trained weights come back into this copy
+    wrapped = distributed.wrap(module, run, fsdp=args.fsdp)
+    forward = causal_forward(_lm(module, hf).calling(wrapped) if hf else wrapped)
+    report = _start_report(args, config, text_model, hf, sets) if run.is_main else {}
+
+    def progress(step: int) -> None:  # rank 0, between steps (the module is the trained one under DDP)
+        if step % args.eval_every == 0 and not args.fsdp:
+            quick = measure(_lm(module, hf), sets.held_out[0][:4], block_size=args.block_size, max_new_tokens=128,
+                            eos=text_model.eos_token_id)
             log.info("step %d: held-out tokens per pass %s", step, quick)
             _save(args, text_model, module, {**report, "partial_step": step}, hf)
 
-    train_log = train_cllm(module, causal_forward(teacher), data, config, on_log=progress)
-    report.update(after=measure(teacher, sets.held_out[0], **measure_args), train_seconds=round(train_log.seconds, 1),
-                  final_losses=train_log.steps[-1], blocks=len(data.block_prompt), states=len(data.states),
-                  agreement_200=round(agreement(frozen_lm, teacher, sets.held_out[0], 200, eos), 4))
+    train_log = train_cllm(wrapped, forward, data, config, run=run, options=options,
+                           out=args.out, on_log=progress)
+    weights = distributed.full_state_dict(wrapped)
+    if run.is_main and options.stop_after is None:
+        plain.load_state_dict(weights)
+        _finish(args, text_model, plain.eval(), hf, sets, report, train_log, data, argv)
+    run.close()
+
+
+def _lm(module, hf: bool):
+    return as_causal_lm(module) if hf else module
+
+
+def _start_report(args: argparse.Namespace, config: CLLMConfig, text_model: TextModel, hf: bool,
+                  sets: PromptSets) -> dict:
+    before = measure(_lm(text_model.model, hf), sets.held_out[0], block_size=args.block_size,
+                     max_new_tokens=min(args.max_new_tokens, 256), eos=text_model.eos_token_id)
+    log.info("before: %s", before)
+    return {"teacher": args.base_model or args.teacher, "trajectories_from": args.teacher, "config": asdict(config),
+            "before": before}
+
+
+def _finish(args: argparse.Namespace, text_model: TextModel, student, hf: bool, sets: PromptSets, report: dict,
+            train_log, data, argv: list[str] | None) -> None:
+    """Measure the student against the base model and save it with its report."""
+    eos = text_model.eos_token_id
+    base = load_named(args.base_model or args.teacher).model
+    base_lm, student_lm = _lm(base, hf), _lm(student, hf)
+    report.update(after=measure(student_lm, sets.held_out[0], block_size=args.block_size,
+                                max_new_tokens=min(args.max_new_tokens, 256), eos=eos),
+                  train_seconds=round(train_log.seconds, 1), final_losses=train_log.steps[-1],
+                  blocks=len(data.block_prompt), states=len(data.states),
+                  agreement_200=round(agreement(base_lm, student_lm, sets.held_out[0], 200, eos), 4))
     if sets.validation is not None:
-        report["validation_loss"] = {"teacher": round(validation_loss(causal_forward(frozen_lm), sets.validation), 4),
-                                     "student": round(validation_loss(causal_forward(teacher), sets.validation), 4)}
+        report["validation_loss"] = {"teacher": round(validation_loss(causal_forward(base_lm), sets.validation), 4),
+                                     "student": round(validation_loss(causal_forward(student_lm), sets.validation), 4)}
     log.info("after: %s", {k: v for k, v in report.items() if k not in ("config", "before")})
     report["reproduce"] = "jacobix train cllm " + " ".join(argv if argv is not None else [])
-    _save(args, text_model, module, report, hf)
+    _save(args, text_model, student, report, hf)
 
 
-def _trajectories(args: argparse.Namespace, teacher, sets: PromptSets, eos):
-    if args.trajectories is not None and args.trajectories.is_file():
-        log.info("reading trajectories from %s", args.trajectories)
-        return load_trajectories(args.trajectories)
+def _trajectories(args: argparse.Namespace, teacher, sets: PromptSets, eos, run: distributed.Run):
+    """Read the trajectories file if it exists; else rank 0 collects and writes it, and the others read it."""
+    path = args.trajectories or FRESH_ROOT / f"trajectories-{Path(args.teacher).name}.safetensors"
+    if not path.is_file() and run.is_main:
+        _collect(args, teacher, sets, eos, path)
+    run.barrier()
+    log.info("reading trajectories from %s", path)
+    return load_trajectories(path)
+
+
+def _collect(args: argparse.Namespace, teacher, sets: PromptSets, eos, path: Path) -> None:
     eos_ids = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
     start = time.perf_counter()
     config = CollectConfig(block_size=args.block_size, max_new_tokens=args.max_new_tokens,
@@ -177,10 +217,8 @@ def _trajectories(args: argparse.Namespace, teacher, sets: PromptSets, eos):
     data = collect(teacher, *sets.train, config, name=args.teacher)
     log.info("collected %d blocks, %d states from %d prompts in %.0f s", len(data.block_prompt), len(data.states),
              len(sets.train[0]), time.perf_counter() - start)
-    path = args.trajectories or FRESH_ROOT / f"trajectories-{Path(args.teacher).name}.safetensors"
     save_trajectories(data, path)
     log.info("wrote %s", path)
-    return data
 
 
 def _save(args: argparse.Namespace, text_model: TextModel, module, report: dict, hf: bool) -> None:
@@ -196,3 +234,7 @@ def _save(args: argparse.Namespace, text_model: TextModel, module, report: dict,
 
 
 __all__ = ["main", "measure", "parse_args", "prompt_sets", "validation_loss"]
+
+
+if __name__ == "__main__":  # python -m jacobix.train.cllm_command (what torchrun starts)
+    main()

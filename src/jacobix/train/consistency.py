@@ -45,21 +45,25 @@ def prediction_mask(state: Tensor, target: Tensor, length: Tensor) -> Tensor:
     return (slots[None, :] > first[:, None]) & valid
 
 
-def consistency_loss(student_logits: Tensor, target_logits: Tensor, mask: Tensor) -> Tensor:
+def consistency_loss(student_logits: Tensor, target_logits: Tensor, mask: Tensor, *,
+                     count: Tensor | None = None) -> Tensor:
     """Mean over masked predictions of ``KL(softmax(target) || softmax(student))``; 0 when none is masked.
 
     Args:
         student_logits: (B, n, V) the student's logits on a Jacobi state (with gradient).
         target_logits: (B, n, V) logits on the target state; detached here.
         mask: (B, n) predictions to train (:func:`prediction_mask`).
+        count: divide the sum by this instead of ``mask.sum()`` (a data-parallel rank divides by
+            its share of the global count, so averaging over ranks gives the global mean).
     """
     log_q = F.log_softmax(student_logits.float(), dim=-1)  # (B, n, V)
     log_p = F.log_softmax(target_logits.detach().float(), dim=-1)  # (B, n, V)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, n)
-    return (kl * mask).sum() / mask.sum().clamp_min(1)
+    return (kl * mask).sum() / (mask.sum() if count is None else count).float().clamp_min(1e-9)
 
 
-def ar_loss(logits: Tensor, targets: Tensor, mask: Tensor, *, label_smoothing: float = 0.1) -> Tensor:
+def ar_loss(logits: Tensor, targets: Tensor, mask: Tensor, *, label_smoothing: float = 0.1,
+            count: Tensor | None = None) -> Tensor:
     """Cross-entropy of next-token predictions on masked positions (the continuation, not the prompt).
 
     Args:
@@ -67,12 +71,14 @@ def ar_loss(logits: Tensor, targets: Tensor, mask: Tensor, *, label_smoothing: f
         targets: (B, L) next tokens.
         mask: (B, L) True where ``targets`` is a ground-truth continuation token.
         label_smoothing: CLLM uses 0.1.
+        count: divide the sum by this instead of ``mask.sum()`` (see :func:`consistency_loss`).
     Returns:
         the mean over masked positions (0 when none is).
     """
     if not bool(mask.any()):
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[mask].float(), targets[mask], label_smoothing=label_smoothing)
+    total = F.cross_entropy(logits[mask].float(), targets[mask], label_smoothing=label_smoothing, reduction="sum")
+    return total / (mask.sum() if count is None else count).float().clamp_min(1e-9)
 
 
 def block_logits(logits: Tensor, context_length: Tensor, n: int) -> Tensor:

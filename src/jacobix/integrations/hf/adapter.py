@@ -11,6 +11,8 @@ decoder) are refused with a message. Tested with transformers 5.24.0 (benchmarke
 
 from __future__ import annotations
 
+import copy
+
 import inspect
 from typing import Any, Iterator, Sequence
 
@@ -82,6 +84,13 @@ class HFCausalLM:
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
         return self.model.parameters()
+
+    def calling(self, module: Any) -> HFCausalLM:
+        """This adapter, calling ``module`` instead, e.g. the model wrapped by DDP for training
+        (a wrapper's ``forward(*args, **kwargs)`` hides the signature the constructor checks)."""
+        adapter = copy.copy(self)
+        adapter.model = module
+        return adapter
 
     def new_cache(self, batch_size: int, capacity: int) -> PositionCacheMethods:
         """An empty position-indexed cache of ``batch_size`` rows and ``capacity`` positions."""
