@@ -263,6 +263,8 @@ def test_bench_runs_a_distilled_model_beside_its_teacher(tmp_path):
         assert record["exact"] in (True, None)
     block = [r for r in records if r["setting"] == "jacobi block16"]
     assert all(r["fast_forwarded_per_block"] >= 0 for r in block) and "fast-forwarded" in result.convergence_table()
+    [(prompt, teacher, student, agree)] = result.samples
+    assert prompt == "ROMEO:\n" and teacher == student and agree == 20  # the student is the teacher here
 
 
 # --- a transformers model through the adapter -----------------------------------------------------

@@ -317,6 +317,8 @@ def _bench(args: argparse.Namespace) -> int:
             print("\n" + result.prompt_table())
         if result.convergence_table():
             print("\n" + result.convergence_table())
+        if result.samples:
+            print("\n" + result.samples_table())
         if args.json:
             _write_json(args.json, result.records())
     elif args.target == "tarflow":

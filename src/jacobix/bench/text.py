@@ -160,6 +160,7 @@ class TextBenchResult:
     config: TextBenchConfig
     rows: list[BenchRow] = field(default_factory=list)
     pass_costs: dict[int, float] = field(default_factory=dict)  # pass cost by width / one-token pass cost
+    samples: list[tuple[str, str, str, int]] = field(default_factory=list)  # prompt, teacher, student, agreeing tokens
 
     def reference(self, row: BenchRow) -> BenchRow:
         """The sequential row that ``row`` is compared with (greedy or sampling AR)."""
@@ -210,6 +211,14 @@ class TextBenchResult:
         lines.append("per block of greedy block-mode decoding: fast-forwarded = tokens a sweep committed beyond its one "
                      "sure token; stationary = tokens right while an earlier one was wrong, and never changed after")
         return "\n".join(lines) if len(lines) > 2 else ""
+
+    def samples_table(self) -> str:
+        """Greedy text of the teacher and the model for each prompt, and how many tokens agree before they split."""
+        lines = []
+        for prompt, teacher, student, agree in self.samples:
+            lines += [f"--- prompt {prompt!r}: the first {agree} tokens agree", f"teacher: {teacher!r}",
+                      f"student: {student!r}"]
+        return "\n".join(lines)
 
     def records(self) -> list[dict]:
         """One JSON-ready object per setting (``--json``)."""
@@ -302,7 +311,20 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
                 result = _run(models[row.model], prompt, row.setting, config, 0, record=True)
                 row.convergence += [convergence_counts(b) for b in split_blocks(
                     result.trajectory, result.tokens, torch.tensor([len(prompt)]), int(row.setting.window))]
-    return TextBenchResult(config=config, rows=rows, pass_costs=pass_costs)
+    samples = _samples(models, prompts, config) if config.teacher is not None else []
+    return TextBenchResult(config=config, rows=rows, pass_costs=pass_costs, samples=samples)
+
+
+def _samples(models: dict[str, TextModel], prompts: list, config: TextBenchConfig) -> list[tuple[str, str, str, int]]:
+    """Greedy continuations of every prompt by the teacher and the model (outside the timings)."""
+    teacher, student = models[config.teacher], models[config.model]
+    out = []
+    for text, prompt in zip(config.prompts, prompts):
+        a, b = (generate(m.model, prompt, method="ar", max_new_tokens=config.max_new_tokens,
+                         eos_token_id=m.eos_token_id).tokens[0].cpu() for m in (teacher, student))
+        same = (a[: min(len(a), len(b))] == b[: min(len(a), len(b))]).long().cumprod(0).sum()
+        out.append((text, teacher.tokenizer.decode(a), student.tokenizer.decode(b), int(same)))
+    return out
 
 
 def _add(row: BenchRow, result, greedy_reference: dict[str, torch.Tensor]) -> None:
