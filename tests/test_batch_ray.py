@@ -71,3 +71,18 @@ def test_the_class_goes_straight_into_map_batches(cluster, tmp_path):
         run_local(spec, rows, writer)
     assert [list(r["tokens"]) for r in results] == [r["tokens"] for r in _lines(tmp_path / "l.jsonl")]
     assert set(actor_pool(ray, 3)) == {"compute"}  # not the deprecated concurrency=
+
+
+@pytest.mark.slow
+def test_bench_batch_compares_engines_on_the_same_rows(tmp_path, capsys):
+    import json
+
+    from jacobix.cli import main
+
+    path = tmp_path / "batch.json"
+    assert main(["bench", "batch", "--rows", "4", "--max-new-tokens", "4", "--actors", "1", "--json", str(path)]) == 0
+    records = json.loads(path.read_text())
+    assert [(r["engine"], r["actors"]) for r in records] == [("local", 0), ("ray", 1)]
+    assert all(r["identical_to_local"] for r in records) and records[0]["ratio_to_local"] == 1.0
+    assert "identical to local" in capsys.readouterr().out
+    assert main(["bench", "batch", "--seeds", "2"]) == 2  # rows are seeded by their ids

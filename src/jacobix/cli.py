@@ -30,14 +30,16 @@ TRAINERS = {  # target: (module with main(argv), arguments it always gets); outp
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
 }
 BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
-    "model": (("text",), "images and tarflow run their bundled models"),
-    "max_new_tokens": (("text",), "images decode whole 14x14 grids, tarflow whole images"),
-    "seeds": (("text", "images"), "tarflow draws one fixed set of latents"),
-    "batch_size": (("images", "tarflow"), "text decodes one prompt per call"),
+    "model": (("text",), "images and tarflow run their bundled models, batch the shakespeare model"),
+    "max_new_tokens": (("text", "batch"), "images decode whole 14x14 grids, tarflow whole images"),
+    "seeds": (("text", "images"), "tarflow draws one fixed set of latents, batch seeds every row from its id"),
+    "batch_size": (("images", "tarflow", "batch"), "text decodes one prompt per call"),
+    "rows": (("batch",), "only batch generation reads rows"),
+    "actors": (("batch",), "only batch generation runs on Ray"),
     "tolerance": (("tarflow",), "text and images decode exactly"),
     "per_prompt": (("text",), "only text has prompts"),
     "teacher": (("text",), "only text models are distilled"),
-    "json": (("text",), "only the text table is written as JSON"),
+    "json": (("text", "batch"), "only the text and batch tables are written as JSON"),
 }
 
 
@@ -131,7 +133,8 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="measure sequential vs parallel decoding side by side", formatter_class=_Help,
                                 description="Every setting runs on the same inputs, interleaved, in one process; "
                                 "an option that does not apply to the chosen target is refused.")
-    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow"), help="what to measure")
+    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow", "batch"),
+                       help="what to measure")
     bench.add_argument("--model", default="shakespeare",
                        help="text: shakespeare, shakespeare-cllm (run beside its teacher), smollm2 or a checkpoint folder")
     bench.add_argument("--teacher", help="text: also run every setting on this model (default: a distilled model's "
@@ -139,6 +142,8 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--max-new-tokens", type=_positive, default=200, help="text: tokens per prompt and seed (--quick: 60)")
     bench.add_argument("--seeds", type=_positive, default=3, help="text, images: seeds per prompt / class (--quick: 1)")
     bench.add_argument("--batch-size", type=_positive, help="tarflow: samples per call (default 1); images: per batch (default 50)")
+    bench.add_argument("--rows", type=_positive, default=200, help="batch: prompts in the job")
+    bench.add_argument("--actors", type=_positive, nargs="+", default=[1, 2], help="batch: Ray actor counts to compare")
     bench.add_argument("--tolerance", type=_nonnegative, default=1e-4, help="tarflow: GS-Jacobi relative residual")
     bench.add_argument("--device", default="cpu", help="torch device; text runs on any (e.g. cuda), images and tarflow on cpu only")
     bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
@@ -321,6 +326,18 @@ def _bench(args: argparse.Namespace) -> int:
             print("\n" + result.samples_table())
         if args.json:
             _write_json(args.json, result.records())
+    elif args.target == "batch":
+        import os
+
+        from jacobix.bench.batch import BatchBenchConfig, bench_batch, format_table
+
+        config = BatchBenchConfig(rows=args.rows, max_new_tokens=args.max_new_tokens if "max_new_tokens" in args.explicit
+                                  else 64, batch_size=args.batch_size or 8, actors=tuple(args.actors))
+        load = os.getloadavg()[0]
+        records = bench_batch(config)
+        print(format_table(records, config, load))
+        if args.json:
+            _write_json(args.json, records)
     elif args.target == "tarflow":
         from jacobix.bench.tarflow import TarFlowBenchConfig, bench_tarflow
 
