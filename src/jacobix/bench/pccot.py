@@ -1,0 +1,171 @@
+"""``jacobix bench pccot``: the arms of issue #16 side by side on the fixed held-out programs.
+
+Reads checkpoints written by ``jacobix train pccot`` (one folder per arm and seed; the bundled
+``pccot-T3`` and ``pccot-seq`` by default) and reports, per arm: accuracy by generated answers
+per difficulty with the spread over seeds, inference latency per question at batch 1 and 64,
+forward passes per question, and the training time per 1000 steps the trainer measured.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from jacobix.core.checkpoints import ASSETS
+from jacobix.latent.arith import encode, heldout_set
+from jacobix.latent.evaluate import arm_answers
+from jacobix.latent.model import LatentReasoner, load_reasoner
+
+BUNDLED = ("pccot-T3", "pccot-seq")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PccotBenchConfig:
+    """What to measure.
+
+    Attributes:
+        runs: checkpoint folders (each from ``jacobix train pccot``); empty: the bundled ones.
+        per_difficulty: held-out programs per difficulty (the fixed set holds 2000).
+        latency_questions: questions timed one by one at batch 1 (and batches of 64 timed).
+        steps: difficulties to score; empty: the trained range of each checkpoint.
+    """
+
+    runs: tuple[Path, ...] = ()
+    per_difficulty: int = 2000
+    latency_questions: int = 40
+    steps: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.per_difficulty <= 2000:
+            raise ValueError(f"per_difficulty must be in 1..2000 (the held-out set), got {self.per_difficulty}")
+        if self.latency_questions < 1:
+            raise ValueError(f"latency_questions must be >= 1, got {self.latency_questions}")
+
+
+@dataclass
+class ArmResult:
+    """One arm (all its seeds)."""
+
+    arm: str
+    T: int | None
+    c: int | None
+    seeds: int
+    accuracy_by_steps: dict[int, list[float]] = field(default_factory=dict)
+    latency_b1_ms: float = 0.0
+    latency_b64_ms: float = 0.0
+    forward_passes: float = 0.0
+    train_s_per_1k_steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return statistics.fmean(statistics.fmean(v) for v in self.accuracy_by_steps.values())
+
+    @property
+    def accuracy_std(self) -> float:
+        """Spread over seeds of the mean accuracy (0 for one seed)."""
+        per_seed = [statistics.fmean(v[i] for v in self.accuracy_by_steps.values()) for i in range(self.seeds)]
+        return statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+
+
+def arm_name(meta: dict) -> tuple[str, str, int | None, int | None]:
+    """(label, arm, T, c) of a checkpoint's config.json."""
+    arm = meta["train"]["arm"]
+    latent = meta["config"]["latent"]
+    if arm == "pccot":
+        return f"pccot-T{latent['passes']}", arm, latent["passes"], latent["latents"]
+    if arm == "seq":
+        return "sequential", arm, latent["latents"], latent["latents"]
+    return ("explicit-cot" if arm == "cot" else "no-cot"), arm, None, None
+
+
+def correct(model: LatentReasoner, programs, arm: str, batch_size: int = 500) -> float:
+    right = 0
+    for i in range(0, len(programs), batch_size):
+        chunk = programs[i : i + batch_size]
+        tokens = arm_answers(model, chunk, arm).tokens
+        right += int((tokens == torch.tensor([encode(str(p.answer))[0] for p in chunk])).sum())
+    return right / len(programs)
+
+
+def latency(model: LatentReasoner, programs, arm: str, batch: int, count: int) -> tuple[float, float]:
+    """(median ms per question, forward passes per call) over ``count`` calls of ``batch`` programs."""
+    times, passes = [], []
+    arm_answers(model, programs[:batch], arm)  # warm-up
+    for i in range(count):
+        chunk = [programs[(i * batch + j) % len(programs)] for j in range(batch)]
+        start = time.perf_counter()
+        passes.append(arm_answers(model, chunk, arm).forward_passes)
+        times.append((time.perf_counter() - start) * 1000 / batch)
+    return statistics.median(times), statistics.fmean(passes)
+
+
+def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
+    """Measure every arm; latency on the first seed of each arm at the hardest trained difficulty."""
+    folders = config.runs or tuple(ASSETS / name for name in BUNDLED)
+    results: dict[str, ArmResult] = {}
+    for folder in sorted(folders):
+        model, meta = load_reasoner(folder)
+        label, arm, passes, latents = arm_name(meta)
+        train = meta["train"]
+        steps = config.steps or tuple(range(train["min_steps"], train["max_steps"] + 1))
+        result = results.setdefault(label, ArmResult(arm=label, T=passes, c=latents, seeds=0))
+        result.seeds += 1
+        for s in steps:
+            result.accuracy_by_steps.setdefault(s, []).append(correct(model, heldout_set(s)[: config.per_difficulty], arm))
+        if result.seeds == 1:
+            hardest = heldout_set(max(steps))
+            with torch.no_grad():
+                result.latency_b1_ms, result.forward_passes = latency(model, hardest, arm, 1, config.latency_questions)
+                result.latency_b64_ms, _ = latency(model, hardest, arm, 64, max(2, config.latency_questions // 8))
+            result.train_s_per_1k_steps = meta.get("train_s_per_1k_steps_by_batch", {})
+    return list(results.values())
+
+
+def records(results: list[ArmResult]) -> list[dict]:
+    """One JSON object per arm (the fields issue #16 asks for, and more)."""
+    sequential = next((r for r in results if r.arm == "sequential"), None)
+    out = []
+    for r in results:
+        out.append({
+            "arm": r.arm, "T": r.T, "c": r.c, "seeds": r.seeds,
+            "accuracy": round(r.accuracy, 4), "accuracy_std": round(r.accuracy_std, 4),
+            "accuracy_by_steps": {str(s): round(statistics.fmean(v), 4) for s, v in r.accuracy_by_steps.items()},
+            "accuracy_std_by_steps": {str(s): round(statistics.stdev(v), 4) if len(v) > 1 else 0.0 for s, v in r.accuracy_by_steps.items()},
+            "latency_b1_ms": round(r.latency_b1_ms, 3), "latency_b64_ms": round(r.latency_b64_ms, 4),
+            "latency_vs_sequential": round(r.latency_b1_ms / sequential.latency_b1_ms, 3) if sequential else None,
+            "latency_b64_vs_sequential": round(r.latency_b64_ms / sequential.latency_b64_ms, 3) if sequential else None,
+            "forward_passes": r.forward_passes,
+            "train_s_per_1k_steps": r.train_s_per_1k_steps,
+        })
+    return out
+
+
+def table(results: list[ArmResult]) -> str:
+    """A plain-text table: accuracy per difficulty (mean ± seed spread), latency, passes, training time."""
+    rows = records(results)
+    steps = sorted({int(s) for r in rows for s in r["accuracy_by_steps"]})
+    head = f"{'arm':<14}{'seeds':>6}" + "".join(f"{f'{s} steps':>14}" for s in steps)
+    head += f"{'mean':>14}{'b1 ms':>9}{'vs seq':>8}{'b64 ms':>9}{'passes':>8}{'train s/1k @8,@64':>20}"
+    lines = [head]
+    for r in rows:
+        acc = "".join(f"{100 * r['accuracy_by_steps'].get(str(s), float('nan')):>8.1f}±{100 * r['accuracy_std_by_steps'].get(str(s), 0):<5.1f}"
+                      for s in steps)
+        ratio = f"{r['latency_vs_sequential']:.2f}" if r["latency_vs_sequential"] is not None else "-"
+        train = r["train_s_per_1k_steps"]
+        timing = f"{train.get('8', float('nan')):.0f}, {train.get('64', float('nan')):.0f}"
+        lines.append(f"{r['arm']:<14}{r['seeds']:>6}{acc}{100 * r['accuracy']:>8.1f}±{100 * r['accuracy_std']:<5.1f}"
+                     f"{r['latency_b1_ms']:>9.2f}{ratio:>8}{r['latency_b64_ms']:>9.3f}{r['forward_passes']:>8.1f}{timing:>20}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, results: list[ArmResult]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records(results), indent=2) + "\n")
+
+
+__all__ = ["ArmResult", "PccotBenchConfig", "bench_pccot", "records", "table", "write_json"]
