@@ -194,3 +194,37 @@ def test_checkpoint_round_trip(tmp_path):
     assert meta["note"] == 1 and loaded.latent == model.latent
     q, lengths = questions()
     torch.testing.assert_close(think(loaded, q, lengths).latents, think(model, q, lengths).latents, rtol=0, atol=0)
+
+
+def test_a_smaller_modulus_is_checked_and_evaluates_to_its_answers():
+    programs = program_set(4, 30, seed=0, modulus=7)
+    assert all(0 <= p.answer < 7 and evaluate_program(p.question, 7) == p.answer for p in programs)
+    with pytest.raises(ValueError, match="modulus"):
+        make_program(3, random.Random(0), modulus=24)
+
+
+def test_train_and_bench_pccot_from_the_command_line(tmp_path, capsys):
+    from jacobix.cli import main
+
+    runs = tmp_path / "runs"
+    tiny = ["--train-steps", "2", "--eval-every", "2", "--eval-per-difficulty", "2", "--batch-size", "4", "--dim", "16",
+            "--layers", "1", "--latents", "2", "--min-steps", "1", "--max-steps", "2", "--modulus", "7"]
+    for arm in ("seq", "pccot", "nocot"):
+        assert main(["train", "pccot", "--arm", arm, "--passes", "1", "--out", str(runs / arm), *tiny]) == 0
+    meta = load_reasoner(runs / "pccot")[1]
+    assert meta["train"]["arm"] == "pccot" and meta["config"]["latent"]["passes"] == 1 and meta["train"]["modulus"] == 7
+    out = tmp_path / "bench.json"
+    assert main(["bench", "pccot", "--runs", str(runs), "--per-difficulty", "8", "--quick", "--json", str(out)]) == 0
+    import json
+
+    records = {r["arm"]: r for r in json.loads(out.read_text())}
+    assert set(records) == {"sequential", "pccot-T1", "no-cot"}
+    for key in ("arm", "T", "c", "accuracy", "accuracy_std", "latency_b1_ms", "latency_vs_sequential", "train_s_per_1k_steps"):
+        assert key in records["pccot-T1"]
+    assert records["sequential"]["forward_passes"] == 3 and records["pccot-T1"]["forward_passes"] == 2  # c + 1, T + 1
+    assert records["sequential"]["latency_vs_sequential"] == 1.0
+    assert records["sequential"]["identity_check"]["answers_equal"] == 1.0
+    capsys.readouterr()
+    assert main(["bench", "pccot", "--runs", str(tmp_path / "nothing")]) == 2
+    assert "--runs" in capsys.readouterr().err
+    assert main(["bench", "text", "--runs", str(runs)]) == 2

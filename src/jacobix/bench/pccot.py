@@ -18,8 +18,9 @@ import torch
 
 from jacobix.core.checkpoints import ASSETS
 from jacobix.latent.arith import encode, heldout_set
-from jacobix.latent.evaluate import arm_answers
+from jacobix.latent.evaluate import arm_answers, encode_questions
 from jacobix.latent.model import LatentReasoner, load_reasoner
+from jacobix.latent.thoughts import read_answer, think
 
 BUNDLED = ("pccot-T3", "pccot-seq")
 
@@ -60,6 +61,7 @@ class ArmResult:
     latency_b64_ms: float = 0.0
     forward_passes: float = 0.0
     train_s_per_1k_steps: dict[str, float] = field(default_factory=dict)
+    identity: dict[str, float] = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float:
@@ -112,18 +114,34 @@ def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
         model, meta = load_reasoner(folder)
         label, arm, passes, latents = arm_name(meta)
         train = meta["train"]
+        modulus = train.get("modulus", 23)
         steps = config.steps or tuple(range(train["min_steps"], train["max_steps"] + 1))
         result = results.setdefault(label, ArmResult(arm=label, T=passes, c=latents, seeds=0))
         result.seeds += 1
         for s in steps:
-            result.accuracy_by_steps.setdefault(s, []).append(correct(model, heldout_set(s)[: config.per_difficulty], arm))
+            result.accuracy_by_steps.setdefault(s, []).append(correct(model, heldout_set(s, modulus=modulus)[: config.per_difficulty], arm))
         if result.seeds == 1:
-            hardest = heldout_set(max(steps))
+            hardest = heldout_set(max(steps), modulus=modulus)
             with torch.no_grad():
                 result.latency_b1_ms, result.forward_passes = latency(model, hardest, arm, 1, config.latency_questions)
                 result.latency_b64_ms, _ = latency(model, hardest, arm, 64, max(2, config.latency_questions // 8))
             result.train_s_per_1k_steps = meta.get("train_s_per_1k_steps_by_batch", {})
+            if arm == "seq":
+                result.identity = identity_check(model, hardest[:200])
     return list(results.values())
+
+
+@torch.no_grad()
+def identity_check(model: LatentReasoner, programs) -> dict[str, float]:
+    """The T = c identity on a trained model: sequential (window 1), PCCoT with T = c, and exact
+    Jacobi (tolerance rule at 0) give the same latents and answers."""
+    questions, lengths = encode_questions(programs)
+    c = model.latent.latents
+    runs = {m: think(model, questions, lengths, method=m, passes=c) for m in ("sequential", "jacobi", "exact")}
+    answers = {m: read_answer(model, t).logits.argmax(-1) for m, t in runs.items()}
+    diff = max(float((runs[m].latents - runs["sequential"].latents).abs().max()) for m in ("jacobi", "exact"))
+    agree = min(float((answers[m] == answers["sequential"]).float().mean()) for m in ("jacobi", "exact"))
+    return {"max_latent_difference": diff, "answers_equal": agree, "exact_rule_sweeps": float(runs["exact"].stats.forward_passes)}
 
 
 def records(results: list[ArmResult]) -> list[dict]:
@@ -141,6 +159,7 @@ def records(results: list[ArmResult]) -> list[dict]:
             "latency_b64_vs_sequential": round(r.latency_b64_ms / sequential.latency_b64_ms, 3) if sequential else None,
             "forward_passes": r.forward_passes,
             "train_s_per_1k_steps": r.train_s_per_1k_steps,
+            **({"identity_check": r.identity} if r.identity else {}),
         })
     return out
 
@@ -160,6 +179,12 @@ def table(results: list[ArmResult]) -> str:
         timing = f"{train.get('8', float('nan')):.0f}, {train.get('64', float('nan')):.0f}"
         lines.append(f"{r['arm']:<14}{r['seeds']:>6}{acc}{100 * r['accuracy']:>8.1f}±{100 * r['accuracy_std']:<5.1f}"
                      f"{r['latency_b1_ms']:>9.2f}{ratio:>8}{r['latency_b64_ms']:>9.3f}{r['forward_passes']:>8.1f}{timing:>20}")
+    for r in rows:
+        if "identity_check" in r:
+            check = r["identity_check"]
+            lines.append(f"T = c identity ({r['arm']}): sequential, PCCoT T=c and exact Jacobi agree on "
+                         f"{100 * check['answers_equal']:.1f}% of answers, latents within {check['max_latent_difference']:.1e} "
+                         f"(exact rule: {check['exact_rule_sweeps']:.0f} sweeps for c = {r['c']})")
     return "\n".join(lines)
 
 

@@ -43,12 +43,14 @@ class Program:
         cot: the teacher chain of thought, e.g. ``b=12;`` (empty for one step).
         answer: the value of the queried variable, 0..22.
         steps: number of operations.
+        modulus: the values are integers mod this (23 by default; a smaller one is an easier task).
     """
 
     question: str
     cot: str
     answer: int
     steps: int
+    modulus: int = MODULUS
 
 
 def encode(text: str) -> list[int]:
@@ -65,15 +67,16 @@ def decode(tokens: list[int]) -> str:
     return "".join(VOCAB[t] for t in tokens)
 
 
-def make_program(steps: int, rng: random.Random) -> Program:
-    """A random program of ``steps`` operations drawn with ``rng``.
+def make_program(steps: int, rng: random.Random, modulus: int = MODULUS) -> Program:
+    """A random program of ``steps`` operations mod ``modulus`` drawn with ``rng``.
 
     Raises:
-        ValueError: ``steps`` outside 1..8.
+        ValueError: ``steps`` outside 1..8, or ``modulus`` outside 2..23.
     """
     if not MIN_STEPS <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be in {MIN_STEPS}..{MAX_STEPS}, got {steps}")
-    values = [rng.randrange(MODULUS)]
+    _check_modulus(modulus)
+    values = [rng.randrange(modulus)]
     lines = [f"a={values[0]}"]
     for i in range(1, steps + 1):
         op = rng.choice(OPERATIONS)
@@ -81,36 +84,41 @@ def make_program(steps: int, rng: random.Random) -> Program:
             j = rng.randrange(i - 1)
             right, right_value = VARIABLES[j], values[j]
         else:
-            right_value = rng.randrange(1, MODULUS)
+            right_value = rng.randrange(1, modulus)
             right = str(right_value)
         left = values[i - 1]
         result = left + right_value if op == "+" else left - right_value if op == "-" else left * right_value
-        values.append(result % MODULUS)
+        values.append(result % modulus)
         lines.append(f"{VARIABLES[i]}={VARIABLES[i - 1]}{op}{right}")
     question = ";".join(lines) + f";?{VARIABLES[steps]}"
     cot = "".join(f"{VARIABLES[i]}={values[i]};" for i in range(1, steps))  # last step dropped
-    return Program(question=question, cot=cot, answer=values[steps], steps=steps)
+    return Program(question=question, cot=cot, answer=values[steps], steps=steps, modulus=modulus)
 
 
-def evaluate_program(question: str) -> int:
+def evaluate_program(question: str, modulus: int = MODULUS) -> int:
     """Run a program text with an independent interpreter; returns the queried value."""
     env: dict[str, int] = {}
     *lines, query = question.split(";")
     for line in lines:
         name, expr = line.split("=")
-        env[name] = eval(expr, {}, dict(env)) % MODULUS  # trusted: texts made by make_program
+        env[name] = eval(expr, {}, dict(env)) % modulus  # trusted: texts made by make_program
     return env[query.lstrip("?")]
 
 
-def program_set(steps: int, count: int, seed: int) -> list[Program]:
-    """``count`` programs of ``steps`` operations, fixed by ``seed`` (and ``steps``)."""
-    rng = random.Random(seed * 1000 + steps)
-    return [make_program(steps, rng) for _ in range(count)]
+def program_set(steps: int, count: int, seed: int, modulus: int = MODULUS) -> list[Program]:
+    """``count`` programs of ``steps`` operations, fixed by ``seed`` (and ``steps``, ``modulus``)."""
+    rng = random.Random((seed * 1000 + steps) * 100 + modulus)
+    return [make_program(steps, rng, modulus) for _ in range(count)]
 
 
-def heldout_set(steps: int, count: int = 2000) -> list[Program]:
+def heldout_set(steps: int, count: int = 2000, modulus: int = MODULUS) -> list[Program]:
     """The fixed held-out test set of one difficulty (2000 programs, as issue #16 asks)."""
-    return program_set(steps, count, HELDOUT_SEED)
+    return program_set(steps, count, HELDOUT_SEED, modulus)
+
+
+def _check_modulus(modulus: int) -> None:
+    if not 2 <= modulus <= MODULUS:
+        raise ValueError(f"modulus must be in 2..{MODULUS} (the vocabulary holds 0..{MODULUS - 1}), got {modulus}")
 
 
 __all__ = [

@@ -45,6 +45,7 @@ class TrainConfig:
     passes: int = 3
     min_steps: int = 2
     max_steps: int = 5
+    modulus: int = 23
     train_steps: int = 3000
     batch_size: int = 32
     lr: float = 3e-3
@@ -159,7 +160,7 @@ def build_model(config: TrainConfig) -> LatentReasoner:
 
 
 def sample_programs(config: TrainConfig, rng: random.Random, count: int) -> list[Program]:
-    return [make_program(rng.randint(config.min_steps, config.max_steps), rng) for _ in range(count)]
+    return [make_program(rng.randint(config.min_steps, config.max_steps), rng, config.modulus) for _ in range(count)]
 
 
 def seconds_per_1k_steps(config: TrainConfig, batch_size: int, steps: int = 10) -> float:
@@ -179,7 +180,7 @@ def seconds_per_1k_steps(config: TrainConfig, batch_size: int, steps: int = 10) 
 
 
 def validation_set(config: TrainConfig) -> list[Program]:
-    return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED)]
+    return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED, config.modulus)]
 
 
 def train(out_dir, config: TrainConfig, *, time_batches: tuple[int, ...] = ()) -> dict:
@@ -225,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     add_output_arguments(parser, "pccot")
     defaults = TrainConfig()
     for name in ("latents", "passes", "min_steps", "max_steps", "train_steps", "batch_size", "seed", "eval_every", "dim", "layers",
-                 "eval_per_difficulty", "warmup"):
+                 "eval_per_difficulty", "warmup", "modulus"):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "alpha", "beta", "gamma"):
         parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
