@@ -94,22 +94,37 @@ def correct(model: LatentReasoner, programs, arm: str, batch_size: int = 500) ->
     return right / len(programs)
 
 
-def latency(model: LatentReasoner, programs, arm: str, batch: int, count: int) -> tuple[float, float]:
-    """(median ms per question, forward passes per call) over ``count`` calls of ``batch`` programs."""
-    times, passes = [], []
-    arm_answers(model, programs[:batch], arm)  # warm-up
-    for i in range(count):
-        chunk = [programs[(i * batch + j) % len(programs)] for j in range(batch)]
-        start = time.perf_counter()
-        passes.append(arm_answers(model, chunk, arm).forward_passes)
-        times.append((time.perf_counter() - start) * 1000 / batch)
-    return statistics.median(times), statistics.fmean(passes)
+def timed(model: LatentReasoner, programs, arm: str) -> tuple[float, int]:
+    """(ms per question, forward passes) of one call on ``programs``."""
+    start = time.perf_counter()
+    passes = arm_answers(model, programs, arm).forward_passes
+    return (time.perf_counter() - start) * 1000 / len(programs), passes
 
 
+def measure_latency(arms: dict[str, tuple[LatentReasoner, str, list]], results: dict[str, ArmResult], count: int) -> None:
+    """Median latency per question at batch 1 and 64, interleaved over arms (one arm's call, then the
+    next's, on the same questions), so a busy machine slows every arm alike."""
+    for batch, calls, key in ((1, count, "latency_b1_ms"), (64, max(2, count // 8), "latency_b64_ms")):
+        samples: dict[str, list[tuple[float, int]]] = {label: [] for label in arms}
+        for i in range(calls + 1):  # call 0 warms up
+            for label, (model, arm, programs) in arms.items():
+                chunk = [programs[(i * batch + j) % len(programs)] for j in range(batch)]
+                if i:
+                    samples[label].append(timed(model, chunk, arm))
+                else:
+                    timed(model, chunk, arm)
+        for label, values in samples.items():
+            setattr(results[label], key, statistics.median(v[0] for v in values))
+            if batch == 1:
+                results[label].forward_passes = statistics.fmean(v[1] for v in values)
+
+
+@torch.no_grad()
 def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
     """Measure every arm; latency on the first seed of each arm at the hardest trained difficulty."""
     folders = config.runs or tuple(ASSETS / name for name in BUNDLED)
     results: dict[str, ArmResult] = {}
+    timed_arms: dict[str, tuple[LatentReasoner, str, list]] = {}
     for folder in sorted(folders):
         model, meta = load_reasoner(folder)
         label, arm, passes, latents = arm_name(meta)
@@ -122,12 +137,11 @@ def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
             result.accuracy_by_steps.setdefault(s, []).append(correct(model, heldout_set(s, modulus=modulus)[: config.per_difficulty], arm))
         if result.seeds == 1:
             hardest = heldout_set(max(steps), modulus=modulus)
-            with torch.no_grad():
-                result.latency_b1_ms, result.forward_passes = latency(model, hardest, arm, 1, config.latency_questions)
-                result.latency_b64_ms, _ = latency(model, hardest, arm, 64, max(2, config.latency_questions // 8))
+            timed_arms[label] = (model, arm, hardest)
             result.train_s_per_1k_steps = meta.get("train_s_per_1k_steps_by_batch", {})
             if arm == "seq":
                 result.identity = identity_check(model, hardest[:200])
+    measure_latency(timed_arms, results, config.latency_questions)
     return list(results.values())
 
 
