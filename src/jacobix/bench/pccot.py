@@ -1,7 +1,7 @@
 """``jacobix bench pccot``: the arms of issue #16 side by side on the fixed held-out programs.
 
 Reads checkpoints written by ``jacobix train pccot`` (one folder per arm and seed; the bundled
-``pccot-T3`` and ``pccot-seq`` by default) and reports, per arm: accuracy by generated answers
+``pccot`` and ``pccot-seq`` by default) and reports, per arm: accuracy by generated answers
 per difficulty with the spread over seeds, inference latency per question at batch 1 and 64,
 forward passes per question, and the training time per 1000 steps the trainer measured.
 """
@@ -22,7 +22,7 @@ from jacobix.latent.evaluate import arm_answers, encode_questions
 from jacobix.latent.model import LatentReasoner, load_reasoner
 from jacobix.latent.thoughts import read_answer, think
 
-BUNDLED = ("pccot-T3", "pccot-seq")
+BUNDLED = ("pccot", "pccot-seq")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,7 +40,7 @@ IGNORE = -100
 class TrainConfig:
     """One training run. ``passes`` is T for ``pccot``; ``seq`` always uses T = c.
 
-    The defaults are the CPU sweep of the README (mod 7, 2-4 steps, c = 6, a 0.15M-parameter
+    The defaults are the CPU sweep of the README (mod 7, 2-4 steps, c = 6, a 0.33M-parameter
     Llama, 1500 steps of 32 programs); issue #16's mod-23 task is ``--modulus 23``.
     """
 
@@ -57,7 +57,7 @@ class TrainConfig:
     alpha: float = 1.0
     beta: float = 1.0
     gamma: float = 1.0
-    dim: int = 64
+    dim: int = 96
     layers: int = 3
     seed: int = 0
     eval_every: int = 250
@@ -236,7 +236,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
         parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
     parser.add_argument("--time-batches", default="", help="also time training steps at these batch sizes, e.g. 8,64")
     args = parser.parse_args(argv)
-    bundled = "pccot-T3" if args.arm == "pccot" else f"pccot-{args.arm}"
+    bundled = "pccot" if args.arm == "pccot" else f"pccot-{args.arm}"
     args.out = output_folder(args, bundled)
     fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
     return args, TrainConfig(**fields)
