@@ -101,7 +101,15 @@ def evaluate_program(question: str, modulus: int = MODULUS) -> int:
     *lines, query = question.split(";")
     for line in lines:
         name, expr = line.split("=")
-        env[name] = eval(expr, {}, dict(env)) % modulus  # trusted: texts made by make_program
+        match = re.fullmatch(r"([a-z]|\d+)(?:([-+*])([a-z]|\d+))?", expr)
+        if match is None:
+            raise ValueError(f"cannot read the program line {line!r}")
+        left, op, right = match.groups()
+        value = env[left] if left.isalpha() else int(left)
+        if op is not None:
+            other = env[right] if right.isalpha() else int(right)
+            value = {"+": value + other, "-": value - other, "*": value * other}[op]
+        env[name] = value % modulus
     return env[query.lstrip("?")]
 
 
