@@ -40,8 +40,8 @@ IGNORE = -100
 class TrainConfig:
     """One training run. ``passes`` is T for ``pccot``; ``seq`` always uses T = c.
 
-    The defaults are the CPU sweep of the README (mod 7, 2-4 steps, c = 6, a 0.33M-parameter
-    Llama, 1500 steps of 32 programs); issue #16's mod-23 task is ``--modulus 23``.
+    The defaults are the CPU sweep of the README (mod 5, 2-4 steps, c = 6, a 0.33M-parameter
+    Llama, 1000 steps of 32 programs); issue #16's mod-23 task is ``--modulus 23``.
     """
 
     arm: str = "pccot"
@@ -49,8 +49,8 @@ class TrainConfig:
     passes: int = 3
     min_steps: int = 2
     max_steps: int = 4
-    modulus: int = 7
-    train_steps: int = 1500
+    modulus: int = 5
+    train_steps: int = 1000
     batch_size: int = 32
     lr: float = 3e-3
     warmup: int = 100
@@ -60,7 +60,7 @@ class TrainConfig:
     dim: int = 96
     layers: int = 3
     seed: int = 0
-    eval_every: int = 250
+    eval_every: int = 200
     eval_per_difficulty: int = 100
 
     def __post_init__(self) -> None:
