@@ -228,3 +228,21 @@ def test_train_and_bench_pccot_from_the_command_line(tmp_path, capsys):
     assert main(["bench", "pccot", "--runs", str(tmp_path / "nothing")]) == 2
     assert "--runs" in capsys.readouterr().err
     assert main(["bench", "text", "--runs", str(runs)]) == 2
+
+
+def test_the_bundled_models_load_and_keep_the_T_equal_c_identity():
+    from jacobix.core.checkpoints import ASSETS
+    from jacobix.latent.evaluate import arm_answers, encode_questions
+    from jacobix.latent.arith import heldout_set
+
+    pccot, meta = load_reasoner(ASSETS / "pccot")
+    sequential, _ = load_reasoner(ASSETS / "pccot-seq")
+    programs = heldout_set(4, 16, modulus=meta["train"]["modulus"])
+    assert arm_answers(pccot, programs, "pccot").forward_passes == pccot.latent.passes + 1
+    q, lengths = encode_questions(programs)
+    c = sequential.latent.latents
+    with torch.no_grad():
+        one = think(sequential, q, lengths, method="sequential")
+        jacobi = think(sequential, q, lengths, method="jacobi", passes=c)
+        torch.testing.assert_close(jacobi.latents, one.latents, rtol=1e-4, atol=1e-4)
+        assert torch.equal(read_answer(sequential, jacobi).logits.argmax(-1), read_answer(sequential, one).logits.argmax(-1))
