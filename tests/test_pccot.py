@@ -211,6 +211,7 @@ def test_train_and_bench_pccot_from_the_command_line(tmp_path, capsys):
             "--layers", "1", "--latents", "2", "--min-steps", "1", "--max-steps", "2", "--modulus", "7"]
     for arm in ("seq", "pccot", "nocot"):
         assert main(["train", "pccot", "--arm", arm, "--passes", "1", "--out", str(runs / arm), *tiny]) == 0
+    assert main(["train", "pccot", "--arm", "pccot", "--init", str(runs / "nocot"), "--out", str(tmp_path / "warm"), *tiny]) == 0
     meta = load_reasoner(runs / "pccot")[1]
     assert meta["train"]["arm"] == "pccot" and meta["config"]["latent"]["passes"] == 1 and meta["train"]["modulus"] == 7
     out = tmp_path / "bench.json"

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jacobix.core.checkpoints import read_weights
 from jacobix.latent.arith import ANSWER_PROMPT, BOT, EOS, EOT, PLACEHOLDER, VALIDATION_SEED, VOCAB, Program, encode, make_program, program_set
 from jacobix.latent.evaluate import ARMS, accuracy, encode_questions
 from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, save_reasoner
@@ -62,6 +63,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 200
     eval_per_difficulty: int = 100
+    init: str = ""  # a checkpoint folder to start from (e.g. an explicit-CoT run); "" = from scratch
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
@@ -193,6 +195,8 @@ def train(out_dir, config: TrainConfig, *, time_batches: tuple[int, ...] = ()) -
     timings = {str(b): round(seconds_per_1k_steps(config, b), 1) for b in time_batches}
     torch.manual_seed(config.seed)
     model = build_model(config)
+    if config.init:
+        model.load_state_dict(read_weights(config.init))  # strict: the shapes must match this run's
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng, validation = random.Random(config.seed), validation_set(config)
     log.info("arm %s T=%d c=%d: %d parameters", config.arm, model.latent.passes, config.latents, sum(p.numel() for p in model.parameters()))
@@ -234,6 +238,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
     for name in ("lr", "alpha", "beta", "gamma"):
         parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--init", default="", help="start from this checkpoint folder (e.g. an explicit-CoT run)")
     parser.add_argument("--time-batches", default="", help="also time training steps at these batch sizes, e.g. 8,64")
     args = parser.parse_args(argv)
     bundled = "pccot" if args.arm == "pccot" else f"pccot-{args.arm}"
