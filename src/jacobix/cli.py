@@ -28,6 +28,7 @@ TRAINERS = {  # target: (module with main(argv), arguments it always gets); outp
     "classifier": ("jacobix.train.classifier", []),
     "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
+    "pccot": ("jacobix.train.pccot", []),
 }
 BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
     "model": (("text",), "images and tarflow run their bundled models, batch the shakespeare model"),
@@ -39,7 +40,9 @@ BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
     "tolerance": (("tarflow",), "text and images decode exactly"),
     "per_prompt": (("text",), "only text has prompts"),
     "teacher": (("text",), "only text models are distilled"),
-    "json": (("text", "batch"), "only the text and batch tables are written as JSON"),
+    "json": (("text", "batch", "pccot"), "only the text, batch and pccot tables are written as JSON"),
+    "runs": (("pccot",), "only pccot reads trained checkpoints of several arms"),
+    "per_difficulty": (("pccot",), "only pccot scores held-out programs"),
 }
 
 
@@ -133,7 +136,7 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="measure sequential vs parallel decoding side by side", formatter_class=_Help,
                                 description="Every setting runs on the same inputs, interleaved, in one process; "
                                 "an option that does not apply to the chosen target is refused.")
-    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow", "batch"),
+    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow", "batch", "pccot"),
                        help="what to measure")
     bench.add_argument("--model", default="shakespeare",
                        help="text: shakespeare, shakespeare-cllm (run beside its teacher), smollm2 or a checkpoint folder")
@@ -149,7 +152,10 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
     bench.add_argument("--quick", action="store_true",
                        help="a small run for smoke tests; --seeds and --max-new-tokens given explicitly still apply")
-    bench.add_argument("--json", type=Path, metavar="FILE", help="text: also write the table as a JSON list, one object per setting")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="text, pccot: also write the table as a JSON list, one object per setting")
+    bench.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
+                       help="pccot: checkpoint folders of `jacobix train pccot`, or folders holding them (default: the bundled two)")
+    bench.add_argument("--per-difficulty", type=_positive, default=2000, help="pccot: held-out programs per difficulty (--quick: 200)")
     bench.set_defaults(run=_bench, check=_check_bench)
 
 
@@ -338,6 +344,16 @@ def _bench(args: argparse.Namespace) -> int:
         print(format_table(records, config, load))
         if args.json:
             _write_json(args.json, records)
+    elif args.target == "pccot":
+        from jacobix.bench.pccot import PccotBenchConfig, bench_pccot, table, write_json
+
+        count = args.per_difficulty if "per_difficulty" in args.explicit or not quick else 200
+        config = PccotBenchConfig(runs=_checkpoint_folders(args.runs), per_difficulty=count, latency_questions=10 if quick else 40)
+        results = bench_pccot(config)
+        print(table(results))
+        if args.json:
+            write_json(args.json, results)
+            print(f"wrote {args.json}")
     elif args.target == "tarflow":
         from jacobix.bench.tarflow import TarFlowBenchConfig, bench_tarflow
 
@@ -350,6 +366,19 @@ def _bench(args: argparse.Namespace) -> int:
         config = ImageBenchConfig(batch_size=args.batch_size or 50, seeds=seeds, **(dict(per_class=1) if quick else {}))
         print(format_table(bench_images(config)))
     return 0
+
+
+def _checkpoint_folders(paths: list[Path] | None) -> tuple[Path, ...]:
+    """Checkpoint folders named by --runs: each path is one, or a folder of them."""
+    folders = []
+    for path in paths or []:
+        if (path / "config.json").exists():
+            folders.append(path)
+        elif path.is_dir() and (found := sorted(p.parent for p in path.glob("*/config.json"))):
+            folders.extend(found)
+        else:
+            raise ValueError(f"--runs {path}: no checkpoint (config.json) there or in its subfolders; train one with `jacobix train pccot`")
+    return tuple(folders)
 
 
 def _write_json(path: Path, records: list[dict]) -> None:

@@ -1,0 +1,257 @@
+"""Train the arms of issue #16 on generated arithmetic programs (``jacobix train pccot``).
+
+Arms: ``nocot`` (answer right after the question), ``cot`` (explicit chain of thought), ``seq``
+(sequential continuous CoT, CODI: c passes) and ``pccot`` (T Jacobi passes, arXiv 2506.18582).
+The latent arms use CODI's loss, ``alpha * CE(teacher) + beta * CE(answer after the latents) +
+gamma * KD``, where the teacher is the same model reading the explicit chain of thought and KD
+compares hidden states at the answer prompt's last token (smooth-L1, each layer divided by the
+teacher's std). Gradients flow through every latent pass. The checkpoint kept is the one with the
+best accuracy by *generated* answers on a validation set (a seed stream apart from the bench's).
+
+    jacobix train pccot --arm pccot --passes 3 --seed 0 --out runs/pccot-T3-s0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jacobix.core.checkpoints import read_weights
+from jacobix.latent.arith import ANSWER_PROMPT, BOT, EOS, EOT, PLACEHOLDER, VALIDATION_SEED, VOCAB, Program, encode, make_program, program_set
+from jacobix.latent.evaluate import ARMS, accuracy, encode_questions
+from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, save_reasoner
+from jacobix.latent.thoughts import read_answer, think
+from jacobix.models.llama import LlamaConfig
+from jacobix.train import add_output_arguments, output_folder
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run. ``passes`` is T for ``pccot``; ``seq`` always uses T = c.
+
+    The defaults are the CPU sweep of the README (mod 5, 2-4 steps, c = 6, a 0.33M-parameter
+    Llama, 1000 steps of 32 programs); issue #16's mod-23 task is ``--modulus 23``.
+    """
+
+    arm: str = "pccot"
+    latents: int = 6
+    passes: int = 3
+    min_steps: int = 2
+    max_steps: int = 4
+    modulus: int = 5
+    train_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup: int = 100
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 1.0
+    dim: int = 96
+    layers: int = 3
+    seed: int = 0
+    eval_every: int = 200
+    eval_per_difficulty: int = 100
+    init: str = ""  # a checkpoint folder to start from (e.g. an explicit-CoT run); "" = from scratch
+
+    def __post_init__(self) -> None:
+        if self.arm not in ARMS:
+            raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}")
+        if self.latents < 1 or self.passes < 1:
+            raise ValueError(f"latents (c) and passes (T) must be >= 1, got c={self.latents}, T={self.passes}")
+        if not 1 <= self.min_steps <= self.max_steps <= 8:
+            raise ValueError(f"need 1 <= min_steps <= max_steps <= 8, got {self.min_steps}, {self.max_steps}")
+        if min(self.train_steps, self.batch_size, self.eval_every, self.eval_per_difficulty) < 1:
+            raise ValueError("train_steps, batch_size, eval_every and eval_per_difficulty must be >= 1")
+
+
+@dataclass
+class Batch:
+    """Tensors of one batch (all right-padded).
+
+    Attributes:
+        questions: (B, Q) question tokens; lengths (B,).
+        teacher: (B, L) ``question <bot> cot <eot> prompt answer <eos>``; targets (B, L) the next
+            token where the loss applies (from ``<bot>`` on), else -100.
+        anchor: (B,) index of the answer prompt's last token in ``teacher`` (the distillation position).
+        answers: (B,) answer token ids.
+    """
+
+    questions: Tensor
+    lengths: Tensor
+    teacher: Tensor
+    targets: Tensor
+    anchor: Tensor
+    answers: Tensor
+
+
+def teacher_rows(program: Program, *, with_cot: bool) -> tuple[list[int], int, int]:
+    """(tokens, question length, anchor) of one teacher sequence; ``with_cot=False`` drops the CoT (no-CoT arm)."""
+    question = encode(program.question)
+    cot = encode(program.cot) if with_cot and program.cot else []
+    tokens = question + [BOT] + cot + [EOT, *ANSWER_PROMPT] + encode(str(program.answer)) + [EOS]
+    anchor = len(question) + 1 + len(cot) + len(ANSWER_PROMPT)  # the prompt's last token
+    return tokens, len(question), anchor
+
+
+def make_batch(programs: list[Program], *, with_cot: bool = True) -> Batch:
+    """The :class:`Batch` of ``programs``."""
+    rows = [teacher_rows(p, with_cot=with_cot) for p in programs]
+    width = max(len(r[0]) for r in rows)
+    teacher = torch.zeros(len(rows), width, dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (tokens, q, _) in enumerate(rows):
+        teacher[i, : len(tokens)] = torch.tensor(tokens)
+        targets[i, q : len(tokens) - 1] = torch.tensor(tokens[q + 1 :])  # predict everything after <bot>
+    questions, lengths = encode_questions(programs)
+    answers = torch.tensor([encode(str(p.answer))[0] for p in programs])
+    return Batch(questions, lengths, teacher, targets, torch.tensor([r[2] for r in rows]), answers)
+
+
+def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits (..., V) against targets (...), ignoring -100."""
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE)
+
+
+def take_rows(hidden: Tensor, index: Tensor) -> Tensor:
+    """``hidden[b, index[b]]`` for hidden (B, L, dim) and index (B,); returns (B, dim)."""
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def distillation_loss(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) -> Tensor:
+    """CODI's KD: mean over layers of ``smooth_l1(student, teacher) / std(teacher)``; teacher detached.
+
+    Args:
+        student, teacher: one (B, dim) tensor per layer, at the answer prompt's last token.
+    """
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"need one student and one teacher tensor per layer, got {len(student)} and {len(teacher)}")
+    parts = [F.smooth_l1_loss(s, t.detach()) / t.detach().std().clamp_min(1e-6) for s, t in zip(student, teacher)]
+    return torch.stack(parts).mean()
+
+
+def codi_loss(model: LatentReasoner, batch: Batch, config: TrainConfig) -> tuple[Tensor, dict[str, float]]:
+    """The arm's loss on one batch, and its parts (floats, for the log)."""
+    out = model.lm(batch.teacher, return_hidden=True)
+    teacher_ce = token_ce(out.logits, batch.targets)
+    if config.arm in ("nocot", "cot"):
+        return teacher_ce, {"teacher": teacher_ce.item()}
+    thoughts = think(model, batch.questions, batch.lengths, method="sequential" if config.arm == "seq" else "jacobi",
+                     differentiable=True)
+    student = read_answer(model, thoughts)
+    answer_ce = F.cross_entropy(student.logits, batch.answers)
+    kd = distillation_loss(student.hidden[1:], tuple(take_rows(h, batch.anchor) for h in out.hidden_states[1:]))
+    loss = config.alpha * teacher_ce + config.beta * answer_ce + config.gamma * kd
+    return loss, {"teacher": teacher_ce.item(), "answer": answer_ce.item(), "kd": kd.item()}
+
+
+def build_model(config: TrainConfig) -> LatentReasoner:
+    passes = config.latents if config.arm == "seq" else config.passes
+    max_len = 2 * (4 + 6 * config.max_steps + 2) + 2 * config.latents + 16
+    llama = LlamaConfig(vocab_size=len(VOCAB), dim=config.dim, num_layers=config.layers, num_heads=4, num_kv_heads=2,
+                        hidden_dim=int(8 * config.dim / 3) // 8 * 8, max_seq_len=max_len)
+    latent = LatentConfig(latents=config.latents, passes=passes, bot=BOT, eot=EOT, placeholder=PLACEHOLDER, prompt=ANSWER_PROMPT)
+    return LatentReasoner(ReasonerConfig(llama=llama, latent=latent))
+
+
+def sample_programs(config: TrainConfig, rng: random.Random, count: int) -> list[Program]:
+    return [make_program(rng.randint(config.min_steps, config.max_steps), rng, config.modulus) for _ in range(count)]
+
+
+def seconds_per_1k_steps(config: TrainConfig, batch_size: int, steps: int = 10) -> float:
+    """Wall seconds per 1000 optimizer steps at ``batch_size`` (a throwaway model; after one warm-up step)."""
+    model = build_model(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    rng = random.Random(12345)
+    batches = [make_batch(sample_programs(config, rng, batch_size), with_cot=config.arm != "nocot") for _ in range(steps + 1)]
+    for i, batch in enumerate(batches):
+        if i == 1:
+            start = time.perf_counter()
+        loss, _ = codi_loss(model, batch, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return 1000 * (time.perf_counter() - start) / steps
+
+
+def validation_set(config: TrainConfig) -> list[Program]:
+    return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED, config.modulus)]
+
+
+def train(out_dir, config: TrainConfig, *, time_batches: tuple[int, ...] = ()) -> dict:
+    """Train one arm, keep the best checkpoint by generated validation answers; returns the summary."""
+    torch.manual_seed(config.seed)
+    timings = {str(b): round(seconds_per_1k_steps(config, b), 1) for b in time_batches}
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    if config.init:
+        model.load_state_dict(read_weights(config.init))  # strict: the shapes must match this run's
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng, validation = random.Random(config.seed), validation_set(config)
+    log.info("arm %s T=%d c=%d: %d parameters", config.arm, model.latent.passes, config.latents, sum(p.numel() for p in model.parameters()))
+    best, best_state, train_seconds, start = -1.0, None, 0.0, time.perf_counter()
+    for step in range(config.train_steps):
+        tick = time.perf_counter()
+        lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / config.train_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        model.train()
+        loss, parts = codi_loss(model, make_batch(sample_programs(config, rng, config.batch_size), with_cot=config.arm != "nocot"), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        train_seconds += time.perf_counter() - tick
+        if (step + 1) % config.eval_every == 0 or step + 1 == config.train_steps:
+            model.eval()
+            score = accuracy(model, validation, config.arm)
+            if score > best:
+                best, best_state = score, copy.deepcopy(model.state_dict())
+            log.info("step %d loss %.3f %s val %.3f best %.3f %.0fs", step + 1, loss.item(),
+                     " ".join(f"{k} {v:.3f}" for k, v in parts.items()), score, best, time.perf_counter() - start)
+    model.load_state_dict(best_state)
+    summary = {"train": asdict(config), "validation_accuracy": round(best, 4), "train_seconds": round(train_seconds, 1),
+               "train_s_per_1k_steps": round(1000 * train_seconds / config.train_steps, 1),
+               "train_s_per_1k_steps_by_batch": timings}
+    save_reasoner(model.eval(), out_dir, extra=summary)
+    return summary
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
+    parser = argparse.ArgumentParser(prog="jacobix train pccot", description="train one arm of the PCCoT comparison (issue #16)")
+    parser.add_argument("--arm", choices=ARMS, default=TrainConfig.arm)
+    add_output_arguments(parser, "pccot")
+    defaults = TrainConfig()
+    for name in ("latents", "passes", "min_steps", "max_steps", "train_steps", "batch_size", "seed", "eval_every", "dim", "layers",
+                 "eval_per_difficulty", "warmup", "modulus"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+    for name in ("lr", "alpha", "beta", "gamma"):
+        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+    parser.add_argument("--init", default="", help="start from this checkpoint folder (e.g. an explicit-CoT run)")
+    parser.add_argument("--time-batches", default="", help="also time training steps at these batch sizes, e.g. 8,64")
+    args = parser.parse_args(argv)
+    bundled = "pccot" if args.arm == "pccot" else f"pccot-{args.arm}"
+    args.out = output_folder(args, bundled)
+    fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
+    return args, TrainConfig(**fields)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``jacobix train pccot --arm ARM [--passes T] [--seed S] [--out DIR] ...``."""
+    args, config = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(1)
+    batches = tuple(int(b) for b in args.time_batches.split(",") if b)
+    summary = train(args.out, config, time_batches=batches)
+    log.info("wrote %s: validation accuracy %.3f, %.1f s per 1k steps", args.out, summary["validation_accuracy"], summary["train_s_per_1k_steps"])
