@@ -81,7 +81,7 @@ def test_bench_on_a_missing_device_is_a_clear_error(checkpoint, capsys):
 
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["generate", "--model", "no-such-model", "x"]) == 2
-    assert "not a known name (shakespeare, shakespeare-cllm, smollm2)" in capsys.readouterr().err
+    assert "not a known name (shakespeare, shakespeare-cllm, shakespeare-cllm-ar1, smollm2)" in capsys.readouterr().err
 
 
 def test_characters_outside_the_alphabet_are_refused(checkpoint, capsys):

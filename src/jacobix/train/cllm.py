@@ -43,7 +43,9 @@ class CLLMConfig:
         batch_size: blocks per step (and as many ground-truth rows for the AR loss).
         lr: peak learning rate (linear warm-up, cosine decay).
         warmup: warm-up steps.
-        global_weight, local_weight, ar_weight: loss weights (CLLM: consistency 1, AR 10).
+        global_weight, local_weight, ar_weight: loss weights (CLLM: consistency 1, AR 10). A lower AR
+            weight buys speed with quality: on the Shakespeare model AR x1 gave 4.1 tokens per pass
+            and +0.30 nats/char of validation loss, AR x10 about 2 and +0.06.
         fixed_point_weight: weight of cross-entropy on the fixed points themselves (the model's own
             greedy text): it keeps the student's greedy output where the trajectories were collected,
             so they stay its own (CEED-VLA's mixed labels use the same idea). CLLM: 0.
@@ -61,7 +63,7 @@ class CLLMConfig:
     warmup: int = 50
     global_weight: float = 1.0
     local_weight: float = 1.0
-    ar_weight: float = 1.0
+    ar_weight: float = 10.0
     fixed_point_weight: float = 1.0
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
