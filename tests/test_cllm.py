@@ -340,7 +340,8 @@ def test_cut_contexts_and_ar_windows_never_train_on_prompt_tokens(collected):
 
 # --- under torchrun -------------------------------------------------------------------------------
 
-def test_two_processes_distill_with_the_one_process_losses(tmp_path):
+@pytest.mark.parametrize("sharding", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_processes_distill_with_the_one_process_losses(tmp_path, sharding):
     """The CLLM trainer under torchrun (gloo, 2 processes) follows the 1-process loss curve of the same global batch."""
     import os
     import subprocess
@@ -365,7 +366,8 @@ def test_two_processes_distill_with_the_one_process_losses(tmp_path):
     cllm_command.main([*common, "--out", str(tmp_path / "one")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(jacobix.__file__).parents[1])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "jacobix.train.cllm_command", *common, "--out", str(tmp_path / "two")]
+               "-m", "jacobix.train.cllm_command", *common, "--out", str(tmp_path / "two"),
+               *(["--fsdp"] if sharding == "fsdp" else [])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = (read_metrics(tmp_path / name / distributed.METRICS) for name in ("one", "two"))

@@ -262,9 +262,11 @@ def _shard(batch: Batch, run: distributed.Run) -> Batch:
 
 def causal_forward(lm) -> callable:
     """``tokens (B, L) -> logits (B, L, V)`` through any jacobix CausalLM, with positions 0..L-1 and no cache."""
+    call = lm if isinstance(lm, torch.nn.Module) else lm.forward  # a module's __call__ runs DDP/FSDP2 hooks
+
     def forward(tokens: Tensor) -> Tensor:
         positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-        return lm.forward(tokens, positions)
+        return call(tokens, positions)
 
     return forward
 

@@ -146,10 +146,10 @@ def main(argv: list[str] | None = None) -> None:
         run.close()
         return
     config = CLLMConfig(**{k: getattr(args, k) for k in asdict(CLLMConfig())})
+    report = _start_report(args, config, text_model, hf, sets) if run.is_main else {}  # before FSDP2 shards it
     plain = copy.deepcopy(module)  # FSDP2 shards ``module`` in place; the trained weights come back into this copy
     wrapped = distributed.wrap(module, run, fsdp=args.fsdp)
     forward = causal_forward(_lm(module, hf).calling(wrapped) if hf else wrapped)
-    report = _start_report(args, config, text_model, hf, sets) if run.is_main else {}
 
     def progress(step: int) -> None:  # rank 0, between steps (the module is the trained one under DDP)
         if step % args.eval_every == 0 and not args.fsdp:
