@@ -152,7 +152,7 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
     bench.add_argument("--quick", action="store_true",
                        help="a small run for smoke tests; --seeds and --max-new-tokens given explicitly still apply")
-    bench.add_argument("--json", type=Path, metavar="FILE", help="text, pccot: also write the table as a JSON list, one object per setting")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="text, batch, pccot: also write the table as a JSON list, one object per row")
     bench.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
                        help="pccot: checkpoint folders of `jacobix train pccot`, or folders holding them (default: the bundled two)")
     bench.add_argument("--per-difficulty", type=_positive, default=2000, help="pccot: held-out programs per difficulty (--quick: 200)")
@@ -314,79 +314,9 @@ def _check_writable(folder: Path, option: str) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    quick = args.quick
-    seeds = tuple(range(args.seeds if "seeds" in args.explicit or not quick else 1))
-    if args.target == "text":
-        from jacobix.bench.text import HF_PROMPTS, HF_SETTINGS, TextBenchConfig, bench_text, model_options
+    from jacobix.cli_bench import run_bench
 
-        tokens = args.max_new_tokens if "max_new_tokens" in args.explicit or not quick else 60
-        config = TextBenchConfig(**model_options(args.model, args.teacher), model=args.model, max_new_tokens=tokens,
-                                 seeds=seeds, device=args.device)
-        result = bench_text(config)
-        print(result.table())
-        if args.per_prompt:
-            print("\n" + result.prompt_table())
-        if result.convergence_table():
-            print("\n" + result.convergence_table())
-        if result.samples:
-            print("\n" + result.samples_table())
-        if args.json:
-            _write_json(args.json, result.records())
-    elif args.target == "batch":
-        import os
-
-        from jacobix.bench.batch import BatchBenchConfig, bench_batch, format_table
-
-        config = BatchBenchConfig(rows=args.rows, max_new_tokens=args.max_new_tokens if "max_new_tokens" in args.explicit
-                                  else 64, batch_size=args.batch_size or 8, actors=tuple(args.actors))
-        load = os.getloadavg()[0]
-        records = bench_batch(config)
-        print(format_table(records, config, load))
-        if args.json:
-            _write_json(args.json, records)
-    elif args.target == "pccot":
-        from jacobix.bench.pccot import PccotBenchConfig, bench_pccot, table, write_json
-
-        count = args.per_difficulty if "per_difficulty" in args.explicit or not quick else 200
-        config = PccotBenchConfig(runs=_checkpoint_folders(args.runs), per_difficulty=count, latency_questions=10 if quick else 40)
-        results = bench_pccot(config)
-        print(table(results))
-        if args.json:
-            write_json(args.json, results)
-            print(f"wrote {args.json}")
-    elif args.target == "tarflow":
-        from jacobix.bench.tarflow import TarFlowBenchConfig, bench_tarflow
-
-        sizes = dict(num_samples=8, calibration_samples=64, reference_samples=500) if quick else {}
-        config = TarFlowBenchConfig(batch_size=args.batch_size or 1, tolerance=args.tolerance, **sizes)
-        print(bench_tarflow(config=config).table())
-    else:
-        from jacobix.bench.images import ImageBenchConfig, bench_images, format_table
-
-        config = ImageBenchConfig(batch_size=args.batch_size or 50, seeds=seeds, **(dict(per_class=1) if quick else {}))
-        print(format_table(bench_images(config)))
-    return 0
-
-
-def _checkpoint_folders(paths: list[Path] | None) -> tuple[Path, ...]:
-    """Checkpoint folders named by --runs: each path is one, or a folder of them."""
-    folders = []
-    for path in paths or []:
-        if (path / "config.json").exists():
-            folders.append(path)
-        elif path.is_dir() and (found := sorted(p.parent for p in path.glob("*/config.json"))):
-            folders.extend(found)
-        else:
-            raise ValueError(f"--runs {path}: no checkpoint (config.json) there or in its subfolders; train one with `jacobix train pccot`")
-    return tuple(folders)
-
-
-def _write_json(path: Path, records: list[dict]) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(records, indent=2) + "\n")
-    print(f"wrote {path}")
+    return run_bench(args)
 
 
 def _check_demo(args: argparse.Namespace) -> None:
