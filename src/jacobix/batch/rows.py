@@ -78,19 +78,9 @@ class BatchGenerator:
 
 
 def row_stats(stats: DecodeStats) -> list[dict[str, int]]:
-    """Per row: new tokens, passes while active, drafts tested, and drafts accepted AND committed.
-
-    Unlike ``DecodeStats.per_row``, accepted drafts are counted only up to the row's budget
-    (``min(accepted, committed)`` per pass): in its last pass a row may accept drafts beyond its
-    last token, at positions whose values depend on the longest row of the batch (the cache
-    capacity), and counting those would make a row's stats depend on its batch.
-    """
-    active = stats.active_per_pass & (stats.fed_per_pass[:, None] > 0)  # (P, B) passes that tested drafts
-    accepted = torch.minimum(stats.accepted_per_pass, stats.committed_per_pass) * active  # (P, B)
-    tested = stats.fed_per_pass[:, None] * active  # (P, B)
-    return [{"new_tokens": stats.new_tokens[b], "forward_passes": int(stats.active_per_pass[:, b].sum()),
-             "draft_tokens": int(tested[:, b].sum()), "accepted_tokens": int(accepted[:, b].sum())}
-            for b in range(len(stats.new_tokens))]
+    """Per row: new tokens, passes while active, drafts tested, and drafts accepted and committed
+    (:meth:`DecodeStats.per_row`, which does not depend on the batch a row ran in)."""
+    return stats.per_row()
 
 
 def _file_stem(row_id: str | int) -> str:

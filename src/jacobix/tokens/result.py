@@ -104,12 +104,18 @@ class DecodeStats:
         return ((self.accepted_per_pass[None] > slots) & drafted[None]).sum((1, 2)) / max(self.num_drafts, 1)
 
     def per_row(self) -> list[dict[str, int]]:
-        """Per batch row: new tokens, passes while active, drafts tested and accepted."""
-        drafted = self._drafted()
+        """Per batch row: new tokens, passes while active, drafts tested, and drafts accepted and committed.
+
+        A row's last pass may accept drafts past its last token (at positions whose values depend
+        on the batch's cache size); only the committed ones count, ``min(accepted, committed - 1)``
+        per pass (a pass also commits its one sure token), so a row's stats do not depend on its batch.
+        """
+        drafted = self._drafted()  # (P, B)
+        kept = torch.minimum(self.accepted_per_pass, (self.committed_per_pass - 1).clamp_min(0))  # (P, B)
         return [
             {"new_tokens": self.new_tokens[b], "forward_passes": int(self.active_per_pass[:, b].sum()),
              "draft_tokens": int((self.fed_per_pass * drafted[:, b]).sum()),
-             "accepted_tokens": int((self.accepted_per_pass[:, b] * drafted[:, b]).sum())}
+             "accepted_tokens": int((kept[:, b] * drafted[:, b]).sum())}
             for b in range(len(self.new_tokens))
         ]
 
