@@ -7,7 +7,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from jacobix.latent.arith import ANSWER_PROMPT, BOT, EOT, MAX_STEPS, PLACEHOLDER, TOKEN_ID, VOCAB, encode, evaluate_program, make_program, program_set
 from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, load_reasoner, save_reasoner

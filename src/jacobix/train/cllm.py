@@ -16,12 +16,10 @@ code-completion prompts cut from the Python standard library (``--data stdlib``)
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -271,10 +269,4 @@ def causal_forward(lm) -> callable:
     return forward
 
 
-def write_report(path: Path, report: dict) -> None:
-    """Append the run's report (config, losses summary, measurements) as JSON next to the checkpoint."""
-    path.write_text(json.dumps(report, indent=2) + "\n")
-
-
-__all__ = ["Batch", "CLLMConfig", "TrainLog", "asdict", "causal_forward", "sample_batch", "step_losses",
-           "train_cllm", "write_report"]
+__all__ = ["Batch", "CLLMConfig", "TrainLog", "causal_forward", "sample_batch", "step_losses", "train_cllm"]
