@@ -15,6 +15,7 @@ import torch
 from jacobix.bench.baselines import transformers_generate
 from jacobix.api import generate
 from jacobix.tokens.proposers.ngram import LookaheadConfig
+from jacobix.core.acceptance import leading_true
 from jacobix.models.registry import TextModel, distilled_teacher
 from jacobix.tokens.trajectory import convergence_counts, split_blocks
 
@@ -295,11 +296,14 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
         for setting in config.settings:  # "auto" settings probe their pass costs once, outside the timings
             if setting.window == "auto":
                 _run(m, prompts[0], setting, dataclasses.replace(config, max_new_tokens=4), seed=0)
+    greedy: list[dict[str, torch.Tensor]] = []  # per prompt: each model's greedy output (the first seed's)
     for prompt in prompts:
         for row in rows:
             row.per_prompt.append([])
         for seed in config.seeds:
             greedy_reference: dict[str, torch.Tensor] = {}
+            if seed == config.seeds[0]:
+                greedy.append(greedy_reference)
             for row in rows:
                 result = _run(models[row.model], prompt, row.setting, config, seed)
                 _add(row, result, greedy_reference)
@@ -311,19 +315,23 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
                 result = _run(models[row.model], prompt, row.setting, config, 0, record=True)
                 row.convergence += [convergence_counts(b) for b in split_blocks(
                     result.trajectory, result.tokens, torch.tensor([len(prompt)]), int(row.setting.window))]
-    samples = _samples(models, prompts, config) if config.teacher is not None else []
+    samples = _samples(models, prompts, greedy, config) if config.teacher is not None else []
     return TextBenchResult(config=config, rows=rows, pass_costs=pass_costs, samples=samples)
 
 
-def _samples(models: dict[str, TextModel], prompts: list, config: TextBenchConfig) -> list[tuple[str, str, str, int]]:
-    """Greedy continuations of every prompt by the teacher and the model (outside the timings)."""
-    teacher, student = models[config.teacher], models[config.model]
+def _samples(models: dict[str, TextModel], prompts: list, greedy: list[dict[str, torch.Tensor]],
+             config: TextBenchConfig) -> list[tuple[str, str, str, int]]:
+    """Greedy continuations of every prompt by the teacher and the model: those the greedy rows
+    already made, or (with no greedy setting) one AR run each, outside the timings."""
+    names = (config.teacher, config.model)
     out = []
-    for text, prompt in zip(config.prompts, prompts):
-        a, b = (generate(m.model, prompt, method="ar", max_new_tokens=config.max_new_tokens,
-                         eos_token_id=m.eos_token_id).tokens[0].cpu() for m in (teacher, student))
-        same = (a[: min(len(a), len(b))] == b[: min(len(a), len(b))]).long().cumprod(0).sum()
-        out.append((text, teacher.tokenizer.decode(a), student.tokenizer.decode(b), int(same)))
+    for text, prompt, made in zip(config.prompts, prompts, greedy):
+        a, b = (made[name].cpu() if name in made else generate(
+            models[name].model, prompt, method="ar", max_new_tokens=config.max_new_tokens,
+            eos_token_id=models[name].eos_token_id).tokens[0].cpu() for name in names)
+        shared = min(len(a), len(b))
+        out.append((text, models[names[0]].tokenizer.decode(a), models[names[1]].tokenizer.decode(b),
+                    int(leading_true(a[:shared] == b[:shared]))))
     return out
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jacobix.api import generate
+from jacobix.core.acceptance import leading_true
 from jacobix.integrations.hf.adapter import as_causal_lm, is_transformers_model
 from jacobix.integrations.hf.smollm2 import load_named
 from jacobix.models.llama import save_llama
@@ -126,7 +127,7 @@ def agreement(teacher, student, prompts: list[Tensor], tokens: int, eos) -> floa
     """Share of the first ``tokens`` greedy tokens on which student and teacher agree (until the first split)."""
     a = generate(teacher, prompts, method="ar", max_new_tokens=tokens, eos_token_id=eos).tokens
     b = generate(student, prompts, method="ar", max_new_tokens=tokens, eos_token_id=eos).tokens
-    same = [int((x[: min(len(x), len(y))] == y[: min(len(x), len(y))]).long().cumprod(0).sum()) for x, y in zip(a, b)]
+    same = [int(leading_true(x[: min(len(x), len(y))] == y[: min(len(x), len(y))])) for x, y in zip(a, b)]
     return sum(same) / (tokens * len(prompts))
 
 
