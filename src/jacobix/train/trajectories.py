@@ -151,6 +151,9 @@ class Trajectories:
             raise ValueError("trajectories: state_block must give one valid block index per state")
         if int(torch.bincount(self.state_block, minlength=k).min()) == 0:
             raise ValueError("trajectories: every block needs at least one state before its fixed point")
+        grouped = bool((self.state_block[1:] >= self.state_block[:-1]).all())  # as collect writes them
+        starts = torch.searchsorted(self.state_block, torch.arange(k + 1)) if grouped else None  # (K + 1,)
+        object.__setattr__(self, "_starts", starts)
         for name in ("generated", "truth", "prompts"):
             if len(getattr(self, name)) != len(self.prompt_length):
                 raise ValueError(f"trajectories: {name} has {len(getattr(self, name))} rows for "
@@ -164,7 +167,9 @@ class Trajectories:
 
     def states_of(self, block: int) -> Tensor:
         """(J, n) the states of one block in sweep order (the fixed point not included)."""
-        return self.states[self.state_block == block]
+        if self._starts is None:  # not stored block by block: scan
+            return self.states[self.state_block == block]
+        return self.states[int(self._starts[block]) : int(self._starts[block + 1])]
 
 
 def collect(model: CausalLM, prompts: list[Tensor], truths: list[Tensor], config: CollectConfig = CollectConfig(),
