@@ -46,7 +46,7 @@ class PolicyTrainConfig:
     """Demonstrations, model size and optimisation of one policy."""
 
     suite: str = "pointmass"
-    episodes_per_task: int = 200
+    episodes_per_task: int = 1000
     noise: float = 0.1
     chunk: int = 4
     action_bins: int = 256
