@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ from jacobix.robot import (
 )
 from jacobix.robot.pointmass import MAX_STEPS, TASKS, PointMass, expert
 from jacobix.robot.suites import evaluation_episodes
-from jacobix.train.policy import IGNORE, bc_loss, sequences
+from jacobix.train.policy import IGNORE, bc_loss, main, sequences
 
 
 def small_format(chunk: int = 2, obs_bins: int = 16) -> PolicyFormat:
@@ -27,6 +28,7 @@ def small_format(chunk: int = 2, obs_bins: int = 16) -> PolicyFormat:
 def test_pointmass_expert_succeeds_and_constant_actions_do_not(task):
     seeds = list(range(40))
     assert run_expert(PointMass, expert, [task] * 40, seeds).all()
+    assert run_expert(PointMass, expert, [task] * 40, seeds, batch_size=7).all()
     codec = ActionCodec()
     quantised = run_expert(PointMass, expert, [task] * 40, seeds, quantize=lambda a: codec.decode(codec.encode(a)).numpy())
     assert quantised.mean() >= 0.95
@@ -199,3 +201,15 @@ def test_wilson_interval_against_hand_computed_values():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="successes <= n"):
         wilson_interval(5, 3)
+
+
+def test_trainer_writes_a_loadable_policy_its_demonstrations_and_its_record(tmp_path):
+    main(["--suite", "pointmass", "--out", str(tmp_path), "--episodes-per-task", "3", "--steps", "3", "--dim", "32",
+          "--num-layers", "1", "--eval-per-task", "1", "--save-every", "2"])
+    model, fmt = load_policy(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert fmt.tasks == TASKS and model.config.dim == 32 and meta["train"]["steps"] == 3
+    assert meta["evaluation"]["episodes"] == 3 and 0.0 <= meta["evaluation"]["success_rate"] <= 1.0
+    assert meta["reproduce"].startswith("jacobix train policy --suite pointmass") and "--steps 3" in meta["reproduce"]
+    demos = load_demonstrations(tmp_path)
+    assert len(demos) == meta["demonstrations"]["samples"] and set(demos.task.tolist()) == {0, 1, 2}

@@ -80,8 +80,8 @@ class Lockstep:
             self.done[row] = bool(done) or bool(success) or self.steps[row] >= self.envs[row].max_steps
 
 
-def run_expert(make_env: Callable[[], Env], expert: Expert, tasks: Sequence[str], seeds: Sequence[int],
-               *, quantize: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def run_expert(make_env: Callable[[], Env], expert: Expert, tasks: Sequence[str], seeds: Sequence[int], *,
+               quantize: Callable[[np.ndarray], np.ndarray] | None = None, batch_size: int | None = None) -> np.ndarray:
     """Success (N,) of the scripted expert on each (task, seed) episode, its actions optionally quantised.
 
     Args:
@@ -89,9 +89,14 @@ def run_expert(make_env: Callable[[], Env], expert: Expert, tasks: Sequence[str]
         expert: (task, observation) -> action.
         tasks, seeds: the episodes.
         quantize: applied to every clipped action before it is executed (e.g. an ActionCodec round trip).
+        batch_size: episodes run side by side (default: all); their environments are reused.
     """
-    run = Lockstep.start(make_env, tasks, seeds)
-    while len(rows := run.active):
-        actions = np.stack([np.clip(expert(run.tasks[r], run.obs[r]), -1.0, 1.0) for r in rows])  # (R, A)
-        run.step(rows, actions if quantize is None else quantize(actions))
-    return run.success.copy()
+    size, success, envs = batch_size or max(len(tasks), 1), [], []
+    for first in range(0, len(tasks), size):
+        run = Lockstep.start(make_env, tasks[first : first + size], seeds[first : first + size], envs)
+        envs = run.envs if len(run.envs) > len(envs) else envs
+        while len(rows := run.active):
+            actions = np.stack([np.clip(expert(run.tasks[r], run.obs[r]), -1.0, 1.0) for r in rows])  # (R, A)
+            run.step(rows, actions if quantize is None else quantize(actions))
+        success.append(run.success.copy())
+    return np.concatenate(success) if success else np.zeros(0, bool)

@@ -145,7 +145,8 @@ def evaluate(directory: Path, suite: Suite, config: PolicyTrainConfig) -> dict:
                           batch_size=config.eval_batch)
     seconds = time.perf_counter() - start
     codec = fmt.action_codec
-    expert = run_expert(suite.make_env, suite.expert, tasks, seeds, quantize=lambda a: codec.decode(codec.encode(a)).numpy())
+    expert = run_expert(suite.make_env, suite.expert, tasks, seeds, quantize=lambda a: codec.decode(codec.encode(a)).numpy(),
+                        batch_size=config.eval_batch)
     wins = int(result.success.sum())
     low, high = wilson_interval(wins, result.episodes)
     elow, ehigh = wilson_interval(int(expert.sum()), len(expert))
