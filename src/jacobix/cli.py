@@ -29,6 +29,7 @@ TRAINERS = {  # target: (module with main(argv), arguments it always gets); outp
     "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
     "pccot": ("jacobix.train.pccot", []),
+    "policy": ("jacobix.train.policy", []),
     "ceed": ("jacobix.train.ceed_command", []),
 }
 BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
