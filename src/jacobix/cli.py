@@ -314,6 +314,11 @@ def _check_bench(args: argparse.Namespace) -> None:
     _check_device(args.device, args.target)
     if args.json is not None:
         _check_writable(args.json.parent, "--json")
+    if args.target == "policy" and args.suite == "mt10":
+        from jacobix.robot.metaworld import INSTALL, available
+
+        if not available():
+            raise ValueError(f"--suite mt10 runs Meta-World, which is not installed; install it with: {INSTALL}")
     if args.target == "tarflow" and args.quick and (args.batch_size or 1) > 8:
         raise ValueError(f"--batch-size {args.batch_size}: bench tarflow --quick draws 8 samples; use --batch-size <= 8")
 

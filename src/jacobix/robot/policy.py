@@ -179,9 +179,12 @@ class PolicyFormat:
                    action_high=float(data["action_high"]))
 
 
-BUNDLED_POLICIES = {name: ASSETS / name for name in ("pointmass-policy", "metaworld-mt10-policy")}
+BUNDLED_POLICIES = {name: ASSETS / name for name in ("pointmass-policy", "metaworld-mt10-policy",
+                                                     "pointmass-policy-ceed", "metaworld-mt10-policy-ceed")}
 REPRODUCE = {"pointmass-policy": "jacobix train policy --suite pointmass --replace-bundled",
-             "metaworld-mt10-policy": "jacobix train policy --suite mt10 --replace-bundled"}
+             "metaworld-mt10-policy": "jacobix train policy --suite mt10 --replace-bundled",
+             "pointmass-policy-ceed": "jacobix train ceed --teacher pointmass-policy --replace-bundled",
+             "metaworld-mt10-policy-ceed": "jacobix train ceed --teacher metaworld-mt10-policy --replace-bundled"}
 
 
 def load_policy(name_or_path: str | Path) -> tuple[Llama, PolicyFormat]:

@@ -30,7 +30,7 @@ ActionsOf = Callable[[Tensor], Tensor]
 
 
 def _default_training() -> CLLMConfig:
-    return CLLMConfig(steps=1500, batch_size=32, lr=3e-4, ar_weight=1.0, fixed_point_weight=0.0,
+    return CLLMConfig(steps=1500, batch_size=32, lr=3e-4, ar_weight=10.0, fixed_point_weight=0.0,
                       global_weight=1.0, local_weight=1.0, context_limit=None)
 
 

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="jacobix train ceed", description="CEED-VLA consistency distillation of a policy")
     parser.add_argument("--teacher", default="pointmass-policy", help="a bundled policy or a policy checkpoint folder")
     parser.add_argument("--data", type=Path, help="demonstrations.npz (from jacobix train policy); default: collect afresh")
-    parser.add_argument("--episodes-per-task", type=int, default=100, help="expert episodes per task when collecting")
+    parser.add_argument("--episodes-per-task", type=int, default=300, help="expert episodes per task when collecting")
     parser.add_argument("--noise", type=float, default=0.1, help="DART noise on the executed actions when collecting")
     parser.add_argument("--max-states", type=int, default=20000, help="demonstration states used (a random subset)")
     parser.add_argument("--delta-max", type=float, default=CEEDConfig().delta_max,
