@@ -1,15 +1,18 @@
 """``jacobix bench policy``: action-token policies decoded by AR, exact Jacobi and early exit, judged by success.
 
-Every row rolls out the same episodes (tasks x seeds) in lockstep. Columns: success rate with a
-Wilson 95% interval, forward passes per action chunk (the prompt's prefill, which also gives the
+Every row rolls out the same episodes (tasks x seeds) in lockstep, in float64 (in float32 two
+nearly tied logits, 3e-6 apart in one of 300 MT10 episodes, can round one way in AR's sequential
+passes and the other in Jacobi's batched ones). Columns: success rate with a Wilson 95% interval, forward passes per action chunk (the prompt's prefill, which also gives the
 first action token, plus the decoding passes), wall time per chunk at batch 1 (chunks of the
-teacher's AR episodes, every setting timed on the same prompts, interleaved, median), and ratios
+teacher's AR episodes, every setting timed on the same prompts, interleaved, median, in the
+checkpoint's own dtype), and ratios
 to AR on the same model. Exact Jacobi must give AR's actions, hence the same successes episode by
 episode: the bench checks it and reports it. Early exit is LOSSY and named so in every row.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import time
@@ -41,7 +44,9 @@ class PolicyBenchConfig:
         settle_bins: LOSSY relaxed-convergence rows: commit when no action token moved more than
             this many bins between sweeps.
         wall_chunks: prompts timed at batch 1 per setting.
-        episode_batch: episodes stepped side by side.
+        episode_batch: episodes stepped side by side (rounded up to a multiple of the suite's tasks,
+            so that every environment keeps its task).
+        rollout_dtype: dtype of the models in the rollouts and the exactness check.
     """
 
     suite: str = "pointmass"
@@ -51,11 +56,14 @@ class PolicyBenchConfig:
     caps: tuple[int, ...] = (2, 3)
     settle_bins: tuple[int, ...] = (2,)
     wall_chunks: int = 40
-    episode_batch: int = 300
+    episode_batch: int = 100
+    rollout_dtype: str = "float64"
 
     def __post_init__(self) -> None:
         if self.episodes_per_task < 1 or self.wall_chunks < 1 or self.episode_batch < 1:
             raise ValueError(f"episodes_per_task, wall_chunks and episode_batch must be >= 1, got {self}")
+        if self.rollout_dtype not in ("float32", "float64"):
+            raise ValueError(f"rollout_dtype must be 'float32' or 'float64', got {self.rollout_dtype!r}")
         if any(c < 1 for c in self.caps) or any(m < 0 for m in self.settle_bins):
             raise ValueError(f"caps must be >= 1 sweep and settle_bins >= 0 bins, got {self.caps}, {self.settle_bins}")
 
@@ -133,13 +141,15 @@ def bench_policy(config: PolicyBenchConfig, *, log: Callable[[str], None] = lamb
     fmt = models["teacher"][1]
     episode_tasks, seeds = evaluation_episodes(suite.tasks, config.episodes_per_task)  # never seen in training
     rows, prompts = [], []
+    dtype = getattr(torch, config.rollout_dtype)
+    rollout_models = {name: copy.deepcopy(model).to(dtype) for name, (model, _) in models.items()}
+    batch = -(-config.episode_batch // len(suite.tasks)) * len(suite.tasks)
     for setting in settings(config):
-        model = models[setting.model][0]
-        decide = setting.decider(model, fmt)
+        decide = setting.decider(rollout_models[setting.model], fmt)
         if not rows:  # the teacher's AR row: keep its prompts for the wall-clock rows
             decide = _recording(decide, prompts)
         started = time.perf_counter()
-        result = run_episodes(decide, suite.make_env, fmt, episode_tasks, seeds, batch_size=config.episode_batch)
+        result = run_episodes(decide, suite.make_env, fmt, episode_tasks, seeds, batch_size=batch)
         log(f"{setting.model} {setting.name}: success {result.success_rate:.3f} in {time.perf_counter() - started:.0f}s")
         rows.append(Row(setting, result))
     _compare(rows)
@@ -194,7 +204,8 @@ def _time(rows: list[Row], models: dict, fmt: PolicyFormat, prompts: list[Tensor
 def table(rows: list[Row], config: PolicyBenchConfig) -> str:
     """The rows as a text table, with the exactness check and the goals' figures."""
     lines = [f"jacobix bench policy: suite {config.suite}, {rows[0].result.episodes} episodes per row "
-             f"(same tasks and seeds), wall at batch 1 over {config.wall_chunks} chunks",
+             f"(same tasks and seeds, rollouts in {config.rollout_dtype}), "
+             f"wall at batch 1 over {config.wall_chunks} chunks in the checkpoints' dtype",
              f"{'model':8} {'setting':38} {'success':>8} {'95% CI':>15} {'passes/chunk':>12} {'vs AR':>6} "
              f"{'ms/chunk':>9} {'wall vs AR':>10} {'= AR':>5}"]
     for row in rows:

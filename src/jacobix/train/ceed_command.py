@@ -110,7 +110,8 @@ def measure(model, fmt: PolicyFormat, prompts: Tensor, suite: Suite, per_task: i
     result = generate(model, prompts, **options)
     passes = float(result.stats.active_per_pass.sum(0).double().mean()) + 1  # + the prefill
     tasks, seeds = evaluation_episodes(suite.tasks, per_task)
-    rollout = run_episodes(greedy_decider(model, fmt, method="ar"), suite.make_env, fmt, tasks, seeds)
+    rollout = run_episodes(greedy_decider(model, fmt, method="ar"), suite.make_env, fmt, tasks, seeds,
+                           batch_size=10 * len(suite.tasks))  # a multiple of the tasks: each environment keeps one
     low, high = wilson_interval(int(rollout.success.sum()), rollout.episodes)
     return {"jacobi_passes_per_chunk": round(passes, 3), "ar_passes_per_chunk": fmt.block,
             "success_rate": round(rollout.success_rate, 4), "ci": [round(low, 4), round(high, 4)],
