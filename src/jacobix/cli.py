@@ -25,6 +25,7 @@ TRAINERS = {  # target: (module with main(argv), arguments it always gets); outp
     "cllm": ("jacobix.train.cllm_command", []),
     "vq": ("jacobix.train.vq", []),
     "image-ar": ("jacobix.train.image_ar", []),
+    "sjd2": ("jacobix.train.sjd2", []),
     "classifier": ("jacobix.train.classifier", []),
     "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
