@@ -41,7 +41,8 @@ BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
     "tolerance": (("tarflow",), "text and images decode exactly"),
     "per_prompt": (("text",), "only text has prompts"),
     "teacher": (("text",), "only text models are distilled"),
-    "json": (("text", "batch", "pccot"), "only the text, batch and pccot tables are written as JSON"),
+    "json": (("text", "batch", "pccot", "images"), "only the text, batch, pccot and images tables are written as JSON"),
+    "grid": (("images",), "only the image bench has an SJD2 window x level grid"),
     "runs": (("pccot",), "only pccot reads trained checkpoints of several arms"),
     "per_difficulty": (("pccot",), "only pccot scores held-out programs"),
 }
@@ -153,7 +154,10 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
     bench.add_argument("--quick", action="store_true",
                        help="a small run for smoke tests; --seeds and --max-new-tokens given explicitly still apply")
-    bench.add_argument("--json", type=Path, metavar="FILE", help="text, batch, pccot: also write the table as a JSON list, one object per row")
+    bench.add_argument("--json", type=Path, metavar="FILE",
+                       help="text, batch, pccot, images: also write the table as a JSON list, one object per row")
+    bench.add_argument("--grid", action="store_true",
+                       help="images: add SJD2 lossless at windows 32-96 x noise levels 5-20 (20 more rows; long)")
     bench.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
                        help="pccot: checkpoint folders of `jacobix train pccot`, or folders holding them (default: the bundled two)")
     bench.add_argument("--per-difficulty", type=_positive, default=2000, help="pccot: held-out programs per difficulty (--quick: 200)")

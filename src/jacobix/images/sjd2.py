@@ -9,9 +9,9 @@ sweep the proposer:
   (:func:`~jacobix.images.denoise.ddim_step`); a slot that reaches level 0 becomes a clean draft
   ``x`` carrying the distribution it was sampled from;
 - lets clean slots keep SJD's update (the sampled token and its distribution);
-- fills slots that enter the window with forward-noised embeddings, noise rising along the
-  window (slot ``i`` enters at level ``min(K, 1 + i // ceil(D / K))``; the far slots are at
-  ``ratio_max``, nearly pure noise);
+- fills slots that enter the window with forward-noised embeddings of their draft token, noise
+  rising along the window (slot ``i`` of ``D`` enters at level ``1 + i * K // D``; the far slots
+  are at level K, ``ratio_max``, nearly pure noise);
 - feeds clean slots by their token embedding and noisy ones by
   :meth:`~jacobix.images.denoise.NoiseEmbedding.inputs` (``forward(..., embeds=...)``).
 
@@ -131,8 +131,7 @@ class SJD2Proposer(JacobiProposer):
         e = torch.where(stepping[..., None], stepped, e)
         level = torch.where(stepping, level - 1, level)
         k = self.config.levels
-        spacing = -(-d // k)  # ceil(D / K) slots per level
-        entry = (1 + torch.arange(d, device=tokens.device) // spacing).clamp(max=k).expand(b, d)  # (B, D)
+        entry = (1 + torch.arange(d, device=tokens.device) * k // d).clamp(max=k).expand(b, d)  # (B, D) rising to K
         eps = per_row(lambda s, g: torch.randn(s, generator=g, device=target.device, dtype=dtype), (b, d, dim), context.generator)
         e = torch.where(entering[..., None], add_noise(target, eps, ratios[entry]), e)
         level = torch.where(entering, entry, level)
