@@ -100,10 +100,10 @@ class SJD2Proposer(JacobiProposer):
         if context.greedy:
             raise ValueError("SJD2 samples: use temperature > 0")
         tokens = base.tokens[:, 0]  # (B, D)
-        e, level = self._step(context, tokens)  # (B, D, E), (B, D)
+        clean_inputs = self.embed(tokens)  # (B, D, E)
+        e, level = self._step(context, clean_inputs)  # (B, D, E), (B, D)
         noisy = level > 0  # (B, D)
         ratio = self.ratios.to(e.device)[level]  # (B, D)
-        clean_inputs = self.embed(tokens)  # (B, D, E)
         embeds = torch.where(noisy[..., None], self.noise.inputs(e, ratio).to(clean_inputs.dtype), clean_inputs)
         verifiable = None if self.config.lossy else torch.cumprod((~noisy).long(), 1).bool()  # (B, D) leading clean run
         if self.trace:
@@ -112,13 +112,13 @@ class SJD2Proposer(JacobiProposer):
         return Candidates(base.tokens, base.p_draft, base.source, embeds[:, None],
                           None if verifiable is None else verifiable[:, None], state)
 
-    def _step(self, context: ProposalContext, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Slot embeddings (B, D, E) and levels (B, D) for the next sweep: one DDIM step for carried
-        noisy slots, forward noise for entering ones (fresh slots, and the bonus slot, which
-        arrives without state)."""
-        b, d = tokens.shape
+    def _step(self, context: ProposalContext, clean_inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Slot embeddings (B, D, E) and levels (B, D) for the next sweep from the token embeddings
+        (B, D, E) of the drafts: one DDIM step for carried noisy slots, forward noise for entering
+        ones (fresh slots, and the bonus slot, which arrives without state)."""
+        b, d = clean_inputs.shape[:2]
         dtype = self.noise.std.dtype
-        target = self.noise.normalise(self.embed(tokens).to(dtype))  # (B, D, E) e_hat of the sampled tokens
+        target = self.noise.normalise(clean_inputs.to(dtype))  # (B, D, E) e_hat of the sampled tokens
         dim = target.shape[-1]
         carried = context.carried
         state = carried.state if carried is not None and carried.state is not None else target.new_zeros(b, d, dim + 1)
@@ -131,7 +131,7 @@ class SJD2Proposer(JacobiProposer):
         e = torch.where(stepping[..., None], stepped, e)
         level = torch.where(stepping, level - 1, level)
         k = self.config.levels
-        entry = (1 + torch.arange(d, device=tokens.device) * k // d).clamp(max=k).expand(b, d)  # (B, D) rising to K
+        entry = (1 + torch.arange(d, device=target.device) * k // d).clamp(max=k).expand(b, d)  # (B, D) rising to K
         eps = per_row(lambda s, g: torch.randn(s, generator=g, device=target.device, dtype=dtype), (b, d, dim), context.generator)
         e = torch.where(entering[..., None], add_noise(target, eps, ratios[entry]), e)
         level = torch.where(entering, entry, level)

@@ -56,7 +56,7 @@ class SJD2TrainConfig:
         seed, threads: randomness and torch CPU threads.
     """
 
-    steps: int = 4000
+    steps: int = 2500
     batch_size: int = 16
     lr: float = 5e-4
     warmup: int = 30
