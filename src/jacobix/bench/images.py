@@ -26,9 +26,9 @@ from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
 
 
-DEFAULT_DECODERS = ("ar", "sjd:16:random", "sjd-coupled:16:prior-above", "sjd2:32:5:prior-above:coupled",
-                    "sjd2:64:10:prior-above:coupled", "sjd2:96:20:prior-above:coupled",
-                    "sjd2:64:10:prior-above:coupled:lossy", "ar@fmnist-ar")
+DEFAULT_DECODERS = ("ar", "sjd:16:random", "sjd-coupled:16:prior-above", "sjd-coupled:64:prior-above",
+                    "sjd2:32:5:prior-above:coupled", "sjd2:64:5:prior-above:coupled", "sjd2:96:10:prior-above:coupled",
+                    "sjd2:64:5:prior-above:coupled:lossy", "ar@fmnist-ar")
 GRID_WINDOWS, GRID_LEVELS = (32, 48, 64, 80, 96), (5, 10, 15, 20)
 
 
@@ -57,7 +57,7 @@ class ImageBenchConfig:
 
     decoders: tuple[str, ...] = DEFAULT_DECODERS
     model: str = "fmnist-ar-sjd2"
-    per_class: int = 10
+    per_class: int = 4
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 50
     temperature: float = 1.0
