@@ -16,7 +16,8 @@ from jacobix.core.sampling import SamplingConfig
 from jacobix.images.denoise import NoiseEmbedding, NoiseEmbeddingConfig, NoiseSchedule, add_noise, alpha_sigma, ddim_step
 from jacobix.images.sample import ImageSampling
 from jacobix.images.sjd2 import SJD2Config, SJD2Proposer, sjd2_proposer
-from jacobix.train.sjd2 import SJD2TrainConfig, noise_ratios
+from jacobix.images.model import load_image_model
+from jacobix.train.sjd2 import SJD2TrainConfig, noise_ratios, noisy_inputs, train
 
 from conftest import exact_joint, tiny_model
 from test_sjd_distribution import chi_square_pvalue
@@ -160,3 +161,28 @@ def test_bad_inputs_name_the_argument(toy):
         ImageSampling(method="sjd2", levels=-2)
     with pytest.raises(ValueError, match="ratio_min"):
         NoiseSchedule(ratio_min=2.0, ratio_max=1.0)
+
+
+def test_noisy_inputs_are_the_token_embeddings_where_clean(toy):
+    noise = noise_module(16, seed=0, scale=1.0)
+    tokens = torch.randint(VOCAB, (3, 9), generator=torch.Generator().manual_seed(0))
+    ratios = torch.zeros(3, 9, dtype=torch.float64)
+    ratios[1, 4:] = 2.0
+    embeds = noisy_inputs(toy, noise, tokens, ratios, torch.Generator().manual_seed(1))
+    clean = ratios == 0
+    assert torch.equal(embeds[clean], toy.embed(tokens)[clean])
+    assert not torch.allclose(embeds[~clean], toy.embed(tokens)[~clean])
+
+
+@pytest.mark.slow
+def test_the_trainer_writes_a_checkpoint_that_decodes_with_sjd2(tmp_path):
+    train(tmp_path / "m", SJD2TrainConfig(steps=2, batch_size=2, warmup=1, save_every=1))
+    model = load_image_model(tmp_path / "m")
+    assert model.noise is not None and float(model.noise.time[2].weight.abs().sum()) > 0  # the timestep MLP learned
+    assert model.meta["train_runs"][-1]["kind"] == "sjd2" and "test_loss" in model.meta
+    bundled = load_image_model("fmnist-ar-sjd2")
+    assert torch.equal(model.noise.mean, bundled.noise.mean)  # statistics of the same starting model
+    from jacobix.images.sample import generate_images
+
+    out = generate_images(model, [3], ImageSampling(method="sjd2", window=16, levels=3), generator=torch.Generator().manual_seed(0))
+    assert out.tokens.shape == (1, 14, 14) and int(out.row_passes[0]) < 195

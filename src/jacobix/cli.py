@@ -339,7 +339,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.target in ("all", "images"):
         from jacobix.demos.images import demo_images
 
-        print(f"\n== image tokens: AR vs SJD on the bundled Fashion-MNIST model -> {args.out / 'images'}")
+        print(f"\n== image tokens: AR vs SJD on the bundled Fashion-MNIST model, SJD2 on fmnist-ar-sjd2 -> {args.out / 'images'}")
         result = demo_images(args.out / "images", per_class=2 if args.quick else 4)
         print(result.table)
         for path in result.paths:

@@ -32,7 +32,7 @@ from jacobix.images.proposers import resolve_image_init
 
 DEFAULT_OUT = Path("jacobix-out") / "images"
 BEST = ImageSampling(method="sjd", window=16, init="prior-above", coupled=True)
-SJD2_DEMO = ImageSampling(method="sjd2", window=64, levels=10, init="prior-above", coupled=True)
+SJD2_DEMO = ImageSampling(method="sjd2", window=64, levels=5, init="prior-above", coupled=True)
 
 
 @dataclass(frozen=True)
