@@ -45,7 +45,7 @@ class ImageSampling:
     top_p: float | None = None
     cfg_scale: float | None = 1.5
     coupled: bool = False
-    levels: int = 10
+    levels: int = 5
     lossy: bool = False
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ def generate_images(
 
 
 def _generate_batch(model: ImageModel, labels: Tensor, settings: ImageSampling, init: DraftInit, generator, record: bool,
-                    proposer: SJD2Proposer | None):
+                    proposer: SJD2Proposer | None = None):
     cond, uncond = model.vocab.prompts(labels)  # (b, 1) each
     guided = settings.cfg_scale is not None
     method = "sjd-coupled" if settings.coupled and settings.method == "sjd" else settings.method

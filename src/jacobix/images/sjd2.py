@@ -52,7 +52,7 @@ class SJD2Config:
             (:mod:`jacobix.tokens.proposers.coupled`); still lossless, settles faster.
     """
 
-    levels: int = 10
+    levels: int = 5
     lossy: bool = False
     coupled: bool = False
 
