@@ -376,3 +376,16 @@ def test_two_processes_distill_with_the_one_process_losses(tmp_path, sharding):
         assert b["total"] == pytest.approx(a["total"], rel=1e-4, abs=1e-5)
     assert one[-1]["total"] != one[0]["total"]  # the model changed between steps
     assert (tmp_path / "two" / "model.safetensors").is_file() and (tmp_path / "two" / "config.json").is_file()
+
+
+def test_states_of_finds_a_blocks_states_stored_grouped_or_not(collected):
+    from dataclasses import replace
+
+    data = collected[2]
+    order = torch.randperm(len(data.states), generator=torch.Generator().manual_seed(0))
+    shuffled = replace(data, states=data.states[order], state_block=data.state_block[order])
+    for block in range(len(data.block_prompt)):
+        expected = torch.stack([s for s, b in zip(data.states, data.state_block) if int(b) == block])
+        assert torch.equal(data.states_of(block), expected)
+        assert torch.equal(shuffled.states_of(block), shuffled.states[shuffled.state_block == block])
+        assert sorted(map(tuple, shuffled.states_of(block).tolist())) == sorted(map(tuple, expected.tolist()))

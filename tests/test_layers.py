@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src" / "jacobix"
-LIBRARY = ("core", "models", "tokens", "images", "flows", "latent", "integrations", "eval", "batch")
+LIBRARY = ("core", "models", "tokens", "images", "flows", "latent", "integrations", "eval", "batch", "robot")
 TOP = ("bench", "demos", "cli", "cli_batch", "cli_bench")
 
 

@@ -10,6 +10,7 @@ import torch
 import jacobix
 from jacobix.core.sampling import SamplingConfig
 from jacobix.models.protocol import LMOutput
+from jacobix.tokens.early_exit import BinTolerance
 from jacobix.tokens.proposers import Candidates, DraftSource, JacobiProposer, ProposalContext, Proposer
 
 from conftest import exact_joint, naive_greedy, tiny_model
@@ -268,3 +269,42 @@ def test_clock_waits_for_any_accelerator(monkeypatch):
     assert calls == []
     timing.clock(torch.device("xpu", 0))
     assert calls == [torch.device("xpu", 0)]
+
+
+def test_bin_tolerance_marks_drafts_within_the_bins_and_exact_elsewhere():
+    rule = BinTolerance(first=2, count=5, max_moved=1)  # bin tokens 2..6
+    old = torch.tensor([[2, 4, 6, 0, 1, 6]])
+    new = torch.tensor([[3, 6, 6, 0, 2, 7]])
+    assert rule(old, new).tolist() == [[True, False, True, True, False, False]]
+    with pytest.raises(ValueError, match="max_moved"):
+        BinTolerance(first=0, count=4, max_moved=-1)
+
+
+def test_lossy_settled_exact_rule_changes_nothing_and_a_loose_rule_commits_the_first_sweep():
+    model = tiny_model(4)
+    prompt = torch.tensor([3, 1, 4, 1, 5])
+    options = dict(method="jacobi", window=8, block=True, max_new_tokens=33, record=True)
+    exact = jacobix.generate(model, prompt, **options, generator=torch.Generator().manual_seed(0))
+    same = jacobix.generate(model, prompt, **options, generator=torch.Generator().manual_seed(0),
+                            lossy_settled=BinTolerance(first=0, count=11, max_moved=0))
+    assert torch.equal(same.tokens[0], exact.tokens[0]) and not same.stats.lossy
+    assert same.stats.forward_passes == exact.stats.forward_passes  # "no draft moved" is exact convergence
+    loose = jacobix.generate(model, prompt, **options, lossy_settled=BinTolerance(first=0, count=11, max_moved=10))
+    assert loose.stats.forward_passes == 4 and loose.stats.lossy  # every block committed after its first sweep
+    assert torch.equal(loose.tokens[0][1:9], loose.trajectory[0].values[0, :8])
+    with pytest.raises(ValueError, match="lossy_settled"):
+        jacobix.generate(model, prompt, method="jacobi", lossy_settled=3)
+
+
+def test_lossy_settled_commits_once_every_draft_moved_at_most_the_tolerance():
+    model = tiny_model(6)
+    prompt = torch.tensor([2, 7, 1, 8])
+    rule = BinTolerance(first=0, count=11, max_moved=2)
+    result = jacobix.generate(model, prompt, method="jacobi", window=6, block=True, max_new_tokens=21, record=True,
+                              lossy_settled=rule, generator=torch.Generator().manual_seed(0))
+    assert result.stats.lossy
+    for record in result.trajectory:  # a sweep that committed its whole block early had settled drafts only
+        n = int(record.n_commit[0])
+        exact = 1 + int(record.n_accepted[0])
+        if n > exact:
+            assert bool(rule(record.drafts[0:1, : n - 1], record.values[0:1, : n - 1]).all())

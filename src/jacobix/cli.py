@@ -30,6 +30,8 @@ TRAINERS = {  # target: (module with main(argv), arguments it always gets); outp
     "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
     "pccot": ("jacobix.train.pccot", []),
+    "policy": ("jacobix.train.policy", []),
+    "ceed": ("jacobix.train.ceed_command", []),
 }
 BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
     "model": (("text",), "images and tarflow run their bundled models, batch the shakespeare model"),
@@ -40,9 +42,14 @@ BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
     "actors": (("batch",), "only batch generation runs on Ray"),
     "tolerance": (("tarflow",), "text and images decode exactly"),
     "per_prompt": (("text",), "only text has prompts"),
-    "teacher": (("text",), "only text models are distilled"),
-    "json": (("text", "batch", "pccot", "images"), "only the text, batch, pccot and images tables are written as JSON"),
+    "teacher": (("text", "policy"), "only text models and policies are distilled"),
+    "json": (("text", "batch", "pccot", "policy", "images"), "only the text, batch, pccot, policy and images tables are written as JSON"),
     "grid": (("images",), "only the image bench has an SJD2 window x level grid"),
+    "suite": (("policy",), "only policies run in task suites"),
+    "student": (("policy",), "only policy compares a named student (text: --model and --teacher)"),
+    "episodes_per_task": (("policy",), "only policies run episodes"),
+    "caps": (("policy",), "only policy has early-exit rows"),
+    "settle_bins": (("policy",), "only policy has early-exit rows"),
     "runs": (("pccot",), "only pccot reads trained checkpoints of several arms"),
     "per_difficulty": (("pccot",), "only pccot scores held-out programs"),
 }
@@ -138,12 +145,20 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="measure sequential vs parallel decoding side by side", formatter_class=_Help,
                                 description="Every setting runs on the same inputs, interleaved, in one process; "
                                 "an option that does not apply to the chosen target is refused.")
-    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow", "batch", "pccot"),
+    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow", "batch", "pccot", "policy"),
                        help="what to measure")
     bench.add_argument("--model", default="shakespeare",
                        help="text: shakespeare, shakespeare-cllm (run beside its teacher), smollm2 or a checkpoint folder")
     bench.add_argument("--teacher", help="text: also run every setting on this model (default: a distilled model's "
-                       "teacher, e.g. shakespeare for shakespeare-cllm)")
+                       "teacher, e.g. shakespeare for shakespeare-cllm); policy: the behaviour-cloned policy "
+                       "(default: the suite's bundled one)")
+    bench.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass",
+                       help="policy: the task suite (mt10 needs jacobix[robot])")
+    bench.add_argument("--student", help="policy: the CEED student (default: the teacher's bundled student; 'none': teacher rows only)")
+    bench.add_argument("--episodes-per-task", type=_positive, help="policy: held-out episodes per task (default: 300 episodes in all; --quick: 10)")
+    bench.add_argument("--caps", type=_positive, nargs="+", default=[2, 3], help="policy: LOSSY sweep caps of the early-exit rows")
+    bench.add_argument("--settle-bins", type=_count, nargs="+", default=[2],
+                       help="policy: LOSSY relaxed early exit when no action token moved more than this many bins")
     bench.add_argument("--max-new-tokens", type=_positive, default=200, help="text: tokens per prompt and seed (--quick: 60)")
     bench.add_argument("--seeds", type=_positive, default=3, help="text, images: seeds per prompt / class (--quick: 1)")
     bench.add_argument("--batch-size", type=_positive, help="tarflow: samples per call (default 1); images: per batch (default 50)")
@@ -155,7 +170,7 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--quick", action="store_true",
                        help="a small run for smoke tests; --seeds and --max-new-tokens given explicitly still apply")
     bench.add_argument("--json", type=Path, metavar="FILE",
-                       help="text, batch, pccot, images: also write the table as a JSON list, one object per row")
+                       help="text, batch, pccot, policy, images: also write the table as JSON, one object per row")
     bench.add_argument("--grid", action="store_true",
                        help="images: add SJD2 lossless at windows 32-96 x noise levels 5-20 (20 more rows; long)")
     bench.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
@@ -304,6 +319,11 @@ def _check_bench(args: argparse.Namespace) -> None:
     _check_device(args.device, args.target)
     if args.json is not None:
         _check_writable(args.json.parent, "--json")
+    if args.target == "policy" and args.suite == "mt10":
+        from jacobix.robot.metaworld import INSTALL, available
+
+        if not available():
+            raise ValueError(f"--suite mt10 runs Meta-World, which is not installed; install it with: {INSTALL}")
     if args.target == "tarflow" and args.quick and (args.batch_size or 1) > 8:
         raise ValueError(f"--batch-size {args.batch_size}: bench tarflow --quick draws 8 samples; use --batch-size <= 8")
 

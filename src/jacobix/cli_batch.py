@@ -30,7 +30,7 @@ def add_parser(commands: argparse._SubParsersAction, formatter: type[argparse.He
     batch.add_argument("--engine", choices=ENGINES, default="local",
                        help="local: this process; ray: Ray Data map_batches on an actor pool (pip install 'jacobix[ray]')")
     batch.add_argument("--model", default="shakespeare", help="shakespeare, smollm2, a checkpoint folder, or fmnist-ar (images)")
-    batch.add_argument("--method", choices=TEXT_METHODS, default="jacobi", help="jacobi/ar greedy; sjd samples")
+    batch.add_argument("--method", choices=TEXT_METHODS, default="jacobi", help="jacobi/ar greedy; sjd and sjd-coupled sample")
     batch.add_argument("--temperature", type=float, default=None,
                        help=f"sampling temperature (default: {DEFAULT_SJD_TEMPERATURE} for sjd, images 1.0; 0 otherwise)")
     batch.add_argument("--top-k", type=int, default=None, help="sampling: keep the k most likely tokens")

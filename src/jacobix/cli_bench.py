@@ -76,6 +76,23 @@ def _images(args: argparse.Namespace, quick: bool, seeds: tuple[int, ...]) -> No
         _write_json(args.json, result.records())
 
 
+def _policy(args: argparse.Namespace, quick: bool, seeds: tuple[int, ...]) -> None:
+    from jacobix.bench.policy import PolicyBenchConfig, bench_policy, table, write_json
+    from jacobix.robot.suites import get_suite
+
+    suite = get_suite(args.suite)
+    teacher = args.teacher or suite.asset
+    student = {None: f"{teacher}-ceed", "none": None}.get(args.student, args.student)
+    per_task = args.episodes_per_task or (10 if quick else -(-300 // len(suite.tasks)))
+    config = PolicyBenchConfig(suite=args.suite, teacher=teacher, student=student, episodes_per_task=per_task,
+                               caps=tuple(args.caps), settle_bins=tuple(args.settle_bins), wall_chunks=10 if quick else 40)
+    rows = bench_policy(config, log=print)
+    print(table(rows, config))
+    if args.json:
+        write_json(args.json, rows, config)
+        print(f"wrote {args.json}")
+
+
 def _checkpoint_folders(paths: list[Path] | None) -> tuple[Path, ...]:
     """Checkpoint folders named by --runs: each path is one, or a folder of them."""
     folders = []
@@ -90,7 +107,7 @@ def _checkpoint_folders(paths: list[Path] | None) -> tuple[Path, ...]:
     return tuple(folders)
 
 
-BENCHES = {"text": _text, "batch": _batch, "pccot": _pccot, "tarflow": _tarflow, "images": _images}
+BENCHES = {"text": _text, "batch": _batch, "pccot": _pccot, "tarflow": _tarflow, "images": _images, "policy": _policy}
 
 
 def _write_json(path: Path, records: list[dict]) -> None:

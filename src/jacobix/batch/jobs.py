@@ -17,9 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
-TEXT_METHODS = ("ar", "jacobi", "sjd")
-# Not offered: "sjd-coupled" draws its noise table from each row's generator in amounts and at
-# moments set by the furthest position of the whole batch, so a row's sample depends on its batch.
+TEXT_METHODS = ("ar", "jacobi", "sjd", "sjd-coupled")
 IMAGE_MODELS = ("fmnist-ar",)
 BAD_LINE_CHOICES = ("error", "skip")
 
@@ -31,7 +29,7 @@ class BatchSpec:
     Attributes:
         model: a text model name or folder (see :func:`jacobix.load_text_model`), or
             ``"fmnist-ar"`` (the bundled class-conditional image model: labels in, PNGs out).
-        method: "ar" (greedy, or sampling with a temperature), "jacobi" (greedy), "sjd" (sampling).
+        method: "ar" (greedy, or sampling with a temperature), "jacobi" (greedy), "sjd" and "sjd-coupled" (sampling).
         max_new_tokens: tokens per text row (image rows always decode a whole grid).
         window: tokens per pass for the parallel methods.
         init: text: how fresh draft slots are filled ("repeat" or "random"; images use their default).
@@ -62,14 +60,11 @@ class BatchSpec:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.method == "sjd-coupled":
-            raise ValueError("method 'sjd-coupled' is not offered for batch jobs: its noise draws depend on the whole "
-                             "batch, so a row's sample would change with its batch; use 'sjd'")
         if self.method not in TEXT_METHODS:
             raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(TEXT_METHODS)}")
         if min(self.max_new_tokens, self.window, self.batch_size) < 1:
             raise ValueError("max_new_tokens, window and batch_size must be >= 1")
-        if self.method == "sjd" and self.temperature <= 0:
+        if self.method in ("sjd", "sjd-coupled") and self.temperature <= 0:
             raise ValueError(f"method {self.method!r} samples: give a temperature > 0 (or use method 'jacobi' for greedy)")
         if self.method == "jacobi" and self.temperature > 0:
             raise ValueError("method 'jacobi' is greedy: use temperature 0, or method 'sjd' to sample")

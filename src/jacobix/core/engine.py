@@ -154,6 +154,10 @@ class SweepRecord:
     n_commit: Tensor  # (B,) after the budget clamp
 
 
+SettledRule = Callable[[Tensor, Tensor], Tensor]
+"""``rule(old, new) -> (B, D) bool``: which drafts a LOSSY relaxed convergence test counts as settled."""
+
+
 @dataclass
 class SolveStats:
     """Exact counts of one :func:`solve` call.
@@ -163,8 +167,8 @@ class SolveStats:
         committed: (P, B) values committed by each pass.
         accepted: (P, B) drafts accepted by each pass.
         active: (P, B) rows that were still running during each pass.
-        lossy: (P, B) values committed by the lossy sweep cap without having converged (zero
-            unless ``lossy_sweep_cap`` is set).
+        lossy: (P, B) values committed by a lossy early exit without having converged (zero
+            unless ``lossy_sweep_cap`` or ``lossy_settled`` is set).
         window: values evaluated per sweep (drafts + 1).
         trajectory: one record per sweep when ``record=True``.
     """
@@ -187,6 +191,7 @@ def solve(
     on_sweep: Callable[[], None] | None = None,
     block: bool = False,
     lossy_sweep_cap: int | None = None,
+    lossy_settled: SettledRule | None = None,
 ) -> SolveStats:
     """Run sweeps until every row is done; ``state`` is updated in place.
 
@@ -202,6 +207,11 @@ def solve(
         lossy_sweep_cap: LOSSY early exit (CEED-VLA): after this many sweeps on one window (one
             block in block mode) commit the window's current values whether or not they have
             converged. Counted in ``SolveStats.lossy``. None (the default) is exact.
+        lossy_settled: LOSSY relaxed convergence (CEED-VLA): ``rule(old, new)`` gets the drafts
+            fed to a sweep (B, D, *F) and the sweep's outputs at the same positions (B, D, *F) and
+            returns (B, D) True where a draft counts as settled; a window (block) whose drafts are
+            all settled up to its budget is committed as it stands. Exact Jacobi is the rule
+            ``old == new``; counted in ``SolveStats.lossy``. None (the default) is exact.
     Returns:
         exact pass and acceptance counts.
     """
@@ -218,7 +228,8 @@ def solve(
     while not bool(state.done.all()):  # the one device sync per sweep
         running = ~state.done
         decision = problem.sweep(state, drafts)
-        n_commit, lossy = _clamp(state, decision, running, lossy_sweep_cap)
+        forced = _forced(state, drafts, decision, running, lossy_sweep_cap, lossy_settled)
+        n_commit, lossy = _clamp(state, decision, running, forced)
         if record:
             trajectory.append(_record(state, drafts, decision, n_commit))
         _commit(state, decision.values, n_commit)
@@ -246,17 +257,39 @@ def solve(
     )
 
 
-def _clamp(state: FixedPointState, decision: Acceptance, running: Tensor, cap: int | None) -> tuple[Tensor, Tensor]:
-    """(B,) values to commit after each row's budget (and block end), and how many of them the lossy cap forced."""
+def _budget(state: FixedPointState, decision: Acceptance) -> Tensor:
+    """(B,) values a sweep may commit: up to the row's limit, its block's end and the sweep's outputs."""
     budget = state.limit - state.length
     if state.block_end is not None:
         budget = torch.minimum(budget, state.block_end - state.length)
-    budget = budget.clamp(max=decision.values.shape[1])
+    return budget.clamp(max=decision.values.shape[1])
+
+
+def _forced(state: FixedPointState, drafts: Drafts, decision: Acceptance, running: Tensor, cap: int | None,
+            settled: SettledRule | None) -> Tensor | None:
+    """(B,) rows whose window the LOSSY early exit commits as it stands this sweep, or None when exact."""
+    if cap is None and settled is None:
+        return None
+    forced = torch.zeros_like(running)
+    if cap is not None:
+        forced |= state.sweeps_on_window + 1 >= cap
+    if settled is not None:
+        d = decision.values.shape[1] - 1  # drafts fed this sweep (fewer than D under a width policy)
+        close = settled(drafts.values[:, :d], decision.values[:, :d])  # (B, d): a draft vs the output at its position
+        # committing b values rests on the first b - 1 drafts only
+        beyond = torch.arange(d, device=close.device)[None, :] >= _budget(state, decision)[:, None] - 1
+        forced |= (close | beyond).all(dim=1)
+    return running & forced
+
+
+def _clamp(state: FixedPointState, decision: Acceptance, running: Tensor, forced: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(B,) values to commit after each row's budget (and block end), and how many of them the lossy exit forced."""
+    budget = _budget(state, decision)
     n_commit = torch.where(running, torch.minimum(decision.n_commit, budget), 0)
-    if cap is None:
+    if forced is None:
         return n_commit, torch.zeros_like(n_commit)
-    capped = running & (state.sweeps_on_window + 1 >= cap) & (n_commit < budget)
-    return torch.where(capped, budget, n_commit), torch.where(capped, budget - n_commit, 0)
+    forced = forced & (n_commit < budget)
+    return torch.where(forced, budget, n_commit), torch.where(forced, budget - n_commit, 0)
 
 
 def _advance(state: FixedPointState, n_commit: Tensor, running: Tensor, window: int) -> Tensor | None:
@@ -297,4 +330,4 @@ def _record(state: FixedPointState, drafts: Drafts, decision: Acceptance, n_comm
     )
 
 
-__all__ = ["Acceptance", "Drafts", "FixedPointState", "JacobiProblem", "SolveStats", "SweepRecord", "solve"]
+__all__ = ["Acceptance", "Drafts", "FixedPointState", "JacobiProblem", "SettledRule", "SolveStats", "SweepRecord", "solve"]

@@ -21,7 +21,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-from jacobix.core.engine import FixedPointState, solve
+from jacobix.core.engine import FixedPointState, SettledRule, solve
 from jacobix.core.sampling import Randomness, LogitsProcessor, SamplingConfig
 from jacobix.core.timing import clock
 from jacobix.models.protocol import CausalLM
@@ -92,6 +92,7 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     block: bool = False,
     lossy_sweep_cap: int | None = None,
+    lossy_settled: SettledRule | None = None,
     record: bool = False,
     progress: bool = False,
     streamer: Any = None,
@@ -127,6 +128,9 @@ def generate(
         block: CLLM's block mode: blocks of ``window`` tokens, each iterated to its fixed point.
         lossy_sweep_cap: LOSSY early exit: commit a block (or window) as it stands after this many
             sweeps on it; counted in ``stats.lossy_per_pass``. None (default) is exact.
+        lossy_settled: LOSSY relaxed convergence: a rule ``(old, new) -> (B, D) bool`` such as
+            :class:`~jacobix.tokens.early_exit.BinTolerance`; a window whose drafts all count as
+            settled is committed as it stands. Counted in ``stats.lossy_per_pass``. None is exact.
         record: keep every sweep's drafts and outputs in ``result.trajectory``.
         progress: show a progress bar of passes.
         streamer: a transformers-style streamer (``put``, ``end``) for one prompt.
@@ -140,6 +144,8 @@ def generate(
     prompts, prompt_length = pack_prompts(input_ids, model.vocab_size, "input_ids")
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
     _check_options(spec, max_new_tokens, window, sampling, streamer, prompts.shape[0], lossy_sweep_cap, generator)
+    if lossy_settled is not None and not callable(lossy_settled):
+        raise ValueError(f"lossy_settled must be a rule (old, new) -> bool per draft, e.g. BinTolerance, got {lossy_settled!r}")
     adaptive = window == "auto" and not spec.sequential
     width = 1 if spec.sequential else (AUTO_MAX_WINDOW if window == "auto" else int(window))
     proposer = _proposer(spec, proposer, init, row_length, lookahead, width - 1)
@@ -156,7 +162,7 @@ def generate(
                            generator=generator)
         watch = Watchers(progress, spec.name, streamer, state, prompt_length)
         solved = solve(problem, state, window=width, record=record, on_sweep=watch.after_sweep if watch.any else None,
-                       block=block, lossy_sweep_cap=lossy_sweep_cap)
+                       block=block, lossy_sweep_cap=lossy_sweep_cap, lossy_settled=lossy_settled)
         problem.finish()
         watch.close()
     elapsed = clock(device) - start

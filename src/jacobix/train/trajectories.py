@@ -41,6 +41,7 @@ from torch import Tensor
 from jacobix.core.engine import SweepRecord
 from jacobix.models.protocol import CausalLM
 from jacobix.tokens.generate import generate
+from jacobix.tokens.proposers.basic import resolve_init
 from jacobix.tokens.trajectory import UNSEEN, BlockTrajectory, split_blocks
 
 FORMAT = "jacobix-trajectories/1"
@@ -88,6 +89,10 @@ class CollectConfig:
         eos_token_id: stop a row at any of these tokens.
         seed: seed of the draft init.
         repetition: the repetition filter, or None to keep everything.
+        init: the draft rule of a fresh block, by name (see :func:`~jacobix.tokens.proposers.basic.resolve_init`);
+            decode the student with the same rule. ``"context"`` is CLLM's; for action chunks
+            ``"row-above"`` with ``row_length`` = action dimensions drafts each action from the one before.
+        row_length: tokens per row, for ``init="row-above"``.
     """
 
     block_size: int = 16
@@ -96,8 +101,13 @@ class CollectConfig:
     eos_token_id: tuple[int, ...] = ()
     seed: int = 0
     repetition: RepetitionFilter | None = RepetitionFilter()
+    init: str = "context"
+    row_length: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.init, str):
+            raise ValueError(f"CollectConfig.init must be a draft rule's name (it is stored in the file), got {self.init!r}")
+        resolve_init(self.init, row_length=self.row_length)  # a clear error for an unknown rule
         if self.block_size < 2:
             raise ValueError(f"block_size must be >= 2 tokens (a block of 1 is sequential decoding), got {self.block_size}")
         if self.max_new_tokens < self.block_size + 1:
@@ -141,6 +151,9 @@ class Trajectories:
             raise ValueError("trajectories: state_block must give one valid block index per state")
         if int(torch.bincount(self.state_block, minlength=k).min()) == 0:
             raise ValueError("trajectories: every block needs at least one state before its fixed point")
+        grouped = bool((self.state_block[1:] >= self.state_block[:-1]).all())  # as collect writes them
+        starts = torch.searchsorted(self.state_block, torch.arange(k + 1)) if grouped else None  # (K + 1,)
+        object.__setattr__(self, "_starts", starts)
         for name in ("generated", "truth", "prompts"):
             if len(getattr(self, name)) != len(self.prompt_length):
                 raise ValueError(f"trajectories: {name} has {len(getattr(self, name))} rows for "
@@ -154,7 +167,9 @@ class Trajectories:
 
     def states_of(self, block: int) -> Tensor:
         """(J, n) the states of one block in sweep order (the fixed point not included)."""
-        return self.states[self.state_block == block]
+        if self._starts is None:  # not stored block by block: scan
+            return self.states[self.state_block == block]
+        return self.states[int(self._starts[block]) : int(self._starts[block + 1])]
 
 
 def collect(model: CausalLM, prompts: list[Tensor], truths: list[Tensor], config: CollectConfig = CollectConfig(),
@@ -178,7 +193,8 @@ def collect(model: CausalLM, prompts: list[Tensor], truths: list[Tensor], config
     generator = torch.Generator().manual_seed(config.seed)
     for begin in range(0, len(prompts), config.batch_size):
         batch = prompts[begin : begin + config.batch_size]
-        result = generate(model, batch, method="jacobi", window=config.block_size, init="context", block=True,
+        result = generate(model, batch, method="jacobi", window=config.block_size, init=config.init, block=True,
+                          row_length=config.row_length,
                           record=True, max_new_tokens=config.max_new_tokens, generator=generator,
                           eos_token_id=list(config.eos_token_id) or None)
         lengths = torch.tensor([len(p) for p in batch])
@@ -245,7 +261,7 @@ def _assemble(prompts: list[Tensor], truths: list[Tensor], rows: list[_Row], con
         prompts=prompt_tokens, prompt_length=prompt_length, generated=generated, generated_length=generated_length,
         truth=truth, truth_length=truth_length, block_prompt=long(block_prompt), block_start=long(block_start),
         block_length=long(block_length), fixed_points=torch.stack(fixed), states=torch.stack(states),
-        state_block=long(state_block), block_size=n, init="context", model=name,
+        state_block=long(state_block), block_size=n, init=config.init, model=name,
     )
 
 

@@ -38,25 +38,38 @@ class CoupledProposer(JacobiProposer):
     def __init__(self, init: DraftInit | None = None) -> None:
         super().__init__(init)
         self.noise: Tensor | None = None  # (B, C, V) one race per row and position
+        self.filled: list[int] = []  # positions of each row's race drawn so far
 
     def begin(self, batch_size: int) -> None:
-        self.noise = None
+        self.noise, self.filled = None, []
 
     def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness) -> Tensor:
         b, w, vocab = p_target.shape
-        needed = int(positions.max()) + 1
-        if self.noise is None or self.noise.shape[1] < needed or self.noise.shape[0] != b:
-            self.noise = _extend(self.noise, b, max(needed, 2 * w), vocab, p_target.device, generator)
+        if self.noise is None or self.noise.shape[0] != b:
+            self.noise, self.filled = torch.empty(b, 0, vocab, device=p_target.device), [0] * b
+        needed = (positions.max(dim=1).values + 1).tolist()  # (B,) positions each row's race must cover
+        if any(n > f for n, f in zip(needed, self.filled)):
+            self._grow(needed, w, generator)
         race = self.noise.gather(1, positions[..., None].expand(b, w, vocab))  # (B, W, V)
         return (p_target / race.to(p_target.dtype)).argmax(-1)  # (B, W) the exponential race, fixed noise
 
-
-def _extend(noise: Tensor | None, rows: int, length: int, vocab: int, device: torch.device,
-            generator: Randomness) -> Tensor:
-    """Noise (rows, >= length, V): the old positions kept, new ones drawn."""
-    start = 0 if noise is None or noise.shape[0] != rows else noise.shape[1]
-    fresh = exponential((rows, max(length - start, 0), vocab), torch.empty(0, device=device), generator)
-    return fresh if start == 0 else torch.cat([noise, fresh], 1)
+    def _grow(self, needed: list[int], width: int, generator: Randomness) -> None:
+        """Extend the rows whose positions outgrew their noise, each by an amount set by that row alone
+        and drawn from its own generator (when given one per row): a row's noise, hence its sample,
+        does not depend on the batch it runs in."""
+        rows = []
+        for row, (need, have) in enumerate(zip(needed, self.filled)):
+            extra = max(need, have + 2 * width) - have if need > have else 0
+            g = generator[row] if isinstance(generator, (list, tuple)) else generator
+            rows.append(exponential((extra, self.noise.shape[2]), self.noise, g))
+            self.filled[row] = have + extra
+        length = max(self.filled)
+        grown = torch.ones(len(rows), length, self.noise.shape[2], device=self.noise.device)  # never read past filled
+        for row, fresh in enumerate(rows):
+            have = self.filled[row] - len(fresh)
+            grown[row, :have] = self.noise[row, :have]
+            grown[row, have : self.filled[row]] = fresh
+        self.noise = grown
 
 
 __all__ = ["CoupledProposer"]
