@@ -31,7 +31,29 @@ def test_bench_table_on_a_tiny_run():
     assert "FID-proxy" in table and "sjd-coupled w16 prior-above" in table
 
 
+def test_sjd2_rows_and_json_records():
+    config = ImageBenchConfig(decoders=("ar", "sjd2:24:4:codes-random:coupled", "sjd2:24:4:codes-random:lossy", "ar@fmnist-ar"),
+                              per_class=1, seeds=(0,), permutations=3, batch_size=10)
+    result = bench_images(config)
+    ar, sjd2, lossy, original = result.records()
+    assert [r["model"] for r in (ar, sjd2, lossy, original)] == ["fmnist-ar-sjd2"] * 3 + ["fmnist-ar"]
+    assert (sjd2["lossless"], lossy["lossless"], ar["lossless"]) == (True, False, True)
+    assert sjd2["passes_per_image"] < ar["passes_per_image"] == 195
+    assert sjd2["passes_vs_ar"] == pytest.approx(195 / sjd2["passes_per_image"], rel=1e-2)
+    for record in (ar, sjd2, lossy, original):
+        for key in ("setting", "passes_vs_ar", "wall_vs_ar", "batch_size", "fid_proxy", "accuracy"):
+            assert key in record
+    assert original["setting"].endswith("@fmnist-ar") and "NO (lossy)" in result.table()
+
+
 def test_parse_decoder_specs_and_errors():
+    spec = parse_decoder("sjd2:64:10:prior-above:coupled:lossy")
+    assert (spec.method, spec.window, spec.levels, spec.coupled, spec.lossy, spec.lossless) == ("sjd2", 64, 10, True, True, False)
+    for bad in ("sjd2:64:prior-above", "sjd2:64:10:prior-above:fast", "sjd2:64:10:prior-above:lossy:lossy"):
+        with pytest.raises(ValueError, match="bad decoder spec"):
+            parse_decoder(bad)
+    with pytest.raises(ValueError, match="name a model"):
+        ImageBenchConfig(decoders=("ar", "ar@"))
     assert parse_decoder("ar") == ImageSampling(method="ar")
     spec = parse_decoder("sjd-coupled:32:prior", cfg_scale=2.0)
     assert (spec.method, spec.window, spec.init, spec.coupled, spec.cfg_scale) == ("sjd", 32, "prior", True, 2.0)
@@ -61,11 +83,16 @@ def test_demo_writes_labelled_pictures(tmp_path, monkeypatch):
 
     monkeypatch.setattr(figures, "save", recording_save)
     result = demo_images(tmp_path, per_class=1)
-    assert [p.name for p in result.paths] == ["samples_ar_vs_sjd.png", "accept_sweep.png", "sjd_progress.gif"]
+    assert [p.name for p in result.paths] == ["samples_ar_vs_sjd.png", "accept_sweep.png", "sjd_progress.gif",
+                                              "sjd2_denoising.png"]
     assert all(p.parent == tmp_path and p.exists() for p in result.paths)
     ar, sjd = saved["samples_ar_vs_sjd.png"].axes
     assert ar.get_title().startswith("AR") and sjd.get_title().startswith("SJD")
     assert [t.get_text() for t in ar.get_yticklabels()] == list(figures.CLASS_NAMES)
+    denoise = saved["sjd2_denoising.png"].axes[0]
+    assert denoise.get_xlabel().startswith("token position") and denoise.get_ylabel().startswith("sweep")
+    assert "noise level" in denoise.images[1].colorbar.ax.get_ylabel() and denoise.get_legend() is not None
+    assert "sjd2" in saved["sjd2_denoising.png"]._suptitle.get_text()
     heat = saved["accept_sweep.png"].axes[1]
     assert heat.images[0].colorbar.ax.get_ylabel() == "sweep" and heat.images[0].get_clim()[1] > 1
     for name in saved:

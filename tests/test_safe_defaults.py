@@ -41,6 +41,7 @@ TRAINER_ARGS = {  # module, extra arguments, bundled folder name
     "classifier": ("jacobix.train.classifier", [], "fmnist-classifier"),
     "vq": ("jacobix.train.vq", [], "fmnist-vq"),
     "image-ar": ("jacobix.train.image_ar", [], "fmnist-ar"),
+    "sjd2": ("jacobix.train.sjd2", [], "fmnist-ar-sjd2"),
     "shakespeare": ("jacobix.train.shakespeare", [], "shakespeare"),
     "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"], "tarflow-fashion"),
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"], "tarflow-digits"),

@@ -25,6 +25,7 @@ TRAINERS = {  # target: (module with main(argv), arguments it always gets); outp
     "cllm": ("jacobix.train.cllm_command", []),
     "vq": ("jacobix.train.vq", []),
     "image-ar": ("jacobix.train.image_ar", []),
+    "sjd2": ("jacobix.train.sjd2", []),
     "classifier": ("jacobix.train.classifier", []),
     "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
     "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
@@ -42,7 +43,8 @@ BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
     "tolerance": (("tarflow",), "text and images decode exactly"),
     "per_prompt": (("text",), "only text has prompts"),
     "teacher": (("text", "policy"), "only text models and policies are distilled"),
-    "json": (("text", "batch", "pccot", "policy"), "only the text, batch, pccot and policy tables are written as JSON"),
+    "json": (("text", "batch", "pccot", "policy", "images"), "only the text, batch, pccot, policy and images tables are written as JSON"),
+    "grid": (("images",), "only the image bench has an SJD2 window x level grid"),
     "suite": (("policy",), "only policies run in task suites"),
     "student": (("policy",), "only policy compares a named student (text: --model and --teacher)"),
     "episodes_per_task": (("policy",), "only policies run episodes"),
@@ -167,7 +169,10 @@ def _bench_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
     bench.add_argument("--quick", action="store_true",
                        help="a small run for smoke tests; --seeds and --max-new-tokens given explicitly still apply")
-    bench.add_argument("--json", type=Path, metavar="FILE", help="text, batch, pccot, policy: also write the table as JSON, one object per row")
+    bench.add_argument("--json", type=Path, metavar="FILE",
+                       help="text, batch, pccot, policy, images: also write the table as JSON, one object per row")
+    bench.add_argument("--grid", action="store_true",
+                       help="images: add SJD2 lossless at windows 32-96 x noise levels 5-20 (20 more rows; long)")
     bench.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
                        help="pccot: checkpoint folders of `jacobix train pccot`, or folders holding them (default: the bundled two)")
     bench.add_argument("--per-difficulty", type=_positive, default=2000, help="pccot: held-out programs per difficulty (--quick: 200)")
@@ -354,7 +359,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.target in ("all", "images"):
         from jacobix.demos.images import demo_images
 
-        print(f"\n== image tokens: AR vs SJD on the bundled Fashion-MNIST model -> {args.out / 'images'}")
+        print(f"\n== image tokens: AR vs SJD on the bundled Fashion-MNIST model, SJD2 on fmnist-ar-sjd2 -> {args.out / 'images'}")
         result = demo_images(args.out / "images", per_class=2 if args.quick else 4)
         print(result.table)
         for path in result.paths:

@@ -66,10 +66,14 @@ def _tarflow(args: argparse.Namespace, quick: bool, seeds: tuple[int, ...]) -> N
 
 
 def _images(args: argparse.Namespace, quick: bool, seeds: tuple[int, ...]) -> None:
-    from jacobix.bench.images import ImageBenchConfig, bench_images, format_table
+    from jacobix.bench.images import ImageBenchConfig, bench_images, grid_decoders
 
-    config = ImageBenchConfig(batch_size=args.batch_size or 50, seeds=seeds, **(dict(per_class=1) if quick else {}))
-    print(format_table(bench_images(config)))
+    grid = dict(decoders=grid_decoders()) if args.grid else {}
+    config = ImageBenchConfig(batch_size=args.batch_size or 50, seeds=seeds, **grid, **(dict(per_class=1) if quick else {}))
+    result = bench_images(config)
+    print(result.table())
+    if args.json:
+        _write_json(args.json, result.records())
 
 
 def _policy(args: argparse.Namespace, quick: bool, seeds: tuple[int, ...]) -> None:

@@ -1,6 +1,8 @@
-"""``jacobix bench images``: AR vs SJD on the bundled class-conditional Fashion-MNIST model.
+"""``jacobix bench images``: AR vs SJD vs SJD2 on the bundled class-conditional Fashion-MNIST models.
 
-Every configuration generates the same labels (all 10 classes, ``per_class`` each) for every
+The main model is ``fmnist-ar-sjd2`` (``fmnist-ar`` fine-tuned for SJD2's next-clean-token
+prediction); a decoder spec ending in ``@fmnist-ar`` runs on the original model instead (its AR
+row shows that fine-tuning kept the quality). Every configuration generates the same labels (all 10 classes, ``per_class`` each) for every
 seed, with the same sampling settings (temperature, top-k/top-p, CFG), so they target the same
 distribution; only decoding differs. Reported per configuration: forward passes per image,
 step compression (196 tokens / passes), the forward-pass and wall-time ratios against AR
@@ -12,6 +14,7 @@ against AR's (SJD is lossless, so p-values should look uniform, not small).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -23,13 +26,28 @@ from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
 
 
+DEFAULT_DECODERS = ("ar", "sjd:16:random", "sjd-coupled:16:prior-above", "sjd-coupled:64:prior-above",
+                    "sjd2:32:5:prior-above:coupled", "sjd2:64:5:prior-above:coupled", "sjd2:96:10:prior-above:coupled",
+                    "sjd2:64:5:prior-above:coupled:lossy", "ar@fmnist-ar")
+GRID_WINDOWS, GRID_LEVELS = (32, 48, 64, 80, 96), (5, 10, 15, 20)
+
+
+def grid_decoders(init: str = "prior-above") -> tuple[str, ...]:
+    """The default decoders plus SJD2 lossless at every window of GRID_WINDOWS x level count of GRID_LEVELS."""
+    grid = tuple(f"sjd2:{w}:{k}:{init}:coupled" for w in GRID_WINDOWS for k in GRID_LEVELS)
+    return DEFAULT_DECODERS + tuple(spec for spec in grid if spec not in DEFAULT_DECODERS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageBenchConfig:
     """What :func:`bench_images` runs.
 
     Attributes:
-        decoders: one spec per configuration, ``"ar"`` or ``"<method>:<window>:<init>"`` with
-            method ``sjd`` or ``sjd-coupled`` (see :func:`parse_decoder`); the first must be "ar".
+        decoders: one spec per configuration, ``"ar"``, ``"<method>:<window>:<init>"`` with
+            method ``sjd`` or ``sjd-coupled``, or ``"sjd2:<window>:<levels>:<init>[:coupled][:lossy]"``
+            (see :func:`parse_decoder`), optionally followed by ``@<model>`` to run on another
+            bundled model; the first must be "ar" (on ``model``).
+        model: the bundled model (or checkpoint folder) the specs without ``@`` run on.
         per_class: images per class and seed.
         seeds: one generator seed per repetition.
         batch_size: images decoded together (also for AR, so wall times compare like for like).
@@ -37,8 +55,9 @@ class ImageBenchConfig:
         permutations: shuffles for the two-sample test against AR.
     """
 
-    decoders: tuple[str, ...] = ("ar", "sjd:16:random", "sjd:16:row-above", "sjd-coupled:16:prior-above", "sjd-coupled:32:prior-above")
-    per_class: int = 10
+    decoders: tuple[str, ...] = DEFAULT_DECODERS
+    model: str = "fmnist-ar-sjd2"
+    per_class: int = 4
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 50
     temperature: float = 1.0
@@ -52,6 +71,7 @@ class ImageBenchConfig:
             raise ValueError("ImageBenchConfig.decoders must start with the AR baseline 'ar'")
         for spec in self.decoders:
             self.sampling(spec)  # fails early on a bad spec
+            self.model_of(spec)
         if self.per_class < 1 or not self.seeds or self.batch_size < 1 or self.permutations < 0:
             raise ValueError("ImageBenchConfig needs per_class >= 1, at least one seed, batch_size >= 1, permutations >= 0")
         if self.temperature <= 0:
@@ -59,17 +79,34 @@ class ImageBenchConfig:
 
     def sampling(self, spec: str) -> ImageSampling:
         """The :class:`ImageSampling` of one decoder spec with this benchmark's sampling settings."""
-        return parse_decoder(spec, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, cfg_scale=self.cfg_scale)
+        return parse_decoder(spec.split("@")[0], temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                             cfg_scale=self.cfg_scale)
+
+    def model_of(self, spec: str) -> str:
+        """The model a spec runs on: the part after ``@``, else :attr:`model`."""
+        name = spec.split("@", 1)[1] if "@" in spec else self.model
+        if not name:
+            raise ValueError(f"bad decoder spec {spec!r}: name a model after '@', e.g. 'ar@fmnist-ar'")
+        return name
 
 
 def parse_decoder(spec: str, **sampling) -> ImageSampling:
-    """``"ar"``, ``"jacobi:W:INIT"``, ``"sjd:W:INIT"`` or ``"sjd-coupled:W:INIT"`` to :class:`ImageSampling`.
+    """``"ar"``, ``"jacobi:W:INIT"``, ``"sjd:W:INIT"``, ``"sjd-coupled:W:INIT"`` or
+    ``"sjd2:W:LEVELS:INIT[:coupled][:lossy]"`` to :class:`ImageSampling`.
 
-    Example: ``parse_decoder("sjd-coupled:16:prior-above", temperature=1.0, cfg_scale=2.0)``.
+    Example: ``parse_decoder("sjd2:64:10:prior-above:coupled", temperature=1.0, cfg_scale=2.0)``.
     """
     if spec == "ar":
         return ImageSampling(method="ar", **sampling)
     parts = spec.split(":")
+    if parts[0] == "sjd2":
+        flags = parts[4:]
+        if len(parts) < 4 or not parts[1].isdigit() or not parts[2].isdigit() or set(flags) - {"coupled", "lossy"} \
+                or len(set(flags)) != len(flags):
+            raise ValueError(f"bad decoder spec {spec!r}; use 'sjd2:<window>:<levels>:<init>[:coupled][:lossy]', "
+                             "e.g. 'sjd2:64:10:prior-above:coupled'")
+        return ImageSampling(method="sjd2", window=int(parts[1]), levels=int(parts[2]), init=parts[3],
+                             coupled="coupled" in flags, lossy="lossy" in flags, **sampling)
     if len(parts) != 3 or parts[0] not in ("jacobi", "sjd", "sjd-coupled") or not parts[1].isdigit():
         raise ValueError(f"bad decoder spec {spec!r}; use 'ar' or '<jacobi|sjd|sjd-coupled>:<window>:<init>', e.g. 'sjd:16:random'")
     method, coupled = ("sjd", True) if parts[0] == "sjd-coupled" else (parts[0], False)
@@ -81,6 +118,9 @@ class BenchRow:
     """Results of one decoding configuration over all seeds."""
 
     name: str
+    model: str
+    lossless: bool
+    batch_size: int
     images: int
     passes_per_image: float
     batch_passes: int
@@ -107,23 +147,38 @@ class ImageBenchResult:
         """A printable comparison table."""
         return format_table(self)
 
+    def records(self) -> list[dict]:
+        """One JSON-ready object per row (``jacobix bench images --json``)."""
+        ar = self.rows[0]
+        return [{"setting": r.name, "model": r.model, "passes_per_image": round(r.passes_per_image, 2),
+                 "passes_vs_ar": round(ar.passes_per_image / r.passes_per_image, 3), "batch_passes_vs_ar": round(r.pass_ratio, 3),
+                 "wall_vs_ar": round(r.wall_ratio, 3), "wall_s": round(r.wall_time_s, 2), "batch_size": r.batch_size,
+                 "fid_proxy": round(float(np.mean(r.fid)), 3), "fid_proxy_std": round(float(np.std(r.fid, ddof=1)) if len(r.fid) > 1 else 0.0, 3),
+                 "accuracy": round(float(np.mean(r.accuracy)), 4),
+                 "accuracy_std": round(float(np.std(r.accuracy, ddof=1)) if len(r.accuracy) > 1 else 0.0, 4),
+                 "fid_vs_ar": round(r.fid_vs_ar, 3), "p_value_vs_ar": round(r.p_value_vs_ar, 3), "lossless": r.lossless,
+                 "images": r.images, "seeds": list(self.config.seeds), "real_fid_floor": round(self.real_fid_floor, 3)}
+                for r in self.rows]
+
 
 def bench_images(config: ImageBenchConfig = ImageBenchConfig(), *, model: ImageModel | None = None) -> ImageBenchResult:
     """Run every decoder of ``config`` over all classes and seeds; see the module docstring.
 
     Args:
         config: decoders, sample counts, seeds and sampling settings.
-        model: defaults to the bundled model (:func:`~jacobix.images.model.load_image_model`).
+        model: the model of specs without ``@`` (default: ``load_image_model(config.model)``).
     Returns:
         :class:`ImageBenchResult`; ``print(result.table())`` shows the comparison.
     """
-    model = model or load_image_model()
+    main = model or load_image_model(config.model)
     labels = torch.arange(10).repeat_interleave(config.per_class)  # (10 * per_class,)
     real, _ = load_fashion_mnist("test")
     real_features = quality.features(real)
     rows, pooled = [], {}
     for spec in config.decoders:
-        row, images = _run_decoder(model, labels, config.sampling(spec), config, real_features)
+        name = config.model_of(spec)
+        on = main if "@" not in spec or name == config.model else _load(name)
+        row, images = _run_decoder(on, labels, config.sampling(spec), config, real_features, "@" in spec and name != config.model)
         rows.append(row)
         pooled[row.name] = images
     rows = _compare_to_ar(rows, pooled, config.permutations)
@@ -131,7 +186,12 @@ def bench_images(config: ImageBenchConfig = ImageBenchConfig(), *, model: ImageM
     return ImageBenchResult(rows=rows, real_fid_floor=floor, config=config, samples=pooled)
 
 
-def _run_decoder(model, labels, settings, config, real_features) -> tuple[BenchRow, Tensor]:
+@lru_cache(maxsize=4)
+def _load(name: str) -> ImageModel:
+    return load_image_model(name)
+
+
+def _run_decoder(model, labels, settings, config, real_features, other_model: bool) -> tuple[BenchRow, Tensor]:
     fids, accuracies, images, passes, batch_passes, wall = [], [], [], [], 0, 0.0
     for seed in config.seeds:
         generator = torch.Generator().manual_seed(seed)
@@ -143,7 +203,9 @@ def _run_decoder(model, labels, settings, config, real_features) -> tuple[BenchR
         batch_passes += out.batch_passes
         wall += out.wall_time_s
     per_image = float(torch.cat(passes).mean())
-    row = BenchRow(name=settings.label(), images=len(labels) * len(config.seeds), passes_per_image=per_image,
+    name = settings.label() + (f" @{model.name}" if other_model else "")
+    row = BenchRow(name=name, model=model.name, lossless=settings.lossless, batch_size=config.batch_size,
+                   images=len(labels) * len(config.seeds), passes_per_image=per_image,
                    batch_passes=batch_passes, wall_time_s=wall, fid=fids, accuracy=accuracies,
                    step_compression=model.vocab.image_tokens / per_image)
     return row, torch.cat(images)
@@ -186,21 +248,23 @@ def _real_floor(n: int, real_features: Tensor) -> float:
 def format_table(result: ImageBenchResult) -> str:
     """Render :class:`ImageBenchResult` as aligned text."""
     c = result.config
-    head = (f"Fashion-MNIST 14x14 tokens, {len(c.seeds)} seeds x 10 classes x {c.per_class} images, "
+    head = (f"Fashion-MNIST 14x14 tokens, model {c.model}, {len(c.seeds)} seeds x 10 classes x {c.per_class} images, "
             f"temperature {c.temperature}, top_k {c.top_k}, top_p {c.top_p}, cfg {c.cfg_scale}, batch {c.batch_size}")
-    columns = ("decoder", "passes/img", "compression", "pass ratio", "wall s", "wall ratio", "FID-proxy", "accuracy",
+    columns = ("decoder", "lossless", "passes/img", "compression", "pass ratio", "wall s", "wall ratio", "FID-proxy", "accuracy",
                "FID vs AR", "p vs AR")
-    lines = [head, "  ".join(f"{x:>13}" for x in columns)]
+    width = max(13, *(len(r.name) for r in result.rows))
+    lines = [head, f"{columns[0]:>{width}}  " + "  ".join(f"{x:>13}" for x in columns[1:])]
     for r in result.rows:
-        cells = (r.name, f"{r.passes_per_image:.1f}", f"{r.step_compression:.2f}x", f"{r.pass_ratio:.2f}x",
+        cells = (r.name, "yes" if r.lossless else "NO (lossy)", f"{r.passes_per_image:.1f}", f"{r.step_compression:.2f}x", f"{r.pass_ratio:.2f}x",
                  f"{r.wall_time_s:.1f}", f"{r.wall_ratio:.2f}x", _mean_std(r.fid, 2), _mean_std(r.accuracy, 3),
                  f"{r.fid_vs_ar:.2f}", f"{r.p_value_vs_ar:.2f}")
-        lines.append("  ".join(f"{x:>13}" for x in cells))
+        lines.append(f"{cells[0]:>{width}}  " + "  ".join(f"{x:>13}" for x in cells[1:]))
     lines.append("FID-proxy = Frechet distance in the bundled classifier's features (not Inception FID), per seed "
                  f"vs the 10k test images; {10 * c.per_class} real training images score {result.real_fid_floor:.2f} "
                  "(the floor at this sample size)")
     lines.append("passes/img: passes while each image was unfinished; pass and wall ratios: AR batch passes and "
-                 "seconds over this row's, same batches, same run; p vs AR: permutation test of pooled features")
+                 "seconds over this row's, same batches, same run; p vs AR: permutation test of pooled features; "
+                 "AR is the first row (on the main model); '@model' rows run on another model")
     return "\n".join(lines)
 
 

@@ -8,6 +8,9 @@ Writes into ``out_dir`` (default ``jacobix-out/images``):
   14x14 tokens was accepted, with a colour bar in sweeps.
 - ``sjd_progress.gif``: the SJD canvases sweep by sweep (accepted tokens, the window's drafts
   tinted orange, positions not reached yet in blue).
+- ``sjd2_denoising.png``: SJD2 on the fine-tuned ``fmnist-ar-sjd2``: the noise level of every
+  window slot at every sweep (slots enter as noise far ahead, denoise one level per sweep, are
+  verified once clean), next to the finished sample.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ from jacobix.core.engine import SweepRecord
 from jacobix.eval import figures
 from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, ImageSamples, generate_images
+from jacobix.images.sjd2 import SJD2Proposer
+from jacobix.images.proposers import resolve_image_init
 
 DEFAULT_OUT = Path("jacobix-out") / "images"
 BEST = ImageSampling(method="sjd", window=16, init="prior-above", coupled=True)
+SJD2_DEMO = ImageSampling(method="sjd2", window=64, levels=5, init="prior-above", coupled=True)
 
 
 @dataclass(frozen=True)
@@ -37,11 +43,12 @@ class DemoResult:
     heatmap_path: Path
     animation_path: Path
     table: str
+    denoising_path: Path | None = None
 
     @property
     def paths(self) -> tuple[Path, ...]:
         """Every file the demo wrote."""
-        return (self.grid_path, self.heatmap_path, self.animation_path)
+        return (self.grid_path, self.heatmap_path, self.animation_path) + ((self.denoising_path,) if self.denoising_path else ())
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ def demo_images(
     seed: int = 0,
     sjd: ImageSampling = BEST,
     model: ImageModel | None = None,
+    sjd2: ImageSampling | None = SJD2_DEMO,
 ) -> DemoResult:
     """Generate ``per_class`` images per class with AR and with ``sjd``; write the pictures.
 
@@ -77,6 +85,7 @@ def demo_images(
         seed: generator seed.
         sjd: the SJD settings; AR uses the same temperature, top-k/top-p and CFG.
         model: defaults to the bundled model.
+        sjd2: the SJD2 settings of the denoising picture (on ``fmnist-ar-sjd2``), or None to skip it.
     Returns:
         :class:`DemoResult` with the file paths and a printable table.
     """
@@ -107,7 +116,42 @@ def demo_images(
         animation_path=figures.fill_in_gif(out_dir / "sjd_progress.gif", fill.pixels, fill.status, per_class=per_class,
                                            title=f"{sjd.label()}: filling in", frame_titles=titles),
         table=_table(ar, fast, labels, ar_settings, sjd),
+        denoising_path=None if sjd2 is None else sjd2_denoising_picture(out_dir / "sjd2_denoising.png", sjd2, seed=seed),
     )
+
+
+def sjd2_denoising_picture(path: Path, settings: ImageSampling, *, label: int = 0, seed: int = 0,
+                           model: ImageModel | None = None) -> Path:
+    """Decode one image with SJD2 and draw its window's noise levels over the sweeps (see module docstring)."""
+    if settings.method != "sjd2":
+        raise ValueError(f"sjd2 settings must use method='sjd2', got {settings.method!r}")
+    model = model or load_image_model("fmnist-ar-sjd2")
+    proposer = SJD2Proposer(model.noise, model.transformer.embed, settings.sjd2(),
+                            init=resolve_image_init(settings.init, model), trace=True)
+    out = generate_images(model, [label], settings, generator=torch.Generator().manual_seed(seed), batch_size=1,
+                          record=True, proposer=proposer)
+    levels = window_levels(out.trajectories[0], proposer.levels_trace, tokens=model.vocab.image_tokens)
+    passes = int(out.row_passes[0])
+    title = (f"{settings.label()}: window slots denoising over sweeps ({figures.CLASS_NAMES[label]}, "
+             f"{passes} passes for {model.vocab.image_tokens} tokens)")
+    return figures.save(figures.denoising_figure(levels, out.images[0].numpy(), title=title), path)
+
+
+def window_levels(trajectory: list[SweepRecord], levels_trace: list[Tensor], *, tokens: int, row: int = 0) -> np.ndarray:
+    """(S, tokens) per sweep: each window slot's noise level, -1 for committed tokens, NaN elsewhere.
+
+    ``levels_trace[s]`` (B, D) are the levels of the drafts fed by sweep ``s``; the drafts sit at
+    generated positions ``start - 1 .. start + D - 2`` (the prompt is one class token).
+    """
+    sweeps = min(len(trajectory), len(levels_trace))
+    out = np.full((sweeps, tokens), np.nan)
+    for s in range(sweeps):
+        first = int(trajectory[s].start[row]) - 1  # generated tokens committed before the sweep
+        out[s, :first] = -1
+        level = levels_trace[s][row].numpy()
+        span = min(len(level), tokens - first)
+        out[s, first : first + span] = level[:span]
+    return out
 
 
 def commit_sweeps(trajectory: list[SweepRecord], *, prompt_length: int, tokens: int) -> Tensor:

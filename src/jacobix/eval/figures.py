@@ -155,6 +155,47 @@ def accept_sweep_figure(images: np.ndarray, sweeps: np.ndarray, *, per_class: in
     return figure
 
 
+def denoising_figure(levels: np.ndarray, image: np.ndarray, *, title: str, dpi: int = 100) -> Figure:
+    """SJD2's window over sweeps: the noise level of every slot, committed tokens, and the result.
+
+    Args:
+        levels: (S, T) per sweep (rows) and token position (columns): the slot's noise level
+            (0 = clean draft) inside the window, -1 for committed tokens, NaN outside the window.
+        image: (H, W) the finished sample in [0, 1].
+        title: figure title.
+        dpi: resolution when saved.
+    Returns:
+        the figure: a level map with a colour bar in noise levels and a legend, and the sample.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    levels = np.asarray(levels, dtype=np.float64)
+    top = max(float(np.nanmax(levels)), 1.0)
+    figure = new_figure(10.0, 4.8, dpi=dpi)
+    grid = figure.add_gridspec(1, 2, width_ratios=(4.0, 1.0))
+    axes, right = figure.add_subplot(grid[0]), figure.add_subplot(grid[1])
+    window = np.where(levels >= 0, levels, np.nan)  # (S, T)
+    committed = np.where(levels < 0, 1.0, np.nan)
+    axes.imshow(committed, cmap=ListedColormap([[0.35, 0.35, 0.35]]), aspect="auto", interpolation="nearest",
+                extent=(-0.5, levels.shape[1] - 0.5, levels.shape[0] + 0.5, 0.5))
+    heat = axes.imshow(window, cmap="magma_r", vmin=0.0, vmax=top, aspect="auto", interpolation="nearest",
+                       extent=(-0.5, levels.shape[1] - 0.5, levels.shape[0] + 0.5, 0.5))
+    axes.set_xlabel("token position in the 14x14 grid (raster order)")
+    axes.set_ylabel("sweep (forward pass)")
+    bar = figure.colorbar(heat, ax=axes, pad=0.01)
+    bar.set_label("noise level k of the slot (level, 0 = clean draft)")
+    axes.legend(handles=[Patch(color=(0.35, 0.35, 0.35), label="committed token"),
+                         Patch(facecolor="white", edgecolor="black", label="not in the window yet")],
+                loc="upper right", fontsize=8)
+    right.imshow(np.asarray(image), cmap="gray", vmin=0.0, vmax=1.0)
+    right.set_title("the finished sample", fontsize=10)
+    right.set_xticks([])
+    right.set_yticks([])
+    figure.suptitle(title, fontsize=11)
+    return figure
+
+
 def image_grid_figure(images: np.ndarray, *, columns: int, title: str, column_names: Sequence[str] | None = None,
                       xlabel: str = "sample", ylabel: str = "row", dpi: int = 100) -> Figure:
     """A grid of (N, H, W) images in [0, 1]; ``column_names`` (e.g. classes) label the columns."""

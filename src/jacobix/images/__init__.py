@@ -11,6 +11,7 @@ Typical use::
 from jacobix.images.proposers import IMAGE_INITS, CodeRandomInit, GridTableInit
 from jacobix.images.model import CodesOnly, ImageModel, ImageVocab, load_image_model
 from jacobix.images.sample import ImageSamples, ImageSampling, generate_images
+from jacobix.images.sjd2 import SJD2Config, SJD2Proposer
 from jacobix.images.vq import VQConfig, VQTokenizer, load_vq
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "ImageSamples",
     "ImageSampling",
     "ImageVocab",
+    "SJD2Config",
+    "SJD2Proposer",
     "VQConfig",
     "VQTokenizer",
     "generate_images",

@@ -13,11 +13,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from jacobix.images.denoise import NoiseEmbedding, load_noise_embedding
 from jacobix.images.vq import VQTokenizer, load_vq
 from jacobix.models.llama import Llama, load_llama
 from jacobix.core.checkpoints import ASSETS
 
 AR_DIR = ASSETS / "fmnist-ar"
+BUNDLED_IMAGE = {name: ASSETS / name for name in ("fmnist-ar", "fmnist-ar-sjd2")}
+REPRODUCE_IMAGE = {"fmnist-ar": "jacobix train image-ar", "fmnist-ar-sjd2": "jacobix train sjd2"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,13 +82,23 @@ class CodesOnly:
 
 @dataclass(frozen=True)
 class ImageModel:
-    """The bundled generator: AR transformer, VQ tokenizer and vocabulary."""
+    """The bundled generator: AR transformer, VQ tokenizer and vocabulary.
+
+    ``noise`` is the SJD2 noisy-input embedding of a model fine-tuned by ``jacobix train sjd2``
+    (:mod:`jacobix.images.denoise`), None for a plain AR model.
+    """
 
     transformer: Llama
     tokenizer: VQTokenizer
     vocab: ImageVocab
     meta: dict
     directory: Path
+    noise: NoiseEmbedding | None = None
+
+    @property
+    def name(self) -> str:
+        """The checkpoint folder's name (``fmnist-ar``, ``fmnist-ar-sjd2``, ...)."""
+        return self.directory.name
 
 
 def bundled_vq(name: str, source: Path) -> Path:
@@ -105,14 +118,18 @@ def load_image_model(directory: str | Path | None = None, *, vq_directory: str |
     """Load the class-conditional image model (default: bundled ``assets/fmnist-ar`` + ``assets/fmnist-vq``).
 
     Args:
-        directory: folder written by ``jacobix train image-ar``.
+        directory: a bundled name (``fmnist-ar``, ``fmnist-ar-sjd2``) or a folder written by
+            ``jacobix train image-ar`` or ``jacobix train sjd2``.
         vq_directory: tokenizer folder; default: the one named in the model's config.json.
     Returns:
         an :class:`ImageModel` in eval mode on the CPU.
     """
-    directory = Path(directory) if directory is not None else AR_DIR
+    named = BUNDLED_IMAGE.get(str(directory)) if directory is not None else AR_DIR
+    directory = named if named is not None else Path(directory)
     if not (directory / "model.safetensors").exists():
-        raise FileNotFoundError(f"no image model in {directory}; train one with: jacobix train image-ar --out {directory}")
+        how = REPRODUCE_IMAGE.get(directory.name, "jacobix train image-ar")
+        raise FileNotFoundError(f"no image model in {directory}; train one with: {how} --out {directory} "
+                                f"(bundled names: {', '.join(BUNDLED_IMAGE)})")
     transformer, meta = load_llama(directory)
     if "image" not in meta:
         raise ValueError(f"{directory}/config.json has no 'image' section; it is not an image model")
@@ -122,4 +139,5 @@ def load_image_model(directory: str | Path | None = None, *, vq_directory: str |
     tokenizer = load_vq(vq_directory if vq_directory is not None else bundled_vq(meta["image"].get("vq", "fmnist-vq"), directory))
     if tokenizer.config.codebook_size != vocab.num_codes:
         raise ValueError(f"tokenizer has {tokenizer.config.codebook_size} codes, the model expects {vocab.num_codes}")
-    return ImageModel(transformer, tokenizer, vocab, meta, directory)
+    noise = load_noise_embedding(directory, meta["sjd2"]["noise"]) if "sjd2" in meta else None
+    return ImageModel(transformer, tokenizer, vocab, meta, directory, noise)
