@@ -27,12 +27,14 @@ def checkpoint(tmp_path_factory):
 def never_run(monkeypatch):
     """Fail the test if any decoding, benchmark or demo starts: the checks must come first."""
     import jacobix.cli as cli
+    import jacobix.cli_bench as cli_bench
 
     def boom(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    for name in ("generate", "load_text_model", "_bench", "_demo", "_text_demo"):
+    for name in ("generate", "load_text_model", "_demo", "_text_demo"):
         monkeypatch.setattr(cli, name, boom)
+    monkeypatch.setattr(cli_bench, "run_bench", boom)
     for module, name in (("jacobix.demos.images", "demo_images"), ("jacobix.demos.tarflow", "demo_tarflow"),
                          ("jacobix.bench.tarflow", "bench_tarflow"), ("jacobix.bench.images", "bench_images"),
                          ("jacobix.bench.text", "bench_text")):
@@ -177,6 +179,7 @@ def test_quick_keeps_explicit_seeds_and_tokens(monkeypatch, capsys):
 def test_the_readme_demo_command_parses_with_and_without_a_target(monkeypatch, capsys, tmp_path):
     """`jacobix demo` (the README's first command) and `jacobix demo images --quick` reach the demo."""
     import jacobix.cli as cli
+    import jacobix.cli_bench as cli_bench
 
     seen = []
     monkeypatch.setattr(cli, "_demo", lambda args: seen.append((args.target, args.quick)) or 0)

@@ -6,6 +6,85 @@ import argparse
 import json
 from pathlib import Path
 
+from jacobix import cli_args
+
+
+BENCH_OPTIONS = {  # option: (bench targets it applies to, why not elsewhere)
+    "model": (("text",), "images and tarflow run their bundled models, batch the shakespeare model"),
+    "max_new_tokens": (("text", "batch"), "images decode whole 14x14 grids, tarflow whole images"),
+    "seeds": (("text", "images"), "tarflow draws one fixed set of latents, batch seeds every row from its id"),
+    "batch_size": (("images", "tarflow", "batch"), "text decodes one prompt per call"),
+    "rows": (("batch",), "only batch generation reads rows"),
+    "actors": (("batch",), "only batch generation runs on Ray"),
+    "tolerance": (("tarflow",), "text and images decode exactly"),
+    "per_prompt": (("text",), "only text has prompts"),
+    "teacher": (("text", "policy"), "only text models and policies are distilled"),
+    "json": (("text", "batch", "pccot", "policy", "images"), "only the text, batch, pccot, policy and images tables are written as JSON"),
+    "grid": (("images",), "only the image bench has an SJD2 window x level grid"),
+    "suite": (("policy",), "only policies run in task suites"),
+    "student": (("policy",), "only policy compares a named student (text: --model and --teacher)"),
+    "episodes_per_task": (("policy",), "only policies run episodes"),
+    "caps": (("policy",), "only policy has early-exit rows"),
+    "settle_bins": (("policy",), "only policy has early-exit rows"),
+    "runs": (("pccot",), "only pccot reads trained checkpoints of several arms"),
+    "per_difficulty": (("pccot",), "only pccot scores held-out programs"),
+}
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="measure sequential vs parallel decoding side by side", formatter_class=cli_args.Help,
+                                description="Every setting runs on the same inputs, interleaved, in one process; "
+                                "an option that does not apply to the chosen target is refused.")
+    bench.add_argument("target", nargs="?", default="text", choices=("text", "images", "tarflow", "batch", "pccot", "policy"),
+                       help="what to measure")
+    bench.add_argument("--model", default="shakespeare",
+                       help="text: shakespeare, shakespeare-cllm (run beside its teacher), smollm2 or a checkpoint folder")
+    bench.add_argument("--teacher", help="text: also run every setting on this model (default: a distilled model's "
+                       "teacher, e.g. shakespeare for shakespeare-cllm); policy: the behaviour-cloned policy "
+                       "(default: the suite's bundled one)")
+    bench.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass",
+                       help="policy: the task suite (mt10 needs jacobix[robot])")
+    bench.add_argument("--student", help="policy: the CEED student (default: the teacher's bundled student; 'none': teacher rows only)")
+    bench.add_argument("--episodes-per-task", type=cli_args.positive, help="policy: held-out episodes per task (default: 300 episodes in all; --quick: 10)")
+    bench.add_argument("--caps", type=cli_args.positive, nargs="+", default=[2, 3], help="policy: LOSSY sweep caps of the early-exit rows")
+    bench.add_argument("--settle-bins", type=cli_args.count, nargs="+", default=[2],
+                       help="policy: LOSSY relaxed early exit when no action token moved more than this many bins")
+    bench.add_argument("--max-new-tokens", type=cli_args.positive, default=200, help="text: tokens per prompt and seed (--quick: 60)")
+    bench.add_argument("--seeds", type=cli_args.positive, default=3, help="text, images: seeds per prompt / class (--quick: 1)")
+    bench.add_argument("--batch-size", type=cli_args.positive, help="tarflow: samples per call (default 1); images: per batch (default 50)")
+    bench.add_argument("--rows", type=cli_args.positive, default=200, help="batch: prompts in the job")
+    bench.add_argument("--actors", type=cli_args.positive, nargs="+", default=[1, 2], help="batch: Ray actor counts to compare")
+    bench.add_argument("--tolerance", type=cli_args.nonnegative, default=1e-4, help="tarflow: GS-Jacobi relative residual")
+    bench.add_argument("--device", default="cpu", help="torch device; text runs on any (e.g. cuda), images and tarflow on cpu only")
+    bench.add_argument("--per-prompt", action="store_true", help="text: also print passes and wall ratios per prompt")
+    bench.add_argument("--quick", action="store_true",
+                       help="a small run for smoke tests; --seeds and --max-new-tokens given explicitly still apply")
+    bench.add_argument("--json", type=Path, metavar="FILE",
+                       help="text, batch, pccot, policy, images: also write the table as JSON, one object per row")
+    bench.add_argument("--grid", action="store_true",
+                       help="images: add SJD2 lossless at windows 32-96 x noise levels 5-20 (20 more rows; long)")
+    bench.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
+                       help="pccot: checkpoint folders of `jacobix train pccot`, or folders holding them (default: the bundled two)")
+    bench.add_argument("--per-difficulty", type=cli_args.positive, default=2000, help="pccot: held-out programs per difficulty (--quick: 200)")
+    bench.set_defaults(run=lambda args: run_bench(args), check=check)  # looked up when run
+
+
+def check(args: argparse.Namespace) -> None:
+    for name, (targets, why) in BENCH_OPTIONS.items():
+        if name in args.explicit and args.target not in targets:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to bench {args.target} ({why}); "
+                             f"it applies to bench {', '.join(targets)}")
+    cli_args.check_device(args.device, args.target)
+    if args.json is not None:
+        cli_args.check_writable(args.json.parent, "--json")
+    if args.target == "policy" and args.suite == "mt10":
+        from jacobix.robot.metaworld import INSTALL, available
+
+        if not available():
+            raise ValueError(f"--suite mt10 runs Meta-World, which is not installed; install it with: {INSTALL}")
+    if args.target == "tarflow" and args.quick and (args.batch_size or 1) > 8:
+        raise ValueError(f"--batch-size {args.batch_size}: bench tarflow --quick draws 8 samples; use --batch-size <= 8")
+
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run ``jacobix bench TARGET`` (arguments already checked by the CLI); returns the exit status."""
