@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -85,3 +87,24 @@ def test_a_few_ceed_steps_lower_the_loss_and_keep_jacobi_exact(policy_data):
         out = jacobix.generate(student, prompts[p], method="jacobi", window=BLOCK - 1, block=True, init="row-above",
                                row_length=ACT_DIM, max_new_tokens=BLOCK)
         assert torch.equal(out.tokens[0], naive_greedy(student, prompts[p], BLOCK))
+
+
+def test_the_shipped_student_decodes_exactly_in_fewer_passes_than_its_teacher():
+    from jacobix.robot import evaluation_episodes, get_suite, load_policy
+
+    teacher, fmt = load_policy("pointmass-policy")
+    student, student_fmt = load_policy("pointmass-policy-ceed")
+    assert student_fmt == fmt
+    suite = get_suite("pointmass")
+    env = suite.make_env()
+    tasks, seeds = evaluation_episodes(suite.tasks, 8)
+    prompts = fmt.prompts(tasks, np.stack([env.reset(t, s) for t, s in zip(tasks, seeds)]))  # (24, Lp)
+    options = dict(method="jacobi", window=fmt.block - 1, block=True, init="row-above", row_length=fmt.act_dim,
+                   max_new_tokens=fmt.block)
+    passes = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        out = jacobix.generate(model, prompts, **options)
+        ar = jacobix.generate(model, prompts, method="ar", max_new_tokens=fmt.block)
+        assert all(torch.equal(a, b) for a, b in zip(out.tokens, ar.tokens))
+        passes[name] = int(out.stats.active_per_pass.sum())
+    assert passes["student"] < passes["teacher"]
