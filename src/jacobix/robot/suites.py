@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from jacobix.robot import metaworld, pointmass
+import jacobix.robot.metaworld as metaworld
+import jacobix.robot.pointmass as pointmass
 from jacobix.robot.envs import Env, Expert
 
 EVAL_SEED = 10_000
