@@ -147,21 +147,25 @@ class PolicyFormat:
 
         The END slot is ignored. A token that is not an action token (END or another id, which
         only a lossy decoder can leave in an action slot) decodes to the action 0.0, the middle
-        of the range; :meth:`invalid` counts such slots.
+        of the range; :meth:`non_actions` marks such slots and :meth:`invalid` counts them.
         """
+        missing = self.non_actions(tokens)  # (..., k, A)
+        slots = torch.as_tensor(tokens)[..., : self.block - 1].unflatten(-1, (self.chunk, self.act_dim))  # (..., k, A)
+        values = self.action_codec.decode(torch.where(missing, 0, slots))  # (..., k, A)
+        return torch.where(missing, torch.zeros_like(values), values)
+
+    def non_actions(self, tokens: Tensor) -> Tensor:
+        """(..., chunk, act_dim) True where an action slot of tokens (..., block) or (..., block - 1)
+        holds a non-action token."""
         tokens = torch.as_tensor(tokens)
         if tokens.shape[-1] not in (self.block, self.block - 1):
             raise ValueError(f"tokens must have {self.block} (or {self.block - 1}) entries in the last dimension, got {tuple(tokens.shape)}")
         slots = tokens[..., : self.block - 1]  # (..., k*A)
-        valid = (slots >= 0) & (slots < self.action_bins)
-        values = self.action_codec.decode(torch.where(valid, slots, 0))  # (..., k*A)
-        values = torch.where(valid, values, torch.zeros_like(values))
-        return values.unflatten(-1, (self.chunk, self.act_dim))  # (..., k, A)
+        return ((slots < 0) | (slots >= self.action_bins)).unflatten(-1, (self.chunk, self.act_dim))
 
     def invalid(self, tokens: Tensor) -> Tensor:
         """(...) number of action slots holding a non-action token (decoded as 0.0 by :meth:`actions`)."""
-        slots = torch.as_tensor(tokens)[..., : self.block - 1]
-        return ((slots < 0) | (slots >= self.action_bins)).sum(-1)
+        return self.non_actions(tokens).flatten(-2).sum(-1)
 
     # --- serialisation ---
     def to_dict(self) -> dict:

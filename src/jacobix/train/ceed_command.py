@@ -76,12 +76,8 @@ def suite_of(fmt: PolicyFormat) -> Suite:
 
 def actions_of(fmt: PolicyFormat):
     """``tokens (N, block) -> (N, chunk, act_dim)`` actions, NaN where a slot holds no action token."""
-    first, count = fmt.action_tokens
-
     def decode(tokens: Tensor) -> Tensor:
-        slots = tokens[:, : fmt.block - 1]  # (N, k*A)
-        missing = ((slots < first) | (slots >= first + count)).unflatten(-1, (fmt.chunk, fmt.act_dim))
-        return torch.where(missing, math.nan, fmt.actions(tokens).double())
+        return torch.where(fmt.non_actions(tokens), math.nan, fmt.actions(tokens).double())  # (N, k, A)
 
     return decode
 
