@@ -143,9 +143,8 @@ def generate(
     spec = _method(method)
     prompts, prompt_length = pack_prompts(input_ids, model.vocab_size, "input_ids")
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    _check_options(spec, max_new_tokens, window, sampling, streamer, prompts.shape[0], lossy_sweep_cap, generator)
-    if lossy_settled is not None and not callable(lossy_settled):
-        raise ValueError(f"lossy_settled must be a rule (old, new) -> bool per draft, e.g. BinTolerance, got {lossy_settled!r}")
+    _check_options(spec, max_new_tokens, window, sampling, streamer, prompts.shape[0], generator)
+    _check_lossy(lossy_sweep_cap, lossy_settled)
     adaptive = window == "auto" and not spec.sequential
     width = 1 if spec.sequential else (AUTO_MAX_WINDOW if window == "auto" else int(window))
     proposer = _proposer(spec, proposer, init, row_length, lookahead, width - 1)
@@ -268,7 +267,7 @@ def _guidance(model: CausalLM, cfg_scale: float | None, negative_input_ids: Prom
 
 
 def _check_options(spec: Method, max_new_tokens: int, window: Any, sampling: SamplingConfig, streamer: Any,
-                   batch: int, lossy_sweep_cap: int | None, generator: Randomness) -> None:
+                   batch: int, generator: Randomness) -> None:
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if window != "auto" and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
@@ -284,8 +283,14 @@ def _check_options(spec: Method, max_new_tokens: int, window: Any, sampling: Sam
             raise ValueError("generator must be a torch.Generator, a list of them (one per row), or None")
         if len(generator) != batch:
             raise ValueError(f"generator is a list of {len(generator)} generators for {batch} prompts; give one per row")
+
+
+def _check_lossy(lossy_sweep_cap: int | None, lossy_settled: SettledRule | None) -> None:
+    """The LOSSY early-exit options: a sweep cap >= 1 and a callable settled rule, or None (exact)."""
     if lossy_sweep_cap is not None and (not isinstance(lossy_sweep_cap, int) or lossy_sweep_cap < 1):
         raise ValueError(f"lossy_sweep_cap must be an int >= 1 or None (exact), got {lossy_sweep_cap!r}")
+    if lossy_settled is not None and not callable(lossy_settled):
+        raise ValueError(f"lossy_settled must be a rule (old, new) -> bool per draft, e.g. BinTolerance, got {lossy_settled!r}")
 
 
 __all__ = ["AUTO_MAX_WINDOW", "METHODS", "Method", "generate", "register_method"]
