@@ -90,6 +90,7 @@ def test_a_few_ceed_steps_lower_the_loss_and_keep_jacobi_exact(policy_data):
 
 def test_the_shipped_student_decodes_exactly_in_fewer_passes_than_its_teacher():
     from jacobix.robot import evaluation_episodes, get_suite, load_policy
+    from jacobix.robot.rollout import chunk_jacobi_options
 
     teacher, fmt = load_policy("pointmass-policy")
     student, student_fmt = load_policy("pointmass-policy-ceed")
@@ -98,8 +99,7 @@ def test_the_shipped_student_decodes_exactly_in_fewer_passes_than_its_teacher():
     env = suite.make_env()
     tasks, seeds = evaluation_episodes(suite.tasks, 8)
     prompts = fmt.prompts(tasks, np.stack([env.reset(t, s) for t, s in zip(tasks, seeds)]))  # (24, Lp)
-    options = dict(method="jacobi", window=fmt.block - 1, block=True, init="row-above", row_length=fmt.act_dim,
-                   max_new_tokens=fmt.block)
+    options = dict(chunk_jacobi_options(fmt), max_new_tokens=fmt.block)
     passes = {}
     for name, model in (("teacher", teacher), ("student", student)):
         out = jacobix.generate(model, prompts, **options)

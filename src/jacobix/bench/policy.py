@@ -26,7 +26,8 @@ from torch import Tensor
 
 from jacobix.models.protocol import CausalLM
 from jacobix.robot.policy import PolicyFormat, load_policy
-from jacobix.robot.rollout import Decide, RolloutResult, greedy_decider, run_episodes, wilson_interval
+from jacobix.robot.rollout import (Decide, RolloutResult, chunk_jacobi_options, greedy_decider, run_episodes,
+                                    wilson_interval)
 from jacobix.robot.suites import evaluation_episodes, get_suite
 from jacobix.tokens.early_exit import BinTolerance
 
@@ -87,8 +88,7 @@ class Setting:
             return greedy_decider(model, fmt, method="ar")
         first, count = fmt.action_tokens
         settled = None if self.settle is None else BinTolerance(first=first, count=count, max_moved=self.settle)
-        return greedy_decider(model, fmt, method="jacobi", window=fmt.block - 1, block=True, init="row-above",
-                              row_length=fmt.act_dim, lossy_sweep_cap=self.cap, lossy_settled=settled)
+        return greedy_decider(model, fmt, **chunk_jacobi_options(fmt), lossy_sweep_cap=self.cap, lossy_settled=settled)
 
 
 def settings(config: PolicyBenchConfig) -> list[Setting]:

@@ -116,6 +116,13 @@ def _run_batch(decide: Decide, fmt: PolicyFormat, run: Lockstep, out: dict[str, 
     out["steps"][:] = run.steps
 
 
+def chunk_jacobi_options(fmt: PolicyFormat) -> dict[str, Any]:
+    """Keywords of :func:`~jacobix.tokens.generate.generate` that decode one action chunk by greedy
+    Jacobi as CEED trains it: one block of the tokens after the prefill's first one, drafted from
+    the action one step before (``init="row-above"`` with the action dimensions as the row)."""
+    return dict(method="jacobi", window=fmt.block - 1, block=True, init="row-above", row_length=fmt.act_dim)
+
+
 def greedy_decider(model: CausalLM, fmt: PolicyFormat, *, method: str = "ar", **options: Any) -> Decide:
     """A ``decide`` that decodes one block per prompt with :func:`~jacobix.tokens.generate.generate`.
 
