@@ -84,7 +84,7 @@ def train(
     torch.manual_seed(config.seed)
     tokenizer = load_vq(vq_dir)
     vocab = ImageVocab(num_codes=tokenizer.config.codebook_size, num_classes=10, grid=tokenizer.config.grid)
-    codes, labels = _tokenize("train", tokenizer)  # (N, 196), (N,)
+    codes, labels = tokenize_split("train", tokenizer)  # (N, 196), (N,)
     model_config = LlamaConfig(vocab_size=vocab.vocab_size, dim=config.dim, num_layers=config.num_layers, num_heads=4,
                                num_kv_heads=2, hidden_dim=3 * config.dim, max_seq_len=512)
     model = Llama(model_config)
@@ -104,7 +104,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = torch.randint(len(codes), (config.batch_size,), generator=generator)
-        inputs, targets = _sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)  # global batch
+        inputs, targets = class_sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)  # global batch
         inputs, targets = run.shard(inputs, targets)  # this rank's rows
         loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
@@ -135,7 +135,7 @@ def _save_final(model: torch.nn.Module, model_config: LlamaConfig, run: distribu
         return
     final = Llama(model_config)
     final.load_state_dict(weights)
-    test_codes, test_labels = _tokenize("test", tokenizer)
+    test_codes, test_labels = tokenize_split("test", tokenizer)
     val_loss = evaluate(final.eval(), test_codes, test_labels, vocab)
     log.info("test loss %.4f nats/token", val_loss)
     save_llama(final, out_dir, extra={**extra, "test_loss": round(val_loss, 4)})
@@ -151,12 +151,13 @@ def _save_plain(model: torch.nn.Module, model_config: LlamaConfig, run: distribu
         save_llama(plain, out_dir, extra=extra)
 
 
-def _tokenize(split: str, tokenizer) -> tuple[Tensor, Tensor]:
+def tokenize_split(split: str, tokenizer) -> tuple[Tensor, Tensor]:
+    """A Fashion-MNIST split as VQ codes (N, 196) and labels (N,)."""
     images, labels = load_fashion_mnist(split)
     return tokenizer.encode(torch.tensor(images)).flatten(1), torch.tensor(labels)  # (N, 196), (N,)
 
 
-def _sequences(codes: Tensor, labels: Tensor, vocab: ImageVocab, dropout: float, generator: torch.Generator):
+def class_sequences(codes: Tensor, labels: Tensor, vocab: ImageVocab, dropout: float, generator: torch.Generator):
     """Inputs ``[class] + codes[:-1]`` (B, 196) and targets ``codes`` (B, 196)."""
     prompt = vocab.class_tokens(labels)  # (B,)
     drop = torch.rand(len(labels), generator=generator) < dropout
@@ -167,7 +168,7 @@ def _sequences(codes: Tensor, labels: Tensor, vocab: ImageVocab, dropout: float,
 @torch.no_grad()
 def evaluate(model: Llama, codes: Tensor, labels: Tensor, vocab: ImageVocab, n: int = 1000) -> float:
     """Mean conditional cross-entropy (nats per code) on the first ``n`` sequences."""
-    inputs, targets = _sequences(codes[:n], labels[:n], vocab, 0.0, torch.Generator())
+    inputs, targets = class_sequences(codes[:n], labels[:n], vocab, 0.0, torch.Generator())
     losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item() for x, y in zip(inputs.split(100), targets.split(100))]
     return sum(losses) / len(losses)
 

@@ -34,7 +34,7 @@ from jacobix.images.model import AR_DIR, ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, load_llama, save_llama
 from jacobix.train import add_output_arguments, output_folder
-from jacobix.train.image_ar import _sequences, _tokenize
+from jacobix.train.image_ar import class_sequences, tokenize_split
 
 log = logging.getLogger(__name__)
 BUNDLED = "fmnist-ar-sjd2"
@@ -134,7 +134,7 @@ def train(out_dir: str | Path, config: SJD2TrainConfig = SJD2TrainConfig(), *, i
     model.train()
     vocab = ImageVocab(**{k: meta["image"][k] for k in ("num_codes", "num_classes", "grid")})
     tokenizer = load_vq(AR_DIR.parent / meta["image"].get("vq", "fmnist-vq"))
-    codes, labels = _tokenize("train", tokenizer)  # (N, 196), (N,)
+    codes, labels = tokenize_split("train", tokenizer)  # (N, 196), (N,)
     noise = NoiseEmbedding(NoiseEmbeddingConfig(dim=model.config.dim, **(noise_config or {})))
     noise.fit_statistics(model.tok_embeddings.weight[: vocab.num_codes].detach())
     schedule = noise.config.schedule
@@ -149,7 +149,7 @@ def train(out_dir: str | Path, config: SJD2TrainConfig = SJD2TrainConfig(), *, i
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = torch.randint(len(codes), (config.batch_size,), generator=generator)
-        inputs, targets = _sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)  # (B, 196) each
+        inputs, targets = class_sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)  # (B, 196) each
         ratios = torch.cat([torch.zeros(len(batch), 1), noise_ratios(len(batch), inputs.shape[1] - 1, schedule, config, generator)], 1)
         logits = model(None, embeds=noisy_inputs(model, noise, inputs, ratios, generator))  # (B, 196, V)
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -178,7 +178,7 @@ def _save(model: Llama, noise: NoiseEmbedding, out_dir: Path, meta: dict, config
     if final:
         from jacobix.train.image_ar import evaluate
 
-        test_codes, test_labels = _tokenize("test", tokenizer)
+        test_codes, test_labels = tokenize_split("test", tokenizer)
         extra["test_loss"] = round(evaluate(model, test_codes, test_labels, vocab), 4)
         log.info("test loss %.4f nats/token (clean inputs)", extra["test_loss"])
     else:
