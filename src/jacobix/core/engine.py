@@ -228,8 +228,7 @@ def solve(
     while not bool(state.done.all()):  # the one device sync per sweep
         running = ~state.done
         decision = problem.sweep(state, drafts)
-        forced = _forced(state, drafts, decision, running, lossy_sweep_cap, lossy_settled)
-        n_commit, lossy = _clamp(state, decision, running, forced)
+        n_commit, lossy = _clamp(state, drafts, decision, running, lossy_sweep_cap, lossy_settled)
         if record:
             trajectory.append(_record(state, drafts, decision, n_commit))
         _commit(state, decision.values, n_commit)
@@ -257,39 +256,35 @@ def solve(
     )
 
 
-def _budget(state: FixedPointState, decision: Acceptance) -> Tensor:
-    """(B,) values a sweep may commit: up to the row's limit, its block's end and the sweep's outputs."""
+def _clamp(state: FixedPointState, drafts: Drafts, decision: Acceptance, running: Tensor, cap: int | None,
+           settled: SettledRule | None) -> tuple[Tensor, Tensor]:
+    """(B,) values to commit after each row's budget (and block end), and how many of them the lossy exit forced."""
     budget = state.limit - state.length
     if state.block_end is not None:
         budget = torch.minimum(budget, state.block_end - state.length)
-    return budget.clamp(max=decision.values.shape[1])
+    budget = budget.clamp(max=decision.values.shape[1])  # (B,)
+    n_commit = torch.where(running, torch.minimum(decision.n_commit, budget), 0)
+    forced = _forced(state, drafts, decision, budget, cap, settled)
+    if forced is None:
+        return n_commit, torch.zeros_like(n_commit)
+    forced = running & forced & (n_commit < budget)
+    return torch.where(forced, budget, n_commit), torch.where(forced, budget - n_commit, 0)
 
 
-def _forced(state: FixedPointState, drafts: Drafts, decision: Acceptance, running: Tensor, cap: int | None,
+def _forced(state: FixedPointState, drafts: Drafts, decision: Acceptance, budget: Tensor, cap: int | None,
             settled: SettledRule | None) -> Tensor | None:
     """(B,) rows whose window the LOSSY early exit commits as it stands this sweep, or None when exact."""
     if cap is None and settled is None:
         return None
-    forced = torch.zeros_like(running)
+    forced = torch.zeros_like(budget, dtype=torch.bool)
     if cap is not None:
         forced |= state.sweeps_on_window + 1 >= cap
     if settled is not None:
         d = decision.values.shape[1] - 1  # drafts fed this sweep (fewer than D under a width policy)
         close = settled(drafts.values[:, :d], decision.values[:, :d])  # (B, d): a draft vs the output at its position
-        # committing b values rests on the first b - 1 drafts only
-        beyond = torch.arange(d, device=close.device)[None, :] >= _budget(state, decision)[:, None] - 1
+        beyond = torch.arange(d, device=close.device)[None, :] >= budget[:, None] - 1  # b values rest on b - 1 drafts
         forced |= (close | beyond).all(dim=1)
-    return running & forced
-
-
-def _clamp(state: FixedPointState, decision: Acceptance, running: Tensor, forced: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(B,) values to commit after each row's budget (and block end), and how many of them the lossy exit forced."""
-    budget = _budget(state, decision)
-    n_commit = torch.where(running, torch.minimum(decision.n_commit, budget), 0)
-    if forced is None:
-        return n_commit, torch.zeros_like(n_commit)
-    forced = forced & (n_commit < budget)
-    return torch.where(forced, budget, n_commit), torch.where(forced, budget - n_commit, 0)
+    return forced
 
 
 def _advance(state: FixedPointState, n_commit: Tensor, running: Tensor, window: int) -> Tensor | None:
