@@ -35,7 +35,6 @@ from torch import Tensor
 
 from jacobix.core.sampling import Randomness, per_row
 from jacobix.images.denoise import NoiseEmbedding, add_noise, ddim_step
-from jacobix.tokens.generate import Method, register_method
 from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext
 from jacobix.tokens.proposers.basic import DraftInit, JacobiProposer
 from jacobix.tokens.proposers.coupled import CoupledProposer
@@ -146,12 +145,5 @@ def sjd2_proposer(noise: NoiseEmbedding | None, embed: Callable[[Tensor], Tensor
                          "load_image_model('fmnist-ar-sjd2'); levels=0 is plain SJD")
     return SJD2Proposer(noise, embed, config, init=init, trace=trace)
 
-
-def _needs_proposer(init: DraftInit) -> SJD2Proposer:
-    raise ValueError("method='sjd2' needs proposer=SJD2Proposer(noise, model.embed, SJD2Config(...)) built from a model "
-                     "fine-tuned for SJD2; for images use ImageSampling(method='sjd2') with load_image_model('fmnist-ar-sjd2')")
-
-
-register_method(Method("sjd2", True, proposer=_needs_proposer))
 
 __all__ = ["SJD2Config", "SJD2Proposer", "sjd2_proposer"]

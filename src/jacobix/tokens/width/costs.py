@@ -24,7 +24,6 @@ there adds no wait. A probe pass times the proposal, forward, rule and redraft.
 from __future__ import annotations
 
 import statistics
-import weakref
 from collections import deque
 from collections.abc import Callable
 
@@ -125,15 +124,25 @@ class PassCosts:
         return {w: self.shape(w) for w in widths}
 
 
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class CostBook:
+    """Pass-cost tables of one process, one :class:`PassCosts` per kind of pass.
+
+    A pass's cost shape depends on where and how it runs: the device, the dtype, the rows per
+    pass, greedy or sampled, and the proposer. The book keeps one table per such key so that the
+    generations that share it pool their timings (a fresh table must probe first). Every
+    :class:`~jacobix.tokens.decoding.Decoding` carries a book; reuse one ``Decoding`` (or pass
+    ``costs=book``) to keep the tables across calls.
+    """
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple, PassCosts] = {}
+
+    def table(self, key: tuple) -> PassCosts:
+        """The table for ``key`` (device, dtype, rows per pass, greedy, proposer), new if unseen."""
+        return self.tables.setdefault(key, PassCosts())
+
+    def __repr__(self) -> str:
+        return f"CostBook({len(self.tables)} table(s))"
 
 
-def shared_costs(model: object, key: tuple) -> PassCosts:
-    """The :class:`PassCosts` of ``model`` (its wrapped module for an adapter) for ``key``
-    (device, dtype, rows per pass, greedy or not, proposer), shared by the generations of one process so that their
-    timings pool; pass ``AdaptiveWidth(costs=...)`` to keep your own."""
-    owner = getattr(model, "model", model)
-    return _SHARED.setdefault(owner, {}).setdefault(key, PassCosts())
-
-
-__all__ = ["PROBE_WIDTHS", "PassCosts", "shared_costs"]
+__all__ = ["CostBook", "PROBE_WIDTHS", "PassCosts"]
