@@ -169,8 +169,8 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
     this kind of pass, probed first if it lacks timings."""
     costs, policy = None, decoding.width_policy
     if decoding.adaptive and policy is None:
-        key = (str(state.values.device), str(model_dtype(model)), len(verifier.prompt_length) * verifier.candidates,
-               verifier.sampling.greedy, type(proposer).__name__)
+        key = (_model_key(model), str(state.values.device), str(model_dtype(model)),
+               len(verifier.prompt_length) * verifier.candidates, verifier.sampling.greedy, type(proposer).__name__)
         costs = decoding.costs.table(key)
         policy = AdaptiveWidth(proposer.sources, width - 1, costs)
     problem = TokenProblem(verifier, proposer, policy=policy, costs=costs, generator=generator,
@@ -185,6 +185,13 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
         problem.stats.cost_ratio = costs.ratios(widths)
     verifier.rollback(state, state.length - 1, None)
     return problem
+
+
+def _model_key(model: CausalLM) -> str:
+    """What tells models' pass costs apart: the class and the parameter count of the network."""
+    module = getattr(model, "model", model)  # the transformers module inside an adapter
+    count = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
+    return f"{type(module).__name__}/{count}"
 
 
 def _start(model: CausalLM, verifier: Verifier, prompts: Tensor, prompt_length: Tensor,

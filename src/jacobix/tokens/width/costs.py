@@ -23,9 +23,11 @@ there adds no wait. A probe pass times the proposal, forward, rule and redraft.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from jacobix.core.timing import clock
 
@@ -138,8 +140,36 @@ class CostBook:
         self.tables: dict[tuple, PassCosts] = {}
 
     def table(self, key: tuple) -> PassCosts:
-        """The table for ``key`` (device, dtype, rows per pass, greedy, proposer), new if unseen."""
-        return self.tables.setdefault(key, PassCosts())
+        """The table for ``key`` (model, device, dtype, rows per pass, greedy, proposer), new if unseen."""
+        return self.tables.setdefault(tuple(key), PassCosts())
+
+    def save(self, path: str | Path) -> None:
+        """Write every table's recent timings as JSON (written whole through a temporary file)."""
+        data = [{"key": list(key), "levels": list(t.levels), "shapes": {str(w): list(v) for w, v in t.shapes.items()}}
+                for key, t in self.tables.items()]
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(data, indent=1) + "\n")
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostBook:
+        """A book from :meth:`save`'s file.
+
+        Raises:
+            ValueError: a file that is not such a book (named, with what is wrong).
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+            book = cls()
+            for entry in data:
+                table = book.table(tuple(entry["key"]))
+                table.levels.extend(float(x) for x in entry["levels"])
+                for width, samples in entry["shapes"].items():
+                    table.shapes.setdefault(int(width), deque(maxlen=table.keep)).extend(float(x) for x in samples)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a jacobix pass-cost file ({type(error).__name__}: {error})") from None
+        return book
 
     def __repr__(self) -> str:
         return f"CostBook({len(self.tables)} table(s))"
