@@ -9,6 +9,7 @@ import torch
 
 from jacobix.api import generate, load_text_model
 from jacobix.cli.flags import Help, check_writable
+from jacobix.core.sampling import SamplingConfig
 from jacobix.tokens.decoding import Decoding
 
 
@@ -65,8 +66,8 @@ def text_demo(*, quick: bool) -> None:
     print(prompt + text_model.tokenizer.decode(greedy.tokens[0]))
     print(f"--- greedy Jacobi with the n-gram pool: {greedy.stats.forward_passes} passes for 200 tokens "
           "(greedy AR needs 199 after the prefill, and gives exactly this text)\n")
-    sampled = generate(text_model.model, tokens, method="sjd", window=16, temperature=0.8, max_new_tokens=200,
-                       generator=torch.Generator().manual_seed(0))
+    sampled = generate(text_model.model, tokens, decoding=Decoding(method="sjd", window=16),
+                       sampling=SamplingConfig(temperature=0.8), max_new_tokens=200, generator=torch.Generator().manual_seed(0))
     print(prompt + text_model.tokenizer.decode(sampled.tokens[0]))
     print(f"--- SJD at temperature 0.8: {sampled.stats.forward_passes} passes for 200 tokens\n")
     config = TextBenchConfig(max_new_tokens=100 if quick else 200, seeds=(0,) if quick else (0, 1))
