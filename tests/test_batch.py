@@ -182,16 +182,16 @@ def test_the_command_refuses_bad_input_and_options(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "skipped" in captured.err and "line 2" in captured.err
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [1, 2]
-    assert main([*base, "--engine", "spark"]) == 2
+    assert main([*base, "--backend", "spark"]) == 2
     assert "invalid choice: 'spark'" in capsys.readouterr().err
     assert main([*base, "--actors", "2"]) == 2
-    assert "--actors applies to --engine ray only" in capsys.readouterr().err
+    assert "--actors applies to --backend ray only" in capsys.readouterr().err
 
 
 def test_the_ray_engine_without_ray_names_the_install_command(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError, as when it is not installed
     source = _write(tmp_path / "in.jsonl", ['{"id": 1, "prompt": "ROMEO:\\n"}'])
-    assert main(["generate-batch", "--input", str(source), "--output", str(tmp_path / "o.jsonl"), "--engine", "ray"]) == 2
+    assert main(["generate-batch", "--input", str(source), "--output", str(tmp_path / "o.jsonl"), "--backend", "ray"]) == 2
     assert "pip install 'jacobix[ray]'" in capsys.readouterr().err
 
 

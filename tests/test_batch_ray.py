@@ -57,7 +57,7 @@ def test_the_command_on_ray_makes_the_local_pngs_and_restarts(cluster, tmp_path)
     assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 0
     ray_out = tmp_path / "ray.jsonl"
     ray_out.write_text(json.dumps({"id": "i1", "label": 1, "png": "made before", "stats": {}}) + "\n")  # a finished row
-    assert main([*common, "--output", str(ray_out), "--engine", "ray", "--actors", "2"]) == 0
+    assert main([*common, "--output", str(ray_out), "--backend", "ray", "--actors", "2"]) == 0
     rows = _lines(ray_out)
     assert [r["id"] for r in rows] == ["i1", "i4", "i8"] and rows[0]["png"] == "made before"
     local = {r["id"]: Path(r["png"]).read_bytes() for r in _lines(tmp_path / "local.jsonl")}

@@ -106,3 +106,16 @@ def test_layers_point_down():
             if layer(name) == "train" and layer(target) in ("demos", "bench", "cli"):
                 bad.append(f"trainer {name} imports {target}")
     assert bad == []
+
+
+def test_modules_and_functions_stay_small():
+    """No module over 400 lines and no function over 60 (STYLE.md 16): any decoding loop fits on one screen."""
+    big = []
+    for name, path in modules().items():
+        source = path.read_text()
+        if source.count("\n") > 400:
+            big.append(f"module {name}: {source.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                big.append(f"function {name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert big == []

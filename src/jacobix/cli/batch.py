@@ -26,10 +26,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         description="Text rows {\"id\": ..., \"prompt\": \"...\"} or, with --model fmnist-ar, image rows {\"id\": ..., "
         "\"label\": 3}; one result line per row with its per-row stats. Run it again with the same --output to finish "
         "an interrupted job: finished rows are not redone. Each row samples from a seed made of --seed and its id, so "
-        "the output does not depend on --engine, --actors or --batch-size.")
+        "the output does not depend on --backend, --actors or --batch-size.")
     batch.add_argument("--input", type=Path, required=True, help="JSONL file of rows")
     batch.add_argument("--output", type=Path, required=True, help="JSONL results (appended; finished ids are skipped)")
-    batch.add_argument("--engine", choices=BACKENDS, default="local",
+    batch.add_argument("--backend", choices=BACKENDS, default="local",
                        help="local: this process; ray: Ray Data map_batches on an actor pool (pip install 'jacobix[ray]')")
     batch.add_argument("--model", default="shakespeare",
                        help=f"a text model ({', '.join(text_models())}, or a checkpoint folder), or fmnist-ar (image rows)")
@@ -51,10 +51,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def check(args: argparse.Namespace) -> None:
     """Refuse options that do not apply, before any work."""
-    if args.engine != "ray":
+    if args.backend != "ray":
         for name in RAY_OPTIONS:
             if name in args.explicit:
-                raise ValueError(f"--{name.replace('_', '-')} applies to --engine ray only")
+                raise ValueError(f"--{name.replace('_', '-')} applies to --backend ray only")
     if args.method not in TEXT_METHODS:
         raise ValueError(f"--method {args.method} does not run in batch jobs; use one of {', '.join(TEXT_METHODS)}")
     if args.output.resolve() == args.input.resolve():
@@ -63,7 +63,7 @@ def check(args: argparse.Namespace) -> None:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
         raise ValueError(f"--device {args.device!r} is not a torch device; use cpu or e.g. cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available() and args.engine == "local":
+    if device.type == "cuda" and not torch.cuda.is_available() and args.backend == "local":
         raise ValueError(f"--device {args.device}: no CUDA device here; use --device cpu")
     spec_from_args(args)  # the specs' own checks, before any file is read
 
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     _report(job, args)
     start = time.perf_counter()
     with ResultWriter(args.output) as writer:
-        if args.engine == "ray":
+        if args.backend == "ray":
             from jacobix.integrations.ray import run_ray
 
             written = run_ray(spec, job.rows, writer, actors=args.actors, address=args.address, num_cpus=args.num_cpus,

@@ -1,7 +1,7 @@
 """Batch generation on Ray Data (optional: ``pip install 'jacobix[ray]'``).
 
 :class:`RayBatchGenerator` goes straight into ``ray.data.Dataset.map_batches`` with an actor
-pool (one model per actor); :func:`run_ray` is what ``jacobix generate-batch --engine ray`` runs.
+pool (one model per actor); :func:`run_ray` is what ``jacobix generate-batch --backend ray`` runs.
 Ray itself is imported only when one of them is used.
 """
 
