@@ -29,7 +29,7 @@ from jacobix.robot.policy import PolicyFormat, load_policy
 from jacobix.robot.rollout import (Decide, RolloutResult, chunk_jacobi_options, greedy_decider, run_episodes,
                                     wilson_interval)
 from jacobix.robot.suites import evaluation_episodes, get_suite
-from jacobix.tokens.early_exit import BinTolerance
+from jacobix.core.acceptance import BinTolerance
 
 
 @dataclass(frozen=True, kw_only=True)
