@@ -1,7 +1,7 @@
 """SJD2's model side: the noisy-input embedding of the fine-tuned image model, saved with its checkpoint.
 
 SJD2 (arXiv 2510.08994) fine-tunes an AR token model to predict the next *clean* token when some
-of its input embeddings are noisy. Everything here is a pure function or a small module that
+of its input embeddings are noisy. :class:`NoiseEmbedding` is the small module that
 turns noisy vectors into input embeddings for ``model.forward(..., embeds=...)``; the model owns
 no loop and the decoding lives in :mod:`jacobix.tokens.proposers.denoising`.
 
