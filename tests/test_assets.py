@@ -67,3 +67,14 @@ def test_locate_looks_up_names_of_its_kind_only(tmp_path):
     assert assets.locate(tmp_path, kind="image") == tmp_path
     assert assets.rebuild_hint("pointmass-policy", kind="policy").endswith("--suite pointmass --replace-bundled")
     assert assets.rebuild_hint(tmp_path, kind="policy") == ""
+
+
+def test_replace_bundled_writes_only_registered_folders():
+    import argparse
+
+    from jacobix.train import output_folder
+
+    args = argparse.Namespace(out=None, replace_bundled=True)
+    assert output_folder(args, "pccot-seq") == assets.ROOT / "pccot-seq"
+    with pytest.raises(ValueError, match="no bundled asset 'pccot-cot'; known names: "):
+        output_folder(args, "pccot-cot")  # `jacobix train pccot --arm cot --replace-bundled`: no such bundled model
