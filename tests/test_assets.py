@@ -9,7 +9,7 @@ import re
 import pytest
 
 from jacobix import assets
-from jacobix.cli import TRAINERS  # the `jacobix train` targets; they move to jacobix.train.recipes.RECIPES
+from jacobix.cli.train import TRAINERS  # the `jacobix train` targets; they move to jacobix.train.recipes.RECIPES
 
 
 def test_every_asset_folder_is_registered_and_every_registered_folder_exists():

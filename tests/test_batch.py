@@ -12,15 +12,20 @@ import pytest
 
 import torch
 
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.decoding import Decoding
+
 from jacobix.api import generate, load_text_model
 from jacobix.batch import BatchGenerator, BatchSpec, ResultWriter, finished_ids, open_job, read_rows, row_seed, run_local
 from jacobix.batch.rows import row_stats
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.decoding import Decoding
 from jacobix.cli import main
 
 PROMPTS = ["ROMEO:\n", "JULIET:\nO ", "To be", "KING HENRY:\nNow, lords", "A", "Good morrow"]
-SPECS = {"jacobi": BatchSpec(method="jacobi", max_new_tokens=40),
-         "sjd": BatchSpec(method="sjd", temperature=0.8, max_new_tokens=40),
-         "sjd-random-init": BatchSpec(method="sjd", temperature=0.8, max_new_tokens=40, init="random")}
+SPECS = {"jacobi": BatchSpec(decoding=Decoding(method="jacobi", init="repeat"), max_new_tokens=40),
+         "sjd": BatchSpec(decoding=Decoding(method="sjd", init="repeat"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=40),
+         "sjd-random-init": BatchSpec(decoding=Decoding(method="sjd", init="random"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=40)}
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def test_coupled_sjd_rows_do_not_depend_on_their_batch():
     together = run(range(len(rows)))
     for i in range(len(rows)):
         assert torch.equal(run([i])[0], together[i])
-    BatchSpec(method="sjd-coupled", temperature=0.8)  # offered to batch jobs
+    BatchSpec(decoding=Decoding(method="sjd-coupled"), sampling=SamplingConfig(temperature=0.8))  # offered to batch jobs
 
 
 def test_greedy_rows_equal_sequential_greedy_decoding(generators):
@@ -91,7 +96,7 @@ def test_sampled_rows_follow_their_seed_not_their_neighbours(generators):
     first = generators["sjd"].generate_rows([row])[0]
     renamed = generators["sjd"].generate_rows([{**row, "id": "other"}])[0]
     assert renamed["tokens"] != first["tokens"]  # another id, another seed
-    reseeded = BatchGenerator(BatchSpec(method="sjd", temperature=0.8, max_new_tokens=40, seed=1)).generate_rows([row])[0]
+    reseeded = BatchGenerator(BatchSpec(decoding=Decoding(method="sjd", init="repeat"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=40, seed=1)).generate_rows([row])[0]
     assert reseeded["tokens"] != first["tokens"]
     assert row_seed(0, 7) == row_seed(0, "7") != row_seed(1, 7)
     assert 0 <= row_seed(123, "x") < 2**63
@@ -101,7 +106,7 @@ def test_image_rows_are_the_same_pngs_in_any_batch(tmp_path):
     rows = [{"id": f"img{label}", "label": label} for label in (0, 7, 9)]
     pngs = {}
     for name, batches in (("together", [rows]), ("alone", [[r] for r in rows])):
-        spec = BatchSpec(model="fmnist-ar", method="sjd", temperature=1.0, image_dir=str(tmp_path / name))
+        spec = BatchSpec(model="fmnist-ar", decoding=Decoding(method="sjd"), sampling=SamplingConfig(temperature=1.0), image_dir=str(tmp_path / name))
         generator = BatchGenerator(spec)
         results = [r for batch in batches for r in generator.generate_rows(batch)]
         assert [r["label"] for r in results] == [0, 7, 9]
@@ -135,7 +140,7 @@ class Interrupted(Exception):
 
 
 def test_an_interrupted_job_restarts_without_redoing_or_duplicating_rows(tmp_path, generators):
-    spec, rows = BatchSpec(method="sjd", temperature=0.8, max_new_tokens=40, batch_size=2), _rows(6)
+    spec, rows = BatchSpec(decoding=Decoding(method="sjd", init="repeat"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=40, batch_size=2), _rows(6)
     source = _write(tmp_path / "in.jsonl", [json.dumps(r) for r in rows])
     full, cut = tmp_path / "full.jsonl", tmp_path / "cut.jsonl"
     with ResultWriter(full) as writer:
@@ -192,13 +197,13 @@ def test_the_ray_engine_without_ray_names_the_install_command(tmp_path, capsys, 
 
 def test_specs_are_checked():
     with pytest.raises(ValueError, match="temperature > 0"):
-        BatchSpec(method="sjd")
+        BatchSpec(decoding=Decoding(method="sjd"))
     with pytest.raises(ValueError, match="greedy"):
-        BatchSpec(method="jacobi", temperature=0.5)
+        BatchSpec(decoding=Decoding(method="jacobi"), sampling=SamplingConfig(temperature=0.5))
     with pytest.raises(ValueError, match="image_dir"):
-        BatchSpec(model="fmnist-ar", method="sjd", temperature=1.0)
+        BatchSpec(model="fmnist-ar", decoding=Decoding(method="sjd"), sampling=SamplingConfig(temperature=1.0))
     with pytest.raises(ValueError, match="unknown method"):
-        BatchSpec(method="beam")
+        BatchSpec(decoding=Decoding(method="beam"))
 
 
 def test_a_killed_command_finishes_on_the_second_run(tmp_path, generators):

@@ -4,6 +4,7 @@ as the local engine, greedy, sampled and images, whatever the batch size."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray engine needs: pip install 'jacobix[ray]'")
 
 from jacobix.batch import BatchSpec, ResultWriter, run_local  # noqa: E402
+from jacobix.core.sampling import SamplingConfig  # noqa: E402
+from jacobix.tokens.decoding import Decoding  # noqa: E402
 from jacobix.cli import main  # noqa: E402
 from jacobix.integrations.ray import RayBatchGenerator, actor_pool, run_ray  # noqa: E402
 
@@ -33,14 +36,14 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("spec", [BatchSpec(method="jacobi", max_new_tokens=32, batch_size=5),
-                                  BatchSpec(method="sjd", temperature=0.8, max_new_tokens=32, batch_size=5)],
+@pytest.mark.parametrize("spec", [BatchSpec(decoding=Decoding(method="jacobi", init="repeat"), max_new_tokens=32, batch_size=5),
+                                  BatchSpec(decoding=Decoding(method="sjd", init="repeat"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=32, batch_size=5)],
                          ids=["greedy", "sjd"])
 def test_two_ray_actors_write_what_the_local_engine_writes(cluster, tmp_path, spec):
     rows = _rows(12)
     local, remote = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
     with ResultWriter(local) as writer:
-        run_local(BatchSpec(**{**spec.__dict__, "batch_size": 4}), rows, writer)  # another batch size too
+        run_local(replace(spec, batch_size=4), rows, writer)  # another batch size too
     with ResultWriter(remote) as writer:
         assert run_ray(spec, rows, writer, actors=2) == 12
     assert remote.read_text() == local.read_text()  # same rows, same order, same ids (int and str kept)
@@ -62,7 +65,7 @@ def test_the_command_on_ray_makes_the_local_pngs_and_restarts(cluster, tmp_path)
 
 
 def test_the_class_goes_straight_into_map_batches(cluster, tmp_path):
-    spec = BatchSpec(method="jacobi", max_new_tokens=16)
+    spec = BatchSpec(decoding=Decoding(method="jacobi", init="repeat"), max_new_tokens=16)
     rows = [{"id": str(r["id"]), "prompt": r["prompt"]} for r in _rows(4)]
     out = ray.data.from_items(rows).map_batches(RayBatchGenerator, fn_constructor_kwargs={"spec": spec}, batch_size=2,
                                                 num_cpus=1, **actor_pool(ray, 1))

@@ -90,7 +90,7 @@ def test_a_few_ceed_steps_lower_the_loss_and_keep_jacobi_exact(policy_data):
 
 def test_the_shipped_student_decodes_exactly_in_fewer_passes_than_its_teacher():
     from jacobix.robot import evaluation_episodes, get_suite, load_policy
-    from jacobix.robot.rollout import chunk_jacobi_options
+    from jacobix.robot.rollout import chunk_jacobi
 
     teacher, fmt = load_policy("pointmass-policy")
     student, student_fmt = load_policy("pointmass-policy-ceed")
@@ -99,10 +99,9 @@ def test_the_shipped_student_decodes_exactly_in_fewer_passes_than_its_teacher():
     env = suite.make_env()
     tasks, seeds = evaluation_episodes(suite.tasks, 8)
     prompts = fmt.prompts(tasks, np.stack([env.reset(t, s) for t, s in zip(tasks, seeds)]))  # (24, Lp)
-    options = dict(chunk_jacobi_options(fmt), max_new_tokens=fmt.block)
     passes = {}
     for name, model in (("teacher", teacher), ("student", student)):
-        out = jacobix.generate(model, prompts, **options)
+        out = jacobix.generate(model, prompts, decoding=chunk_jacobi(fmt), max_new_tokens=fmt.block)
         ar = jacobix.generate(model, prompts, method="ar", max_new_tokens=fmt.block)
         assert all(torch.equal(a, b) for a, b in zip(out.tokens, ar.tokens))
         passes[name] = int(out.stats.active_per_pass.sum())

@@ -26,15 +26,17 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture
 def never_run(monkeypatch):
     """Fail the test if any decoding, benchmark or demo starts: the checks must come first."""
-    import jacobix.cli as cli
-    import jacobix.cli_bench as cli_bench
+    import jacobix.cli.bench as cli_bench
+    import jacobix.cli.demo as cli_demo
+    import jacobix.cli.text as cli_text
 
     def boom(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
 
-    for name in ("generate", "load_text_model", "_demo", "_text_demo"):
-        monkeypatch.setattr(cli, name, boom)
-    monkeypatch.setattr(cli_bench, "run_bench", boom)
+    for module, name in ((cli_text, "generate"), (cli_text, "load_text_model"), (cli_demo, "run"), (cli_demo, "text_demo")):
+        monkeypatch.setattr(module, name, boom)
+    for target, (summary, options, _) in list(cli_bench._TARGETS.items()):
+        monkeypatch.setitem(cli_bench._TARGETS, target, (summary, options, boom))
     for module, name in (("jacobix.demos.images", "demo_images"), ("jacobix.demos.tarflow", "demo_tarflow"),
                          ("jacobix.bench.tarflow", "bench_tarflow"), ("jacobix.bench.images", "bench_images"),
                          ("jacobix.bench.text", "bench_text")):
@@ -119,9 +121,9 @@ def test_bundled_model_window_5000_names_its_1024_positions(capsys):
 def test_help_shows_defaults_and_describes_every_option(capsys):
     import argparse
 
-    from jacobix.cli import _parser
+    from jacobix.cli import parser as _parser
 
-    for command in (["generate"], ["bench"], ["demo"], []):
+    for command in (["generate"], ["bench", "text"], ["demo"], []):
         assert main([*command, "--help"]) == 0
         assert "(default: " in capsys.readouterr().out
     parsers, described = [_parser()], 0
@@ -179,10 +181,10 @@ def test_quick_keeps_explicit_seeds_and_tokens(monkeypatch, capsys):
 def test_the_readme_demo_command_parses_with_and_without_a_target(monkeypatch, capsys, tmp_path):
     """`jacobix demo` (the README's first command) and `jacobix demo images --quick` reach the demo."""
     import jacobix.cli as cli
-    import jacobix.cli_bench as cli_bench
+    import jacobix.cli.demo as cli_demo
 
     seen = []
-    monkeypatch.setattr(cli, "_demo", lambda args: seen.append((args.target, args.quick)) or 0)
+    monkeypatch.setattr(cli_demo, "run", lambda args: seen.append((args.target, args.quick)) or 0)
     assert cli.main(["demo", "--out", str(tmp_path)]) == 0
     assert cli.main(["demo", "images", "--quick", "--out", str(tmp_path)]) == 0
     assert seen == [("all", False), ("images", True)]

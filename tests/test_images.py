@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.decoding import Decoding
+
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.tokens.proposers.basic import CopyInit, DraftContext
 from jacobix.eval import figures
@@ -47,7 +50,7 @@ def test_tokenizer_refuses_class_tokens(image_model):
 def test_greedy_jacobi_equals_greedy_ar_with_cfg(image_model):
     labels = torch.tensor([0, 9])
     outs = [
-        generate_images(image_model, labels, ImageSampling(method=m, window=w, init=i, temperature=0.0, cfg_scale=2.0))
+        generate_images(image_model, labels, ImageSampling(decoding=Decoding(method=m, window=w, init=i), sampling=SamplingConfig(), cfg_scale=2.0))
         for m, w, i in (("ar", 1, "random"), ("jacobi", 16, "random"), ("jacobi", 32, "row-above"))
     ]
     torch.testing.assert_close(outs[1].tokens, outs[0].tokens, rtol=0, atol=0)
@@ -99,13 +102,14 @@ def _chi_square_pvalue(samples: torch.Tensor, p: torch.Tensor) -> float:
 def test_sjd_token_marginals_match_exact_ar_marginals(image_model, coupled):
     """Tokens 1-3 of SJD with CFG (window 6, top-k 8, prior-above drafts) against the enumerated AR marginals."""
     n, label, cfg, top_k = 2000, 8, 3.0, 8
-    settings = ImageSampling(method="sjd", window=6, init="prior-above", cfg_scale=cfg, top_k=top_k, coupled=coupled)
+    settings = ImageSampling(decoding=Decoding(method="sjd-coupled" if coupled else "sjd", window=6, init="prior-above"),
+                             sampling=SamplingConfig(temperature=1.0, top_k=top_k), cfg_scale=cfg)
     model = image_model
     cond, uncond = model.vocab.prompts(torch.full((n,), label))
     from jacobix.images.sample import _generate_batch
 
     short = dataclasses.replace(model, vocab=dataclasses.replace(model.vocab, grid=2))  # 4 tokens per "image"
-    init = resolve_image_init(settings.init, model)
+    init = resolve_image_init(settings.decoding.init, model)
     out = _generate_batch(short, torch.full((n,), label), settings, init, torch.Generator().manual_seed(2), False)
     tokens = torch.stack(out.tokens)  # (n, 4)
     for k, p in enumerate(_exact_marginals(model, label, cfg, top_k, 3)):
@@ -175,10 +179,10 @@ def test_code_random_init_never_drafts_class_tokens():
 def test_bad_inputs_name_the_fix(image_model):
     with pytest.raises(ValueError, match=r"class ids in \[0, 10\)"):
         generate_images(image_model, [10])
-    with pytest.raises(ValueError, match="unknown image init"):
-        generate_images(image_model, [1], ImageSampling(init="diagonal"))
+    with pytest.raises(ValueError, match="unknown .*init"):
+        generate_images(image_model, [1], ImageSampling(decoding=Decoding(init="diagonal")))
     with pytest.raises(ValueError, match="method"):
-        ImageSampling(method="beam")
+        ImageSampling(decoding=Decoding(method="beam"))
     with pytest.raises(FileNotFoundError, match="jacobix train image-ar"):
         load_image_model("/nonexistent")
 
@@ -195,7 +199,7 @@ def test_commit_sweeps_from_a_hand_made_trajectory():
 
 
 def test_fill_in_frames_start_after_sweep_one_and_end_with_the_samples(image_model):
-    samples = generate_images(image_model, torch.tensor([0, 7, 9]), ImageSampling(method="sjd", window=16, init="prior-above"),
+    samples = generate_images(image_model, torch.tensor([0, 7, 9]), ImageSampling(decoding=Decoding(method="sjd", window=16, init="prior-above")),
                               generator=torch.Generator().manual_seed(0), batch_size=3, record=True)
     fill = fill_in_frames(image_model, samples, max_frames=1000)
     total = len(samples.trajectories[0])

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from jacobix.tokens.decoding import Decoding
 from PIL import Image
 
 from jacobix.bench.images import ImageBenchConfig, bench_images, parse_decoder, permutation_test
@@ -48,20 +50,21 @@ def test_sjd2_rows_and_json_records():
 
 def test_parse_decoder_specs_and_errors():
     spec = parse_decoder("sjd2:64:10:prior-above:coupled:lossy")
-    assert (spec.method, spec.window, spec.levels, spec.coupled, spec.lossy, spec.lossless) == ("sjd2", 64, 10, True, True, False)
+    assert (spec.method, spec.decoding.window, spec.sjd2.levels, spec.sjd2.coupled, spec.sjd2.lossy, spec.lossless) == \
+        ("sjd2", 64, 10, True, True, False)
     for bad in ("sjd2:64:prior-above", "sjd2:64:10:prior-above:fast", "sjd2:64:10:prior-above:lossy:lossy"):
         with pytest.raises(ValueError, match="bad decoder spec"):
             parse_decoder(bad)
     with pytest.raises(ValueError, match="name a model"):
         ImageBenchConfig(decoders=("ar", "ar@"))
-    assert parse_decoder("ar") == ImageSampling(method="ar")
+    assert parse_decoder("ar") == ImageSampling(decoding=Decoding(method="ar"))
     spec = parse_decoder("sjd-coupled:32:prior", cfg_scale=2.0)
-    assert (spec.method, spec.window, spec.init, spec.coupled, spec.cfg_scale) == ("sjd", 32, "prior", True, 2.0)
+    assert (spec.method, spec.decoding.window, spec.decoding.init, spec.cfg_scale) == ("sjd-coupled", 32, "prior", 2.0)
     with pytest.raises(ValueError, match="bad decoder spec"):
         parse_decoder("sjd:sixteen:random")
     with pytest.raises(ValueError, match="start with the AR baseline"):
         ImageBenchConfig(decoders=("sjd:16:random",))
-    with pytest.raises(ValueError, match="unknown image init"):
+    with pytest.raises(ValueError, match="unknown .*init"):
         ImageBenchConfig(decoders=("ar", "sjd:16:diagonal"))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src" / "jacobix"
 LIBRARY = ("core", "models", "tokens", "images", "flows", "latent", "integrations", "eval", "batch", "robot")
-TOP = ("bench", "demos", "cli", "cli_args", "cli_batch", "cli_bench")
+TOP = ("bench", "demos", "cli")
 
 
 def module_name(path: Path) -> str:

@@ -45,7 +45,7 @@ def test_copy_slots_moves_only_the_named_slots_of_the_named_rows():
 
 
 def test_novel_prefixes_marks_the_first_candidate_of_each_prefix():
-    from jacobix.tokens.policy.width import novel_prefixes
+    from jacobix.tokens.width.policy import novel_prefixes
 
     tokens = torch.tensor([[[1, 2], [1, 3], [1, 2]]])  # (B=1, R=3, D=2)
     assert novel_prefixes(tokens).tolist() == [[[True, True], [False, True], [False, False]]]
@@ -132,7 +132,7 @@ def test_passes_without_drafts_run_one_row_per_sequence_and_keep_the_siblings_in
     """A policy that alternates 0 and 3 drafts: the 0-draft passes run on the first B cache rows
     only (a view), then the committed slot is copied to the sibling rows, so later multi-candidate
     passes still see the full prefix and the output stays greedy AR."""
-    from jacobix.tokens.policy import FixedWidth
+    from jacobix.tokens.width import FixedWidth
 
     class Alternate(FixedWidth):
         def __init__(self) -> None:

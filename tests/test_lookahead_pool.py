@@ -8,7 +8,7 @@ from collections import deque
 import pytest
 import torch
 
-from jacobix.tokens.policy import AdaptiveConfig, AdaptiveWidth, PassCosts
+from jacobix.tokens.width import AdaptiveConfig, AdaptiveWidth, PassCosts
 from jacobix.tokens.proposers.base import DraftSource
 from jacobix.tokens.proposers.ngram import LookaheadConfig, NGramPool, RowPools
 
@@ -137,7 +137,7 @@ def test_pass_costs_separate_the_machine_level_from_the_width_shape():
 
 
 def test_pass_costs_probe_times_each_width_against_the_one_token_pass_of_its_round(monkeypatch):
-    import jacobix.tokens.policy.costs as costs_module
+    import jacobix.tokens.width.costs as costs_module
 
     now = [0.0]
     speed = iter([1.0, 1.0] + [1.0, 3.0] + [2.0, 6.0] + [1.0, 3.0])  # warm-up, then rounds at drifting speeds

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from jacobix.tokens.decoding import Decoding
+
 from jacobix.models.llama import Llama, LlamaConfig
 from jacobix.robot import (
     ActionCodec, ObservationCodec, PolicyFormat, collect_demonstrations, greedy_decider, load_demonstrations,
@@ -177,8 +179,8 @@ def test_greedy_jacobi_equals_ar_in_every_step_of_an_episode(model_source):
         fmt = small_format(chunk=4)
         model = tiny_model(fmt, seed=3)
     tasks, seeds = evaluation_episodes(TASKS, 2)
-    ar = run_episodes(greedy_decider(model, fmt, method="ar"), PointMass, fmt, tasks, seeds)
-    jacobi = run_episodes(greedy_decider(model, fmt, method="jacobi", window=fmt.block), PointMass, fmt, tasks, seeds)
+    ar = run_episodes(greedy_decider(model, fmt), PointMass, fmt, tasks, seeds)
+    jacobi = run_episodes(greedy_decider(model, fmt, Decoding(method="jacobi", window=fmt.block)), PointMass, fmt, tasks, seeds)
     assert np.array_equal(ar.chunk_tokens, jacobi.chunk_tokens)
     assert np.array_equal(ar.success, jacobi.success) and np.array_equal(ar.steps, jacobi.steps)
     assert jacobi.passes_per_chunk <= ar.passes_per_chunk

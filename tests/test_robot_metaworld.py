@@ -51,5 +51,5 @@ def test_bundled_mt10_policy_succeeds_and_greedy_jacobi_reproduces_ar():
     tasks, seeds = evaluation_episodes(mw.MT10, 1)
     ar = run_episodes(greedy_decider(model, fmt), mw.MetaWorld, fmt, tasks, seeds)
     assert ar.success.sum() >= 7  # 94.7% measured over 300 episodes
-    jacobi = run_episodes(greedy_decider(model, fmt, method="jacobi", window=fmt.block), mw.MetaWorld, fmt, tasks[:3], seeds[:3])
+    jacobi = run_episodes(greedy_decider(model, fmt, Decoding(method="jacobi", window=fmt.block)), mw.MetaWorld, fmt, tasks[:3], seeds[:3])
     assert np.array_equal(jacobi.chunk_tokens, ar.chunk_tokens[:3]) and np.array_equal(jacobi.success, ar.success[:3])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from jacobix.cli import TRAINERS
+from jacobix.cli.train import TRAINERS
 from jacobix.core.checkpoints import ASSETS
 from jacobix.images.model import load_image_model
 

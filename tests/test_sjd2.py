@@ -11,6 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from jacobix.tokens.decoding import Decoding
+
 import jacobix
 from jacobix.core.sampling import SamplingConfig
 from jacobix.images.denoise import NoiseEmbedding, NoiseEmbeddingConfig, NoiseSchedule, add_noise, alpha_sigma, ddim_step
@@ -156,9 +158,9 @@ def test_bad_inputs_name_the_argument(toy):
     with pytest.raises(ValueError, match="temperature"):
         sjd2(toy, 2, seed=0, samples=2, max_new_tokens=4, temperature=0.0)
     with pytest.raises(ValueError, match="levels and lossy"):
-        ImageSampling(method="sjd", lossy=True)
+        ImageSampling(decoding=Decoding(method="sjd"), sjd2=SJD2Config(lossy=True))
     with pytest.raises(ValueError, match="levels"):
-        ImageSampling(method="sjd2", levels=-2)
+        ImageSampling(decoding=Decoding(method="sjd2"), sjd2=SJD2Config(levels=-2))
     with pytest.raises(ValueError, match="ratio_min"):
         NoiseSchedule(ratio_min=2.0, ratio_max=1.0)
 
@@ -184,5 +186,5 @@ def test_the_trainer_writes_a_checkpoint_that_decodes_with_sjd2(tmp_path):
     assert torch.equal(model.noise.mean, bundled.noise.mean)  # statistics of the same starting model
     from jacobix.images.sample import generate_images
 
-    out = generate_images(model, [3], ImageSampling(method="sjd2", window=16, levels=3), generator=torch.Generator().manual_seed(0))
+    out = generate_images(model, [3], ImageSampling(decoding=Decoding(method="sjd2", window=16), sjd2=SJD2Config(levels=3)), generator=torch.Generator().manual_seed(0))
     assert out.tokens.shape == (1, 14, 14) and int(out.row_passes[0]) < 195

@@ -203,7 +203,7 @@ def test_bench_and_demo_on_digits(digits, tmp_path):
 
 def test_tolerance_defaults_agree_and_the_bundled_schedule_loads():
     from jacobix.bench.tarflow import TarFlowBenchConfig
-    from jacobix.cli import _parser
+    from jacobix.cli import parser as _parser
 
     cli = _parser().parse_args(["bench", "tarflow"]).tolerance
     assert BlockPlan().tolerance == AutoScheduleConfig().tolerance == TarFlowBenchConfig().tolerance == cli == 1e-4

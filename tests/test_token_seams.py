@@ -178,7 +178,7 @@ def test_coupled_sjd_on_text_is_lossless():
 
 
 def test_register_method_adds_a_named_method():
-    from jacobix.tokens.generate import METHODS, Method, register_method
+    from jacobix.tokens.methods import METHODS, Method, register_method
 
     register_method(Method("two-back", False, proposer=lambda init: TwoBack()))
     try:
@@ -207,7 +207,7 @@ def test_auto_window_fits_a_short_context_and_reports_auto():
 def test_drafts_the_policy_did_not_feed_stay_at_their_positions():
     """A policy that feeds 2 of 7 oracle drafts: the 5 unfed ones are carried to the next pass at
     their own positions, so every pass still accepts everything (3 tokens per pass)."""
-    from jacobix.tokens.policy import FixedWidth
+    from jacobix.tokens.width import FixedWidth
     from jacobix.tokens.proposers import DraftContext
 
     model = tiny_model(4)

@@ -5,8 +5,9 @@ from jacobix.api import load_text_model
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState, JacobiProblem, SolveStats, solve
 from jacobix.core.sampling import LogitsProcessor, SamplingConfig
 from jacobix.models.protocol import CausalLM, LMOutput
-from jacobix.tokens.generate import Method, register_method
-from jacobix.tokens.policy import AdaptiveConfig, AdaptiveWidth, FixedWidth, PassCosts, WidthPolicy
+from jacobix.tokens.decoding import Decoding, Guidance, LossyExit
+from jacobix.tokens.methods import METHODS, Method, register_method
+from jacobix.tokens.width import AdaptiveConfig, AdaptiveWidth, CostBook, FixedWidth, PassCosts, WidthPolicy
 from jacobix.tokens.proposers import (
     Candidates, CopyInit, CoupledProposer, DraftContext, DraftInit, DraftSource, JacobiProposer, LookaheadConfig,
     NGramProposer, ProposalContext, Proposer, RandomInit,
@@ -21,6 +22,11 @@ __all__ = [
     "AdaptiveWidth",
     "Candidates",
     "CausalLM",
+    "CostBook",
+    "Decoding",
+    "Guidance",
+    "LossyExit",
+    "METHODS",
     "CoupledProposer",
     "DraftSource",
     "FixedWidth",

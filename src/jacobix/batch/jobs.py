@@ -13,13 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Literal
+
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.decoding import Decoding
 
 TEXT_METHODS = ("ar", "jacobi", "sjd", "sjd-coupled")
 IMAGE_MODELS = ("fmnist-ar",)
 BAD_LINE_CHOICES = ("error", "skip")
+
+
+def _jacobi() -> Decoding:
+    return Decoding(method="jacobi", init="repeat")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,12 +36,10 @@ class BatchSpec:
     Attributes:
         model: a text model name or folder (see :func:`jacobix.load_text_model`), or
             ``"fmnist-ar"`` (the bundled class-conditional image model: labels in, PNGs out).
-        method: "ar" (greedy, or sampling with a temperature), "jacobi" (greedy), "sjd" and "sjd-coupled" (sampling).
+        decoding: how rows are decoded (methods "ar", "jacobi", "sjd", "sjd-coupled"; image rows
+            decode whole grids with the same spec).
+        sampling: the target distribution (greedy by default; the sampling methods need a temperature).
         max_new_tokens: tokens per text row (image rows always decode a whole grid).
-        window: tokens per pass for the parallel methods.
-        init: text: how fresh draft slots are filled ("repeat" or "random"; images use their default).
-        temperature: 0 for greedy; > 0 for the sampling methods.
-        top_k, top_p: sampling filters.
         seed: base seed; row ``id`` samples from a generator seeded by :func:`row_seed` ``(seed, id)``,
             so a row's output never depends on the batch, actor or node it lands on.
         batch_size: rows decoded together by one model.
@@ -46,13 +51,9 @@ class BatchSpec:
     """
 
     model: str = "shakespeare"
-    method: str = "jacobi"
+    decoding: Decoding = field(default_factory=_jacobi)
+    sampling: SamplingConfig = SamplingConfig()
     max_new_tokens: int = 64
-    window: int = 16
-    init: str = "repeat"
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
     seed: int = 0
     batch_size: int = 8
     cfg_scale: float | None = 1.5
@@ -60,16 +61,16 @@ class BatchSpec:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.method not in TEXT_METHODS:
-            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(TEXT_METHODS)}")
-        if min(self.max_new_tokens, self.window, self.batch_size) < 1:
-            raise ValueError("max_new_tokens, window and batch_size must be >= 1")
-        if self.method in ("sjd", "sjd-coupled") and self.temperature <= 0:
-            raise ValueError(f"method {self.method!r} samples: give a temperature > 0 (or use method 'jacobi' for greedy)")
-        if self.method == "jacobi" and self.temperature > 0:
-            raise ValueError("method 'jacobi' is greedy: use temperature 0, or method 'sjd' to sample")
-        if self.init not in ("repeat", "random"):
-            raise ValueError(f"init must be 'repeat' or 'random', got {self.init!r}")
+        if not isinstance(self.decoding, Decoding) or not isinstance(self.sampling, SamplingConfig):
+            raise ValueError("BatchSpec takes decoding=Decoding(...) and sampling=SamplingConfig(...)")
+        if self.decoding.method not in TEXT_METHODS:
+            raise ValueError(f"method {self.decoding.method!r} does not run in batch jobs; use one of {', '.join(TEXT_METHODS)}")
+        self.decoding.check(self.sampling)
+        self.decoding.record()  # refuses what a settings record cannot hold (your own proposer, policy, rule)
+        for name in ("max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BatchSpec.{name} must be an int >= 1, got {value!r}")
         if self.images and self.device != "cpu":
             raise ValueError("image rows run on the CPU (the bundled image model is tiny); drop the device")
         if self.images and self.image_dir is None:
@@ -79,6 +80,19 @@ class BatchSpec:
     def images(self) -> bool:
         """True for the image model (rows carry class labels)."""
         return self.model in IMAGE_MODELS
+
+    def record(self) -> dict:
+        """The settings as plain JSON values (the decoding and sampling specs as nested objects)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["decoding"], out["sampling"] = self.decoding.record(), asdict(self.sampling)
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict) -> BatchSpec:
+        """The spec that :meth:`record` wrote."""
+        record = dict(record)
+        decoding, sampling = Decoding.from_record(record.pop("decoding")), SamplingConfig(**record.pop("sampling"))
+        return cls(**record, decoding=decoding, sampling=sampling)
 
 
 def row_seed(base_seed: int, row_id: str | int) -> int:
@@ -218,7 +232,7 @@ def check_settings(output_path: str | Path, spec: BatchSpec) -> None:
 
     ``batch_size`` is left out: it does not change any row's result.
     """
-    settings = {k: v for k, v in asdict(spec).items() if k != "batch_size"}
+    settings = {k: v for k, v in spec.record().items() if k != "batch_size"}
     path = settings_path(output_path)
     if path.exists() and Path(output_path).exists():
         recorded = json.loads(path.read_text())

@@ -14,10 +14,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from jacobix.api import generate, load_text_model
+from jacobix.api import load_text_model
 from jacobix.batch.jobs import BatchSpec, ResultWriter, row_seed
 from jacobix.images.model import load_image_model
 from jacobix.images.sample import ImageSampling, generate_images
+from jacobix.tokens.generate import generate
 from jacobix.tokens.result import DecodeStats
 
 
@@ -55,17 +56,15 @@ class BatchGenerator:
     def _text(self, rows: Sequence[Mapping[str, Any]], generators: list[torch.Generator]) -> list[dict]:
         spec, text_model = self.spec, self.text_model
         prompts = [text_model.tokenizer.encode(row["prompt"]).tolist() for row in rows]
-        result = generate(text_model.model, prompts, method=spec.method, max_new_tokens=spec.max_new_tokens,
-                          window=spec.window, init=spec.init, temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
+        result = generate(text_model.model, prompts, spec.decoding, spec.sampling, max_new_tokens=spec.max_new_tokens,
                           generator=generators, eos_token_id=text_model.eos_token_id)
         return [{"id": row["id"], "prompt": row["prompt"], "text": text_model.tokenizer.decode(tokens),
-                 "tokens": tokens.tolist(), "method": spec.method, "stats": stats}
+                 "tokens": tokens.tolist(), "method": spec.decoding.method, "stats": stats}
                 for row, tokens, stats in zip(rows, result.tokens, row_stats(result.stats))]
 
     def _images(self, rows: Sequence[Mapping[str, Any]], generators: list[torch.Generator]) -> list[dict]:
         spec = self.spec
-        settings = ImageSampling(method=spec.method, window=spec.window, temperature=spec.temperature,
-                                 top_k=spec.top_k, top_p=spec.top_p, cfg_scale=spec.cfg_scale)
+        settings = ImageSampling(decoding=spec.decoding, sampling=spec.sampling, cfg_scale=spec.cfg_scale)
         labels = [int(row["label"]) for row in rows]
         samples = generate_images(self.image_model, labels, settings, generator=generators, batch_size=len(rows))
         pixels = (samples.images.clamp(0, 1) * 255).round().to(torch.uint8).numpy()  # (N, 28, 28)
@@ -73,7 +72,7 @@ class BatchGenerator:
         for row, image, stats in zip(rows, pixels, row_stats(samples.stats[0])):
             path = Path(spec.image_dir) / f"{_file_stem(row['id'])}.png"
             _write_png(image, path)
-            out.append({"id": row["id"], "label": row["label"], "png": str(path), "method": spec.method, "stats": stats})
+            out.append({"id": row["id"], "label": row["label"], "png": str(path), "method": spec.decoding.method, "stats": stats})
         return out
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jacobix.batch import BatchSpec, ResultWriter, run_local
+from jacobix.core.sampling import SamplingConfig
 from jacobix.integrations.ray import require_ray, run_ray
+from jacobix.tokens.decoding import Decoding
 
 NAMES = ["ROMEO", "JULIET", "HAMLET", "KING LEAR", "OTHELLO", "PORTIA", "MACBETH", "BRUTUS", "VIOLA", "PROSPERO"]
 OPENINGS = ["", "O ", "My lord, ", "Good morrow, ", "What ", "Now ", "I pray you, ", "Thou ", "Come, ", "Alas, "]
@@ -24,7 +26,8 @@ OPENINGS = ["", "O ", "My lord, ", "Good morrow, ", "What ", "Now ", "I pray you
 @dataclass(frozen=True, kw_only=True)
 class BatchBenchConfig:
     rows: int = 200
-    method: str = "sjd"
+    decoding: Decoding = field(default_factory=lambda: Decoding(method="sjd", init="repeat"))
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8)
     max_new_tokens: int = 64
     batch_size: int = 8
     actors: tuple[int, ...] = (1, 2)
@@ -32,8 +35,7 @@ class BatchBenchConfig:
     def __post_init__(self) -> None:
         if self.rows < 1 or self.max_new_tokens < 1 or self.batch_size < 1 or not self.actors or min(self.actors) < 1:
             raise ValueError(f"BatchBenchConfig needs rows, max_new_tokens, batch_size and actors >= 1, got {self}")
-        if self.method not in ("ar", "jacobi", "sjd"):
-            raise ValueError(f"bench batch --method must be ar, jacobi or sjd, got {self.method!r}")
+        self.decoding.check(self.sampling)
 
 
 def prompts(n: int) -> list[dict]:
@@ -44,8 +46,8 @@ def prompts(n: int) -> list[dict]:
 
 def bench_batch(config: BatchBenchConfig = BatchBenchConfig()) -> list[dict]:
     """One record per backend (its name under "engine", as the CLI flag): seconds, rows per second, ratio to local, identical output."""
-    spec = BatchSpec(method=config.method, temperature=0.8 if config.method == "sjd" else 0.0,
-                     max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    spec = BatchSpec(decoding=config.decoding, sampling=config.sampling, max_new_tokens=config.max_new_tokens,
+                     batch_size=config.batch_size)
     rows, records = prompts(config.rows), []
     ray = require_ray()  # before any work: a missing Ray is an error with the install command
     with tempfile.TemporaryDirectory() as folder:
@@ -69,13 +71,13 @@ def bench_batch(config: BatchBenchConfig = BatchBenchConfig()) -> list[dict]:
             if started:
                 ray.shutdown()
     for record in records:
-        record.update(ratio_to_local=round(record["rows_per_s"] / records[0]["rows_per_s"], 3), method=config.method,
+        record.update(ratio_to_local=round(record["rows_per_s"] / records[0]["rows_per_s"], 3), method=config.decoding.method,
                       max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, cpus=os.cpu_count())
     return records
 
 
 def format_table(records: list[dict], config: BatchBenchConfig, load: float) -> str:
-    lines = [f"{config.rows} prompts, {config.method}, {config.max_new_tokens} new tokens, batch size "
+    lines = [f"{config.rows} prompts, {config.decoding.method}, {config.max_new_tokens} new tokens, batch size "
              f"{config.batch_size}, {os.cpu_count()} CPUs (1-minute load average at the start: {load:.1f})",
              f"{'engine':<10}{'actors':>7}{'seconds':>10}{'rows/s':>9}{'vs local':>10}  identical to local"]
     for r in records:

@@ -23,7 +23,10 @@ from torch import Tensor
 from jacobix.eval import quality
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageModel, load_image_model
+from jacobix.core.sampling import SamplingConfig
 from jacobix.images.sample import ImageSampling, generate_images
+from jacobix.images.sjd2 import SJD2Config
+from jacobix.tokens.decoding import Decoding
 
 
 DEFAULT_DECODERS = ("ar", "sjd:16:random", "sjd-coupled:16:prior-above", "sjd-coupled:64:prior-above",
@@ -51,7 +54,7 @@ class ImageBenchConfig:
         per_class: images per class and seed.
         seeds: one generator seed per repetition.
         batch_size: images decoded together (also for AR, so wall times compare like for like).
-        temperature, top_k, top_p, cfg_scale: sampling settings shared by every configuration.
+        sampling, cfg_scale: the target distribution and guidance shared by every configuration.
         permutations: shuffles for the two-sample test against AR.
     """
 
@@ -60,9 +63,7 @@ class ImageBenchConfig:
     per_class: int = 4
     seeds: tuple[int, ...] = (0, 1, 2, 3)
     batch_size: int = 50
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=1.0))
     cfg_scale: float | None = 1.5
     permutations: int = 200
 
@@ -70,17 +71,16 @@ class ImageBenchConfig:
         if not self.decoders or self.decoders[0] != "ar":
             raise ValueError("ImageBenchConfig.decoders must start with the AR baseline 'ar'")
         for spec in self.decoders:
-            self.sampling(spec)  # fails early on a bad spec
+            self.settings(spec)  # fails early on a bad spec
             self.model_of(spec)
         if self.per_class < 1 or not self.seeds or self.batch_size < 1 or self.permutations < 0:
             raise ValueError("ImageBenchConfig needs per_class >= 1, at least one seed, batch_size >= 1, permutations >= 0")
-        if self.temperature <= 0:
-            raise ValueError("the image benchmark samples: use temperature > 0")
+        if self.sampling.greedy:
+            raise ValueError("the image benchmark samples: use a temperature > 0")
 
-    def sampling(self, spec: str) -> ImageSampling:
+    def settings(self, spec: str) -> ImageSampling:
         """The :class:`ImageSampling` of one decoder spec with this benchmark's sampling settings."""
-        return parse_decoder(spec.split("@")[0], temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                             cfg_scale=self.cfg_scale)
+        return parse_decoder(spec.split("@")[0], self.sampling, cfg_scale=self.cfg_scale)
 
     def model_of(self, spec: str) -> str:
         """The model a spec runs on: the part after ``@``, else :attr:`model`."""
@@ -90,14 +90,15 @@ class ImageBenchConfig:
         return name
 
 
-def parse_decoder(spec: str, **sampling) -> ImageSampling:
+def parse_decoder(spec: str, sampling: SamplingConfig | None = None, *, cfg_scale: float | None = 1.5) -> ImageSampling:
     """``"ar"``, ``"jacobi:W:INIT"``, ``"sjd:W:INIT"``, ``"sjd-coupled:W:INIT"`` or
-    ``"sjd2:W:LEVELS:INIT[:coupled][:lossy]"`` to :class:`ImageSampling`.
+    ``"sjd2:W:LEVELS:INIT[:coupled][:lossy]"`` to :class:`ImageSampling` (default sampling: temperature 1).
 
-    Example: ``parse_decoder("sjd2:64:10:prior-above:coupled", temperature=1.0, cfg_scale=2.0)``.
+    Example: ``parse_decoder("sjd2:64:10:prior-above:coupled", SamplingConfig(temperature=1.0), cfg_scale=2.0)``.
     """
+    common = dict(sampling=sampling, cfg_scale=cfg_scale) if sampling is not None else dict(cfg_scale=cfg_scale)
     if spec == "ar":
-        return ImageSampling(method="ar", **sampling)
+        return ImageSampling(decoding=Decoding(method="ar"), **common)
     parts = spec.split(":")
     if parts[0] == "sjd2":
         flags = parts[4:]
@@ -105,12 +106,12 @@ def parse_decoder(spec: str, **sampling) -> ImageSampling:
                 or len(set(flags)) != len(flags):
             raise ValueError(f"bad decoder spec {spec!r}; use 'sjd2:<window>:<levels>:<init>[:coupled][:lossy]', "
                              "e.g. 'sjd2:64:10:prior-above:coupled'")
-        return ImageSampling(method="sjd2", window=int(parts[1]), levels=int(parts[2]), init=parts[3],
-                             coupled="coupled" in flags, lossy="lossy" in flags, **sampling)
+        return ImageSampling(decoding=Decoding(method="sjd2", window=int(parts[1]), init=parts[3]),
+                             sjd2=SJD2Config(levels=int(parts[2]), coupled="coupled" in flags, lossy="lossy" in flags),
+                             **common)
     if len(parts) != 3 or parts[0] not in ("jacobi", "sjd", "sjd-coupled") or not parts[1].isdigit():
         raise ValueError(f"bad decoder spec {spec!r}; use 'ar' or '<jacobi|sjd|sjd-coupled>:<window>:<init>', e.g. 'sjd:16:random'")
-    method, coupled = ("sjd", True) if parts[0] == "sjd-coupled" else (parts[0], False)
-    return ImageSampling(method=method, window=int(parts[1]), init=parts[2], coupled=coupled, **sampling)
+    return ImageSampling(decoding=Decoding(method=parts[0], window=int(parts[1]), init=parts[2]), **common)
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def bench_images(config: ImageBenchConfig = ImageBenchConfig(), *, model: ImageM
     for spec in config.decoders:
         name = config.model_of(spec)
         on = main if "@" not in spec or name == config.model else _load(name)
-        row, images = _run_decoder(on, labels, config.sampling(spec), config, real_features, "@" in spec and name != config.model)
+        row, images = _run_decoder(on, labels, config.settings(spec), config, real_features, "@" in spec and name != config.model)
         rows.append(row)
         pooled[row.name] = images
     rows = _compare_to_ar(rows, pooled, config.permutations)
@@ -249,7 +250,7 @@ def format_table(result: ImageBenchResult) -> str:
     """Render :class:`ImageBenchResult` as aligned text."""
     c = result.config
     head = (f"Fashion-MNIST 14x14 tokens, model {c.model}, {len(c.seeds)} seeds x 10 classes x {c.per_class} images, "
-            f"temperature {c.temperature}, top_k {c.top_k}, top_p {c.top_p}, cfg {c.cfg_scale}, batch {c.batch_size}")
+            f"temperature {c.sampling.temperature}, top_k {c.sampling.top_k}, top_p {c.sampling.top_p}, cfg {c.cfg_scale}, batch {c.batch_size}")
     columns = ("decoder", "lossless", "passes/img", "compression", "pass ratio", "wall s", "wall ratio", "FID-proxy", "accuracy",
                "FID vs AR", "p vs AR")
     width = max(13, *(len(r.name) for r in result.rows))

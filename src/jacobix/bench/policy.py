@@ -17,7 +17,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +26,11 @@ from torch import Tensor
 
 from jacobix.models.protocol import CausalLM
 from jacobix.robot.policy import PolicyFormat, load_policy
-from jacobix.robot.rollout import (Decide, RolloutResult, chunk_jacobi_options, greedy_decider, run_episodes,
+from jacobix.robot.rollout import (Decide, RolloutResult, chunk_jacobi, greedy_decider, run_episodes,
                                     wilson_interval)
 from jacobix.robot.suites import evaluation_episodes, get_suite
 from jacobix.core.acceptance import BinTolerance
+from jacobix.tokens.decoding import LossyExit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,10 +86,12 @@ class Setting:
 
     def decider(self, model: CausalLM, fmt: PolicyFormat) -> Decide:
         if self.method == "ar":
-            return greedy_decider(model, fmt, method="ar")
+            return greedy_decider(model, fmt)
+        if not self.lossy:
+            return greedy_decider(model, fmt, chunk_jacobi(fmt))
         first, count = fmt.action_tokens
         settled = None if self.settle is None else BinTolerance(first=first, count=count, max_moved=self.settle)
-        return greedy_decider(model, fmt, **chunk_jacobi_options(fmt), lossy_sweep_cap=self.cap, lossy_settled=settled)
+        return greedy_decider(model, fmt, replace(chunk_jacobi(fmt), lossy=LossyExit(sweep_cap=self.cap, settled=settled)))
 
 
 def settings(config: PolicyBenchConfig) -> list[Setting]:

@@ -15,6 +15,8 @@ import torch
 from jacobix import assets
 from jacobix.api import generate, load_text_model
 from jacobix.bench.baselines import transformers_generate
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.decoding import Decoding
 from jacobix.tokens.proposers.ngram import LookaheadConfig
 from jacobix.core.acceptance import leading_true
 from jacobix.models.registry import TextModel, distilled_teacher
@@ -30,42 +32,60 @@ DEFAULT_PROMPTS = (
 
 @dataclass(frozen=True, kw_only=True)
 class Setting:
-    """One decoding configuration of the benchmark."""
+    """One decoding configuration of the benchmark: a label, the spec it runs, and whether it samples
+    (sampled rows draw from the benchmark's ``sampling``). ``baseline`` names a transformers
+    ``generate`` row instead ("hf": greedy, "hf-pld": prompt lookup)."""
 
     label: str
-    method: str  # "ar", "jacobi", "sjd"; "hf" / "hf-pld": transformers' greedy / prompt-lookup generate
-    window: int | str = 1
-    init: str = "random"
+    decoding: Decoding = field(default_factory=Decoding)
     sampled: bool = False
-    lookahead: bool = False
-    verify: int = 1  # pool candidates verified per pass (lookahead)
-    block: bool = False  # CLLM's block mode
+    baseline: str | None = None
+
+    @property
+    def method(self) -> str:
+        return self.baseline or self.decoding.method
+
+    @property
+    def window(self) -> int | str:
+        return self.decoding.window
+
+    @property
+    def block(self) -> bool:
+        return self.decoding.block
+
+
+def _row(label: str, method: str, window: int | str = 1, init: str = "random", *, sampled: bool = False,
+         pool: int = 0, block: bool = False) -> Setting:
+    """A bench row; ``pool`` > 0 drafts from the n-gram pool, verifying that many candidates per pass."""
+    lookahead = LookaheadConfig(verify=pool) if pool else False
+    return Setting(label=label, sampled=sampled,
+                   decoding=Decoding(method=method, window=window, init=init, lookahead=lookahead, block=block))
 
 
 DEFAULT_SETTINGS = (
-    Setting(label="ar greedy", method="ar"),
-    Setting(label="jacobi w16 random", method="jacobi", window=16),
-    Setting(label="jacobi w16 repeat", method="jacobi", window=16, init="repeat"),
-    Setting(label="jacobi auto", method="jacobi", window="auto", init="repeat"),
-    Setting(label="jacobi auto+pool", method="jacobi", window="auto", init="repeat", lookahead=True),
-    Setting(label="ar sample", method="ar", sampled=True),
-    Setting(label="sjd w16 random", method="sjd", window=16, sampled=True),
-    Setting(label="sjd w16 repeat", method="sjd", window=16, init="repeat", sampled=True),
-    Setting(label="sjd auto", method="sjd", window="auto", init="repeat", sampled=True),
-    Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
+    _row("ar greedy", "ar"),
+    _row("jacobi w16 random", "jacobi", 16),
+    _row("jacobi w16 repeat", "jacobi", 16, "repeat"),
+    _row("jacobi auto", "jacobi", "auto", "repeat"),
+    _row("jacobi auto+pool", "jacobi", "auto", "repeat", pool=1),
+    _row("ar sample", "ar", sampled=True),
+    _row("sjd w16 random", "sjd", 16, sampled=True),
+    _row("sjd w16 repeat", "sjd", 16, "repeat", sampled=True),
+    _row("sjd auto", "sjd", "auto", "repeat", sampled=True),
+    _row("sjd auto+pool", "sjd", "auto", "repeat", sampled=True, pool=1),
 )
 
 
 CLLM_SETTINGS = (  # a consistency-distilled model and its teacher, side by side
-    Setting(label="ar greedy", method="ar"),
-    Setting(label="jacobi w16 random", method="jacobi", window=16),
-    Setting(label="jacobi w16 context", method="jacobi", window=16, init="context"),
-    Setting(label="jacobi block16", method="jacobi", window=16, init="context", block=True),
-    Setting(label="jacobi auto", method="jacobi", window="auto", init="context"),
-    Setting(label="jacobi auto+pool", method="jacobi", window="auto", init="context", lookahead=True),
-    Setting(label="ar sample", method="ar", sampled=True),
-    Setting(label="sjd w16 context", method="sjd", window=16, init="context", sampled=True),
-    Setting(label="sjd auto", method="sjd", window="auto", init="context", sampled=True),
+    _row("ar greedy", "ar"),
+    _row("jacobi w16 random", "jacobi", 16),
+    _row("jacobi w16 context", "jacobi", 16, "context"),
+    _row("jacobi block16", "jacobi", 16, "context", block=True),
+    _row("jacobi auto", "jacobi", "auto", "context"),
+    _row("jacobi auto+pool", "jacobi", "auto", "context", pool=1),
+    _row("ar sample", "ar", sampled=True),
+    _row("sjd w16 context", "sjd", 16, "context", sampled=True),
+    _row("sjd auto", "sjd", "auto", "context", sampled=True),
 )
 
 
@@ -80,18 +100,18 @@ HF_PROMPTS = (
 )
 
 HF_SETTINGS = (
-    Setting(label="hf greedy", method="hf"),
-    Setting(label="ar greedy", method="ar"),
-    Setting(label="hf prompt-lookup", method="hf-pld"),
-    Setting(label="jacobi w16", method="jacobi", window=16, init="repeat"),
-    Setting(label="jacobi auto", method="jacobi", window="auto", init="repeat"),
-    Setting(label="lookahead auto", method="jacobi", window="auto", init="repeat", lookahead=True),
-    Setting(label="lookahead auto k4", method="jacobi", window="auto", init="repeat", lookahead=True, verify=4),
-    Setting(label="lookahead w11", method="jacobi", window=11, init="repeat", lookahead=True),  # prompt lookup's 10 drafts
-    Setting(label="ar sample", method="ar", sampled=True),
-    Setting(label="sjd auto", method="sjd", window="auto", init="repeat", sampled=True),
-    Setting(label="sjd auto+pool", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True),
-    Setting(label="sjd auto+pool k4", method="sjd", window="auto", init="repeat", sampled=True, lookahead=True, verify=4),
+    Setting(label="hf greedy", baseline="hf"),
+    _row("ar greedy", "ar"),
+    Setting(label="hf prompt-lookup", baseline="hf-pld"),
+    _row("jacobi w16", "jacobi", 16, "repeat"),
+    _row("jacobi auto", "jacobi", "auto", "repeat"),
+    _row("lookahead auto", "jacobi", "auto", "repeat", pool=1),
+    _row("lookahead auto k4", "jacobi", "auto", "repeat", pool=4),
+    _row("lookahead w11", "jacobi", 11, "repeat", pool=1),  # prompt lookup's 10 drafts
+    _row("ar sample", "ar", sampled=True),
+    _row("sjd auto", "sjd", "auto", "repeat", sampled=True),
+    _row("sjd auto+pool", "sjd", "auto", "repeat", sampled=True, pool=1),
+    _row("sjd auto+pool k4", "sjd", "auto", "repeat", sampled=True, pool=4),
 )
 
 
@@ -111,8 +131,7 @@ class TextBenchConfig:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     settings: tuple[Setting, ...] = DEFAULT_SETTINGS
     max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int | None = None
+    sampling: SamplingConfig = SamplingConfig(temperature=0.8)  # of the sampled rows
     seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "cpu"
 
@@ -190,7 +209,7 @@ class TextBenchResult:
         c = self.config
         lines.append(
             f"model {c.model} on {c.device}; {len(c.prompts)} prompts x {len(c.seeds)} seeds x {c.max_new_tokens} new "
-            f"tokens; sampling at temperature {c.temperature}; ratios = AR / setting (higher is better; AR = first "
+            f"tokens; sampling at temperature {c.sampling.temperature}; ratios = AR / setting (higher is better; AR = first "
             f"sequential row of the same mode), per generated token (sampled runs differ in length); worst prompt = "
             f"lowest per-prompt wall ratio (median over seeds); "
             f"{torch.get_num_threads()} CPU threads"
@@ -289,7 +308,7 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
     first = next(iter(models.values()))
     prompts = [first.tokenizer.encode(p).to(config.device) for p in config.prompts]
     for m in models.values():
-        generate(m.model, prompts[0], method="jacobi", max_new_tokens=8, window=4)  # warm-up
+        generate(m.model, prompts[0], decoding=Decoding(window=4), max_new_tokens=8)  # warm-up
         for setting in config.settings:  # "auto" settings probe their pass costs once, outside the timings
             if setting.window == "auto":
                 _run(m, prompts[0], setting, dataclasses.replace(config, max_new_tokens=4), seed=0)
@@ -324,7 +343,7 @@ def _samples(models: dict[str, TextModel], prompts: list, greedy: list[dict[str,
     out = []
     for text, prompt, made in zip(config.prompts, prompts, greedy):
         a, b = (made[name].cpu() if name in made else generate(
-            models[name].model, prompt, method="ar", max_new_tokens=config.max_new_tokens,
+            models[name].model, prompt, decoding=Decoding(method="ar"), max_new_tokens=config.max_new_tokens,
             eos_token_id=models[name].eos_token_id).tokens[0].cpu() for name in names)
         shared = min(len(a), len(b))
         out.append((text, models[names[0]].tokenizer.decode(a), models[names[1]].tokenizer.decode(b),
@@ -345,26 +364,15 @@ def _add(row: BenchRow, result, greedy_reference: dict[str, torch.Tensor]) -> No
 
 
 def _run(text_model: TextModel, prompt, setting: Setting, config: TextBenchConfig, seed: int, *, record: bool = False):
-    if setting.method in ("hf", "hf-pld"):
-        lookup = 10 if setting.method == "hf-pld" else None
+    if setting.baseline is not None:
+        lookup = 10 if setting.baseline == "hf-pld" else None
         tokens, passes, seconds = transformers_generate(text_model.model, prompt, max_new_tokens=config.max_new_tokens,
                                                         eos_token_id=text_model.eos_token_id, prompt_lookup_num_tokens=lookup)
         return _HFRun(tokens=[tokens], stats=_HFStats(passes, [len(tokens)], seconds))
-    sampling = dict(temperature=config.temperature, top_k=config.top_k) if setting.sampled else {}
-    return generate(
-        text_model.model,
-        prompt,
-        method=setting.method,
-        window=setting.window,
-        init=setting.init,
-        lookahead=LookaheadConfig(verify=setting.verify) if setting.lookahead else False,
-        max_new_tokens=config.max_new_tokens,
-        generator=torch.Generator(device=config.device).manual_seed(seed),
-        eos_token_id=text_model.eos_token_id,
-        block=setting.block,
-        record=record,
-        **sampling,
-    )
+    sampling = config.sampling if setting.sampled else SamplingConfig()
+    return generate(text_model.model, prompt, decoding=setting.decoding, sampling=sampling, max_new_tokens=config.max_new_tokens,
+                    generator=torch.Generator(device=config.device).manual_seed(seed),
+                    eos_token_id=text_model.eos_token_id, record=record)
 
 
 @dataclass(frozen=True)

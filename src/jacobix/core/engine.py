@@ -219,12 +219,11 @@ def solve(
         raise ValueError(f"window must be >= 1, got {window}")
     if lossy_sweep_cap is not None and lossy_sweep_cap < 1:
         raise ValueError(f"lossy_sweep_cap must be >= 1 sweep or None (exact), got {lossy_sweep_cap}")
-    width = window - 1
+    drafts_per_window = window - 1
     if block:
         state.block_end = state.length + window
-    drafts = problem.draft(state, None, torch.ones_like(state.window_positions(width), dtype=torch.bool))
-    per_pass: dict[str, list[Tensor]] = {"committed": [], "accepted": [], "active": [], "lossy": []}
-    trajectory = []
+    drafts = problem.draft(state, None, torch.ones_like(state.window_positions(drafts_per_window), dtype=torch.bool))
+    log, trajectory = _PassLog(), []
     while not bool(state.done.all()):  # the one device sync per sweep
         running = ~state.done
         decision = problem.sweep(state, drafts)
@@ -233,27 +232,41 @@ def solve(
             trajectory.append(_record(state, drafts, decision, n_commit))
         _commit(state, decision.values, n_commit)
         fresh_block = _advance(state, n_commit, running, window)
-        finished = state.length >= state.limit
-        if decision.finished is not None:
-            finished |= decision.finished & running
-        state.done |= finished
+        state.done |= _finished(state, decision, running)
         problem.rollback(state)
-        carried, fresh = decision.proposals.shift(n_commit, width)
+        carried, fresh = decision.proposals.shift(n_commit, drafts_per_window)
         drafts = problem.draft(state, carried, fresh if fresh_block is None else fresh | fresh_block[:, None])
-        for name, value in zip(per_pass, (n_commit, torch.where(running, decision.n_accepted, 0), running, lossy)):
-            per_pass[name].append(value)
+        log.add(n_commit, torch.where(running, decision.n_accepted, 0), running, lossy)
         if on_sweep is not None:
             on_sweep()
-    rows = state.length.shape[0]
-    return SolveStats(
-        forward_passes=len(per_pass["committed"]),
-        committed=_stack(per_pass["committed"], rows, torch.long),
-        accepted=_stack(per_pass["accepted"], rows, torch.long),
-        active=_stack(per_pass["active"], rows, torch.bool),
-        lossy=_stack(per_pass["lossy"], rows, torch.long),
-        window=window,
-        trajectory=trajectory,
-    )
+    return log.stats(state.length.shape[0], window, trajectory)
+
+
+def _finished(state: FixedPointState, decision: Acceptance, running: Tensor) -> Tensor:
+    """(B,) rows that reached their limit or committed a stop value this sweep."""
+    finished = state.length >= state.limit
+    if decision.finished is not None:
+        finished |= decision.finished & running
+    return finished
+
+
+class _PassLog:
+    """Per-pass counts of a solve, kept on the device until the end."""
+
+    def __init__(self) -> None:
+        self.committed: list[Tensor] = []
+        self.accepted: list[Tensor] = []
+        self.active: list[Tensor] = []
+        self.lossy: list[Tensor] = []
+
+    def add(self, committed: Tensor, accepted: Tensor, active: Tensor, lossy: Tensor) -> None:
+        for log, value in zip((self.committed, self.accepted, self.active, self.lossy), (committed, accepted, active, lossy)):
+            log.append(value)
+
+    def stats(self, rows: int, window: int, trajectory: list[SweepRecord]) -> SolveStats:
+        return SolveStats(forward_passes=len(self.committed), committed=_stack(self.committed, rows, torch.long),
+                          accepted=_stack(self.accepted, rows, torch.long), active=_stack(self.active, rows, torch.bool),
+                          lossy=_stack(self.lossy, rows, torch.long), window=window, trajectory=trajectory)
 
 
 def _clamp(state: FixedPointState, drafts: Drafts, decision: Acceptance, running: Tensor, cap: int | None,

@@ -28,13 +28,25 @@ class LogitsProcessor(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    """How logits become a target distribution. ``temperature == 0`` means greedy."""
+    """How logits become a target distribution, the same at every position of every pass.
+
+    Attributes:
+        temperature: 0 for greedy decoding; > 0 samples at this temperature (the sampling methods need it).
+        top_k: sampling: keep the k most likely tokens (None keeps all).
+        top_p: sampling: keep the smallest set of most likely tokens holding this much probability (None keeps all).
+    """
 
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, type(None))):
+            raise ValueError(f"top_k must be an int >= 1 or None, got {self.top_k!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float, type(None))):
+            raise ValueError(f"top_p must be a number in (0, 1] or None, got {self.top_p!r}")
         if not (self.temperature >= 0.0) or self.temperature == float("inf"):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:

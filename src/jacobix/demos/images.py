@@ -15,7 +15,7 @@ Writes into ``out_dir`` (default ``jacobix-out/images``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +27,14 @@ from jacobix.core.engine import SweepRecord
 from jacobix.eval import figures
 from jacobix.images.model import ImageModel, load_image_model
 from jacobix.images.sample import ImageSampling, ImageSamples, generate_images
-from jacobix.images.sjd2 import SJD2Proposer
+from jacobix.images.sjd2 import SJD2Config, SJD2Proposer
+from jacobix.tokens.decoding import Decoding
 from jacobix.images.proposers import resolve_image_init
 
 DEFAULT_OUT = Path("jacobix-out") / "images"
-BEST = ImageSampling(method="sjd", window=16, init="prior-above", coupled=True)
-SJD2_DEMO = ImageSampling(method="sjd2", window=64, levels=5, init="prior-above", coupled=True)
+BEST = ImageSampling(decoding=Decoding(method="sjd-coupled", window=16, init="prior-above"))
+SJD2_DEMO = ImageSampling(decoding=Decoding(method="sjd2", window=64, init="prior-above"),
+                          sjd2=SJD2Config(levels=5, coupled=True))
 
 
 @dataclass(frozen=True)
@@ -91,12 +93,12 @@ def demo_images(
     """
     if per_class < 1:
         raise ValueError(f"per_class must be >= 1, got {per_class}")
-    if sjd.method != "sjd":
-        raise ValueError(f"sjd settings must use method='sjd', got {sjd.method!r}")
+    if sjd.method not in ("sjd", "sjd-coupled"):
+        raise ValueError(f"sjd settings must use method 'sjd' or 'sjd-coupled', got {sjd.method!r}")
     model = model or load_image_model()
     out_dir = Path(out_dir)
     labels = torch.arange(10).repeat_interleave(per_class)  # (10 * per_class,)
-    ar_settings = ImageSampling(method="ar", temperature=sjd.temperature, top_k=sjd.top_k, top_p=sjd.top_p, cfg_scale=sjd.cfg_scale)
+    ar_settings = replace(sjd, decoding=Decoding(method="ar"))
     ar = generate_images(model, labels, ar_settings, generator=torch.Generator().manual_seed(seed), batch_size=len(labels))
     fast = generate_images(model, labels, sjd, generator=torch.Generator().manual_seed(seed), batch_size=len(labels), record=True)
     sweeps = commit_sweeps(fast.trajectories[0], prompt_length=1, tokens=model.vocab.image_tokens)  # (N, 196)
@@ -126,8 +128,8 @@ def sjd2_denoising_picture(path: Path, settings: ImageSampling, *, label: int = 
     if settings.method != "sjd2":
         raise ValueError(f"sjd2 settings must use method='sjd2', got {settings.method!r}")
     model = model or load_image_model("fmnist-ar-sjd2")
-    proposer = SJD2Proposer(model.noise, model.transformer.embed, settings.sjd2(),
-                            init=resolve_image_init(settings.init, model), trace=True)
+    proposer = SJD2Proposer(model.noise, model.transformer.embed, settings.sjd2,
+                            init=resolve_image_init(settings.decoding.init, model), trace=True)
     out = generate_images(model, [label], settings, generator=torch.Generator().manual_seed(seed), batch_size=1,
                           record=True, proposer=proposer)
     levels = window_levels(out.trajectories[0], proposer.levels_trace, tokens=model.vocab.image_tokens)

@@ -2,9 +2,10 @@
 
 Typical use::
 
+    from jacobix import Decoding
     from jacobix.images import ImageSampling, generate_images, load_image_model
     model = load_image_model()
-    out = generate_images(model, [0, 7, 9], ImageSampling(method="sjd", coupled=True, init="prior-above"))
+    out = generate_images(model, [0, 7, 9], ImageSampling(decoding=Decoding(method="sjd-coupled", init="prior-above")))
     out.images  # (3, 28, 28) floats in [0, 1]
 """
 

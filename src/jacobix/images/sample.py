@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import math
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from jacobix.tokens.proposers.basic import DraftInit
 from jacobix.core.engine import SweepRecord
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.decoding import Decoding, Guidance
 from jacobix.tokens.generate import generate
 from jacobix.tokens.result import DecodeStats
 from jacobix.images.proposers import IMAGE_INITS, resolve_image_init
@@ -17,71 +19,66 @@ from jacobix.images.model import CodesOnly, ImageModel
 from jacobix.images.sjd2 import SJD2Config, SJD2Proposer, sjd2_proposer
 
 
+def _sjd() -> Decoding:
+    return Decoding(method="sjd")
+
+
+def _unit_temperature() -> SamplingConfig:
+    return SamplingConfig(temperature=1.0)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageSampling:
-    """How to decode an image grid.
+    """How to decode an image grid: a :class:`~jacobix.tokens.decoding.Decoding`, a
+    :class:`~jacobix.core.sampling.SamplingConfig` and the image's own options.
 
     Attributes:
-        method: "ar" (sequential reference), "jacobi" (greedy), "sjd" (sampling, lossless) or
-            "sjd2" (Jacobi-denoising, :mod:`jacobix.images.sjd2`; needs a model fine-tuned for it,
-            ``load_image_model("fmnist-ar-sjd2")``).
-        window: tokens per pass for jacobi/sjd/sjd2 (drafts + 1).
-        init: draft rule: "random", "repeat", "row-above", "codes-random", "prior", "prior-above",
-            or any :class:`~jacobix.tokens.proposers.basic.DraftInit`.
-        temperature: 0 for greedy, else sampling temperature (SJD and sampling AR need > 0).
-        top_k, top_p: filters of the target distribution.
+        decoding: method "ar" (sequential reference), "jacobi" (greedy), "sjd" (sampling, lossless),
+            "sjd-coupled" (SJD redrafting with one noise per position; lossless, converges much
+            faster) or "sjd2" (Jacobi-denoising, :mod:`jacobix.images.sjd2`; needs a model
+            fine-tuned for it, ``load_image_model("fmnist-ar-sjd2")``); window; draft rule
+            ("random", "repeat", "row-above", "codes-random", "prior", "prior-above" or a DraftInit;
+            "row-above" takes the grid's row length).
+        sampling: the target distribution (default temperature 1; greedy methods need 0).
         cfg_scale: classifier-free guidance scale against the null-class prompt; None disables it.
-        coupled: SJD (or SJD2) re-drafts each position with the same noise every sweep
-            (:mod:`jacobix.tokens.proposers.coupled`); still lossless, converges much faster.
-        levels: sjd2: noise levels a window slot passes through before it is clean (0: SJD).
-        lossy: sjd2: LOSSY paper variant, also verifies drafts whose context is still noisy.
+        sjd2: levels, LOSSY paper variant and coupling of method "sjd2" (:class:`SJD2Config`).
     """
 
-    method: Literal["ar", "jacobi", "sjd", "sjd2"] = "sjd"
-    window: int = 16
-    init: str | DraftInit = "random"
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
+    decoding: Decoding = field(default_factory=_sjd)
+    sampling: SamplingConfig = field(default_factory=_unit_temperature)
     cfg_scale: float | None = 1.5
-    coupled: bool = False
-    levels: int = 5
-    lossy: bool = False
+    sjd2: SJD2Config = SJD2Config()
 
     def __post_init__(self) -> None:
-        if self.method not in ("ar", "jacobi", "sjd", "sjd2"):
-            raise ValueError(f"ImageSampling.method must be 'ar', 'jacobi', 'sjd' or 'sjd2', got {self.method!r}")
-        if self.window < 1:
-            raise ValueError(f"ImageSampling.window must be >= 1, got {self.window}")
-        if self.cfg_scale is not None and self.cfg_scale < 0:
-            raise ValueError(f"ImageSampling.cfg_scale must be >= 0 or None, got {self.cfg_scale}")
-        if isinstance(self.init, str) and self.init not in IMAGE_INITS:
-            raise ValueError(f"unknown image init {self.init!r}; use one of {', '.join(IMAGE_INITS)} or a DraftInit callable")
-        if self.coupled and self.method not in ("sjd", "sjd2"):
-            raise ValueError("ImageSampling.coupled applies to method='sjd' or 'sjd2' only")
-        if self.method == "sjd2":
-            SJD2Config(levels=self.levels, lossy=self.lossy)  # validates levels
-        elif self.lossy or self.levels != ImageSampling.levels:
-            raise ValueError("ImageSampling.levels and lossy apply to method='sjd2' only")
+        if not isinstance(self.decoding, Decoding) or not isinstance(self.sampling, SamplingConfig):
+            raise ValueError("ImageSampling takes decoding=Decoding(...) and sampling=SamplingConfig(...)")
+        if self.cfg_scale is not None and (isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float))
+                                           or not math.isfinite(self.cfg_scale) or self.cfg_scale < 0):
+            raise ValueError(f"ImageSampling.cfg_scale must be a finite number >= 0 or None, got {self.cfg_scale!r}")
+        if not isinstance(self.sjd2, SJD2Config):
+            raise ValueError(f"ImageSampling.sjd2 must be an SJD2Config, got {self.sjd2!r}")
+        if self.decoding.method != "sjd2" and self.sjd2 != SJD2Config():
+            raise ValueError("ImageSampling.sjd2: levels and lossy (and coupled) apply to Decoding(method='sjd2') only")
+        self.decoding.check(self.sampling)
+
+    @property
+    def method(self) -> str:
+        return self.decoding.method
 
     @property
     def lossless(self) -> bool:
-        """False only for the LOSSY SJD2 ablation."""
-        return not (self.method == "sjd2" and self.lossy)
+        """False for the LOSSY SJD2 ablation or a LOSSY early exit."""
+        return self.decoding.lossless and not (self.method == "sjd2" and self.sjd2.lossy)
 
     def label(self) -> str:
         if self.method == "ar":
             return "ar"
-        init = self.init if isinstance(self.init, str) else type(self.init).__name__
+        init = self.decoding.init if isinstance(self.decoding.init, str) else type(self.decoding.init).__name__
+        window = self.decoding.window
         if self.method == "sjd2":
-            mode = "lossy" if self.lossy else "lossless"
-            return f"sjd2{'-coupled' if self.coupled else ''} w{self.window} K{self.levels} {init} {mode}"
-        method = "sjd-coupled" if self.coupled else self.method
-        return f"{method} w{self.window} {init}"
-
-    def sjd2(self) -> SJD2Config:
-        """The :class:`~jacobix.images.sjd2.SJD2Config` of method 'sjd2'."""
-        return SJD2Config(levels=self.levels, lossy=self.lossy, coupled=self.coupled)
+            mode = "lossy" if self.sjd2.lossy else "lossless"
+            return f"sjd2{'-coupled' if self.sjd2.coupled else ''} w{window} K{self.sjd2.levels} {init} {mode}"
+        return f"{self.method} w{window} {init}"
 
 
 @dataclass(frozen=True)
@@ -137,9 +134,9 @@ def generate_images(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     labels = torch.as_tensor(labels, dtype=torch.long)
     model.vocab.class_tokens(labels)  # validates the labels
-    init = resolve_image_init(settings.init, model)
+    init = resolve_image_init(settings.decoding.init, model)
     if settings.method == "sjd2" and proposer is None:
-        proposer = sjd2_proposer(model.noise, model.transformer.embed, settings.sjd2(), init=init)
+        proposer = sjd2_proposer(model.noise, model.transformer.embed, settings.sjd2, init=init)
     tokens, row_passes, stats, trajectories, wall = [], [], [], [], 0.0
     for chunk in labels.split(batch_size):
         result = _generate_batch(model, chunk, settings, init, generator, record, proposer)
@@ -165,22 +162,8 @@ def generate_images(
 def _generate_batch(model: ImageModel, labels: Tensor, settings: ImageSampling, init: DraftInit, generator, record: bool,
                     proposer: SJD2Proposer | None = None):
     cond, uncond = model.vocab.prompts(labels)  # (b, 1) each
-    guided = settings.cfg_scale is not None
-    method = "sjd-coupled" if settings.coupled and settings.method == "sjd" else settings.method
-    return generate(
-        model.transformer,
-        cond,
-        method=method,
-        proposer=proposer if settings.method == "sjd2" else None,
-        max_new_tokens=model.vocab.image_tokens,
-        window=settings.window,
-        init=init,
-        temperature=settings.temperature,
-        top_k=settings.top_k,
-        top_p=settings.top_p,
-        processors=(CodesOnly(model.vocab.num_codes),),
-        generator=generator,
-        cfg_scale=settings.cfg_scale if guided else None,
-        negative_input_ids=uncond if guided else None,
-        record=record,
-    )
+    decoding = replace(settings.decoding, init=init, row_length=model.vocab.grid,
+                       proposer=proposer if settings.method == "sjd2" else settings.decoding.proposer)
+    guidance = None if settings.cfg_scale is None else Guidance(scale=settings.cfg_scale, negative_input_ids=uncond)
+    return generate(model.transformer, cond, decoding, settings.sampling, max_new_tokens=model.vocab.image_tokens,
+                    guidance=guidance, processors=(CodesOnly(model.vocab.num_codes),), generator=generator, record=record)

@@ -15,6 +15,7 @@ from torch import Tensor
 from jacobix.latent.arith import BOT, EOS, EOT, Program, encode
 from jacobix.latent.model import LatentReasoner
 from jacobix.latent.thoughts import answer
+from jacobix.tokens.decoding import Decoding
 from jacobix.tokens.generate import generate
 
 ARMS: tuple[str, ...] = ("nocot", "cot", "seq", "pccot")
@@ -57,7 +58,7 @@ def arm_answers(model: LatentReasoner, programs: list[Program], arm: str) -> Ans
         last = logits[torch.arange(len(rows), device=device), lengths - 1]  # (B, V)
         return Answers(tokens=last.argmax(-1), forward_passes=1)
     budget = 4 * max(p.steps for p in programs) + len(prompt) + 3
-    result = generate(model.lm, [encode(p.question) + [BOT] for p in programs], method="ar", max_new_tokens=budget,
+    result = generate(model.lm, [encode(p.question) + [BOT] for p in programs], Decoding(method="ar"), max_new_tokens=budget,
                       eos_token_id=EOS)
     tokens = torch.tensor([_parse_answer(t.tolist(), prompt) for t in result.tokens], device=device)
     return Answers(tokens=tokens, forward_passes=result.stats.forward_passes)

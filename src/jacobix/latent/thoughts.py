@@ -42,8 +42,8 @@ from jacobix.core.cache import KVCache
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState, SolveStats, solve
 from jacobix.latent.model import FunctionalCache, LatentReasoner
 
-Method = Literal["jacobi", "sequential", "exact"]
-METHODS: tuple[str, ...] = ("jacobi", "sequential", "exact")
+ThinkMethod = Literal["jacobi", "sequential", "exact"]
+THINK_METHODS: tuple[str, ...] = ("jacobi", "sequential", "exact")
 
 
 def pack_questions(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,7 +146,7 @@ class Thoughts:
     stats: SolveStats
 
 
-def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: Method = "jacobi",
+def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: ThinkMethod = "jacobi",
           passes: int | None = None, differentiable: bool = False) -> Thoughts:
     """Compute the c latent thoughts of each question on the engine.
 
@@ -162,8 +162,8 @@ def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: 
     Raises:
         ValueError: an unknown method, T < 1, or questions longer than the model's context.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in THINK_METHODS:
+        raise ValueError(f"method must be one of {THINK_METHODS}, got {method!r}")
     passes = model.latent.passes if passes is None else passes
     if passes < 1:
         raise ValueError(f"passes (T) must be >= 1, got {passes}")
@@ -249,7 +249,7 @@ class AnswerResult:
 
 
 @torch.no_grad()
-def answer(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: Method = "jacobi",
+def answer(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: ThinkMethod = "jacobi",
            passes: int | None = None) -> AnswerResult:
     """Greedy answers of a batch of questions (see :func:`think` for the arguments)."""
     thoughts = think(model, questions, lengths, method=method, passes=passes)
@@ -257,5 +257,5 @@ def answer(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method:
     return AnswerResult(tokens=tokens, forward_passes=thoughts.stats.forward_passes + 1, stats=thoughts.stats)
 
 
-__all__ = ["AnswerOutput", "AnswerResult", "LatentProblem", "METHODS", "Thoughts", "answer", "context_needed",
+__all__ = ["AnswerOutput", "AnswerResult", "LatentProblem", "THINK_METHODS", "Thoughts", "answer", "context_needed",
            "pack_questions", "read_answer", "think"]

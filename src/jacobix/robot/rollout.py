@@ -18,6 +18,7 @@ from torch import Tensor
 from jacobix.models.protocol import CausalLM
 from jacobix.robot.envs import Env, Lockstep
 from jacobix.robot.policy import PolicyFormat
+from jacobix.tokens.decoding import Decoding
 from jacobix.tokens.generate import generate
 
 Decide = Callable[[Tensor], tuple[Tensor, Tensor]]
@@ -116,21 +117,21 @@ def _run_batch(decide: Decide, fmt: PolicyFormat, run: Lockstep, out: dict[str, 
     out["steps"][:] = run.steps
 
 
-def chunk_jacobi_options(fmt: PolicyFormat) -> dict[str, Any]:
-    """Keywords of :func:`~jacobix.tokens.generate.generate` that decode one action chunk by greedy
-    Jacobi as CEED trains it: one block of the tokens after the prefill's first one, drafted from
-    the action one step before (``init="row-above"`` with the action dimensions as the row)."""
-    return dict(method="jacobi", window=fmt.block - 1, block=True, init="row-above", row_length=fmt.act_dim)
+def chunk_jacobi(fmt: PolicyFormat) -> Decoding:
+    """How one action chunk is decoded by greedy Jacobi as CEED trains it: one block of the tokens
+    after the prefill's first one, drafted from the action one step before (``init="row-above"``
+    with the action dimensions as the row). Early exit is ``replace(chunk_jacobi(fmt),
+    lossy=LossyExit(sweep_cap=c))``."""
+    return Decoding(method="jacobi", window=fmt.block - 1, block=True, init="row-above", row_length=fmt.act_dim)
 
 
-def greedy_decider(model: CausalLM, fmt: PolicyFormat, *, method: str = "ar", **options: Any) -> Decide:
+def greedy_decider(model: CausalLM, fmt: PolicyFormat, decoding: Decoding = Decoding(method="ar")) -> Decide:
     """A ``decide`` that decodes one block per prompt with :func:`~jacobix.tokens.generate.generate`.
 
     Args:
         model: the policy.
         fmt: its format (``block`` new tokens per prompt).
-        method: "ar" or "jacobi" (greedy), or another registered method.
-        options: more keywords of ``generate`` (``window``, ``block``, ``lossy_sweep_cap``, ...).
+        decoding: a greedy decoding (default sequential; :func:`chunk_jacobi` for CEED's).
     Returns:
         prompts (B, Lp) -> (tokens (B, block), passes (B,)); passes are the decoding passes in
         which the row was active (the prompt's prefill pass, which also gives the first token,
@@ -139,7 +140,7 @@ def greedy_decider(model: CausalLM, fmt: PolicyFormat, *, method: str = "ar", **
 
     @torch.no_grad()
     def decide(prompts: Tensor) -> tuple[Tensor, Tensor]:
-        result = generate(model, prompts, method=method, max_new_tokens=fmt.block, **options)
+        result = generate(model, prompts, decoding, max_new_tokens=fmt.block)
         tokens = torch.stack([row[: fmt.block] for row in result.tokens])  # (B, block)
         passes = result.stats.active_per_pass.sum(0).long()  # (B,)
         return tokens, passes

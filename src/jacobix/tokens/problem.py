@@ -2,7 +2,7 @@
 
 :class:`TokenProblem` is the :class:`~jacobix.core.engine.JacobiProblem` of every token method.
 Before a sweep it asks the proposer for candidates (:mod:`jacobix.tokens.proposers`); a sweep
-asks the width policy how many drafts to feed (:mod:`jacobix.tokens.policy`), lets the
+asks the width policy how many drafts to feed (:mod:`jacobix.tokens.width`), lets the
 :class:`~jacobix.tokens.verify.Verifier` run one forward and its acceptance rule, hands the
 outputs back to the proposer as the next carried drafts, and times the pass for the policy's
 cost model. Drafts the policy did not feed are carried on untouched.
@@ -20,8 +20,8 @@ from torch import Tensor
 from jacobix.core.sampling import Randomness
 
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState
-from jacobix.tokens.policy.costs import PassCosts
-from jacobix.tokens.policy.width import FixedWidth, WidthPolicy, novel_prefixes
+from jacobix.tokens.width.costs import PassCosts
+from jacobix.tokens.width.policy import FixedWidth, WidthPolicy, novel_prefixes
 from jacobix.tokens.proposers.base import Candidates, ProposalContext, Proposer, one_hot
 from jacobix.tokens.verify import Verdict, Verifier
 

@@ -29,7 +29,7 @@ from jacobix.tokens.proposers.base import Candidates
 
 
 @dataclass(frozen=True)
-class Guidance:
+class GuidanceShift:
     """Classifier-free guidance: ``logits = uncond + scale * (cond - uncond)``.
 
     Attributes:
@@ -86,7 +86,7 @@ class Verifier:
     """
 
     def __init__(self, model: CausalLM, cache: Cache, *, candidates: int, prompt_length: Tensor,
-                 sampling: SamplingConfig, processors: Sequence[LogitsProcessor], guidance: Guidance | None,
+                 sampling: SamplingConfig, processors: Sequence[LogitsProcessor], guidance: GuidanceShift | None,
                  eos_token_ids: Sequence[int], generator: Randomness, prob_dtype: torch.dtype,
                  max_position: int) -> None:
         if guidance is not None and candidates > 1:
@@ -201,4 +201,4 @@ class Verifier:
             self.cache.rollback(kept.repeat(r))
 
 
-__all__ = ["Guidance", "Verdict", "Verifier"]
+__all__ = ["GuidanceShift", "Verdict", "Verifier"]

@@ -27,7 +27,7 @@ from torch import Tensor
 from jacobix.models.llama import save_llama
 from jacobix.robot.dataset import Demonstrations, collect_demonstrations, load_demonstrations
 from jacobix.robot.policy import PolicyFormat, load_policy
-from jacobix.robot.rollout import chunk_jacobi_options, greedy_decider, run_episodes, wilson_interval
+from jacobix.robot.rollout import chunk_jacobi, greedy_decider, run_episodes, wilson_interval
 from jacobix.robot.suites import SUITES, Suite, evaluation_episodes
 from jacobix.tokens.generate import generate
 from jacobix.train import add_output_arguments, distributed, output_folder
@@ -101,10 +101,10 @@ def dataset(args: argparse.Namespace, suite: Suite, fmt: PolicyFormat) -> tuple[
 @torch.no_grad()
 def measure(model, fmt: PolicyFormat, prompts: Tensor, suite: Suite, per_task: int) -> dict:
     """Exact-Jacobi passes per chunk on dataset states and the success of AR on held-out episodes."""
-    result = generate(model, prompts, **chunk_jacobi_options(fmt), max_new_tokens=fmt.block)
+    result = generate(model, prompts, chunk_jacobi(fmt), max_new_tokens=fmt.block)
     passes = float(result.stats.active_per_pass.sum(0).double().mean()) + 1  # + the prefill
     tasks, seeds = evaluation_episodes(suite.tasks, per_task)
-    rollout = run_episodes(greedy_decider(model, fmt, method="ar"), suite.make_env, fmt, tasks, seeds,
+    rollout = run_episodes(greedy_decider(model, fmt), suite.make_env, fmt, tasks, seeds,
                            batch_size=10 * len(suite.tasks))  # a multiple of the tasks: each environment keeps one
     low, high = wilson_interval(int(rollout.success.sum()), rollout.episodes)
     return {"jacobi_passes_per_chunk": round(passes, 3), "ar_passes_per_chunk": fmt.block,

@@ -141,7 +141,7 @@ def evaluate(directory: Path, suite: Suite, config: PolicyTrainConfig) -> dict:
     model, fmt = load_policy(directory)
     tasks, seeds = evaluation_episodes(suite.tasks, config.eval_per_task)
     start = time.perf_counter()
-    result = run_episodes(greedy_decider(model, fmt, method="ar"), suite.make_env, fmt, tasks, seeds,
+    result = run_episodes(greedy_decider(model, fmt), suite.make_env, fmt, tasks, seeds,
                           batch_size=config.eval_batch)
     seconds = time.perf_counter() - start
     codec = fmt.action_codec

@@ -40,6 +40,7 @@ from torch import Tensor
 
 from jacobix.core.engine import SweepRecord
 from jacobix.models.protocol import CausalLM
+from jacobix.tokens.decoding import Decoding
 from jacobix.tokens.generate import generate
 from jacobix.tokens.proposers.basic import resolve_init
 from jacobix.tokens.trajectory import UNSEEN, BlockTrajectory, split_blocks
@@ -115,6 +116,11 @@ class CollectConfig:
                              "the first token comes from the prefill, then whole blocks follow")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def decoding(self) -> Decoding:
+        """The teacher's greedy Jacobi in block mode, as the student will be decoded."""
+        return Decoding(method="jacobi", window=self.block_size, init=self.init, block=True, row_length=self.row_length)
 
 
 @dataclass(frozen=True)
@@ -193,10 +199,8 @@ def collect(model: CausalLM, prompts: list[Tensor], truths: list[Tensor], config
     generator = torch.Generator().manual_seed(config.seed)
     for begin in range(0, len(prompts), config.batch_size):
         batch = prompts[begin : begin + config.batch_size]
-        result = generate(model, batch, method="jacobi", window=config.block_size, init=config.init, block=True,
-                          row_length=config.row_length,
-                          record=True, max_new_tokens=config.max_new_tokens, generator=generator,
-                          eos_token_id=list(config.eos_token_id) or None)
+        result = generate(model, batch, config.decoding, record=True, max_new_tokens=config.max_new_tokens,
+                          generator=generator, eos_token_id=list(config.eos_token_id) or None)
         lengths = torch.tensor([len(p) for p in batch])
         rows += _rows(result.trajectory, result.tokens, lengths, config)
     return _assemble(prompts, truths, rows, config, name)

@@ -19,7 +19,8 @@ from jacobix.integrations.hf.adapter import (
     check_supported,
     is_transformers_model,
 )
-from jacobix.integrations.hf.custom_generate import jacobi_generate, lookahead_generate, sjd_generate
+from jacobix.integrations.hf.custom_generate import (jacobi_generate, lookahead_generate, sjd_generate,
+                                                     specs_from_generation_config)
 from jacobix.integrations.hf.gguf import load_gguf_cached
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "load_gguf_cached",
     "lookahead_generate",
     "sjd_generate",
+    "specs_from_generation_config",
 ]

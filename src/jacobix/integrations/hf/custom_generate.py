@@ -12,6 +12,7 @@ one new token per call and would silently guide the wrong positions inside a win
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -19,6 +20,8 @@ from torch import Tensor
 
 from jacobix.integrations.hf._deps import require_transformers
 from jacobix.integrations.hf.adapter import HFCausalLM, HFProcessors
+from jacobix.core.sampling import SamplingConfig
+from jacobix.tokens.decoding import Decoding, Guidance
 from jacobix.tokens.generate import generate
 
 
@@ -34,7 +37,7 @@ def _split_processors(processors: Sequence[Any] | None) -> tuple[list[Any], Any 
     return kept, (found[0] if found else None)
 
 
-def _guidance(cfg: Any, input_ids: Tensor, others: list[Any]) -> dict[str, Any]:
+def _guidance(cfg: Any, input_ids: Tensor, others: list[Any]) -> Guidance | None:
     """transformers' guidance (``guidance_scale``, ``negative_prompt_ids``) as jacobix's own CFG.
 
     transformers' processor runs the unconditional prompt (``negative_prompt_ids``, else each
@@ -44,7 +47,7 @@ def _guidance(cfg: Any, input_ids: Tensor, others: list[Any]) -> dict[str, Any]:
     per-row constant, so argmax and softmax agree).
     """
     if cfg is None:
-        return {}
+        return None
     if others:
         names = ", ".join(type(p).__name__ for p in others)
         raise ValueError(f"custom_generate: guidance_scale together with other logits processors ({names}) is not "
@@ -57,7 +60,7 @@ def _guidance(cfg: Any, input_ids: Tensor, others: list[Any]) -> dict[str, Any]:
                          "numbers the padded positions, jacobix would not); pass negative prompts of one length")
     if negative.shape[0] != input_ids.shape[0]:
         raise ValueError(f"negative_prompt_ids has {negative.shape[0]} rows but input_ids has {input_ids.shape[0]}")
-    return dict(cfg_scale=float(cfg.guidance_scale), negative_input_ids=negative)
+    return Guidance(scale=float(cfg.guidance_scale), negative_input_ids=negative)
 
 
 def _eos_ids(config: Any) -> list[int]:
@@ -101,15 +104,34 @@ def _stop_early(rows: list[Tensor], prompts: list[Tensor], criteria: Sequence[An
     return out
 
 
-def _hf_generate(model: Any, input_ids: Tensor, method: str, logits_processor: Any, stopping_criteria: Any,
-                 generation_config: Any, options: dict[str, Any], model_kwargs: dict[str, Any]) -> Any:
+def specs_from_generation_config(config: Any, decoding: Decoding | None = None, **fields: Any
+                                  ) -> tuple[Decoding, SamplingConfig]:
+    """jacobix's specs from a transformers ``GenerationConfig``: the sampling half from ``do_sample``,
+    ``temperature``, ``top_k`` and ``top_p``; the decoding half is ``decoding`` (default: greedy
+    Jacobi, or SJD under ``do_sample``, with an adaptive window) with ``fields`` replaced.
+
+    Raises:
+        ValueError: a decoding whose method disagrees with ``do_sample`` (the message names the fix).
+    """
+    sampled = bool(config.do_sample)
+    sampling = SamplingConfig(temperature=config.temperature or 1.0, top_k=config.top_k, top_p=config.top_p) \
+        if sampled else SamplingConfig()
+    if decoding is None:
+        decoding = Decoding(method="sjd" if sampled else "jacobi", window="auto")
+    elif not isinstance(decoding, Decoding):
+        raise ValueError(f"custom_generate: decoding= takes a jacobix Decoding, got {type(decoding).__name__}")
+    decoding = replace(decoding, **{k: v for k, v in fields.items() if v is not None})
+    if decoding.spec.sampled is not None and decoding.spec.sampled != sampled:
+        fix = "sjd_generate (or an SJD decoding) for do_sample=True" if sampled else "jacobi_generate for greedy decoding"
+        raise ValueError(f"custom_generate: method {decoding.method!r} with do_sample={sampled}: use "
+                         f"jacobix.integrations.hf.{fix}")
+    return decoding, sampling
+
+
+def _hf_generate(model: Any, input_ids: Tensor, specs: tuple[Decoding, SamplingConfig], logits_processor: Any,
+                 stopping_criteria: Any, config: Any, request: dict[str, Any], model_kwargs: dict[str, Any]) -> Any:
     tf = require_transformers()
-    config = generation_config if generation_config is not None else model.generation_config
-    _check_config(config)
-    if bool(config.do_sample) != (method == "sjd"):
-        fix = "sjd_generate for do_sample=True" if config.do_sample else "jacobi_generate for greedy decoding"
-        raise ValueError(f"custom_generate: use jacobix.integrations.hf.{fix}")
-    if options.get("streamer") is not None and input_ids.shape[0] != 1:
+    if request.get("streamer") is not None and input_ids.shape[0] != 1:
         raise ValueError(f"jacobix_streamer follows one prompt, got {input_ids.shape[0]}; stream one prompt at a time")
     lm = HFCausalLM(model)
     prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
@@ -117,13 +139,12 @@ def _hf_generate(model: Any, input_ids: Tensor, method: str, logits_processor: A
     eos = _eos_ids(config)
     processors, cfg = _split_processors(logits_processor)
     guidance = _guidance(cfg, input_ids, processors)
-    sampling = dict(temperature=config.temperature or 1.0, top_k=config.top_k, top_p=config.top_p) if config.do_sample else {}
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else 0)
     if processors:
         lengths = torch.tensor([len(p) for p in prompts])
         processors = [HFProcessors(lm, processors, input_ids, lengths, int(pad))]
-    result = generate(lm, prompts, method=method, max_new_tokens=max_new, eos_token_id=eos or None,
-                      processors=processors, **guidance, **sampling, **options)
+    result = generate(lm, prompts, *specs, max_new_tokens=max_new, eos_token_id=eos or None, processors=processors,
+                      guidance=guidance, **request)
     g = tf.generation
     custom = [c for c in stopping_criteria or () if not isinstance(c, (g.MaxLengthCriteria, g.EosTokenCriteria))]
     rows = _stop_early(result.tokens, prompts, custom) if custom else result.tokens
@@ -137,50 +158,60 @@ def _hf_generate(model: Any, input_ids: Tensor, method: str, logits_processor: A
     return out
 
 
+def _config(model: Any, generation_config: Any) -> Any:
+    config = generation_config if generation_config is not None else model.generation_config
+    _check_config(config)
+    return config
+
+
 def jacobi_generate(model: Any, input_ids: Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
-                    generation_config: Any = None, window: int | str = "auto", lookahead: bool = False,
-                    jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
+                    generation_config: Any = None, decoding: Decoding | None = None, window: int | str | None = None,
+                    lookahead: bool | None = None, jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
     """Greedy Jacobi decoding for ``hf_model.generate(..., custom_generate=jacobi_generate)``.
 
-    Returns the same (B, L + N) tensor as greedy ``generate`` (right-padded with pad_token_id), or
-    with ``return_dict_in_generate=True`` a ``GenerateDecoderOnlyOutput`` holding ``sequences``
-    only (jacobix keeps no per-token scores; ``output_scores=True`` is refused). ``window``
-    ("auto" or tokens per pass), ``lookahead`` (n-gram pool drafts) and ``jacobix_streamer`` pass
-    through ``generate``'s keyword arguments. ``jacobix_streamer`` (e.g. ``TextStreamer(tokenizer)``;
-    one prompt) gets the prompt, then each pass's committed tokens: transformers hands its own
-    ``streamer=`` to no custom callable. ``guidance_scale`` and ``negative_prompt_ids`` run as
-    jacobix's classifier-free guidance; the EOS ids of the GenerationConfig (one or a list) stop a row.
+    Keywords besides transformers' own: ``decoding`` (a :class:`~jacobix.tokens.decoding.Decoding`;
+    default greedy Jacobi with ``window="auto"``), ``window`` and ``lookahead`` (shorthands that
+    replace the decoding's), and ``jacobix_streamer`` (a streamer of committed tokens; transformers'
+    own ``streamer`` keyword is consumed by ``generate``). Returns what greedy ``generate`` returns.
+    transformers' ``guidance_scale`` / ``negative_prompt_ids`` become jacobix's classifier-free
+    guidance; the EOS ids of the GenerationConfig (one or a list) stop a row.
     """
-    options = dict(window=window, lookahead=lookahead, streamer=jacobix_streamer)
-    return _hf_generate(model, input_ids, "jacobi", logits_processor, stopping_criteria, generation_config,
-                        options, model_kwargs)
+    config = _config(model, generation_config)
+    if config.do_sample:
+        raise ValueError("custom_generate: use jacobix.integrations.hf.sjd_generate for do_sample=True")
+    specs = specs_from_generation_config(config, decoding, window=window, lookahead=lookahead)
+    return _hf_generate(model, input_ids, specs, logits_processor, stopping_criteria, config,
+                        dict(streamer=jacobix_streamer), model_kwargs)
 
 
 def lookahead_generate(model: Any, input_ids: Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
-                       generation_config: Any = None, window: int | str = "auto", generator: Any = None,
-                       jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
+                       generation_config: Any = None, decoding: Decoding | None = None, window: int | str | None = None,
+                       generator: Any = None, jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
     """Jacobi (greedy) or SJD (``do_sample=True``) with n-gram pool drafts and an adaptive window.
 
     Keywords and return value as :func:`jacobi_generate` (``generator`` as :func:`sjd_generate`).
     """
-    config = generation_config if generation_config is not None else model.generation_config
-    method = "sjd" if config.do_sample else "jacobi"
-    options = dict(window=window, lookahead=True, generator=generator, streamer=jacobix_streamer)
-    return _hf_generate(model, input_ids, method, logits_processor, stopping_criteria, generation_config,
-                        options, model_kwargs)
+    config = _config(model, generation_config)
+    specs = specs_from_generation_config(config, decoding, window=window, lookahead=True)
+    return _hf_generate(model, input_ids, specs, logits_processor, stopping_criteria, config,
+                        dict(generator=generator, streamer=jacobix_streamer), model_kwargs)
 
 
 def sjd_generate(model: Any, input_ids: Tensor, logits_processor: Any = None, stopping_criteria: Any = None,
-                 generation_config: Any = None, window: int | str = "auto", lookahead: bool = False,
-                 generator: Any = None, jacobix_streamer: Any = None, **model_kwargs: Any) -> Any:
+                 generation_config: Any = None, decoding: Decoding | None = None, window: int | str | None = None,
+                 lookahead: bool | None = None, generator: Any = None, jacobix_streamer: Any = None,
+                 **model_kwargs: Any) -> Any:
     """Speculative Jacobi decoding (lossless sampling) for ``custom_generate`` with ``do_sample=True``.
 
     ``generator`` (a ``torch.Generator``) makes the draw reproducible; the other keywords and the
     return value are those of :func:`jacobi_generate`.
     """
-    options = dict(window=window, lookahead=lookahead, generator=generator, streamer=jacobix_streamer)
-    return _hf_generate(model, input_ids, "sjd", logits_processor, stopping_criteria, generation_config,
-                        options, model_kwargs)
+    config = _config(model, generation_config)
+    if not config.do_sample:
+        raise ValueError("custom_generate: use jacobix.integrations.hf.jacobi_generate for greedy decoding")
+    specs = specs_from_generation_config(config, decoding, window=window, lookahead=lookahead)
+    return _hf_generate(model, input_ids, specs, logits_processor, stopping_criteria, config,
+                        dict(generator=generator, streamer=jacobix_streamer), model_kwargs)
 
 
-__all__ = ["jacobi_generate", "lookahead_generate", "sjd_generate"]
+__all__ = ["jacobi_generate", "lookahead_generate", "sjd_generate", "specs_from_generation_config"]

@@ -36,7 +36,7 @@ class RayBatchGenerator:
     Example::
 
         ds = ray.data.read_json("prompts.jsonl")
-        out = ds.map_batches(RayBatchGenerator, fn_constructor_kwargs={"spec": BatchSpec(method="jacobi")},
+        out = ds.map_batches(RayBatchGenerator, fn_constructor_kwargs={"spec": BatchSpec(decoding=Decoding(method="jacobi"))},
                              batch_size=8, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=4))
 
     Args:

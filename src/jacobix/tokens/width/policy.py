@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jacobix.tokens.policy.costs import PassCosts
+from jacobix.tokens.width.costs import PassCosts
 from jacobix.tokens.proposers.base import DraftSource
 
 REFRESH = 8  # passes a choice stands for the same drafts when nothing new was observed

@@ -9,42 +9,39 @@ from pathlib import Path
 
 import torch
 
-from jacobix.batch.jobs import BAD_LINE_CHOICES, BatchSpec, Job, ResultWriter, TEXT_METHODS, check_settings, open_job
+from jacobix.batch.jobs import BAD_LINE_CHOICES, TEXT_METHODS, BatchSpec, Job, ResultWriter, check_settings, open_job
 from jacobix.batch.rows import run_local
+from jacobix.cli.flags import Help, add_spec_arguments, positive, specs_from_args
+from jacobix.cli.models import text_models
 
-ENGINES = ("local", "ray")
+BACKENDS = ("local", "ray")
 RAY_OPTIONS = ("actors", "address", "num_cpus", "gpus_per_actor")
-DEFAULT_SJD_TEMPERATURE = 0.8
+SJD_TEMPERATURE = 0.8  # text rows; image rows sample at 1.0
 
 
-def add_parser(commands: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the ``generate-batch`` command to the ``jacobix`` parser."""
     batch = commands.add_parser(
-        "generate-batch", formatter_class=formatter, help="generate for every line of a JSONL file (locally or on Ray)",
+        "generate-batch", formatter_class=Help, help="generate for every line of a JSONL file (locally or on Ray)",
         description="Text rows {\"id\": ..., \"prompt\": \"...\"} or, with --model fmnist-ar, image rows {\"id\": ..., "
         "\"label\": 3}; one result line per row with its per-row stats. Run it again with the same --output to finish "
         "an interrupted job: finished rows are not redone. Each row samples from a seed made of --seed and its id, so "
         "the output does not depend on --engine, --actors or --batch-size.")
     batch.add_argument("--input", type=Path, required=True, help="JSONL file of rows")
     batch.add_argument("--output", type=Path, required=True, help="JSONL results (appended; finished ids are skipped)")
-    batch.add_argument("--engine", choices=ENGINES, default="local",
+    batch.add_argument("--engine", choices=BACKENDS, default="local",
                        help="local: this process; ray: Ray Data map_batches on an actor pool (pip install 'jacobix[ray]')")
-    batch.add_argument("--model", default="shakespeare", help="shakespeare, smollm2, a checkpoint folder, or fmnist-ar (images)")
-    batch.add_argument("--method", choices=TEXT_METHODS, default="jacobi", help="jacobi/ar greedy; sjd and sjd-coupled sample")
-    batch.add_argument("--temperature", type=float, default=None,
-                       help=f"sampling temperature (default: {DEFAULT_SJD_TEMPERATURE} for sjd, images 1.0; 0 otherwise)")
-    batch.add_argument("--top-k", type=int, default=None, help="sampling: keep the k most likely tokens")
-    batch.add_argument("--top-p", type=float, default=None, help="sampling: nucleus mass")
-    batch.add_argument("--window", type=int, default=16, help="tokens per pass of jacobi/sjd")
-    batch.add_argument("--init", choices=("repeat", "random"), default="repeat", help="text: draft rule for fresh slots")
-    batch.add_argument("--max-new-tokens", type=int, default=64, help="text: tokens per row")
+    batch.add_argument("--model", default="shakespeare",
+                       help=f"a text model ({', '.join(text_models())}, or a checkpoint folder), or fmnist-ar (image rows)")
+    add_spec_arguments(batch, defaults=dict(method="jacobi", init="repeat", temperature=None))
+    batch.add_argument("--max-new-tokens", type=positive, default=64, help="text: tokens per row")
     batch.add_argument("--seed", type=int, default=0, help="base seed; each row's seed is made from it and the row id")
-    batch.add_argument("--batch-size", type=int, default=8, help="rows decoded together by one model")
+    batch.add_argument("--batch-size", type=positive, default=8, help="rows decoded together by one model")
     batch.add_argument("--on-bad-line", choices=BAD_LINE_CHOICES, default="error",
                        help="a malformed input line: error (refuse the job, listing line numbers) or skip (report each)")
     batch.add_argument("--image-dir", type=Path, default=None, help="images: PNG folder (default: OUTPUT's name without .jsonl, plus -png)")
     batch.add_argument("--cfg-scale", type=float, default=1.5, help="images: classifier-free guidance scale")
-    batch.add_argument("--actors", type=int, default=2, help="ray: model actors (one model each)")
+    batch.add_argument("--actors", type=positive, default=2, help="ray: model actors (one model each)")
     batch.add_argument("--address", default=None, help="ray: cluster address (e.g. auto); default: a local cluster")
     batch.add_argument("--num-cpus", type=int, default=None, help="ray: CPUs of the local cluster (default: one per actor)")
     batch.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs reserved per actor (with --device cuda)")
@@ -58,8 +55,8 @@ def check(args: argparse.Namespace) -> None:
         for name in RAY_OPTIONS:
             if name in args.explicit:
                 raise ValueError(f"--{name.replace('_', '-')} applies to --engine ray only")
-    if args.actors < 1 or args.batch_size < 1:
-        raise ValueError("--actors and --batch-size must be >= 1")
+    if args.method not in TEXT_METHODS:
+        raise ValueError(f"--method {args.method} does not run in batch jobs; use one of {', '.join(TEXT_METHODS)}")
     if args.output.resolve() == args.input.resolve():
         raise ValueError("--output must differ from --input")
     try:
@@ -68,18 +65,21 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"--device {args.device!r} is not a torch device; use cpu or e.g. cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available() and args.engine == "local":
         raise ValueError(f"--device {args.device}: no CUDA device here; use --device cpu")
+    spec_from_args(args)  # the specs' own checks, before any file is read
 
 
 def spec_from_args(args: argparse.Namespace) -> BatchSpec:
     images = args.model == "fmnist-ar"
     temperature = args.temperature
     if temperature is None:
-        temperature = (1.0 if images else DEFAULT_SJD_TEMPERATURE) if args.method.startswith("sjd") else 0.0
+        from jacobix.tokens.methods import get_method
+
+        temperature = (1.0 if images else SJD_TEMPERATURE) if get_method(args.method).sampled else 0.0
+    decoding, sampling = specs_from_args(args, temperature=temperature)
     image_dir = args.image_dir or args.output.with_name(args.output.stem + "-png")
-    return BatchSpec(model=args.model, method=args.method, max_new_tokens=args.max_new_tokens, window=args.window,
-                     init=args.init, temperature=temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                     batch_size=args.batch_size, cfg_scale=args.cfg_scale, image_dir=str(image_dir) if images else None,
-                     device=args.device)
+    return BatchSpec(model=args.model, decoding=decoding, sampling=sampling, max_new_tokens=args.max_new_tokens,
+                     seed=args.seed, batch_size=args.batch_size, cfg_scale=args.cfg_scale,
+                     image_dir=str(image_dir) if images else None, device=args.device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,4 +112,4 @@ def _report(job: Job, args: argparse.Namespace) -> None:
         print(f"{job.finished} row(s) already in {args.output}; {len(job.rows)} to do")
 
 
-__all__ = ["ENGINES", "add_parser", "check", "run", "spec_from_args"]
+__all__ = ["add_parser", "check", "run", "spec_from_args"]

@@ -23,10 +23,11 @@ there adds no wait. A probe pass times the proposal, forward, rule and redraft.
 
 from __future__ import annotations
 
+import json
 import statistics
-import weakref
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from jacobix.core.timing import clock
 
@@ -125,15 +126,53 @@ class PassCosts:
         return {w: self.shape(w) for w in widths}
 
 
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+class CostBook:
+    """Pass-cost tables of one process, one :class:`PassCosts` per kind of pass.
+
+    A pass's cost shape depends on where and how it runs: the device, the dtype, the rows per
+    pass, greedy or sampled, and the proposer. The book keeps one table per such key so that the
+    generations that share it pool their timings (a fresh table must probe first). Every
+    :class:`~jacobix.tokens.decoding.Decoding` carries a book; reuse one ``Decoding`` (or pass
+    ``costs=book``) to keep the tables across calls.
+    """
+
+    def __init__(self) -> None:
+        self.tables: dict[tuple, PassCosts] = {}
+
+    def table(self, key: tuple) -> PassCosts:
+        """The table for ``key`` (model, device, dtype, rows per pass, greedy, proposer), new if unseen."""
+        return self.tables.setdefault(tuple(key), PassCosts())
+
+    def save(self, path: str | Path) -> None:
+        """Write every table's recent timings as JSON (written whole through a temporary file)."""
+        data = [{"key": list(key), "levels": list(t.levels), "shapes": {str(w): list(v) for w, v in t.shapes.items()}}
+                for key, t in self.tables.items()]
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(data, indent=1) + "\n")
+        partial.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostBook:
+        """A book from :meth:`save`'s file.
+
+        Raises:
+            ValueError: a file that is not such a book (named, with what is wrong).
+        """
+        try:
+            data = json.loads(Path(path).read_text())
+            book = cls()
+            for entry in data:
+                table = book.table(tuple(entry["key"]))
+                table.levels.extend(float(x) for x in entry["levels"])
+                for width, samples in entry["shapes"].items():
+                    table.shapes.setdefault(int(width), deque(maxlen=table.keep)).extend(float(x) for x in samples)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path}: not a jacobix pass-cost file ({type(error).__name__}: {error})") from None
+        return book
+
+    def __repr__(self) -> str:
+        return f"CostBook({len(self.tables)} table(s))"
 
 
-def shared_costs(model: object, key: tuple) -> PassCosts:
-    """The :class:`PassCosts` of ``model`` (its wrapped module for an adapter) for ``key``
-    (device, dtype, rows per pass, greedy or not, proposer), shared by the generations of one process so that their
-    timings pool; pass ``AdaptiveWidth(costs=...)`` to keep your own."""
-    owner = getattr(model, "model", model)
-    return _SHARED.setdefault(owner, {}).setdefault(key, PassCosts())
-
-
-__all__ = ["PROBE_WIDTHS", "PassCosts", "shared_costs"]
+__all__ = ["CostBook", "PROBE_WIDTHS", "PassCosts"]

@@ -1,0 +1,5 @@
+import sys
+
+from jacobix.cli.main import main
+
+sys.exit(main())

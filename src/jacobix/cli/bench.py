@@ -1,0 +1,246 @@
+"""``jacobix bench TARGET``: one subcommand per target, each with its own options, printing its
+table and writing ``--json``. Every setting runs on the same inputs, interleaved, in one process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from jacobix.cli.flags import Help, check_device, check_writable, count, nonnegative, positive
+from jacobix.cli.models import text_models
+
+TARGETS = ("text", "images", "tarflow", "batch", "pccot", "policy")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="measure sequential vs parallel decoding side by side", formatter_class=Help,
+                                description="Every setting runs on the same inputs, interleaved, in one process. "
+                                "`jacobix bench` alone runs the text target; `jacobix bench TARGET --help` lists its options.")
+    targets = bench.add_subparsers(dest="target", required=True, metavar="TARGET")
+    for name, (summary, add, run) in _TARGETS.items():
+        sub = targets.add_parser(name, help=summary, description=summary, formatter_class=Help)
+        sub.add_argument("--quick", action="store_true",
+                         help="a small run for smoke tests; options given explicitly still apply")
+        sub.add_argument("--device", default="cpu", help="torch device" + ("" if name == "text" else " (this target runs on cpu only)"))
+        add(sub)
+        sub.set_defaults(run=run, check=check)
+
+
+def default_target(argv: list[str]) -> list[str]:
+    """``jacobix bench [options]`` runs ``bench text``: insert the target where none is named."""
+    if "bench" not in argv:
+        return argv
+    at = argv.index("bench") + 1
+    if at == len(argv) or (argv[at].startswith("-") and argv[at] not in ("-h", "--help")):
+        return [*argv[:at], "text", *argv[at:]]
+    return argv
+
+
+def misplaced(extra: list[str], argv: list[str]) -> str | None:
+    """The error for an option of another bench target (None when the command is not bench)."""
+    if "bench" not in argv or argv.index("bench") + 1 >= len(argv):
+        return None
+    target = argv[argv.index("bench") + 1]
+    option = next((e for e in extra if e.startswith("--")), None)
+    if option is None:
+        return None
+    owners = [name for name in TARGETS if option.split("=")[0] in _options_of(name)]
+    if not owners:
+        return None
+    return f"{option.split('=')[0]} does not apply to bench {target}; it applies to bench {', '.join(owners)}"
+
+
+def _options_of(target: str) -> set[str]:
+    sub = argparse.ArgumentParser(add_help=False)
+    _TARGETS[target][1](sub)
+    return {o for action in sub._actions for o in action.option_strings}
+
+
+def check(args: argparse.Namespace) -> None:
+    check_device(args.device, args.target)
+    if getattr(args, "json", None) is not None:
+        check_writable(args.json.parent, "--json")
+    if args.target == "policy" and args.suite == "mt10":
+        from jacobix.robot.metaworld import INSTALL, available
+
+        if not available():
+            raise ValueError(f"--suite mt10 runs Meta-World, which is not installed; install it with: {INSTALL}")
+    if args.target == "tarflow" and args.quick and args.batch_size > 8:
+        raise ValueError(f"--batch-size {args.batch_size}: bench tarflow --quick draws 8 samples; use --batch-size <= 8")
+
+
+def _seeds(args: argparse.Namespace) -> tuple[int, ...]:
+    return tuple(range(args.seeds if "seeds" in args.explicit or not args.quick else 1))
+
+
+def _json(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--json", type=Path, metavar="FILE", help="also write the table as JSON, one object per row")
+
+
+def _text_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--model", default="shakespeare",
+                     help=f"a bundled text model ({', '.join(text_models())}; a distilled one runs beside its teacher) "
+                     "or a checkpoint folder")
+    sub.add_argument("--teacher", help="also run every setting on this model (default: a distilled model's teacher)")
+    sub.add_argument("--max-new-tokens", type=positive, default=200, help="tokens per prompt and seed (--quick: 60)")
+    sub.add_argument("--seeds", type=positive, default=3, help="seeds per prompt (--quick: 1)")
+    sub.add_argument("--per-prompt", action="store_true", help="also print passes and wall ratios per prompt")
+    _json(sub)
+
+
+def _text(args: argparse.Namespace) -> int:
+    from jacobix.bench.text import TextBenchConfig, bench_text, model_options
+
+    tokens = args.max_new_tokens if "max_new_tokens" in args.explicit or not args.quick else 60
+    config = TextBenchConfig(**model_options(args.model, args.teacher), model=args.model, max_new_tokens=tokens,
+                             seeds=_seeds(args), device=args.device)
+    result = bench_text(config)
+    print(result.table())
+    if args.per_prompt:
+        print("\n" + result.prompt_table())
+    if result.convergence_table():
+        print("\n" + result.convergence_table())
+    if result.samples:
+        print("\n" + result.samples_table())
+    if args.json:
+        _write_json(args.json, result.records())
+    return 0
+
+
+def _images_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--seeds", type=positive, default=3, help="seeds per class (--quick: 1)")
+    sub.add_argument("--batch-size", type=positive, default=50, help="images decoded together")
+    sub.add_argument("--grid", action="store_true", help="add SJD2 lossless at windows 32-96 x noise levels 5-20 (20 more rows; long)")
+    _json(sub)
+
+
+def _images(args: argparse.Namespace) -> int:
+    from jacobix.bench.images import ImageBenchConfig, bench_images, grid_decoders
+
+    grid = dict(decoders=grid_decoders()) if args.grid else {}
+    config = ImageBenchConfig(batch_size=args.batch_size, seeds=_seeds(args), **grid, **(dict(per_class=1) if args.quick else {}))
+    result = bench_images(config)
+    print(result.table())
+    if args.json:
+        _write_json(args.json, result.records())
+    return 0
+
+
+def _tarflow_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--batch-size", type=positive, default=1, help="samples per call")
+    sub.add_argument("--tolerance", type=nonnegative, default=1e-4, help="GS-Jacobi relative residual")
+
+
+def _tarflow(args: argparse.Namespace) -> int:
+    from jacobix.bench.tarflow import TarFlowBenchConfig, bench_tarflow
+
+    sizes = dict(num_samples=8, calibration_samples=64, reference_samples=500) if args.quick else {}
+    config = TarFlowBenchConfig(batch_size=args.batch_size, tolerance=args.tolerance, **sizes)
+    print(bench_tarflow(config=config).table())
+    return 0
+
+
+def _batch_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--rows", type=positive, default=200, help="prompts in the job")
+    sub.add_argument("--max-new-tokens", type=positive, default=64, help="tokens per row")
+    sub.add_argument("--batch-size", type=positive, default=8, help="rows decoded together")
+    sub.add_argument("--actors", type=positive, nargs="+", default=[1, 2], help="Ray actor counts to compare")
+    _json(sub)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    import os
+
+    from jacobix.bench.batch import BatchBenchConfig, bench_batch, format_table
+
+    config = BatchBenchConfig(rows=args.rows, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                              actors=tuple(args.actors))
+    load = os.getloadavg()[0]
+    records = bench_batch(config)
+    print(format_table(records, config, load))
+    if args.json:
+        _write_json(args.json, records)
+    return 0
+
+
+def _pccot_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
+                     help="checkpoint folders of `jacobix train pccot`, or folders holding them (default: the bundled two)")
+    sub.add_argument("--per-difficulty", type=positive, default=2000, help="held-out programs per difficulty (--quick: 200)")
+    _json(sub)
+
+
+def _pccot(args: argparse.Namespace) -> int:
+    from jacobix.bench.pccot import PccotBenchConfig, bench_pccot, table, write_json
+
+    number = args.per_difficulty if "per_difficulty" in args.explicit or not args.quick else 200
+    config = PccotBenchConfig(runs=_checkpoint_folders(args.runs), per_difficulty=number,
+                              latency_questions=10 if args.quick else 40)
+    results = bench_pccot(config)
+    print(table(results))
+    if args.json:
+        write_json(args.json, results)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _policy_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass", help="the task suite (mt10 needs jacobix[robot])")
+    sub.add_argument("--teacher", help="the behaviour-cloned policy (default: the suite's bundled one)")
+    sub.add_argument("--student", help="the CEED student (default: the teacher's bundled student; 'none': teacher rows only)")
+    sub.add_argument("--episodes-per-task", type=positive, help="held-out episodes per task (default: 300 episodes in all; --quick: 10)")
+    sub.add_argument("--caps", type=positive, nargs="+", default=[2, 3], help="LOSSY sweep caps of the early-exit rows")
+    sub.add_argument("--settle-bins", type=count, nargs="+", default=[2],
+                     help="LOSSY relaxed early exit when no action token moved more than this many bins")
+    _json(sub)
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from jacobix.bench.policy import PolicyBenchConfig, bench_policy, table, write_json
+    from jacobix.robot.suites import get_suite
+
+    suite = get_suite(args.suite)
+    teacher = args.teacher or suite.asset
+    student = {None: f"{teacher}-ceed", "none": None}.get(args.student, args.student)
+    per_task = args.episodes_per_task or (10 if args.quick else -(-300 // len(suite.tasks)))
+    config = PolicyBenchConfig(suite=args.suite, teacher=teacher, student=student, episodes_per_task=per_task,
+                               caps=tuple(args.caps), settle_bins=tuple(args.settle_bins), wall_chunks=10 if args.quick else 40)
+    rows = bench_policy(config, log=print)
+    print(table(rows, config))
+    if args.json:
+        write_json(args.json, rows, config)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _checkpoint_folders(paths: list[Path] | None) -> tuple[Path, ...]:
+    """Checkpoint folders named by --runs: each path is one, or a folder of them."""
+    folders = []
+    for path in paths or []:
+        if (path / "config.json").exists():
+            folders.append(path)
+        elif path.is_dir() and (found := sorted(p.parent for p in path.glob("*/config.json"))):
+            folders.extend(found)
+        else:
+            raise ValueError(f"--runs {path}: no checkpoint (config.json) there or in its subfolders; "
+                             "train one with `jacobix train pccot`")
+    return tuple(folders)
+
+
+def _write_json(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+_TARGETS = {  # target: (summary, its options, its run)
+    "text": ("text models: ar vs Jacobi vs SJD (and a distilled model beside its teacher)", _text_options, _text),
+    "images": ("the bundled image-token model: AR vs SJD, coupled SJD and SJD2", _images_options, _images),
+    "tarflow": ("TarFlow: sequential vs GS-Jacobi sampling", _tarflow_options, _tarflow),
+    "batch": ("batch jobs: the local backend vs Ray actor pools", _batch_options, _batch),
+    "pccot": ("latent thoughts: no CoT, explicit CoT, sequential latents and PCCoT", _pccot_options, _pccot),
+    "policy": ("robot policies: AR, exact Jacobi and a CEED student's early exits", _policy_options, _policy),
+}
+
+__all__ = ["TARGETS", "add_parser", "check", "default_target", "misplaced"]
