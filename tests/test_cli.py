@@ -11,7 +11,8 @@ import torch
 import jacobix
 from jacobix.cli import main
 from jacobix.models import Llama, LlamaConfig, save_llama
-from jacobix.models.registry import BUNDLED_TEXT, load_text_model
+from jacobix import assets
+from jacobix.api import load_text_model
 
 ALPHABET = "".join(sorted(set(string.printable[:95] + "\n")))
 
@@ -91,7 +92,7 @@ def test_characters_outside_the_alphabet_are_refused(checkpoint, capsys):
 
 def test_bundled_shakespeare_model_loads_and_jacobi_is_exact():
     text_model = load_text_model("shakespeare")
-    meta = json.loads((BUNDLED_TEXT["shakespeare"] / "config.json").read_text())
+    meta = json.loads((assets.get("shakespeare").path / "config.json").read_text())
     assert meta["validation_loss"] < 2.0  # nats per character; a uniform guess is ln(83) = 4.4
     prompt = text_model.tokenizer.encode("ROMEO:\n")
     ar = jacobix.generate(text_model.model, prompt, method="ar", max_new_tokens=48)

@@ -246,9 +246,10 @@ def test_fast_forwarded_and_stationary_counts_on_a_hand_built_block():
 def test_bench_runs_a_distilled_model_beside_its_teacher(tmp_path):
     from jacobix.bench.text import CLLM_SETTINGS, TextBenchConfig, bench_text, model_options
     from jacobix.models.llama import load_llama, save_llama
-    from jacobix.models.registry import BUNDLED_TEXT, distilled_teacher
+    from jacobix import assets
+    from jacobix.models.registry import distilled_teacher
 
-    model, meta = load_llama(BUNDLED_TEXT["shakespeare"])
+    model, meta = load_llama(assets.get("shakespeare").path)
     save_llama(model, tmp_path / "student", extra={"tokenizer": meta["tokenizer"], "cllm": {"teacher": "shakespeare"}})
     assert distilled_teacher(str(tmp_path / "student")) == "shakespeare"
     options = model_options(str(tmp_path / "student"))

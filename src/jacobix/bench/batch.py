@@ -1,7 +1,7 @@
-"""``jacobix bench batch``: batch generation on the local engine vs Ray Data with 1..N actors.
+"""``jacobix bench batch``: batch generation on the local backend vs Ray Data with 1..N actors.
 
-Every engine writes its own JSONL file from the same prompts; the table gives rows per second,
-the ratio to the local engine, and whether each output file is byte-identical to the local one.
+Every backend writes its own JSONL file from the same prompts; the table gives rows per second,
+the ratio to the local backend, and whether each output file is byte-identical to the local one.
 Ray times include starting the actors and loading one model in each (what a job pays); the local
 cluster is started once, before the first Ray run, and is not timed.
 """
@@ -45,7 +45,7 @@ def prompts(n: int) -> list[dict]:
 
 
 def bench_batch(config: BatchBenchConfig = BatchBenchConfig()) -> list[dict]:
-    """One record per engine: seconds, rows per second, ratio to local, identical output."""
+    """One record per backend (its name under "engine", as the CLI flag): seconds, rows per second, ratio to local, identical output."""
     spec = BatchSpec(decoding=config.decoding, sampling=config.sampling, max_new_tokens=config.max_new_tokens,
                      batch_size=config.batch_size)
     rows, records = prompts(config.rows), []
@@ -86,8 +86,8 @@ def format_table(records: list[dict], config: BatchBenchConfig, load: float) -> 
     return "\n".join(lines)
 
 
-def _record(engine: str, actors: int, seconds: float, rows: int, identical: bool) -> dict:
-    return {"engine": engine, "actors": actors, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 3),
+def _record(backend: str, actors: int, seconds: float, rows: int, identical: bool) -> dict:
+    return {"engine": backend, "actors": actors, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds, 3),
             "identical_to_local": identical}
 
 

@@ -16,13 +16,11 @@ from pathlib import Path
 
 import torch
 
-from jacobix.core.checkpoints import ASSETS
+from jacobix import assets
 from jacobix.latent.arith import encode, heldout_set
 from jacobix.latent.evaluate import arm_answers, encode_questions
 from jacobix.latent.model import LatentReasoner, load_reasoner
 from jacobix.latent.thoughts import read_answer, think
-
-BUNDLED = ("pccot", "pccot-seq")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +120,7 @@ def measure_latency(arms: dict[str, tuple[LatentReasoner, str, list]], results: 
 @torch.no_grad()
 def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
     """Measure every arm; latency on the first seed of each arm at the hardest trained difficulty."""
-    folders = config.runs or tuple(ASSETS / name for name in BUNDLED)
+    folders = config.runs or tuple(assets.get(name).path for name in assets.names("latent"))
     results: dict[str, ArmResult] = {}
     timed_arms: dict[str, tuple[LatentReasoner, str, list]] = {}
     for folder in sorted(folders):

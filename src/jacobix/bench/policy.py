@@ -29,8 +29,8 @@ from jacobix.robot.policy import PolicyFormat, load_policy
 from jacobix.robot.rollout import (Decide, RolloutResult, chunk_jacobi, greedy_decider, run_episodes,
                                     wilson_interval)
 from jacobix.robot.suites import evaluation_episodes, get_suite
+from jacobix.core.acceptance import BinTolerance
 from jacobix.tokens.decoding import LossyExit
-from jacobix.tokens.early_exit import BinTolerance
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from jacobix import assets
 from jacobix.eval.datasets import load_images
 from jacobix.flows.calibration import AutoScheduleConfig, Calibration, calibrate
 from jacobix.flows.checkpoint import load_tarflow
 from jacobix.flows.sampling import BlockPlan, FlowGuidance, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow
 from jacobix.core.timing import clock
-from jacobix.core.checkpoints import ASSETS
 
-FASHION_CHECKPOINT = ASSETS / "tarflow-fashion"
 FidFunction = Callable[[Tensor, Tensor], float]
 
 
@@ -157,7 +156,7 @@ def bench_tarflow(
     Returns:
         per-sampler numbers and the schedules used; ``.table()`` prints them.
     """
-    model = model if model is not None else load_tarflow(FASHION_CHECKPOINT)[0]
+    model = model if model is not None else load_tarflow(assets.get("tarflow-fashion", kind="tarflow").path)[0]
     fid = fid or (fashion_fid if dataset == "fashion" else pixel_fid)
     torch.set_num_threads(config.threads)
     generator = torch.Generator().manual_seed(config.seed)

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from jacobix import assets
+from jacobix.api import generate, load_text_model
 from jacobix.bench.baselines import transformers_generate
 from jacobix.core.sampling import SamplingConfig
 from jacobix.tokens.decoding import Decoding
-from jacobix.api import generate
 from jacobix.tokens.proposers.ngram import LookaheadConfig
 from jacobix.core.acceptance import leading_true
 from jacobix.models.registry import TextModel, distilled_teacher
@@ -117,9 +118,7 @@ HF_SETTINGS = (
 def model_options(model: str, teacher: str | None = None) -> dict:
     """Prompts and settings for a model: chat prompts for smollm2; for a consistency-distilled model
     (or with ``teacher``), the CLLM settings, run beside the teacher."""
-    from jacobix.integrations.hf.smollm2 import HF_TEXT_MODELS
-
-    if model in HF_TEXT_MODELS:
+    if model in assets.names("hf-text"):
         return dict(prompts=HF_PROMPTS, settings=HF_SETTINGS, teacher=teacher)
     teacher = teacher or distilled_teacher(model)
     return dict(settings=CLLM_SETTINGS, teacher=teacher) if teacher else {}
@@ -299,11 +298,9 @@ def _ratio(ref: BenchRow, row: BenchRow, prompt: int, what: int) -> float:
 
 def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextModel | None = None) -> TextBenchResult:
     """Run every setting on every prompt and seed (and on the teacher, if any); return summed counts and times."""
-    from jacobix.integrations.hf.smollm2 import load_named
-
-    models = {config.model: text_model or load_named(config.model)}
+    models = {config.model: text_model or load_text_model(config.model)}
     if config.teacher is not None:
-        models = {config.teacher: load_named(config.teacher), **models}
+        models = {config.teacher: load_text_model(config.teacher), **models}
     for m in models.values():
         m.model.to(config.device)
     rows = [BenchRow(setting=s, model=name) for name in models for s in config.settings]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def text_models() -> tuple[str, ...]:
     """Names ``jacobix.load_text_model`` accepts besides a checkpoint folder."""
-    from jacobix.integrations.hf.smollm2 import text_model_names
+    from jacobix.api import text_model_names
 
     return text_model_names()
 

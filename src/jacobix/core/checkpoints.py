@@ -14,8 +14,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from jacobix.assets import ROOT as ASSETS  # the bundled checkpoints (named in :mod:`jacobix.assets`)
+
 WEIGHTS, METADATA = "model.safetensors", "config.json"
-ASSETS = Path(__file__).resolve().parents[1] / "assets"  # the bundled checkpoints
 
 
 def save_checkpoint(
@@ -49,6 +50,12 @@ def read_metadata(directory: str | Path, *, architecture: str, hint: str) -> dic
     if meta.get("architecture") != architecture:
         raise ValueError(f"{directory}/{METADATA} describes a {meta.get('architecture')!r} model, not {architecture!r}")
     return meta
+
+
+def is_transformers_folder(directory: str | Path) -> bool:
+    """True for a folder whose ``config.json`` names a transformers ``model_type`` (not jacobix's format)."""
+    config = Path(directory) / METADATA
+    return config.is_file() and '"model_type"' in config.read_text(errors="ignore")
 
 
 def read_weights(directory: str | Path) -> dict[str, Tensor]:

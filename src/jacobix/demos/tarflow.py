@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jacobix.bench.tarflow import FASHION_CHECKPOINT
+from jacobix import assets
 from jacobix.core.acceptance import relative_residual
 from jacobix.eval.datasets import load_images
 from jacobix.flows.calibration import AutoScheduleConfig, calibrate, load_schedule
@@ -127,8 +127,9 @@ def demo_tarflow(out_dir: str | Path, *, model: TarFlow | None = None, dataset: 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bundled = model is None
-    model = load_tarflow(FASHION_CHECKPOINT)[0] if bundled else model
-    plans = load_schedule(FASHION_CHECKPOINT, len(model.blocks)) if bundled else None  # saved at training time
+    folder = assets.get("tarflow-fashion", kind="tarflow").path
+    model = load_tarflow(folder)[0] if bundled else model
+    plans = load_schedule(folder, len(model.blocks)) if bundled else None  # saved at training time
     if plans is not None and any(plan.mode == "gs" and plan.tolerance != tolerance for plan in plans):
         plans = None  # saved at another tolerance: its sweep caps do not apply
     generator = torch.Generator().manual_seed(seed)

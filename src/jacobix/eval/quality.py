@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jacobix.core.checkpoints import ASSETS, read_metadata, read_weights, save_checkpoint
+from jacobix import assets
+from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
 
-CLASSIFIER_DIR = ASSETS / "fmnist-classifier"
 IMAGE_SIZE = 28
 ImageBatch = Tensor | np.ndarray
 
@@ -96,7 +96,7 @@ def load_classifier(directory: str | Path | None = None) -> Classifier:
 
 @lru_cache(maxsize=1)
 def _bundled_classifier() -> Classifier:
-    return _load(CLASSIFIER_DIR)
+    return _load(assets.get("fmnist-classifier", kind="classifier").path)
 
 
 def _load(directory: Path) -> Classifier:

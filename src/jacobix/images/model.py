@@ -15,12 +15,10 @@ from torch import Tensor
 
 from jacobix.images.denoise import NoiseEmbedding, load_noise_embedding
 from jacobix.images.vq import VQTokenizer, load_vq
+from jacobix import assets
 from jacobix.models.llama import Llama, load_llama
-from jacobix.core.checkpoints import ASSETS
 
-AR_DIR = ASSETS / "fmnist-ar"
-BUNDLED_IMAGE = {name: ASSETS / name for name in ("fmnist-ar", "fmnist-ar-sjd2")}
-REPRODUCE_IMAGE = {"fmnist-ar": "jacobix train image-ar", "fmnist-ar-sjd2": "jacobix train sjd2"}
+AR_DIR = assets.get("fmnist-ar", kind="image").path  # the default image model, which jacobix train sjd2 starts from
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,11 +105,11 @@ def bundled_vq(name: str, source: Path) -> Path:
     A checkpoint is data, so the name may not reach outside the assets folder (an absolute
     path or ``..``); a tokenizer elsewhere is passed explicitly with ``vq_directory=``.
     """
-    path = Path(name)
-    if path.is_absolute() or ".." in path.parts or not (ASSETS / path).resolve().is_relative_to(ASSETS.resolve()):
+    path, root = Path(name), assets.ROOT
+    if path.is_absolute() or ".." in path.parts or not (root / path).resolve().is_relative_to(root.resolve()):
         raise ValueError(f"{source}/config.json names its VQ tokenizer {name!r}, outside the bundled assets folder; "
-                         f"refused: name a folder inside {ASSETS} or pass vq_directory= explicitly")
-    return ASSETS / path
+                         f"refused: name a folder inside {root} or pass vq_directory= explicitly")
+    return root / path
 
 
 def load_image_model(directory: str | Path | None = None, *, vq_directory: str | Path | None = None) -> ImageModel:
@@ -124,12 +122,13 @@ def load_image_model(directory: str | Path | None = None, *, vq_directory: str |
     Returns:
         an :class:`ImageModel` in eval mode on the CPU.
     """
-    named = BUNDLED_IMAGE.get(str(directory)) if directory is not None else AR_DIR
-    directory = named if named is not None else Path(directory)
+    name = directory if directory is not None else "fmnist-ar"
+    directory = assets.locate(name, kind="image")
     if not (directory / "model.safetensors").exists():
-        how = REPRODUCE_IMAGE.get(directory.name, "jacobix train image-ar")
-        raise FileNotFoundError(f"no image model in {directory}; train one with: {how} --out {directory} "
-                                f"(bundled names: {', '.join(BUNDLED_IMAGE)})")
+        asset = assets.find(name)
+        how = asset.rebuild if asset is not None and asset.kind == "image" else f"jacobix train image-ar --out {directory}"
+        raise FileNotFoundError(f"no image model in {directory}; train one with: {how} "
+                                f"(bundled names: {', '.join(assets.names('image'))})")
     transformer, meta = load_llama(directory)
     if "image" not in meta:
         raise ValueError(f"{directory}/config.json has no 'image' section; it is not an image model")

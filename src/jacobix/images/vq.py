@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jacobix.core.checkpoints import ASSETS, read_metadata, read_weights, save_checkpoint
+from jacobix import assets
+from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
 from jacobix.eval.quality import ImageBatch, to_unit_images
 
-VQ_DIR = ASSETS / "fmnist-vq"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,7 +133,7 @@ def save_vq(model: VQTokenizer, directory: str | Path, *, extra: dict | None = N
 
 def load_vq(directory: str | Path | None = None) -> VQTokenizer:
     """Load a tokenizer written by :func:`save_vq` (default: the bundled ``assets/fmnist-vq``)."""
-    directory = Path(directory) if directory is not None else VQ_DIR
+    directory = Path(directory) if directory is not None else assets.get("fmnist-vq", kind="vq").path
     meta = read_metadata(directory, architecture="vq", hint=f"train one with: jacobix train vq --out {directory}")
     model = VQTokenizer(VQConfig(**meta["config"]))
     model.load_state_dict(read_weights(directory))

