@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from jacobix.batch.jobs import BAD_LINE_CHOICES, TEXT_METHODS, BatchSpec, Job, ResultWriter, check_settings, open_job
+from jacobix.batch.jobs import BAD_LINE_CHOICES, IMAGE_MODELS, TEXT_METHODS, BatchSpec, Job, ResultWriter, check_settings, open_job
 from jacobix.batch.rows import run_local
 from jacobix.cli.flags import Help, add_spec_arguments, positive, specs_from_args
 from jacobix.cli.models import text_models
@@ -32,8 +32,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--backend", choices=BACKENDS, default="local",
                        help="local: this process; ray: Ray Data map_batches on an actor pool (pip install 'jacobix[ray]')")
     batch.add_argument("--model", default="shakespeare",
-                       help=f"a text model ({', '.join(text_models())}, or a checkpoint folder), or fmnist-ar (image rows)")
-    add_spec_arguments(batch, defaults=dict(method="jacobi", init="repeat", temperature=None))
+                       help=f"a text model ({', '.join(text_models())}, or a checkpoint folder), or {', '.join(IMAGE_MODELS)} "
+                       "(image rows: class labels in, PNG files out)")
+    add_spec_arguments(batch, defaults=dict(method="jacobi", init="repeat", temperature=None), methods=TEXT_METHODS)
     batch.add_argument("--max-new-tokens", type=positive, default=64, help="text: tokens per row")
     batch.add_argument("--seed", type=int, default=0, help="base seed; each row's seed is made from it and the row id")
     batch.add_argument("--batch-size", type=positive, default=8, help="rows decoded together by one model")
@@ -55,8 +56,6 @@ def check(args: argparse.Namespace) -> None:
         for name in RAY_OPTIONS:
             if name in args.explicit:
                 raise ValueError(f"--{name.replace('_', '-')} applies to --backend ray only")
-    if args.method not in TEXT_METHODS:
-        raise ValueError(f"--method {args.method} does not run in batch jobs; use one of {', '.join(TEXT_METHODS)}")
     if args.output.resolve() == args.input.resolve():
         raise ValueError("--output must differ from --input")
     try:

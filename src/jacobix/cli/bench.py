@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from jacobix.cli.flags import Help, check_device, check_writable, count, nonnegative, positive
-from jacobix.cli.models import text_models
+from jacobix.cli.models import bundled, text_models
 
 TARGETS = ("text", "images", "tarflow", "batch", "pccot", "policy")
 
@@ -187,7 +187,8 @@ def _pccot(args: argparse.Namespace) -> int:
 
 def _policy_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass", help="the task suite (mt10 needs jacobix[robot])")
-    sub.add_argument("--teacher", help="the behaviour-cloned policy (default: the suite's bundled one)")
+    sub.add_argument("--teacher", help="the behaviour-cloned policy (default: the suite's bundled one; bundled: "
+                     f"{bundled('policy')}) or a checkpoint folder")
     sub.add_argument("--student", help="the CEED student (default: the teacher's bundled student; 'none': teacher rows only)")
     sub.add_argument("--episodes-per-task", type=positive, help="held-out episodes per task (default: 300 episodes in all; --quick: 10)")
     sub.add_argument("--caps", type=positive, nargs="+", default=[2, 3], help="LOSSY sweep caps of the early-exit rows")
@@ -236,10 +237,12 @@ def _write_json(path: Path, records: list[dict]) -> None:
 
 _TARGETS = {  # target: (summary, its options, its run)
     "text": ("text models: ar vs Jacobi vs SJD (and a distilled model beside its teacher)", _text_options, _text),
-    "images": ("the bundled image-token model: AR vs SJD, coupled SJD and SJD2", _images_options, _images),
+    "images": ("the bundled image-token models (fmnist-ar-sjd2, fmnist-ar): AR vs SJD, coupled SJD and SJD2",
+               _images_options, _images),
     "tarflow": ("TarFlow: sequential vs GS-Jacobi sampling", _tarflow_options, _tarflow),
     "batch": ("batch jobs: the local backend vs Ray actor pools", _batch_options, _batch),
-    "pccot": ("latent thoughts: no CoT, explicit CoT, sequential latents and PCCoT", _pccot_options, _pccot),
+    "pccot": ("latent thoughts (bundled: pccot, pccot-seq): no CoT, explicit CoT, sequential latents and PCCoT",
+              _pccot_options, _pccot),
     "policy": ("robot policies: AR, exact Jacobi and a CEED student's early exits", _policy_options, _policy),
 }
 

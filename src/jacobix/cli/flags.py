@@ -147,28 +147,31 @@ def _plain_text(text: str) -> str:
     return text.replace("``", "")
 
 
-SPECS = (Decoding, SamplingConfig)
+def specs() -> tuple[type, type]:
+    """The spec classes whose fields become flags (looked up when a parser is built)."""
+    return Decoding, SamplingConfig
 
 
 def add_spec_arguments(parser: argparse.ArgumentParser, *, defaults: dict[str, Any] | None = None,
-                       more_methods: tuple[str, ...] = ()) -> None:
+                       methods: tuple[str, ...] | None = None, more_methods: tuple[str, ...] = ()) -> None:
     """A flag for every command-line field of the decoding and sampling specs.
 
     Args:
         parser: the command's parser.
         defaults: the command's own defaults by field name (others: the spec's).
+        methods: the registered methods the command runs (default: all of them).
         more_methods: extra choices of ``--method`` that the command resolves itself (e.g. "all").
     """
     defaults = defaults or {}
     group = parser.add_argument_group("decoding and sampling (jacobix.Decoding, jacobix.SamplingConfig)")
-    for spec in SPECS:
+    for spec in specs():
         fields = {f.name: f for f in dataclasses.fields(spec)}
         for flag in field_flags(spec):
             default = defaults.get(flag.name, _default(fields[flag.name]))
             if flag.switch:
                 group.add_argument(flag.option, dest=flag.name, action="store_true", help=flag.help)
             elif flag.name == "method":
-                group.add_argument(flag.option, dest="method", choices=(*METHODS, *more_methods), default=default,
+                group.add_argument(flag.option, dest="method", choices=(*(methods or METHODS), *more_methods), default=default,
                                    help=flag.help)
             else:
                 group.add_argument(flag.option, dest=flag.name, type=flag.parse, default=default, help=flag.help)
@@ -228,5 +231,5 @@ def check_writable(folder: Path, option: str) -> None:
         raise ValueError(f"{option} {folder}: cannot write there ({error.strerror or error}); choose a writable folder") from None
 
 
-__all__ = ["FieldFlag", "Help", "SPECS", "add_spec_arguments", "check_device", "check_writable", "count",
-           "decoding_options", "field_flags", "nonnegative", "positive", "spec_values", "specs_from_args", "typed"]
+__all__ = ["FieldFlag", "Help", "add_spec_arguments", "check_device", "check_writable", "count",
+           "decoding_options", "field_flags", "nonnegative", "positive", "spec_values", "specs", "specs_from_args", "typed"]
