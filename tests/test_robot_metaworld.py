@@ -10,6 +10,7 @@ import pytest
 from jacobix.robot import ActionCodec, greedy_decider, load_policy, run_episodes, run_expert
 from jacobix.robot import metaworld as mw
 from jacobix.robot.suites import evaluation_episodes
+from jacobix.tokens.decoding import Decoding
 
 pytestmark = [
     pytest.mark.slow,
