@@ -5,15 +5,14 @@ Reproduce ``src/jacobix/assets/fmnist-classifier`` (about 3 minutes on one CPU t
     jacobix train classifier                    # writes ./jacobix-train/fmnist-classifier
     jacobix train classifier --replace-bundled  # replaces the bundled checkpoint
 
-Under ``torchrun --nproc_per_node N -m jacobix.train.classifier`` each batch is split over the
-processes (:mod:`jacobix.train.distributed`, DDP).
+Under ``torchrun --nproc_per_node N -m jacobix.train.recipes.classifier`` each batch is split over the
+processes (:mod:`jacobix.train.loop`, DDP).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,9 @@ from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.eval.quality import Classifier, ClassifierConfig, save_classifier
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
+from jacobix.train.loop import FitConfig, fit
+from jacobix.train.recipe import Recipe
+from jacobix.train.schedule import OneCycle
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ def train(out_dir: str | Path, config: ClassifierTrainConfig = ClassifierTrainCo
           options: RunOptions = RunOptions()) -> Path:
     """Train the classifier on the training split, report test accuracy, save to ``out_dir``.
 
+    Adam (AdamW without decay) with PyTorch's one-cycle schedule, epochs of shuffled batches.
     ``options``: resume, checkpoint frequency, early stop (:class:`RunOptions`; DDP only, no FSDP).
     """
     if options.fsdp:
@@ -59,35 +62,13 @@ def train(out_dir: str | Path, config: ClassifierTrainConfig = ClassifierTrainCo
     y = torch.from_numpy(labels)
     classifier = Classifier(ClassifierConfig())
     model = distributed.wrap(classifier, run)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    per_epoch = len(x) // config.batch_size
-    steps = config.epochs * per_epoch
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=steps)
-    epoch_start = torch.Generator().manual_seed(config.seed)  # the order generator as each epoch begins
-    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=epoch_start,
-                                        scheduler=schedule)
-    metrics = distributed.Metrics(Path(out_dir) / distributed.METRICS, run, first)
-    start, last, order = time.perf_counter(), options.last_step(steps), None
-    for step in range(first, last):
-        epoch, index = divmod(step, per_epoch)
-        if order is None or index == 0:  # a resumed run redraws its epoch's order from the saved state
-            order = torch.randperm(len(x), generator=torch.Generator().set_state(epoch_start.get_state()))
-        batch = order[index * config.batch_size : (index + 1) * config.batch_size]
-        inputs, targets = run.shard(x[batch], y[batch])
-        loss = F.cross_entropy(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        metrics.log(step, loss=run.mean(loss))
-        if (step + 1) % 200 == 0:
-            log.info("epoch %d step %d loss %.3f %.0fs", epoch, step + 1, loss.item(), time.perf_counter() - start)
-        if (step + 1) % per_epoch == 0:
-            epoch_start.set_state(_advanced(epoch_start, len(x)))
-        if options.save_due(step + 1, steps):
-            distributed.save_checkpoint(Path(out_dir) / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
-                                        step=step + 1, generator=epoch_start, scheduler=schedule)
-    if run.is_main and last == steps:
+    epochs = EpochBatches(len(x), config.batch_size, config.seed)
+    steps = config.epochs * epochs.per_epoch
+    fit_config = FitConfig(schedule=OneCycle(peak=config.lr, steps=steps), betas=(0.9, 0.999), clip=None,
+                           seed=config.seed, log_every=200)
+    result = fit(model, class_loss, lambda step, g: (x[epochs(step)], y[epochs(step)]), fit_config, run=run,
+                 options=options, out=Path(out_dir))
+    if run.is_main and result.finished:
         accuracy = test_accuracy(classifier.cpu().eval())
         log.info("test accuracy %.4f", accuracy)
         save_classifier(classifier, out_dir, extra={"test_accuracy": round(accuracy, 4), "train": asdict(config)})
@@ -95,11 +76,34 @@ def train(out_dir: str | Path, config: ClassifierTrainConfig = ClassifierTrainCo
     return Path(out_dir)
 
 
-def _advanced(generator: torch.Generator, n: int) -> torch.Tensor:
-    """The generator's state after drawing one epoch's permutation of ``n`` (as the original loop did)."""
-    probe = torch.Generator().set_state(generator.get_state())
-    torch.randperm(n, generator=probe)
-    return probe.get_state()
+def class_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy of images (B, 1, 28, 28) against labels (B,)."""
+    images, labels = batch
+    return F.cross_entropy(model(images), labels), {}
+
+
+class EpochBatches:
+    """The rows of each step: epochs of a seeded shuffle, epoch ``e``'s order being the ``e + 1``-th
+    permutation drawn from ``Generator().manual_seed(seed)``. A step's rows depend on the step alone,
+    so a resumed run redraws its epoch's order."""
+
+    def __init__(self, rows: int, batch_size: int, seed: int) -> None:
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.per_epoch = rows // batch_size
+        self._epoch, self._order, self._generator = -1, torch.empty(0, dtype=torch.long), torch.Generator()
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, index = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            if epoch < self._epoch or self._epoch < 0:  # replay the permutations before this epoch
+                self._generator.manual_seed(self.seed)
+                for _ in range(epoch):
+                    torch.randperm(self.rows, generator=self._generator)
+            else:
+                for _ in range(epoch - self._epoch - 1):
+                    torch.randperm(self.rows, generator=self._generator)
+            self._epoch, self._order = epoch, torch.randperm(self.rows, generator=self._generator)
+        return self._order[index * self.batch_size : (index + 1) * self.batch_size]
 
 
 @torch.no_grad()
@@ -110,26 +114,31 @@ def test_accuracy(model: Classifier) -> float:
     return float((predicted == torch.from_numpy(labels)).float().mean())
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options."""
     add_output_arguments(parser, "fmnist-classifier")
     parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=ClassifierTrainConfig.batch_size, help="global batch (all processes)")
     distributed.add_distributed_arguments(parser)
-    args = parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``out`` from ``--out``/``--replace-bundled``."""
     args.out = output_folder(args, "fmnist-classifier")
-    return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING,
-                        format="%(asctime)s %(message)s")
+def run(args: argparse.Namespace) -> None:
+    """Train from parsed options."""
     train(args.out, ClassifierTrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size),
           RunOptions.from_args(args))
 
+
+RECIPE = Recipe(name="classifier", help="the bundled Fashion-MNIST classifier (fmnist-classifier)",
+                description=__doc__.splitlines()[0], add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["RECIPE", "ClassifierTrainConfig", "EpochBatches", "class_loss", "main", "parse_args", "test_accuracy", "train"]
 
 if __name__ == "__main__":
     main()

@@ -10,29 +10,30 @@ Sequences are ``[class token] + 196 codes``; the class token is replaced by the 
 probability ``label_dropout`` so that one model serves classifier-free guidance. Besides the
 model, the script writes ``drafts.safetensors``: code frequencies per (class, position) and per
 code above, used by the draft rules of :mod:`jacobix.images.proposers` (no data at generation time).
-Under ``torchrun --nproc_per_node N -m jacobix.train.image_ar`` the global batch is split over the
-processes (:mod:`jacobix.train.distributed`).
+Under ``torchrun --nproc_per_node N -m jacobix.train.recipes.image_ar`` the global batch is split
+over the processes (:mod:`jacobix.train.loop`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, LlamaConfig, load_llama, save_llama
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
+from jacobix.train.image_data import class_sequences, evaluate, save_draft_tables, tokenize_split
+from jacobix.train.loop import FitConfig, StepEnd, fit
+from jacobix.train.recipe import Recipe
+from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,8 @@ class ImageARTrainConfig:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
 
 
-def train(
-    out_dir: str | Path,
-    config: ImageARTrainConfig = ImageARTrainConfig(),
-    *,
-    vq_dir: str | Path | None = None,
-    init_from: str | Path | None = None,
-    options: RunOptions = RunOptions(),
-) -> Path:
+def train(out_dir: str | Path, config: ImageARTrainConfig = ImageARTrainConfig(), *, vq_dir: str | Path | None = None,
+          init_from: str | Path | None = None, options: RunOptions = RunOptions()) -> Path:
     """Tokenize the training split, train the transformer, save model and draft tables to ``out_dir``.
 
     Args:
@@ -91,43 +86,35 @@ def train(
     if init_from is not None:
         model.load_state_dict(load_llama(init_from)[0].state_dict())
     model = distributed.wrap(model, run, fsdp=options.fsdp)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    generator = torch.Generator().manual_seed(config.seed)
-    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=generator)
-    metrics = distributed.Metrics(Path(out_dir) / distributed.METRICS, run, first)
     image_meta = {**asdict(vocab), "vq": Path(vq_dir).name if vq_dir else "fmnist-vq"}
     if run.is_main:
         save_draft_tables(out_dir, codes, labels, vocab)
-    start, last = time.perf_counter(), options.last_step(config.steps)
-    for step in range(first, last):
-        lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = torch.randint(len(codes), (config.batch_size,), generator=generator)
-        inputs, targets = class_sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)  # global batch
-        inputs, targets = run.shard(inputs, targets)  # this rank's rows
-        loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        global_loss = run.mean(loss)
-        metrics.log(step, loss=global_loss, lr=lr)
-        if step % 50 == 0 or step == config.steps - 1:
-            log.info("step %d loss %.3f lr %.2e %.0fs", step, global_loss, lr, time.perf_counter() - start)
-        if step % config.save_every == config.save_every - 1:  # partial checkpoints, overwritten at the end
-            _save_plain(model, model_config, run, out_dir, {"image": image_meta, "partial_step": step + 1})
-        if options.save_due(step + 1, config.steps):
-            distributed.save_checkpoint(Path(out_dir) / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
-                                        step=step + 1, generator=generator)
-    if last == config.steps:
+
+    def batches(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        rows = torch.randint(len(codes), (config.batch_size,), generator=generator)
+        return class_sequences(codes[rows], labels[rows], vocab, config.label_dropout, generator)  # (B, 196) each
+
+    def partial_save(end: StepEnd) -> None:  # partial checkpoints, overwritten at the end
+        if end.step % config.save_every == config.save_every - 1:
+            _save_plain(end.model, model_config, end.run, out_dir, {"image": image_meta, "partial_step": end.step + 1})
+
+    fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.steps, warmup=config.warmup),
+                           weight_decay=config.weight_decay, seed=config.seed, log_every=50)
+    result = fit(model, token_loss, batches, fit_config, run=run, options=options, out=Path(out_dir), on_step=partial_save)
+    if result.finished:
         history = [*(load_llama(init_from)[1].get("train_runs", []) if init_from else []), asdict(config)]
         _save_final(model, model_config, run, out_dir, tokenizer, vocab, {"image": image_meta, "train_runs": history})
     run.close()
     return Path(out_dir)
 
 
-def _save_final(model: torch.nn.Module, model_config: LlamaConfig, run: distributed.Run, out_dir: str | Path,
+def token_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
+    """Mean cross-entropy of the next code: inputs (B, L), targets (B, L)."""
+    inputs, targets = batch
+    return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten()), {}
+
+
+def _save_final(model: nn.Module, model_config: LlamaConfig, run: distributed.Run, out_dir: str | Path,
                 tokenizer, vocab: ImageVocab, extra: dict) -> None:
     """Gather the weights, measure the test loss and save the model (rank 0)."""
     weights = distributed.full_state_dict(model)
@@ -141,7 +128,7 @@ def _save_final(model: torch.nn.Module, model_config: LlamaConfig, run: distribu
     save_llama(final, out_dir, extra={**extra, "test_loss": round(val_loss, 4)})
 
 
-def _save_plain(model: torch.nn.Module, model_config: LlamaConfig, run: distributed.Run, out_dir: str | Path,
+def _save_plain(model: nn.Module, model_config: LlamaConfig, run: distributed.Run, out_dir: str | Path,
                 extra: dict) -> None:
     """Save the (gathered) weights as an ordinary jacobix checkpoint from rank 0."""
     weights = distributed.full_state_dict(model)
@@ -151,58 +138,8 @@ def _save_plain(model: torch.nn.Module, model_config: LlamaConfig, run: distribu
         save_llama(plain, out_dir, extra=extra)
 
 
-def tokenize_split(split: str, tokenizer) -> tuple[Tensor, Tensor]:
-    """A Fashion-MNIST split as VQ codes (N, 196) and labels (N,)."""
-    images, labels = load_fashion_mnist(split)
-    return tokenizer.encode(torch.tensor(images)).flatten(1), torch.tensor(labels)  # (N, 196), (N,)
-
-
-def class_sequences(codes: Tensor, labels: Tensor, vocab: ImageVocab, dropout: float, generator: torch.Generator):
-    """Inputs ``[class] + codes[:-1]`` (B, 196) and targets ``codes`` (B, 196)."""
-    prompt = vocab.class_tokens(labels)  # (B,)
-    drop = torch.rand(len(labels), generator=generator) < dropout
-    prompt = torch.where(drop, vocab.null_token, prompt)
-    return torch.cat([prompt[:, None], codes[:, :-1]], dim=1), codes
-
-
-@torch.no_grad()
-def evaluate(model: Llama, codes: Tensor, labels: Tensor, vocab: ImageVocab, n: int = 1000) -> float:
-    """Mean conditional cross-entropy (nats per code) on the first ``n`` sequences."""
-    inputs, targets = class_sequences(codes[:n], labels[:n], vocab, 0.0, torch.Generator())
-    losses = [F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item() for x, y in zip(inputs.split(100), targets.split(100))]
-    return sum(losses) / len(losses)
-
-
-def save_draft_tables(out_dir: str | Path, codes: Tensor, labels: Tensor, vocab: ImageVocab) -> None:
-    """Write smoothed code frequencies used as draft distributions (``drafts.safetensors``).
-
-    ``position_prior`` (num_classes, 196, num_codes): frequency of each code at each grid cell per
-    class. ``above_transition`` (num_codes, num_codes): frequency of a code given the code above.
-    """
-    from safetensors.torch import save_file
-
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    k, cells = vocab.num_codes, vocab.image_tokens
-    prior = torch.zeros(vocab.num_classes, cells, k, dtype=torch.float64)
-    prior.index_put_((labels[:, None].expand_as(codes), torch.arange(cells).expand_as(codes), codes),
-                     torch.ones(codes.shape, dtype=torch.float64), accumulate=True)
-    above = torch.zeros(k, k, dtype=torch.float64)
-    up, down = codes[:, : -vocab.grid], codes[:, vocab.grid :]
-    above.index_put_((up.flatten(), down.flatten()), torch.ones(up.numel(), dtype=torch.float64), accumulate=True)
-    tables = {
-        "position_prior": _normalize(prior + 0.01).to(torch.float16),
-        "above_transition": _normalize(above + 0.01).to(torch.float16),
-    }
-    save_file({name: t.contiguous() for name, t in tables.items()}, str(Path(out_dir) / "drafts.safetensors"))
-
-
-def _normalize(counts: Tensor) -> Tensor:
-    return counts / counts.sum(-1, keepdim=True)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options."""
     add_output_arguments(parser, "fmnist-ar")
     parser.add_argument("--vq", default=None, help="tokenizer folder (default: bundled fmnist-vq)")
     parser.add_argument("--steps", type=int, default=ImageARTrainConfig.steps)
@@ -213,19 +150,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dim", type=int, default=ImageARTrainConfig.dim, help="model width")
     parser.add_argument("--layers", type=int, default=ImageARTrainConfig.num_layers, help="transformer layers")
     distributed.add_distributed_arguments(parser)
-    args = parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``out`` from ``--out``/``--replace-bundled``."""
     args.out = output_folder(args, "fmnist-ar")
-    return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING,
-                        format="%(asctime)s %(message)s")
+def run(args: argparse.Namespace) -> None:
+    """Train from parsed options."""
     config = ImageARTrainConfig(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size, dim=args.dim,
                                 num_layers=args.layers)
     train(args.out, config, vq_dir=args.vq, init_from=args.init_from, options=RunOptions.from_args(args))
 
+
+RECIPE = Recipe(name="image-ar", help="the bundled class-conditional image-token model (fmnist-ar)",
+                add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["RECIPE", "ImageARTrainConfig", "main", "parse_args", "token_loss", "train"]
 
 if __name__ == "__main__":
     main()
