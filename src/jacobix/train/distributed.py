@@ -262,11 +262,13 @@ def _states(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, d
     return unwrap(model).state_dict(), optimizer.state_dict()
 
 
-def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--resume``, ``--save-every``, ``--stop-after`` and ``--fsdp``, the same in every trainer."""
+def add_distributed_arguments(parser: argparse.ArgumentParser, *, save_every: bool = True) -> None:
+    """``--resume``, ``--save-every``, ``--stop-after`` and ``--fsdp``, the same in every trainer
+    (``save_every=False`` leaves out ``--save-every`` for a recipe that gives it another meaning)."""
     parser.add_argument("--resume", type=Path, default=None, help=f"continue the run saved in this {CHECKPOINT}")
-    parser.add_argument("--save-every", type=int, default=None,
-                        help=f"write OUT/{CHECKPOINT} every N steps (model, optimizer, step, RNG states)")
+    if save_every:
+        parser.add_argument("--save-every", type=int, default=None,
+                            help=f"write OUT/{CHECKPOINT} every N steps (model, optimizer, step, RNG states)")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this many steps, as if interrupted (the schedule still follows --steps)")
     parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 instead of DDP")
