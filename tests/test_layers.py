@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "src" / "jacobix"
 LIBRARY = ("core", "models", "tokens", "images", "flows", "latent", "integrations", "eval", "batch", "robot")
-TOP = ("bench", "demos", "cli", "cli_args", "cli_batch", "cli_bench")
+TOP = ("bench", "demos", "cli", "cli_args", "cli_batch", "cli_bench", "cli_train")
 
 
 def module_name(path: Path) -> str:
@@ -99,7 +99,7 @@ def test_layers_point_down():
     bad = []
     for name, targets in graph().items():
         for target in targets:
-            if layer(target) == "train" and layer(name) != "train":
+            if layer(target) == "train" and layer(name) != "train" and not layer(name).startswith("cli"):  # the CLI registers the recipes
                 bad.append(f"{name} imports trainer {target}")
             if layer(name) in LIBRARY and layer(target) in TOP:
                 bad.append(f"library module {name} imports {target}")

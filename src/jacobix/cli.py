@@ -13,26 +13,11 @@ from pathlib import Path
 
 import torch
 
-from jacobix import cli_args, cli_batch, cli_bench
+from jacobix import cli_args, cli_batch, cli_bench, cli_train
 from jacobix.api import generate, load_text_model
 
 METHODS = ("ar", "jacobi", "sjd")
 SJD_TEMPERATURE = 0.8
-TRAINERS = {  # target: (module with main(argv), arguments it always gets); output: ./jacobix-train/NAME unless --out or --replace-bundled
-    "shakespeare": ("jacobix.train.shakespeare", []),
-    "cllm": ("jacobix.train.cllm_command", []),
-    "vq": ("jacobix.train.vq", []),
-    "image-ar": ("jacobix.train.image_ar", []),
-    "sjd2": ("jacobix.train.sjd2", []),
-    "classifier": ("jacobix.train.classifier", []),
-    "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
-    "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
-    "pccot": ("jacobix.train.pccot", []),
-    "policy": ("jacobix.train.policy", []),
-    "ceed": ("jacobix.train.ceed_command", []),
-}
-
-
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a bad argument)."""
@@ -72,11 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer samples (the text part is always quick under 'all')")
     demo.set_defaults(run=_demo, check=_check_demo)
 
-    train = commands.add_parser("train", help="reproduce a bundled checkpoint (options after TARGET go to its trainer)",
-                                formatter_class=cli_args.Help)
-    train.add_argument("target", choices=sorted(TRAINERS), help="the checkpoint to train")
-    train.add_argument("options", nargs=argparse.REMAINDER, help="e.g. --data DIR --out DIR --steps N; see TARGET --help")
-    train.set_defaults(run=_train, check=lambda args: None)
+    cli_train.add_train_parser(commands, cli_args.Help)
     return parser
 
 
@@ -252,18 +233,6 @@ def _text_demo(*, quick: bool) -> None:
     print(f"--- SJD at temperature 0.8: {sampled.stats.forward_passes} passes for 200 tokens\n")
     config = TextBenchConfig(max_new_tokens=100 if quick else 200, seeds=(0,) if quick else (0, 1))
     print(bench_text(config, text_model=text_model).table())
-
-
-def _train(args: argparse.Namespace) -> int:
-    import importlib
-
-    module, fixed = TRAINERS[args.target]
-    logging.getLogger().setLevel(logging.INFO)  # trainers run for minutes: show their progress
-    try:
-        importlib.import_module(module).main([*fixed, *args.options])
-    except SystemExit as stop:  # the trainer's own argparse printed its message (or help)
-        return stop.code if isinstance(stop.code, int) else 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -53,10 +53,29 @@ class Recipe:
         return parser
 
     def parse_args(self, argv: list[str] | None = None) -> argparse.Namespace:
-        """Parse and resolve ``argv`` (ValueError for an option that argparse accepts but the recipe refuses)."""
+        """Parse and resolve ``argv`` (ValueError for an option that argparse accepts but the recipe refuses).
+
+        ``args.argv`` keeps the arguments given (for the ``reproduce`` line some recipes record).
+        """
         args = self.build_parser().parse_args(argv)
+        args.argv = [] if argv is None else list(argv)
         self.resolve(args)
         return args
+
+    def command_line(self, args: argparse.Namespace) -> list[str]:
+        """The options of ``args`` that differ from their defaults, as arguments (``--steps 30``)."""
+        out = []
+        for action in self.build_parser()._actions:
+            value = getattr(args, action.dest, None)
+            if isinstance(action, argparse._HelpAction) or value == action.default:
+                continue
+            if not action.option_strings:
+                out.append(str(value))
+            elif action.nargs == 0:
+                out.append(action.option_strings[-1])
+            else:
+                out.extend([action.option_strings[-1], str(value)])
+        return out
 
     def main(self, argv: list[str] | None = None) -> None:
         """Parse ``argv``, set up logging (INFO on rank 0) and train."""
