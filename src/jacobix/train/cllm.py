@@ -80,6 +80,18 @@ class CLLMConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
+CLLM_HELP = {  # command-line help of each CLLMConfig field
+    "steps": "optimizer steps", "batch_size": "blocks per step, global (all processes)",
+    "lr": "peak learning rate (linear warm-up, cosine decay)", "warmup": "warm-up steps",
+    "global_weight": "weight of the consistency loss to the fixed point",
+    "local_weight": "weight of the consistency loss to the next state",
+    "ar_weight": "weight of the AR loss on ground truth", "fixed_point_weight": "weight of cross-entropy on the fixed points",
+    "label_smoothing": "label smoothing of the AR loss", "weight_decay": "AdamW weight decay",
+    "context_limit": "context tokens kept before a block (rotary attention: a shorter context, not a shifted one)",
+    "seed": "seed of the batch sampling",
+}
+
+
 @dataclass
 class TrainLog:
     """Per-step losses and the wall time of a run."""
@@ -248,4 +260,4 @@ def causal_forward(lm) -> callable:
     return forward
 
 
-__all__ = ["Batch", "CLLMConfig", "TrainLog", "causal_forward", "sample_batch", "step_losses", "train_cllm"]
+__all__ = ["Batch", "CLLM_HELP", "CLLMConfig", "TrainLog", "causal_forward", "sample_batch", "step_losses", "train_cllm"]

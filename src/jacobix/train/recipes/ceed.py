@@ -32,7 +32,7 @@ from jacobix.robot.suites import SUITES, Suite, evaluation_episodes
 from jacobix.tokens.generate import generate
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.ceed import CEEDConfig, collect_policy, with_mixed_labels
-from jacobix.train.cllm import CLLMConfig, causal_forward, train_cllm
+from jacobix.train.cllm import CLLM_HELP, CLLMConfig, causal_forward, train_cllm
 from jacobix.train.recipe import Recipe
 from jacobix.train.trajectories import load_trajectories, save_trajectories
 
@@ -50,12 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-states", type=int, default=20000, help="demonstration states used (a random subset)")
     parser.add_argument("--delta-max", type=float, default=CEEDConfig().delta_max,
                         help="mixed labels: take the teacher's chunk when within this many action units of the truth")
-    parser.add_argument("--collect-batch", type=int, default=CEEDConfig().collect_batch)
+    parser.add_argument("--collect-batch", type=int, default=CEEDConfig().collect_batch,
+                        help="states decoded together when collecting trajectories")
     parser.add_argument("--trajectories", type=Path, help="trajectories file: read it if it exists, else write it there")
     parser.add_argument("--eval-per-task", type=int, default=30, help="held-out episodes per task for the report")
     defaults = asdict(CEEDConfig().training)
     for name in TRAINING:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(defaults[name]), default=defaults[name])
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(defaults[name]), default=defaults[name],
+                            help=CLLM_HELP[name])
     add_output_arguments(parser, "pointmass-policy-ceed")
     distributed.add_distributed_arguments(parser)
 

@@ -117,8 +117,8 @@ def test_accuracy(model: Classifier) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     add_output_arguments(parser, "fmnist-classifier")
-    parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs, help="passes over the training split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the shuffles")
     parser.add_argument("--batch-size", type=int, default=ClassifierTrainConfig.batch_size, help="global batch (all processes)")
     distributed.add_distributed_arguments(parser)
 

@@ -25,7 +25,7 @@ from jacobix.models.llama import save_llama
 from jacobix.models.registry import TextModel
 from jacobix.models.text import CharTokenizer
 from jacobix.train import FRESH_ROOT, add_output_arguments, distributed, output_folder
-from jacobix.train.cllm import CLLMConfig, causal_forward, train_cllm
+from jacobix.train.cllm import CLLM_HELP, CLLMConfig, causal_forward, train_cllm
 from jacobix.train.recipe import Recipe
 from jacobix.train.text_data import FETCH_HINT, PromptSpec, code_prompts, cut_prompts, line_starts, read_plays
 from jacobix.train.trajectories import CollectConfig, collect, load_trajectories, save_trajectories
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure tokens per pass on 4 held-out prompts and save a checkpoint every this many steps")
     for name, default in asdict(CLLMConfig()).items():
         kind = int if name == "context_limit" else type(default)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=CLLM_HELP[name])
     add_output_arguments(parser, "shakespeare-cllm")
     distributed.add_distributed_arguments(parser)
 

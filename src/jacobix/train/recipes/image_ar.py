@@ -142,9 +142,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     add_output_arguments(parser, "fmnist-ar")
     parser.add_argument("--vq", default=None, help="tokenizer folder (default: bundled fmnist-vq)")
-    parser.add_argument("--steps", type=int, default=ImageARTrainConfig.steps)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=ImageARTrainConfig.lr)
+    parser.add_argument("--steps", type=int, default=ImageARTrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
+    parser.add_argument("--lr", type=float, default=ImageARTrainConfig.lr, help="peak learning rate")
     parser.add_argument("--init-from", default=None, help="continue from the weights in this folder")
     parser.add_argument("--batch-size", type=int, default=ImageARTrainConfig.batch_size, help="global batch (all processes)")
     parser.add_argument("--dim", type=int, default=ImageARTrainConfig.dim, help="model width")

@@ -285,16 +285,27 @@ def train(out_dir, config: TrainConfig, *, time_batches: tuple[int, ...] = (),
     return summary
 
 
+PCCOT_HELP = {  # command-line help of each TrainConfig field
+    "latents": "continuous thoughts (c)", "passes": "Jacobi passes over the thoughts (T; pccot arm)",
+    "min_steps": "fewest program steps", "max_steps": "most program steps", "modulus": "arithmetic modulus",
+    "train_steps": "optimizer steps", "batch_size": "programs per step, global (all processes)",
+    "seed": "seed of initialisation and programs", "eval_every": "score the validation set every N steps",
+    "dim": "model width", "layers": "transformer layers", "eval_per_difficulty": "validation programs per step count",
+    "warmup": "warm-up steps", "lr": "peak learning rate", "alpha": "weight of the teacher's cross-entropy",
+    "beta": "weight of the answer's cross-entropy", "gamma": "weight of the hidden-state distillation",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (one per :class:`TrainConfig` field)."""
-    parser.add_argument("--arm", choices=ARMS, default=TrainConfig.arm)
+    parser.add_argument("--arm", choices=ARMS, default=TrainConfig.arm, help="nocot, cot, seq (CODI) or pccot (Jacobi)")
     add_output_arguments(parser, "pccot")
     defaults = TrainConfig()
     for name in ("latents", "passes", "min_steps", "max_steps", "train_steps", "batch_size", "seed", "eval_every", "dim", "layers",
                  "eval_per_difficulty", "warmup", "modulus"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help=PCCOT_HELP[name])
     for name in ("lr", "alpha", "beta", "gamma"):
-        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name), help=PCCOT_HELP[name])
     parser.add_argument("--init", default="", help="start from this checkpoint folder (e.g. an explicit-CoT run)")
     parser.add_argument("--time-batches", default="", help="also time training steps at these batch sizes, e.g. 8,64")
     distributed.add_distributed_arguments(parser)

@@ -230,7 +230,7 @@ FIELDS = ("episodes_per_task", "noise", "chunk", "obs_bins", "steps", "batch_siz
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options: unset ones take the suite's defaults (:data:`SUITE_DEFAULTS`)."""
-    parser.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass")
+    parser.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass", help="the task suite (mt10 needs jacobix[robot])")
     add_output_arguments(parser, "<suite's policy>")
     parser.add_argument("--demos", type=Path, default=None, help="read demonstrations.npz instead of collecting")
     parser.add_argument("--demos-only", action="store_true", help="collect and save the demonstrations, then stop")
@@ -239,7 +239,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              ("chunk", int, "actions per block"), ("obs_bins", int, "bins per observation dim"),
                              ("steps", int, "optimiser steps"), ("batch_size", int, "sequences per step (all processes)"),
                              ("lr", float, "peak learning rate"), ("dim", int, "model width"),
-                             ("num_layers", int, "transformer layers"), ("seed", int, "seed"),
+                             ("num_layers", int, "transformer layers"), ("seed", int, "seed of demonstrations, initialisation and batches"),
                              ("eval_per_task", int, "evaluation episodes per task"),
                              ("eval_batch", int, "episodes stepped in lockstep during evaluation"),
                              ("save_dtype", str, "float32, float16 or bfloat16"),

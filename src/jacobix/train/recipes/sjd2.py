@@ -223,11 +223,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     add_output_arguments(parser, BUNDLED)
     parser.add_argument("--init-from", type=Path, default=AR_DIR, help="AR image model to fine-tune (default: bundled fmnist-ar)")
-    parser.add_argument("--steps", type=int, default=SJD2TrainConfig.steps)
+    parser.add_argument("--steps", type=int, default=SJD2TrainConfig.steps, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=SJD2TrainConfig.batch_size, help="global batch (all processes)")
-    parser.add_argument("--lr", type=float, default=SJD2TrainConfig.lr)
-    parser.add_argument("--clean-share", type=float, default=SJD2TrainConfig.clean_share)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=SJD2TrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--clean-share", type=float, default=SJD2TrainConfig.clean_share,
+                        help="share of sequences trained without noise (keeps AR quality)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise module and the batches")
     distributed.add_distributed_arguments(parser)
 
 

@@ -152,8 +152,8 @@ def reconstruction_metrics(model: VQTokenizer) -> dict[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     add_output_arguments(parser, "fmnist-vq")
-    parser.add_argument("--steps", type=int, default=VQTrainConfig.steps)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=VQTrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
     parser.add_argument("--batch-size", type=int, default=VQTrainConfig.batch_size, help="global batch (all processes)")
     parser.add_argument("--restart-every", type=int, default=VQTrainConfig.restart_every, help="dead-code restart period")
     distributed.add_distributed_arguments(parser)
