@@ -18,7 +18,7 @@ import copy
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -220,7 +220,9 @@ class Objective(nn.Module):
         self.model, self.config = model, config
 
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
-        return codi_loss(self.model, batch, self.config)
+        # a rank's rows keep the global batch's question padding; cut it to the rows' longest, as make_batch would
+        questions = batch.questions[:, : int(batch.lengths.max())]  # (B, Q)
+        return codi_loss(self.model, replace(batch, questions=questions), self.config)
 
 
 class BestByValidation:
