@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jacobix.images.model import ImageVocab
@@ -31,6 +30,7 @@ from jacobix.models.llama import Llama, LlamaConfig, load_llama, save_llama
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
 from jacobix.train.image_data import class_sequences, evaluate, save_draft_tables, tokenize_split
+from jacobix.train.losses import next_token_loss
 from jacobix.train.loop import FitConfig, StepEnd, fit
 from jacobix.train.recipe import Recipe
 from jacobix.train.schedule import WarmupCosine
@@ -100,18 +100,12 @@ def train(out_dir: str | Path, config: ImageARTrainConfig = ImageARTrainConfig()
 
     fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.steps, warmup=config.warmup),
                            weight_decay=config.weight_decay, seed=config.seed, log_every=50)
-    result = fit(model, token_loss, batches, fit_config, run=run, options=options, out=Path(out_dir), on_step=partial_save)
+    result = fit(model, next_token_loss, batches, fit_config, run=run, options=options, out=Path(out_dir), on_step=partial_save)
     if result.finished:
         history = [*(load_llama(init_from)[1].get("train_runs", []) if init_from else []), asdict(config)]
         _save_final(model, model_config, run, out_dir, tokenizer, vocab, {"image": image_meta, "train_runs": history})
     run.close()
     return Path(out_dir)
-
-
-def token_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
-    """Mean cross-entropy of the next code: inputs (B, L), targets (B, L)."""
-    inputs, targets = batch
-    return F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten()), {}
 
 
 def _save_final(model: nn.Module, model_config: LlamaConfig, run: distributed.Run, out_dir: str | Path,
@@ -168,7 +162,7 @@ RECIPE = Recipe(name="image-ar", help="the bundled class-conditional image-token
                 add_arguments=add_arguments, resolve=resolve, run=run)
 parse_args, main = RECIPE.parse_args, RECIPE.main
 
-__all__ = ["RECIPE", "ImageARTrainConfig", "main", "parse_args", "token_loss", "train"]
+__all__ = ["RECIPE", "ImageARTrainConfig", "main", "parse_args", "train"]
 
 if __name__ == "__main__":
     main()

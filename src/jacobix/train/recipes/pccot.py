@@ -33,14 +33,12 @@ from jacobix.latent.thoughts import read_answer, think
 from jacobix.models.llama import LlamaConfig
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
+from jacobix.train.losses import IGNORE, distillation_loss, take_rows, token_ce
 from jacobix.train.loop import FitConfig, StepEnd, fit
 from jacobix.train.recipe import Recipe
 from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
-IGNORE = -100
-
-
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One training run. ``passes`` is T for ``pccot``; ``seq`` always uses T = c.
@@ -121,28 +119,6 @@ def make_batch(programs: list[Program], *, with_cot: bool = True) -> Batch:
     questions, lengths = encode_questions(programs)
     answers = torch.tensor([encode(str(p.answer))[0] for p in programs])
     return Batch(questions, lengths, teacher, targets, torch.tensor([r[2] for r in rows]), answers)
-
-
-def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of logits (..., V) against targets (...), ignoring -100."""
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE)
-
-
-def take_rows(hidden: Tensor, index: Tensor) -> Tensor:
-    """``hidden[b, index[b]]`` for hidden (B, L, dim) and index (B,); returns (B, dim)."""
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
-
-def distillation_loss(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) -> Tensor:
-    """CODI's KD: mean over layers of ``smooth_l1(student, teacher) / std(teacher)``; teacher detached.
-
-    Args:
-        student, teacher: one (B, dim) tensor per layer, at the answer prompt's last token.
-    """
-    if len(student) != len(teacher) or not student:
-        raise ValueError(f"need one student and one teacher tensor per layer, got {len(student)} and {len(teacher)}")
-    parts = [F.smooth_l1_loss(s, t.detach()) / t.detach().std().clamp_min(1e-6) for s, t in zip(student, teacher)]
-    return torch.stack(parts).mean()
 
 
 def codi_loss(model: LatentReasoner, batch: Batch, config: TrainConfig) -> tuple[Tensor, dict[str, float]]:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from jacobix.models.llama import Llama, LlamaConfig
@@ -35,12 +34,12 @@ from jacobix.robot.rollout import greedy_decider, run_episodes, wilson_interval
 from jacobix.robot.suites import EVAL_SEED, Suite, evaluation_episodes, get_suite
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
+from jacobix.train.losses import IGNORE, next_token_loss, token_ce
 from jacobix.train.loop import FitConfig, StepEnd, fit
 from jacobix.train.recipe import Recipe
 from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
-IGNORE = -100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,9 +101,8 @@ def sequences(fmt: PolicyFormat, demos: Demonstrations) -> tuple[Tensor, Tensor]
     return full[:, :-1], labels
 
 
-def bc_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of ``logits`` (B, L, V) on ``labels`` (B, L) over unmasked (!= -100) positions."""
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+bc_loss = token_ce
+"""Behaviour cloning's loss: mean cross-entropy of logits (B, L, V) on labels (B, L) over unmasked (!= -100) positions."""
 
 
 def policy_batches(inputs: Tensor, labels: Tensor, batch_size: int):
@@ -114,12 +112,6 @@ def policy_batches(inputs: Tensor, labels: Tensor, batch_size: int):
         return inputs[rows], labels[rows]
 
     return draw
-
-
-def policy_loss(model: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
-    """:func:`bc_loss` of ``model`` on one batch of (inputs, labels)."""
-    inputs, labels = batch
-    return bc_loss(model(inputs), labels), {}
 
 
 def evaluate(directory: Path, suite: Suite, config: PolicyTrainConfig) -> dict:
@@ -189,7 +181,7 @@ def train(out: Path, config: PolicyTrainConfig, *, demos_path: Path | None = Non
 
     fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.steps, warmup=config.warmup),
                            weight_decay=config.weight_decay, seed=config.seed)
-    result = fit(distributed.wrap(model, run), policy_loss, policy_batches(inputs, labels, config.batch_size), fit_config,
+    result = fit(distributed.wrap(model, run), next_token_loss, policy_batches(inputs, labels, config.batch_size), fit_config,
                  run=run, options=options, out=out, on_step=partial_save)
     if run.is_main and result.finished:
         model.eval()
@@ -266,7 +258,7 @@ RECIPE = Recipe(name="policy", help="a robot policy by behaviour cloning (pointm
                 add_arguments=add_arguments, resolve=resolve, run=run)
 parse_args, main = RECIPE.parse_args, RECIPE.main
 
-__all__ = ["IGNORE", "RECIPE", "PolicyTrainConfig", "bc_loss", "main", "parse_args", "policy_batches", "policy_loss",
+__all__ = ["IGNORE", "RECIPE", "PolicyTrainConfig", "bc_loss", "main", "parse_args", "policy_batches",
            "sequences", "suite_config", "train"]
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from jacobix.models.llama import Llama, LlamaConfig, save_llama
 from jacobix.models.text import CharTokenizer
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
+from jacobix.train.losses import next_token_loss
 from jacobix.train.loop import FitConfig, fit
 from jacobix.train.recipe import Recipe
 from jacobix.train.schedule import WarmupCosine
@@ -91,12 +92,6 @@ def train(data_root: str | Path, out_dir: str | Path, config: TrainConfig = Trai
             "train": {k: v for k, v in config.__dict__.items() if k != "model"}})
     run.close()
     return Path(out_dir)
-
-
-def next_token_loss(model: nn.Module, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, dict]:
-    """Mean next-token cross-entropy of ``model`` on inputs (B, T) and targets (B, T)."""
-    x, y = batch
-    return F.cross_entropy(model(x).flatten(0, 1), y.flatten()), {}
 
 
 def text_batch(data: Tensor, config: TrainConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
