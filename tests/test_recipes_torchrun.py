@@ -38,8 +38,8 @@ RECIPES = {  # name: (module, arguments of a tiny run with a global batch divisi
     "ceed": ("ceed", ["--episodes-per-task", "2", "--max-states", "16", "--collect-batch", "16", "--eval-per-task", "1",
                       "--steps", "4", "--batch-size", "4", "--warmup", "1"], 2, 1e-4),
 }
-MARKS = {"vq": slow, "image-ar": slow, "sjd2": slow, "classifier": slow, "tarflow-fashion": slow, "cllm": slow,
-         "ceed": slow}  # a minute or more each: Fashion-MNIST tokenized or scored, or trajectories collected
+MARKS = {"vq": slow, "image-ar": slow, "sjd2": slow, "classifier": slow,  # 1.5-5 minutes: Fashion-MNIST tokenized or scored
+         "cllm": slow, "tarflow-fashion": slow, "shakespeare": slow}  # 15-30 s (shakespeare: also in test_distributed_train)
 
 
 @pytest.fixture(scope="module")
