@@ -1,6 +1,6 @@
 """One process or many: what a trainer needs to run unchanged under ``torchrun``.
 
-A trainer keeps its single-process loop and adds these calls (see ``train/shakespeare.py``)::
+A recipe calls ``setup`` and ``wrap``; :func:`jacobix.train.loop.fit` makes the other calls, in this order::
 
     run = distributed.setup()                                   # rank, world size, device; joins torchrun's group
     model = distributed.wrap(model, run, fsdp=options.fsdp)     # DDP or FSDP2; as it is on 1 process
