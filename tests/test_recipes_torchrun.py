@@ -32,7 +32,7 @@ RECIPES = {  # name: (module, arguments of a tiny run with a global batch divisi
     "tarflow-digits": ("tarflow", ["digits", "--steps", "6", "--batch-size", "16"], 3, 1e-5),
     "tarflow-fashion": ("tarflow", ["fashion", "--steps", "4", "--batch-size", "8"], 2, 1e-5),
     "pccot": ("pccot", ["--train-steps", "6", "--batch-size", "8", "--eval-every", "3", "--eval-per-difficulty", "4",
-                        "--dim", "32", "--layers", "1"], 4, None),  # per-rank token means: not the global mean
+                        "--dim", "32", "--layers", "1"], 4, 1e-2),  # per-rank token means (3e-4 apart here)
     "policy": ("policy", ["--episodes-per-task", "4", "--steps", "6", "--batch-size", "8", "--dim", "32",
                           "--num-layers", "1", "--eval-per-task", "1"], 3, 1e-5),
     "ceed": ("ceed", ["--episodes-per-task", "2", "--max-states", "16", "--collect-batch", "16", "--eval-per-task", "1",
@@ -111,7 +111,4 @@ def test_recipe_on_two_processes_and_after_a_resume(name, text_data, tmp_path):
     two = _torchrun(name, arguments, tmp_path / "two")
     assert [r["step"] for r in two] == list(range(steps))
     assert _weights(tmp_path / "two").keys() == final.keys()
-    if tolerance is not None:
-        assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in full], rel=tolerance, abs=tolerance)
-    else:
-        assert all(torch.isfinite(torch.tensor(r["loss"])) for r in two)
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in full], rel=tolerance, abs=tolerance)
