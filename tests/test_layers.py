@@ -99,7 +99,7 @@ def test_layers_point_down():
     bad = []
     for name, targets in graph().items():
         for target in targets:
-            if layer(target) == "train" and layer(name) != "train":
+            if layer(target) == "train" and layer(name) not in ("train", "cli"):  # the CLI registers the recipes
                 bad.append(f"{name} imports trainer {target}")
             if layer(name) in LIBRARY and layer(target) in TOP:
                 bad.append(f"library module {name} imports {target}")

@@ -12,7 +12,7 @@ from jacobix.latent.arith import ANSWER_PROMPT, BOT, EOT, MAX_STEPS, PLACEHOLDER
 from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, load_reasoner, save_reasoner
 from jacobix.latent.thoughts import pack_questions, read_answer, think
 from jacobix.models.llama import LlamaConfig
-from jacobix.train.pccot import IGNORE, distillation_loss, make_batch, take_rows, token_ce
+from jacobix.train.recipes.pccot import IGNORE, distillation_loss, make_batch, take_rows, token_ce
 
 C = 4
 

@@ -18,7 +18,7 @@ from jacobix.robot import (
 )
 from jacobix.robot.pointmass import MAX_STEPS, TASKS, PointMass, expert
 from jacobix.robot.suites import evaluation_episodes
-from jacobix.train.policy import IGNORE, bc_loss, main, sequences
+from jacobix.train.recipes.policy import IGNORE, bc_loss, main, sequences
 
 
 def small_format(chunk: int = 2, obs_bins: int = 16) -> PolicyFormat:

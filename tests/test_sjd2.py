@@ -19,7 +19,7 @@ from jacobix.images.denoise import NoiseEmbedding, NoiseEmbeddingConfig, NoiseSc
 from jacobix.images.sample import ImageSampling
 from jacobix.images.sjd2 import SJD2Config, SJD2Proposer, sjd2_proposer
 from jacobix.images.model import load_image_model
-from jacobix.train.sjd2 import SJD2TrainConfig, noise_ratios, noisy_inputs, train
+from jacobix.train.recipes.sjd2 import SJD2TrainConfig, noise_ratios, noisy_inputs, train
 
 from conftest import exact_joint, tiny_model
 from test_sjd_distribution import chi_square_pvalue

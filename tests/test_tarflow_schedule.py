@@ -13,7 +13,7 @@ from jacobix.flows.checkpoint import apple_to_jacobix, load_apple_checkpoint, lo
 from jacobix.flows.sampling import INITS, BlockPlan, sample_tarflow, uniform_schedule
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 from jacobix.eval.datasets import load_images
-from jacobix.train.tarflow import TarFlowTrainConfig, train_tarflow
+from jacobix.train.recipes.tarflow import TarFlowTrainConfig, train_tarflow
 
 
 DIGITS = Path(__file__).resolve().parent.parent / "src" / "jacobix" / "assets" / "tarflow-digits"

@@ -1,4 +1,4 @@
-"""``jacobix bench pccot``: the arms of issue #16 side by side on the fixed held-out programs.
+"""``jacobix bench pccot``: the PCCoT arms side by side on the fixed held-out programs.
 
 Reads checkpoints written by ``jacobix train pccot`` (one folder per arm and seed; the bundled
 ``pccot`` and ``pccot-seq`` by default) and reports, per arm: accuracy by generated answers
@@ -157,7 +157,7 @@ def identity_check(model: LatentReasoner, programs) -> dict[str, float]:
 
 
 def records(results: list[ArmResult]) -> list[dict]:
-    """One JSON object per arm (the fields issue #16 asks for, and more)."""
+    """One JSON object per arm (accuracy with its interval, latency, passes)."""
     sequential = next((r for r in results if r.arm == "sequential"), None)
     out = []
     for r in results:

@@ -1,44 +1,51 @@
-"""``jacobix train TARGET``: reproduce a bundled checkpoint (options after TARGET go to its trainer)."""
+"""``jacobix train TARGET``: one subparser per recipe, with that recipe's own options.
+
+``add_parser(commands)`` registers the command on the CLI's subparsers; each target's
+options come from its :class:`jacobix.train.recipe.Recipe` (``jacobix train cllm --help`` shows
+CLLM's). Output goes to ``./jacobix-train/NAME`` unless ``--out`` or ``--replace-bundled``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 
 from jacobix.cli.flags import Help
-
-TRAINERS = {  # target: (module with main(argv), arguments it always gets); output: ./jacobix-train/NAME unless --out or --replace-bundled
-    "shakespeare": ("jacobix.train.shakespeare", []),
-    "cllm": ("jacobix.train.cllm_command", []),
-    "vq": ("jacobix.train.vq", []),
-    "image-ar": ("jacobix.train.image_ar", []),
-    "sjd2": ("jacobix.train.sjd2", []),
-    "classifier": ("jacobix.train.classifier", []),
-    "tarflow-fashion": ("jacobix.train.tarflow", ["fashion"]),
-    "tarflow-digits": ("jacobix.train.tarflow", ["digits"]),
-    "pccot": ("jacobix.train.pccot", []),
-    "policy": ("jacobix.train.policy", []),
-    "ceed": ("jacobix.train.ceed_command", []),
-}
+from jacobix.train.recipe import Recipe
+from jacobix.train.recipes import RECIPES
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser("train", help="reproduce a bundled checkpoint (options after TARGET go to its trainer)",
-                                formatter_class=Help)
-    train.add_argument("target", choices=sorted(TRAINERS), help="the checkpoint to train")
-    train.add_argument("options", nargs=argparse.REMAINDER, help="e.g. --data DIR --out DIR --steps N; see TARGET --help")
-    train.set_defaults(run=run, check=lambda args: None)
+def add_parser(commands: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter] = Help) -> None:
+    """Add ``train`` with one sub-command per recipe of :data:`RECIPES`.
+
+    Each target's namespace gets ``check`` (the recipe's ``resolve``: option checks and the output
+    folder, before any work) and ``run`` (train; returns the exit status 0).
+    """
+    train = commands.add_parser("train", help="reproduce a bundled checkpoint (see jacobix train TARGET --help)",
+                                formatter_class=formatter)
+    targets = train.add_subparsers(dest="target", required=True)
+    for name, recipe in RECIPES.items():
+        parser = targets.add_parser(name, help=recipe.help, description=recipe.description or recipe.help,
+                                    formatter_class=formatter)
+        recipe.build_parser(parser)
+        parser.set_defaults(check=_checker(recipe), run=_runner(recipe))
 
 
-def run(args: argparse.Namespace) -> int:
-    module, fixed = TRAINERS[args.target]
-    logging.getLogger().setLevel(logging.INFO)  # trainers run for minutes: show their progress
-    try:
-        importlib.import_module(module).main([*fixed, *args.options])
-    except SystemExit as stop:  # the trainer's own argparse printed its message (or help)
-        return stop.code if isinstance(stop.code, int) else 2
-    return 0
+def _checker(recipe: Recipe):
+    def check(args: argparse.Namespace) -> None:
+        args.argv = recipe.command_line(args)  # before resolve fills derived options
+        recipe.resolve(args)
+
+    return check
 
 
-__all__ = ["TRAINERS", "add_parser", "run"]
+def _runner(recipe: Recipe):
+    def run(args: argparse.Namespace) -> int:
+        logging.getLogger().setLevel(logging.INFO)  # trainers run for minutes: show their progress
+        recipe.run(args)
+        return 0
+
+    return run
+
+
+__all__ = ["add_parser"]

@@ -1,4 +1,4 @@
-"""Multi-step modular arithmetic programs, the task of jacobix's PCCoT models (issue #16).
+"""Multi-step modular arithmetic programs, the task of jacobix's PCCoT models.
 
 A program in GSM8K-Aug's equation style over the integers mod 23::
 
@@ -120,7 +120,7 @@ def program_set(steps: int, count: int, seed: int, modulus: int = MODULUS) -> li
 
 
 def heldout_set(steps: int, count: int = 2000, modulus: int = MODULUS) -> list[Program]:
-    """The fixed held-out test set of one difficulty (2000 programs, as issue #16 asks)."""
+    """The fixed held-out test set of one difficulty (2000 programs)."""
     return program_set(steps, count, HELDOUT_SEED, modulus)
 
 

@@ -17,9 +17,7 @@ code-completion prompts cut from the Python standard library (``--data stdlib``)
 from __future__ import annotations
 
 import logging
-import math
-import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +25,8 @@ from torch import Tensor
 
 from jacobix.train import distributed
 from jacobix.train.consistency import ar_loss, block_logits, consistency_loss, prediction_mask
+from jacobix.train.loop import FitConfig, StepEnd, fit
+from jacobix.train.schedule import WarmupCosine
 from jacobix.train.trajectories import Trajectories
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,18 @@ class CLLMConfig:
             raise ValueError(f"context_limit must be >= 1 token or None, got {self.context_limit}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+CLLM_HELP = {  # command-line help of each CLLMConfig field
+    "steps": "optimizer steps", "batch_size": "blocks per step, global (all processes)",
+    "lr": "peak learning rate (linear warm-up, cosine decay)", "warmup": "warm-up steps",
+    "global_weight": "weight of the consistency loss to the fixed point",
+    "local_weight": "weight of the consistency loss to the next state",
+    "ar_weight": "weight of the AR loss on ground truth", "fixed_point_weight": "weight of cross-entropy on the fixed points",
+    "label_smoothing": "label smoothing of the AR loss", "weight_decay": "AdamW weight decay",
+    "context_limit": "context tokens kept before a block (rotary attention: a shorter context, not a shifted one)",
+    "seed": "seed of the batch sampling",
+}
 
 
 @dataclass
@@ -193,7 +205,7 @@ def step_losses(forward, batch: Batch, config: CLLMConfig, share=None) -> dict[s
 def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLMConfig = CLLMConfig(),
                *, run: distributed.Run | None = None, options: distributed.RunOptions = distributed.RunOptions(),
                out: Path | None = None, log_every: int = 50, on_log=None) -> TrainLog:
-    """Fine-tune ``model`` in place on ``data``, alone or as one rank of a torchrun job.
+    """Fine-tune ``model`` in place on ``data`` with :func:`jacobix.train.loop.fit`, alone or as one rank of a torchrun job.
 
     Args:
         model: the module whose parameters are trained (a jacobix Llama, or the transformers model
@@ -207,55 +219,34 @@ def train_cllm(model: torch.nn.Module, forward, data: Trajectories, config: CLLM
         options: resume, checkpoint frequency, early stop (:class:`~jacobix.train.distributed.RunOptions`).
         out: folder for ``metrics.jsonl`` and resumable checkpoints (None: neither is written).
         log_every: log the losses every this many steps.
-        on_log: called with the step number after each log (e.g. to measure and save), in eval mode.
+        on_log: called on rank 0 with the step number at each log after the first (e.g. to measure
+            and save), in eval mode.
     Returns:
         per-step losses (global-batch means) and the wall time.
     """
     run = run or distributed.Run()
     weights = {"global": config.global_weight, "local": config.local_weight, "ar": config.ar_weight,
                "fixed_point": config.fixed_point_weight}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    generator = torch.Generator().manual_seed(config.seed)
-    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=generator)
-    metrics = distributed.Metrics(out / distributed.METRICS, run, first) if out is not None else None
     share = (lambda count: run.sum(count) / run.world_size) if run.distributed else None
-    model.train()
-    record, start = TrainLog(), time.perf_counter()
-    for step in range(first, options.last_step(config.steps)):
-        lr = config.lr * min(1.0, (step + 1) / max(config.warmup, 1)) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = _shard(sample_batch(data, config.batch_size, generator, config.context_limit), run)
+
+    def loss_fn(module: torch.nn.Module, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         losses = step_losses(forward, batch, config, share)
         total = sum(weights[k] * v for k, v in losses.items() if weights[k])
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        record.steps.append({k: round(run.mean(v.detach()), 5) for k, v in {**losses, "total": total}.items()})
-        if metrics is not None:
-            metrics.log(step, lr=lr, **record.steps[-1])
-        if out is not None and options.save_due(step + 1, config.steps):
-            distributed.save_checkpoint(out / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
-                                        step=step + 1, generator=generator)
-        if step % log_every == 0 or step == config.steps - 1:
-            log.info("step %d %s lr %.2e %.0fs", step, " ".join(f"{k} {v:.4f}" for k, v in record.steps[-1].items()),
-                     lr, time.perf_counter() - start)
-            if on_log is not None and step and run.is_main:
-                model.eval()
-                on_log(step)
-                model.train()
+        return total, {**{k: v.detach() for k, v in losses.items()}, "total": total.detach()}
+
+    def progress(end: StepEnd) -> None:
+        if on_log is not None and end.step and run.is_main and (end.step % log_every == 0 or end.step == config.steps - 1):
+            model.eval()
+            on_log(end.step)
+            model.train()
+
+    fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.steps, warmup=config.warmup),
+                           weight_decay=config.weight_decay, seed=config.seed, log_every=log_every)
+    result = fit(model, loss_fn, lambda step, g: sample_batch(data, config.batch_size, g, config.context_limit),
+                 fit_config, run=run, options=options, out=out, on_step=progress)
     model.eval()
-    record.seconds = time.perf_counter() - start
-    return record
-
-
-def _shard(batch: Batch, run: distributed.Run) -> Batch:
-    """This rank's rows of every field of a global batch (all fields have the batch as dim 0)."""
-    if not run.distributed:
-        return batch
-    names = [f.name for f in fields(batch)]
-    return Batch(**dict(zip(names, run.shard(*(getattr(batch, n) for n in names)))))
+    names = (*weights, "total")
+    return TrainLog(steps=[{k: round(row[k], 5) for k in names} for row in result.history], seconds=result.seconds)
 
 
 def causal_forward(lm) -> callable:
@@ -269,4 +260,4 @@ def causal_forward(lm) -> callable:
     return forward
 
 
-__all__ = ["Batch", "CLLMConfig", "TrainLog", "causal_forward", "sample_batch", "step_losses", "train_cllm"]
+__all__ = ["Batch", "CLLM_HELP", "CLLMConfig", "TrainLog", "causal_forward", "sample_batch", "step_losses", "train_cllm"]

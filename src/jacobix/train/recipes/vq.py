@@ -5,8 +5,8 @@ Reproduce ``src/jacobix/assets/fmnist-vq`` (about 8 minutes on a busy core on on
     jacobix train vq                    # writes ./jacobix-train/fmnist-vq
     jacobix train vq --replace-bundled  # replaces the bundled checkpoint
 
-Under ``torchrun --nproc_per_node N -m jacobix.train.vq`` each batch is split over the processes
-(:mod:`jacobix.train.distributed`, DDP); code usage is summed over them, and dead codes restart
+Under ``torchrun --nproc_per_node N -m jacobix.train.recipes.vq`` each batch is split over the processes
+(:mod:`jacobix.train.loop`, DDP); code usage is summed over them, and dead codes restart
 from the whole batch on every rank alike.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +25,9 @@ from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.vq import VQConfig, VQTokenizer, save_vq
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
+from jacobix.train.loop import FitConfig, StepEnd, fit
+from jacobix.train.recipe import Recipe
+from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
 
@@ -61,43 +63,50 @@ def train(out_dir: str | Path, config: VQTrainConfig = VQTrainConfig(), model_co
     x = torch.tensor(images).float().div(255)[:, None]  # (N, 1, 28, 28)
     tokenizer = VQTokenizer(model_config)
     model = distributed.wrap(tokenizer, run)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = torch.Generator().manual_seed(config.seed)
-    first = distributed.load_checkpoint(options.resume, run, model=model, optimizer=optimizer, generator=generator)
-    metrics = distributed.Metrics(Path(out_dir) / distributed.METRICS, run, first)
-    usage = torch.zeros(model_config.codebook_size)  # codes used by this rank's rows since the last restart
-    saved = distributed.checkpoint_extra(options.resume).get("usage")
-    if saved is not None and run.is_main:  # the saved count is the sum over ranks: rank 0 carries it
-        usage += saved
-    start, last = time.perf_counter(), options.last_step(config.steps)
-    for step in range(first, last):
-        lr = config.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = x[torch.randint(len(x), (config.batch_size,), generator=generator)]  # the global batch
-        (local,) = run.shard(batch)  # this rank's rows
-        logits, quantized = model(local)
-        recon = F.mse_loss(torch.sigmoid(logits), local)
-        loss = recon + quantized.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        usage += torch.bincount(quantized.indices.flatten().cpu(), minlength=model_config.codebook_size)
-        if step % config.restart_every == config.restart_every - 1 and step < 0.8 * config.steps:
-            _restart_dead_codes(tokenizer, batch.to(run.device), run.sum(usage), generator)
-            usage.zero_()
-        metrics.log(step, loss=run.mean(loss), recon=run.mean(recon))
-        if step % 200 == 0:
-            log.info("step %d recon %.4f vq %.4f %.0fs", step, recon.item(), quantized.loss.item(), time.perf_counter() - start)
-        if options.save_due(step + 1, config.steps):
-            distributed.save_checkpoint(Path(out_dir) / distributed.CHECKPOINT, run, model=model, optimizer=optimizer,
-                                        step=step + 1, generator=generator, extra={"usage": run.sum(usage)})
-    if run.is_main and last == config.steps:
+    usage = CodeUsage(tokenizer, config, run)
+    fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.steps, warmup=100), betas=(0.9, 0.999),
+                           clip=None, seed=config.seed, log_every=200)
+    result = fit(model, usage.loss, lambda step, g: x[torch.randint(len(x), (config.batch_size,), generator=g)],
+                 fit_config, run=run, options=options, out=Path(out_dir), on_step=usage.restart, state={"usage": usage})
+    if run.is_main and result.finished:
         metrics_out = reconstruction_metrics(tokenizer.cpu().eval())
         log.info("test reconstruction: %s", metrics_out)
         save_vq(tokenizer, out_dir, extra={"reconstruction": metrics_out, "train": asdict(config)})
     run.close()
     return Path(out_dir)
+
+
+class CodeUsage:
+    """Codes used since the last restart, counted by the loss and used by the dead-code restarts.
+
+    Each rank counts its own rows; a restart sums the counts over ranks and draws the new codes
+    from the whole global batch with the shared generator, so every rank moves the same codes.
+    """
+
+    def __init__(self, tokenizer: VQTokenizer, config: VQTrainConfig, run: distributed.Run) -> None:
+        self.tokenizer, self.config, self.run = tokenizer, config, run
+        self.counts = torch.zeros(tokenizer.config.codebook_size)
+
+    def loss(self, model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Reconstruction MSE plus the quantizer's loss of images (B, 1, 28, 28); counts the codes used."""
+        logits, quantized = model(images)
+        recon = F.mse_loss(torch.sigmoid(logits), images)
+        self.counts += torch.bincount(quantized.indices.flatten().cpu(), minlength=len(self.counts))
+        return recon + quantized.loss, {"recon": recon}
+
+    def restart(self, end: StepEnd) -> None:
+        """Every ``restart_every`` steps in the first 80% of the run: restart the codes no rank used."""
+        every, step = self.config.restart_every, end.step
+        if step % every == every - 1 and step < 0.8 * self.config.steps:
+            _restart_dead_codes(self.tokenizer, end.batch.to(end.run.device), self.run.sum(self.counts), end.generator)
+            self.counts.zero_()
+
+    def state_dict(self) -> dict:
+        return {"usage": self.run.sum(self.counts)}  # collective: every rank calls it
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.run.is_main:  # the saved count is the sum over ranks: rank 0 carries it
+            self.counts += state["usage"]
 
 
 @torch.no_grad()
@@ -140,27 +149,32 @@ def reconstruction_metrics(model: VQTokenizer) -> dict[str, float]:
     return metrics
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options."""
     add_output_arguments(parser, "fmnist-vq")
-    parser.add_argument("--steps", type=int, default=VQTrainConfig.steps)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=VQTrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
     parser.add_argument("--batch-size", type=int, default=VQTrainConfig.batch_size, help="global batch (all processes)")
     parser.add_argument("--restart-every", type=int, default=VQTrainConfig.restart_every, help="dead-code restart period")
     distributed.add_distributed_arguments(parser)
-    args = parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``out`` from ``--out``/``--replace-bundled``."""
     args.out = output_folder(args, "fmnist-vq")
-    return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING,
-                        format="%(asctime)s %(message)s")
+def run(args: argparse.Namespace) -> None:
+    """Train from parsed options."""
     config = VQTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, restart_every=args.restart_every)
     train(args.out, config, options=RunOptions.from_args(args))
 
+
+RECIPE = Recipe(name="vq", help="the bundled VQ image tokenizer (fmnist-vq)", description=__doc__.splitlines()[0],
+                add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["RECIPE", "CodeUsage", "VQTrainConfig", "main", "parse_args", "reconstruction_metrics", "train"]
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -27,14 +26,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from jacobix.images.denoise import NoiseEmbedding, NoiseEmbeddingConfig, NoiseSchedule, add_noise, save_noise_embedding
 from jacobix.images.model import AR_DIR, ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, load_llama, save_llama
-from jacobix.train import add_output_arguments, output_folder
-from jacobix.train.image_ar import class_sequences, tokenize_split
+from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.distributed import RunOptions
+from jacobix.train.image_data import class_sequences, evaluate, tokenize_split
+from jacobix.train.loop import FitConfig, StepEnd, fit
+from jacobix.train.recipe import Recipe
+from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
 BUNDLED = "fmnist-ar-sjd2"
@@ -108,62 +111,90 @@ def noise_ratios(batch: int, length: int, schedule: NoiseSchedule, config: SJD2T
 
 def noisy_inputs(model: Llama, noise: NoiseEmbedding, tokens: Tensor, ratios: Tensor, generator: torch.Generator) -> Tensor:
     """Input embeddings (B, L, E) of tokens (B, L): clean where ``ratios`` (B, L) is 0, else noised
-    ``alpha * e_hat + sigma * eps`` fed through :meth:`NoiseEmbedding.inputs`."""
+    ``alpha * e_hat + sigma * eps`` fed through :meth:`NoiseEmbedding.inputs` (``eps`` drawn from ``generator``)."""
+    eps = torch.randn((*tokens.shape, model.config.dim), generator=generator)  # (B, L, E)
+    return noised_embeddings(model, noise, tokens, ratios, eps)
+
+
+def noised_embeddings(model: Llama, noise: NoiseEmbedding, tokens: Tensor, ratios: Tensor, eps: Tensor) -> Tensor:
+    """:func:`noisy_inputs` with the standard normal noise ``eps`` (B, L, E) given."""
     clean = model.embed(tokens)  # (B, L, E)
-    eps = torch.randn(clean.shape, generator=generator)
     noisy = noise.inputs(add_noise(noise.normalise(clean), eps, ratios), ratios)  # (B, L, E)
     return torch.where((ratios > 0)[..., None], noisy, clean)
 
 
+@dataclass(frozen=True)
+class NoisyBatch:
+    """One step's global batch: inputs (B, L), targets (B, L), noise ratios (B, L) and noise (B, L, E)."""
+
+    inputs: Tensor
+    targets: Tensor
+    ratios: Tensor
+    eps: Tensor
+
+
+class Denoiser(nn.Module):
+    """The image model and its noise module as one trained module: ``forward(batch) -> loss``
+    (next-clean-code cross-entropy from noisy inputs), so DDP sees the pass it synchronises."""
+
+    def __init__(self, model: Llama, noise: NoiseEmbedding) -> None:
+        super().__init__()
+        self.model, self.noise = model, noise
+
+    def forward(self, batch: NoisyBatch) -> Tensor:
+        embeds = noised_embeddings(self.model, self.noise, batch.inputs, batch.ratios, batch.eps)  # (B, L, E)
+        logits = self.model(None, embeds=embeds)  # (B, L, V)
+        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten())
+
+
 def train(out_dir: str | Path, config: SJD2TrainConfig = SJD2TrainConfig(), *, init_from: str | Path = AR_DIR,
-          noise_config: dict | None = None) -> Path:
+          noise_config: dict | None = None, options: RunOptions = RunOptions()) -> Path:
     """Fine-tune ``init_from`` for next-clean-token prediction; save model, noise module and draft tables.
 
     Args:
-        out_dir: checkpoint folder (created); also ``metrics.jsonl``.
+        out_dir: checkpoint folder (created); also ``metrics.jsonl`` and, when asked, ``checkpoint.pt``.
         config: optimisation and noise-sampling settings.
         init_from: the AR image model to start from (default: bundled ``fmnist-ar``).
         noise_config: :class:`NoiseEmbeddingConfig` fields other than ``dim`` (schedule, sizes).
+        options: resume, checkpoint frequency, early stop (:class:`RunOptions`; DDP only, no FSDP).
     Returns:
         ``out_dir``.
     """
+    if options.fsdp:
+        raise ValueError("--fsdp: the SJD2 trainer feeds embeddings past the token layer; it trains with DDP (drop --fsdp)")
+    run = distributed.setup()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     out_dir, init_from = Path(out_dir), Path(init_from)
     model, meta = load_llama(init_from)
-    model.train()
     vocab = ImageVocab(**{k: meta["image"][k] for k in ("num_codes", "num_classes", "grid")})
     tokenizer = load_vq(AR_DIR.parent / meta["image"].get("vq", "fmnist-vq"))
     codes, labels = tokenize_split("train", tokenizer)  # (N, 196), (N,)
     noise = NoiseEmbedding(NoiseEmbeddingConfig(dim=model.config.dim, **(noise_config or {})))
     noise.fit_statistics(model.tok_embeddings.weight[: vocab.num_codes].detach())
-    schedule = noise.config.schedule
-    params = [*model.parameters(), *noise.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    generator = torch.Generator().manual_seed(config.seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = (out_dir / "metrics.jsonl").open("w")
+    objective = distributed.wrap(Denoiser(model, noise), run)
     start = time.perf_counter()
-    for step in range(config.steps):
-        lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = torch.randint(len(codes), (config.batch_size,), generator=generator)
-        inputs, targets = class_sequences(codes[batch], labels[batch], vocab, config.label_dropout, generator)  # (B, 196) each
-        ratios = torch.cat([torch.zeros(len(batch), 1), noise_ratios(len(batch), inputs.shape[1] - 1, schedule, config, generator)], 1)
-        logits = model(None, embeds=noisy_inputs(model, noise, inputs, ratios, generator))  # (B, 196, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        metrics.write(f'{{"step": {step}, "loss": {loss.item():.5f}, "lr": {lr:.3e}}}\n')
-        metrics.flush()
-        if step % 25 == 0 or step == config.steps - 1:
-            log.info("step %d loss %.3f lr %.2e %.0fs", step, loss.item(), lr, time.perf_counter() - start)
-        if step % config.save_every == config.save_every - 1 or step == config.steps - 1:
-            _save(model, noise, out_dir, meta, config, init_from, time.perf_counter() - start, step + 1, vocab, tokenizer)
-    metrics.close()
+
+    def batches(step: int, generator: torch.Generator) -> NoisyBatch:
+        rows = torch.randint(len(codes), (config.batch_size,), generator=generator)
+        inputs, targets = class_sequences(codes[rows], labels[rows], vocab, config.label_dropout, generator)  # (B, 196) each
+        ratios = torch.cat([torch.zeros(len(rows), 1),
+                            noise_ratios(len(rows), inputs.shape[1] - 1, noise.config.schedule, config, generator)], 1)
+        eps = torch.randn((*inputs.shape, model.config.dim), generator=generator)  # (B, 196, E)
+        return NoisyBatch(inputs, targets, ratios, eps)
+
+    def partial_save(end: StepEnd) -> None:
+        done = end.step + 1
+        if done % config.save_every == 0 and done < config.steps and end.run.is_main:
+            _save(model, noise, out_dir, meta, config, init_from, time.perf_counter() - start, done, vocab, tokenizer)
+
+    fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.steps, warmup=config.warmup),
+                           weight_decay=config.weight_decay, seed=config.seed, log_every=25)
+    result = fit(objective, lambda module, batch: (module(batch), {}), batches, fit_config, run=run, options=options,
+                 out=out_dir, on_step=partial_save)
+    if result.finished and run.is_main:
+        _save(model, noise, out_dir, meta, config, init_from, time.perf_counter() - start, config.steps, vocab, tokenizer)
+    run.close()
     return out_dir
 
 
@@ -176,8 +207,6 @@ def _save(model: Llama, noise: NoiseEmbedding, out_dir: Path, meta: dict, config
     extra = {"image": meta["image"], "train_runs": [*meta.get("train_runs", []), record],
              "sjd2": {"noise": asdict(noise.config)}}
     if final:
-        from jacobix.train.image_ar import evaluate
-
         test_codes, test_labels = tokenize_split("test", tokenizer)
         extra["test_loss"] = round(evaluate(model, test_codes, test_labels, vocab), 4)
         log.info("test loss %.4f nats/token (clean inputs)", extra["test_loss"])
@@ -190,28 +219,37 @@ def _save(model: Llama, noise: NoiseEmbedding, out_dir: Path, meta: dict, config
     model.train()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options."""
     add_output_arguments(parser, BUNDLED)
     parser.add_argument("--init-from", type=Path, default=AR_DIR, help="AR image model to fine-tune (default: bundled fmnist-ar)")
-    parser.add_argument("--steps", type=int, default=SJD2TrainConfig.steps)
-    parser.add_argument("--batch-size", type=int, default=SJD2TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=SJD2TrainConfig.lr)
-    parser.add_argument("--clean-share", type=float, default=SJD2TrainConfig.clean_share)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--steps", type=int, default=SJD2TrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=SJD2TrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--lr", type=float, default=SJD2TrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--clean-share", type=float, default=SJD2TrainConfig.clean_share,
+                        help="share of sequences trained without noise (keeps AR quality)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise module and the batches")
+    distributed.add_distributed_arguments(parser)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``out`` from ``--out``/``--replace-bundled``."""
     args.out = output_folder(args, BUNDLED)
-    return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+def run(args: argparse.Namespace) -> None:
+    """Train from parsed options."""
     config = SJD2TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, clean_share=args.clean_share,
                              seed=args.seed)
-    train(args.out, config, init_from=args.init_from)
+    train(args.out, config, init_from=args.init_from, options=RunOptions.from_args(args))
 
+
+RECIPE = Recipe(name="sjd2", help="the bundled SJD2 fine-tune of the image-token model (fmnist-ar-sjd2)",
+                description=__doc__.splitlines()[0], add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["RECIPE", "Denoiser", "NoisyBatch", "SJD2TrainConfig", "main", "noise_ratios", "noised_embeddings",
+           "noisy_inputs", "parse_args", "train"]
 
 if __name__ == "__main__":
     main()

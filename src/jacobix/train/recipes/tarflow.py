@@ -9,17 +9,16 @@ which calls ``train_tarflow("fashion", out_dir)`` with :data:`FASHION_MODEL` and
 
     jacobix train tarflow-digits --out runs/tarflow-digits
 
-Under ``torchrun --nproc_per_node N -m jacobix.train.tarflow digits ...`` each batch (images, noise
-and label dropout drawn whole, then split) is shared by the processes (:mod:`jacobix.train.distributed`, DDP).
+Under ``torchrun --nproc_per_node N -m jacobix.train.recipes.tarflow digits ...`` each batch (images, noise
+and label dropout drawn whole, then split) is shared by the processes (:mod:`jacobix.train.loop`, DDP).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,6 +30,9 @@ from jacobix.flows.checkpoint import save_tarflow
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
+from jacobix.train.loop import FitConfig, fit
+from jacobix.train.recipe import Recipe
+from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +118,21 @@ def train_tarflow(
     torch.manual_seed(train_config.seed)
     model = TarFlow(model_config)
     run = distributed.setup()
-    start = time.perf_counter()
-    final_loss = _optimise(model, images, labels if model_config.num_classes else None, train_config, run, options,
-                           None if out_dir is None else Path(out_dir))
-    seconds = time.perf_counter() - start
-    log.info("trained %s TarFlow in %.0f s, final loss %.4f", dataset, seconds, final_loss)
-    finished = options.last_step(train_config.steps) == train_config.steps
+    objective = distributed.wrap(_Loss(model), run)
+    fit_config = FitConfig(schedule=WarmupCosine(peak=train_config.lr, steps=train_config.steps, warmup=train_config.warmup),
+                           weight_decay=train_config.weight_decay, seed=train_config.seed, log_every=250)
+    batches = NoisyImages(images, labels if model_config.num_classes else None, sigma=model_config.noise_std,
+                          batch_size=train_config.batch_size, drop_label=train_config.drop_label)
+    result = fit(objective, lambda module, batch: (module(*batch), {}), batches, fit_config, run=run, options=options,
+                 out=None if out_dir is None else Path(out_dir), params=list(model.parameters()))
+    final_loss = result.recent_loss()
+    log.info("trained %s TarFlow in %.0f s, final loss %.4f", dataset, result.seconds, final_loss)
     run.close()
     model = model.cpu()
-    if out_dir is not None and run.is_main and finished:
+    if out_dir is not None and run.is_main and result.finished:
         save_tarflow(model, out_dir, extra={
             "dataset": dataset, "train": asdict(train_config), "final_loss": final_loss,
-            "train_seconds": round(seconds, 1), "command": f"jacobix train tarflow-{dataset} --out {out_dir}",
+            "train_seconds": round(result.seconds, 1), "command": f"jacobix train tarflow-{dataset} --out {out_dir}",
         })
         write_schedule(model.eval(), dataset, out_dir)
     return model.eval()
@@ -152,72 +157,62 @@ class _Loss(nn.Module):
         return self.flow.loss(x, y)
 
 
-def _optimise(model: TarFlow, images: torch.Tensor, labels: torch.Tensor | None, config: TarFlowTrainConfig,
-              run: distributed.Run = distributed.Run(), options: RunOptions = RunOptions(),
-              out_dir: Path | None = None) -> float:
-    """The training loop; returns the mean loss of the last 100 steps (of the global batches)."""
-    objective = distributed.wrap(_Loss(model), run)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.95), weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(config.seed)
-    first = distributed.load_checkpoint(options.resume, run, model=objective, optimizer=optimizer, generator=generator)
-    metrics = distributed.Metrics(out_dir / distributed.METRICS, run, first) if out_dir is not None else None
-    sigma = model.config.noise_std
-    recent: list[float] = distributed.checkpoint_extra(options.resume).get("recent", [])
-    model.train()
-    for step in range(first, options.last_step(config.steps)):
-        warm = min(1.0, (step + 1) / max(config.warmup, 1))
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * warm * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-        index = torch.randint(len(images), (config.batch_size,), generator=generator)
-        x = images[index]  # (B, 1, H, W)
-        x = x + sigma * torch.randn(x.shape, generator=generator)
-        y = None
-        if labels is not None:
-            drop = torch.rand(config.batch_size, generator=generator) < config.drop_label
-            y = torch.where(drop, -1, labels[index])  # (B,)
-        x, *rest = run.shard(x, *([] if y is None else [y]))  # this rank's rows of the global batch
-        loss = objective(x, rest[0] if rest else None)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        recent = (recent + [run.mean(loss)])[-100:]
-        if metrics is not None:
-            metrics.log(step, loss=recent[-1])
-        if step % 250 == 0 or step == config.steps - 1:
-            log.info("step %d/%d loss %.4f", step, config.steps, sum(recent) / len(recent))
-        if out_dir is not None and options.save_due(step + 1, config.steps):
-            distributed.save_checkpoint(out_dir / distributed.CHECKPOINT, run, model=objective, optimizer=optimizer,
-                                        step=step + 1, generator=generator, extra={"recent": recent})
-    return sum(recent) / max(len(recent), 1)
+@dataclass(frozen=True)
+class NoisyImages:
+    """The global batch of a step: random training images plus Gaussian noise of std ``sigma``
+    (TarFlow's noise augmentation) and, when conditional, labels dropped to -1 with probability ``drop_label``."""
+
+    images: torch.Tensor  # (N, C, H, W)
+    labels: torch.Tensor | None  # (N,) or None (unconditional)
+    sigma: float
+    batch_size: int
+    drop_label: float
+
+    def __call__(self, step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        index = torch.randint(len(self.images), (self.batch_size,), generator=generator)
+        x = self.images[index]  # (B, C, H, W)
+        x = x + self.sigma * torch.randn(x.shape, generator=generator)
+        if self.labels is None:
+            return x, None
+        drop = torch.rand(self.batch_size, generator=generator) < self.drop_label
+        return x, torch.where(drop, -1, self.labels[index])  # (B,)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
-    parser = argparse.ArgumentParser(description="train a TarFlow")
-    parser.add_argument("dataset", choices=DATASETS)
+def add_arguments(parser: argparse.ArgumentParser, dataset: str | None = None) -> None:
+    """The options of ``tarflow-DATASET`` (with ``dataset=None``: a positional DATASET first)."""
+    if dataset is None:
+        parser.add_argument("dataset", choices=DATASETS)
     add_output_arguments(parser, None)
     parser.add_argument("--steps", type=int, default=None, help="override the default number of steps")
     parser.add_argument("--batch-size", type=int, default=None, help="override the global batch (all processes)")
     distributed.add_distributed_arguments(parser)
-    args = parser.parse_args(argv)
+    if dataset is not None:
+        parser.set_defaults(dataset=dataset)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``out`` from ``--out``/``--replace-bundled`` (the bundled folder is ``tarflow-DATASET``)."""
     args.out = output_folder(args, f"tarflow-{args.dataset}")
-    return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m jacobix.train.tarflow {fashion,digits} [--out DIR | --replace-bundled] [--steps N]``."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING,
-                        format="%(asctime)s %(message)s")
+def run(args: argparse.Namespace) -> None:
+    """Train from parsed options."""
     train = FASHION_TRAIN if args.dataset == "fashion" else DIGITS_TRAIN
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
     train = TarFlowTrainConfig(**{**asdict(train), **overrides})
     train_tarflow(args.dataset, args.out, train_config=train, options=RunOptions.from_args(args))
 
 
+FASHION = Recipe(name="tarflow-fashion", help="the bundled class-conditional Fashion-MNIST TarFlow",
+                 add_arguments=partial(add_arguments, dataset="fashion"), resolve=resolve, run=run)
+DIGITS = Recipe(name="tarflow-digits", help="the tiny unconditional TarFlow on 8x8 digits (tests)",
+                add_arguments=partial(add_arguments, dataset="digits"), resolve=resolve, run=run)
+EITHER = Recipe(name="tarflow", help="a TarFlow: DATASET first", add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = EITHER.parse_args, EITHER.main  # python -m jacobix.train.recipes.tarflow {fashion,digits} ...
+
+
+__all__ = ["DIGITS", "DIGITS_MODEL", "DIGITS_TRAIN", "FASHION", "FASHION_MODEL", "FASHION_TRAIN", "NoisyImages",
+           "TarFlowTrainConfig", "main", "parse_args", "train_tarflow", "write_schedule"]
+
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["DIGITS_MODEL", "DIGITS_TRAIN", "FASHION_MODEL", "FASHION_TRAIN", "TarFlowTrainConfig", "train_tarflow", "write_schedule"]

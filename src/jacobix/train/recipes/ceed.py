@@ -32,7 +32,8 @@ from jacobix.robot.suites import SUITES, Suite, evaluation_episodes
 from jacobix.tokens.generate import generate
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.ceed import CEEDConfig, collect_policy, with_mixed_labels
-from jacobix.train.cllm import CLLMConfig, causal_forward, train_cllm
+from jacobix.train.cllm import CLLM_HELP, CLLMConfig, causal_forward, train_cllm
+from jacobix.train.recipe import Recipe
 from jacobix.train.trajectories import load_trajectories, save_trajectories
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,8 @@ TRAINING = ("steps", "batch_size", "lr", "warmup", "global_weight", "local_weigh
             "label_smoothing", "weight_decay", "seed")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="jacobix train ceed", description="CEED-VLA consistency distillation of a policy")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options (the training ones are :class:`CLLMConfig` fields)."""
     parser.add_argument("--teacher", default="pointmass-policy", help="a bundled policy or a policy checkpoint folder")
     parser.add_argument("--data", type=Path, help="demonstrations.npz (from jacobix train policy); default: collect afresh")
     parser.add_argument("--episodes-per-task", type=int, default=300, help="expert episodes per task when collecting")
@@ -49,21 +50,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-states", type=int, default=20000, help="demonstration states used (a random subset)")
     parser.add_argument("--delta-max", type=float, default=CEEDConfig().delta_max,
                         help="mixed labels: take the teacher's chunk when within this many action units of the truth")
-    parser.add_argument("--collect-batch", type=int, default=CEEDConfig().collect_batch)
+    parser.add_argument("--collect-batch", type=int, default=CEEDConfig().collect_batch,
+                        help="states decoded together when collecting trajectories")
     parser.add_argument("--trajectories", type=Path, help="trajectories file: read it if it exists, else write it there")
     parser.add_argument("--eval-per-task", type=int, default=30, help="held-out episodes per task for the report")
     defaults = asdict(CEEDConfig().training)
     for name in TRAINING:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(defaults[name]), default=defaults[name])
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(defaults[name]), default=defaults[name],
+                            help=CLLM_HELP[name])
     add_output_arguments(parser, "pointmass-policy-ceed")
     distributed.add_distributed_arguments(parser)
-    args = parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """Check the counts; ``config`` (:class:`CEEDConfig`). The output folder follows the teacher's suite (see :func:`run`)."""
     for name in ("episodes_per_task", "max_states", "collect_batch", "eval_per_task"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.config = CEEDConfig(delta_max=args.delta_max, collect_batch=args.collect_batch,
                              training=CLLMConfig(**{k: getattr(args, k) for k in TRAINING}, context_limit=None))
-    return args
 
 
 def suite_of(fmt: PolicyFormat) -> Suite:
@@ -112,11 +117,9 @@ def measure(model, fmt: PolicyFormat, prompts: Tensor, suite: Suite, per_task: i
             "episodes": rollout.episodes}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``jacobix train ceed [--teacher NAME] [options]``; runs unchanged under ``torchrun``."""
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Collect (or read) the teacher's trajectories, distill, measure and save; runs unchanged under ``torchrun``."""
     options = distributed.RunOptions.from_args(args)
-    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING, format="%(message)s")
     teacher, fmt = load_policy(args.teacher)
     suite = suite_of(fmt)
     args.out = output_folder(args, f"{suite.asset}-ceed")
@@ -137,20 +140,25 @@ def main(argv: list[str] | None = None) -> None:
     wrapped = distributed.wrap(student, run, fsdp=args.fsdp)
     train_log = train_cllm(wrapped, causal_forward(wrapped), data, args.config.training, run=run, options=options,
                            out=args.out)
+    weights = distributed.full_state_dict(wrapped)
     if run.is_main and options.stop_after is None:
-        student.load_state_dict(distributed.full_state_dict(wrapped))
+        student.load_state_dict(weights)
         report = {"teacher": str(args.teacher), "config": asdict(args.config), "teacher_label_share": float(near.float().mean()),
                   "before": before, "after": measure(student.eval(), fmt, probe, suite, args.eval_per_task),
                   "train_seconds": round(train_log.seconds, 1), "final_losses": train_log.steps[-1],
-                  "reproduce": "jacobix train ceed " + " ".join(argv if argv is not None else [])}
+                  "reproduce": "jacobix train ceed " + " ".join(args.argv)}
         log.info("before %s after %s", before, report["after"])
         save_llama(student.eval(), args.out, extra={"policy": fmt.to_dict(), "ceed": report})
         log.info("wrote %s", args.out)
     run.close()
 
 
-__all__ = ["actions_of", "dataset", "main", "measure", "parse_args", "suite_of"]
+RECIPE = Recipe(name="ceed", help="CEED-VLA consistency distillation of a policy (pointmass-policy-ceed)",
+                add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["RECIPE", "actions_of", "dataset", "main", "measure", "parse_args", "run", "suite_of"]
 
 
-if __name__ == "__main__":  # python -m jacobix.train.ceed_command (what torchrun starts)
+if __name__ == "__main__":  # python -m jacobix.train.recipes.ceed (what torchrun starts)
     main()

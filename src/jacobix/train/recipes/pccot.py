@@ -1,4 +1,4 @@
-"""Train the arms of issue #16 on generated arithmetic programs (``jacobix train pccot``).
+"""Train the arms of the PCCoT comparison (no CoT, explicit CoT, sequential latents, PCCoT) on generated arithmetic programs (``jacobix train pccot``).
 
 Arms: ``nocot`` (answer right after the question), ``cot`` (explicit chain of thought), ``seq``
 (sequential continuous CoT, CODI: c passes) and ``pccot`` (T Jacobi passes, arXiv 2506.18582).
@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from jacobix.core.checkpoints import read_weights
 from jacobix.latent.arith import ANSWER_PROMPT, BOT, EOS, EOT, PLACEHOLDER, VALIDATION_SEED, VOCAB, Program, encode, make_program, program_set
@@ -31,18 +31,20 @@ from jacobix.latent.evaluate import ARMS, accuracy, encode_questions
 from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, save_reasoner
 from jacobix.latent.thoughts import read_answer, think
 from jacobix.models.llama import LlamaConfig
-from jacobix.train import add_output_arguments, output_folder
+from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.distributed import RunOptions
+from jacobix.train.losses import IGNORE, distillation_loss, take_rows, token_ce
+from jacobix.train.loop import FitConfig, StepEnd, fit
+from jacobix.train.recipe import Recipe
+from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
-IGNORE = -100
-
-
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One training run. ``passes`` is T for ``pccot``; ``seq`` always uses T = c.
 
     The defaults are the CPU sweep of the README (mod 5, 2-4 steps, c = 6, a 0.33M-parameter
-    Llama, 1000 steps of 32 programs); issue #16's mod-23 task is ``--modulus 23``.
+    Llama, 1000 steps of 32 programs); the original mod-23 task is ``--modulus 23``.
     """
 
     arm: str = "pccot"
@@ -119,41 +121,19 @@ def make_batch(programs: list[Program], *, with_cot: bool = True) -> Batch:
     return Batch(questions, lengths, teacher, targets, torch.tensor([r[2] for r in rows]), answers)
 
 
-def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of logits (..., V) against targets (...), ignoring -100."""
-    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE)
-
-
-def take_rows(hidden: Tensor, index: Tensor) -> Tensor:
-    """``hidden[b, index[b]]`` for hidden (B, L, dim) and index (B,); returns (B, dim)."""
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
-
-
-def distillation_loss(student: tuple[Tensor, ...], teacher: tuple[Tensor, ...]) -> Tensor:
-    """CODI's KD: mean over layers of ``smooth_l1(student, teacher) / std(teacher)``; teacher detached.
-
-    Args:
-        student, teacher: one (B, dim) tensor per layer, at the answer prompt's last token.
-    """
-    if len(student) != len(teacher) or not student:
-        raise ValueError(f"need one student and one teacher tensor per layer, got {len(student)} and {len(teacher)}")
-    parts = [F.smooth_l1_loss(s, t.detach()) / t.detach().std().clamp_min(1e-6) for s, t in zip(student, teacher)]
-    return torch.stack(parts).mean()
-
-
 def codi_loss(model: LatentReasoner, batch: Batch, config: TrainConfig) -> tuple[Tensor, dict[str, float]]:
-    """The arm's loss on one batch, and its parts (floats, for the log)."""
+    """The arm's loss on one batch, and its parts (detached, for the log)."""
     out = model.lm(batch.teacher, return_hidden=True)
     teacher_ce = token_ce(out.logits, batch.targets)
     if config.arm in ("nocot", "cot"):
-        return teacher_ce, {"teacher": teacher_ce.item()}
+        return teacher_ce, {"teacher": teacher_ce.detach()}
     thoughts = think(model, batch.questions, batch.lengths, method="sequential" if config.arm == "seq" else "jacobi",
                      differentiable=True)
     student = read_answer(model, thoughts)
     answer_ce = F.cross_entropy(student.logits, batch.answers)
     kd = distillation_loss(student.hidden[1:], tuple(take_rows(h, batch.anchor) for h in out.hidden_states[1:]))
     loss = config.alpha * teacher_ce + config.beta * answer_ce + config.gamma * kd
-    return loss, {"teacher": teacher_ce.item(), "answer": answer_ce.item(), "kd": kd.item()}
+    return loss, {"teacher": teacher_ce.detach(), "answer": answer_ce.detach(), "kd": kd.detach()}
 
 
 def build_model(config: TrainConfig) -> LatentReasoner:
@@ -189,69 +169,149 @@ def validation_set(config: TrainConfig) -> list[Program]:
     return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED, config.modulus)]
 
 
-def train(out_dir, config: TrainConfig, *, time_batches: tuple[int, ...] = ()) -> dict:
-    """Train one arm, keep the best checkpoint by generated validation answers; returns the summary."""
+class ProgramBatches:
+    """Batches of freshly generated programs from ``random.Random(seed)`` (the stream is the same on every
+    rank; a checkpoint carries its state)."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config, self.rng = config, random.Random(config.seed)
+
+    def __call__(self, step: int, generator: torch.Generator) -> Batch:
+        programs = sample_programs(self.config, self.rng, self.config.batch_size)
+        return make_batch(programs, with_cot=self.config.arm != "nocot")
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
+class Objective(nn.Module):
+    """The arm's loss as a ``forward`` (:func:`codi_loss`), so DDP sees the pass it synchronises."""
+
+    def __init__(self, model: LatentReasoner, config: TrainConfig) -> None:
+        super().__init__()
+        self.model, self.config = model, config
+
+    def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
+        # a rank's rows keep the global batch's question padding; cut it to the rows' longest, as make_batch would
+        questions = batch.questions[:, : int(batch.lengths.max())]  # (B, Q)
+        return codi_loss(self.model, replace(batch, questions=questions), self.config)
+
+
+class BestByValidation:
+    """Every ``eval_every`` steps (and at the last), rank 0 scores generated validation answers and keeps
+    the best weights; a checkpoint carries them."""
+
+    def __init__(self, model: LatentReasoner, config: TrainConfig) -> None:
+        self.model, self.config, self.validation = model, config, validation_set(config)
+        self.best, self.weights, self.seconds = -1.0, {}, 0.0
+
+    def __call__(self, end: StepEnd) -> None:
+        done = end.step + 1
+        if not end.run.is_main or (done % self.config.eval_every and done != self.config.train_steps):
+            return
+        start = time.perf_counter()
+        self.model.eval()
+        score = accuracy(self.model, self.validation, self.config.arm)
+        if score > self.best:
+            self.best, self.weights = score, copy.deepcopy(self.model.state_dict())
+        self.seconds += time.perf_counter() - start
+        log.info("step %d loss %.3f val %.3f best %.3f", done, end.metrics["loss"], score, self.best)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.weights = state["best"], state["weights"]
+
+
+def train(out_dir, config: TrainConfig, *, time_batches: tuple[int, ...] = (),
+          options: RunOptions = RunOptions()) -> dict:
+    """Train one arm, keep the best checkpoint by generated validation answers; returns the summary.
+
+    ``options``: resume, checkpoint frequency, early stop (:class:`RunOptions`; DDP only, no FSDP).
+    """
+    if options.fsdp:
+        raise ValueError("--fsdp: rank 0 scores the validation set between steps; pccot trains with DDP (drop --fsdp)")
+    run = distributed.setup()
     torch.manual_seed(config.seed)
     timings = {str(b): round(seconds_per_1k_steps(config, b), 1) for b in time_batches}
     torch.manual_seed(config.seed)
     model = build_model(config)
     if config.init:
         model.load_state_dict(read_weights(config.init))  # strict: the shapes must match this run's
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01, betas=(0.9, 0.98))
-    rng, validation = random.Random(config.seed), validation_set(config)
     log.info("arm %s T=%d c=%d: %d parameters", config.arm, model.latent.passes, config.latents, sum(p.numel() for p in model.parameters()))
-    best, best_state, train_seconds, start = -1.0, None, 0.0, time.perf_counter()
-    for step in range(config.train_steps):
-        tick = time.perf_counter()
-        lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / config.train_steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        loss, parts = codi_loss(model, make_batch(sample_programs(config, rng, config.batch_size), with_cot=config.arm != "nocot"), config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        train_seconds += time.perf_counter() - tick
-        if (step + 1) % config.eval_every == 0 or step + 1 == config.train_steps:
-            model.eval()
-            score = accuracy(model, validation, config.arm)
-            if score > best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
-            log.info("step %d loss %.3f %s val %.3f best %.3f %.0fs", step + 1, loss.item(),
-                     " ".join(f"{k} {v:.3f}" for k, v in parts.items()), score, best, time.perf_counter() - start)
-    model.load_state_dict(best_state)
-    summary = {"train": asdict(config), "validation_accuracy": round(best, 4), "train_seconds": round(train_seconds, 1),
-               "train_s_per_1k_steps": round(1000 * train_seconds / config.train_steps, 1),
-               "train_s_per_1k_steps_by_batch": timings}
-    save_reasoner(model.eval(), out_dir, extra=summary)
+    objective = distributed.wrap(Objective(model, config), run)
+    best, data = BestByValidation(model, config), ProgramBatches(config)
+    fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.train_steps, warmup=config.warmup),
+                           weight_decay=0.01, betas=(0.9, 0.98), seed=config.seed, log_every=config.eval_every)
+    result = fit(objective, lambda module, batch: module(batch), data, fit_config, run=run, options=options,
+                 out=Path(out_dir), on_step=best, state={"data": data, "best": best})
+    summary = {}
+    if run.is_main and result.finished:
+        model.load_state_dict(best.weights)
+        train_seconds = result.seconds - best.seconds
+        summary = {"train": asdict(config), "validation_accuracy": round(best.best, 4),
+                   "train_seconds": round(train_seconds, 1),
+                   "train_s_per_1k_steps": round(1000 * train_seconds / (result.last - result.first), 1),
+                   "train_s_per_1k_steps_by_batch": timings}
+        save_reasoner(model.eval(), out_dir, extra=summary)
+    run.close()
     return summary
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, TrainConfig]:
-    parser = argparse.ArgumentParser(prog="jacobix train pccot", description="train one arm of the PCCoT comparison (issue #16)")
-    parser.add_argument("--arm", choices=ARMS, default=TrainConfig.arm)
+PCCOT_HELP = {  # command-line help of each TrainConfig field
+    "latents": "continuous thoughts (c)", "passes": "Jacobi passes over the thoughts (T; pccot arm)",
+    "min_steps": "fewest program steps", "max_steps": "most program steps", "modulus": "arithmetic modulus",
+    "train_steps": "optimizer steps", "batch_size": "programs per step, global (all processes)",
+    "seed": "seed of initialisation and programs", "eval_every": "score the validation set every N steps",
+    "dim": "model width", "layers": "transformer layers", "eval_per_difficulty": "validation programs per step count",
+    "warmup": "warm-up steps", "lr": "peak learning rate", "alpha": "weight of the teacher's cross-entropy",
+    "beta": "weight of the answer's cross-entropy", "gamma": "weight of the hidden-state distillation",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options (one per :class:`TrainConfig` field)."""
+    parser.add_argument("--arm", choices=ARMS, default=TrainConfig.arm, help="nocot, cot, seq (CODI) or pccot (Jacobi)")
     add_output_arguments(parser, "pccot")
     defaults = TrainConfig()
     for name in ("latents", "passes", "min_steps", "max_steps", "train_steps", "batch_size", "seed", "eval_every", "dim", "layers",
                  "eval_per_difficulty", "warmup", "modulus"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help=PCCOT_HELP[name])
     for name in ("lr", "alpha", "beta", "gamma"):
-        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name))
+        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name), help=PCCOT_HELP[name])
     parser.add_argument("--init", default="", help="start from this checkpoint folder (e.g. an explicit-CoT run)")
     parser.add_argument("--time-batches", default="", help="also time training steps at these batch sizes, e.g. 8,64")
-    args = parser.parse_args(argv)
+    distributed.add_distributed_arguments(parser)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``out`` (the bundled folder is ``pccot`` or ``pccot-ARM``) and ``config`` (:class:`TrainConfig`)."""
     bundled = "pccot" if args.arm == "pccot" else f"pccot-{args.arm}"
     args.out = output_folder(args, bundled)
-    fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
-    return args, TrainConfig(**fields)
+    args.config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(args: argparse.Namespace) -> None:
     """``jacobix train pccot --arm ARM [--passes T] [--seed S] [--out DIR] ...``."""
-    args, config = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     batches = tuple(int(b) for b in args.time_batches.split(",") if b)
-    summary = train(args.out, config, time_batches=batches)
-    log.info("wrote %s: validation accuracy %.3f, %.1f s per 1k steps", args.out, summary["validation_accuracy"], summary["train_s_per_1k_steps"])
+    summary = train(args.out, args.config, time_batches=batches, options=RunOptions.from_args(args))
+    if summary:
+        log.info("wrote %s: validation accuracy %.3f, %.1f s per 1k steps", args.out, summary["validation_accuracy"],
+                 summary["train_s_per_1k_steps"])
+
+
+RECIPE = Recipe(name="pccot", help="one arm of the PCCoT comparison (no CoT, explicit CoT, sequential latents or PCCoT)", add_arguments=add_arguments,
+                resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["RECIPE", "Batch", "TrainConfig", "codi_loss", "distillation_loss", "main", "make_batch", "parse_args",
+           "take_rows", "token_ce", "train"]
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,8 @@
-"""``jacobix train cllm``: collect trajectories, distill, measure, save (see :mod:`jacobix.train.cllm`)."""
+"""``jacobix train cllm``: collect trajectories, distill, measure, save (see :mod:`jacobix.train.cllm`).
+
+Under ``torchrun --nproc_per_node N -m jacobix.train.recipes.cllm ...`` rank 0 collects, measures and saves;
+every rank trains on its rows of the global batch (DDP, or FSDP2 with ``--fsdp``).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ from jacobix.models.llama import save_llama
 from jacobix.models.registry import TextModel
 from jacobix.models.text import CharTokenizer
 from jacobix.train import FRESH_ROOT, add_output_arguments, distributed, output_folder
-from jacobix.train.cllm import CLLMConfig, causal_forward, train_cllm
-from jacobix.train.shakespeare import FETCH_HINT, read_plays
-from jacobix.train.text_data import PromptSpec, code_prompts, cut_prompts, line_starts
+from jacobix.train.cllm import CLLM_HELP, CLLMConfig, causal_forward, train_cllm
+from jacobix.train.recipe import Recipe
+from jacobix.train.text_data import FETCH_HINT, PromptSpec, code_prompts, cut_prompts, line_starts, read_plays
+from jacobix.tokens.decoding import Decoding
 from jacobix.train.trajectories import CollectConfig, collect, load_trajectories, save_trajectories
 
 log = logging.getLogger(__name__)
@@ -35,8 +40,8 @@ class PromptSets:
     validation: Tensor | None  # (N,) held-out text for the validation loss of a char model
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="jacobix train cllm", description="consistency distillation (CLLM)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options (the training ones are :class:`CLLMConfig`'s fields)."""
     parser.add_argument("--teacher", default="shakespeare",
                         help="model to distill: a bundled jacobix model, smollm2, or a checkpoint/transformers folder")
     parser.add_argument("--base-model", help="the original model a multi-round distillation started from (a second "
@@ -55,10 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measure tokens per pass on 4 held-out prompts and save a checkpoint every this many steps")
     for name, default in asdict(CLLMConfig()).items():
         kind = int if name == "context_limit" else type(default)
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default)
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=CLLM_HELP[name])
     add_output_arguments(parser, "shakespeare-cllm")
     distributed.add_distributed_arguments(parser)
-    args = parser.parse_args(argv)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """Check the counts and ``--data``; ``out`` (``cllm-TEACHER`` for a teacher other than the bundled one)."""
     if args.data is None:
         raise ValueError(f"jacobix train cllm needs --data: the plays ({FETCH_HINT}) or 'stdlib' for code prompts")
     for name in ("prompts", "held_out", "block_size", "max_new_tokens", "collect_batch", "eval_every"):
@@ -67,7 +75,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.teacher != "shakespeare" and not args.replace_bundled and args.out is None:
         args.out = FRESH_ROOT / f"cllm-{Path(args.teacher).name}"
     args.out = output_folder(args, "shakespeare-cllm")
-    return args
 
 
 def encoder(text_model: TextModel):
@@ -100,11 +107,12 @@ def prompt_sets(args: argparse.Namespace, text_model: TextModel) -> PromptSets:
 def measure(lm, prompts: list[Tensor], *, block_size: int, max_new_tokens: int, eos) -> dict[str, float]:
     """Greedy Jacobi tokens per pass (block mode with context drafts, and a sliding window of random
     drafts) on the held-out prompts, and whether both equal AR token for token."""
-    ar = generate(lm, prompts, method="ar", max_new_tokens=max_new_tokens, eos_token_id=eos)
+    ar = generate(lm, prompts, decoding=Decoding(method="ar"), max_new_tokens=max_new_tokens, eos_token_id=eos)
     out = {}
-    for label, options in (("block_context", dict(block=True, init="context")), ("sliding_random", dict(init="random"))):
-        result = generate(lm, prompts, method="jacobi", window=block_size, max_new_tokens=max_new_tokens,
-                          eos_token_id=eos, generator=torch.Generator().manual_seed(0), **options)
+    for label, decoding in (("block_context", Decoding(window=block_size, block=True, init="context")),
+                            ("sliding_random", Decoding(window=block_size, init="random"))):
+        result = generate(lm, prompts, decoding=decoding, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                          generator=torch.Generator().manual_seed(0))
         out[f"tokens_per_pass_{label}"] = round(sum(result.stats.new_tokens) / max(result.stats.forward_passes, 1)
                                                 / len(prompts), 4)
         out[f"exact_{label}"] = all(torch.equal(a, b) for a, b in zip(ar.tokens, result.tokens))
@@ -124,18 +132,15 @@ def validation_loss(forward, text: Tensor, *, seq_len: int = 512, chunks: int = 
 @torch.no_grad()
 def agreement(teacher, student, prompts: list[Tensor], tokens: int, eos) -> float:
     """Share of the first ``tokens`` greedy tokens on which student and teacher agree (until the first split)."""
-    a = generate(teacher, prompts, method="ar", max_new_tokens=tokens, eos_token_id=eos).tokens
-    b = generate(student, prompts, method="ar", max_new_tokens=tokens, eos_token_id=eos).tokens
+    a, b = (generate(lm, prompts, decoding=Decoding(method="ar"), max_new_tokens=tokens, eos_token_id=eos).tokens
+            for lm in (teacher, student))
     same = [int(leading_true(x[: min(len(x), len(y))] == y[: min(len(x), len(y))])) for x, y in zip(a, b)]
     return sum(same) / (tokens * len(prompts))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``jacobix train cllm --data DIR|stdlib [--teacher NAME] [options]``; see ``--help``. Runs
-    unchanged under ``torchrun`` (DDP, or FSDP2 with ``--fsdp``): rank 0 collects, measures and saves."""
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> None:
+    """Collect (or read) the teacher's trajectories, distill, measure and save; rank 0 collects, measures and saves."""
     options = distributed.RunOptions.from_args(args)  # checked before any work
-    logging.basicConfig(level=logging.INFO if distributed.is_main_process() else logging.WARNING, format="%(message)s")
     run = distributed.setup()
     text_model = load_named(args.teacher)
     hf = is_transformers_model(text_model.model)
@@ -158,12 +163,11 @@ def main(argv: list[str] | None = None) -> None:
             log.info("step %d: held-out tokens per pass %s", step, quick)
             _save(args, text_model, module, {**report, "partial_step": step}, hf)
 
-    train_log = train_cllm(wrapped, forward, data, config, run=run, options=options,
-                           out=args.out, on_log=progress)
+    train_log = train_cllm(wrapped, forward, data, config, run=run, options=options, out=args.out, on_log=progress)
     weights = distributed.full_state_dict(wrapped)
     if run.is_main and options.stop_after is None:
         plain.load_state_dict(weights)
-        _finish(args, text_model, plain.eval(), hf, sets, report, train_log, data, argv)
+        _finish(args, text_model, plain.eval(), hf, sets, report, train_log, data)
     run.close()
 
 
@@ -181,7 +185,7 @@ def _start_report(args: argparse.Namespace, config: CLLMConfig, text_model: Text
 
 
 def _finish(args: argparse.Namespace, text_model: TextModel, student, hf: bool, sets: PromptSets, report: dict,
-            train_log, data, argv: list[str] | None) -> None:
+            train_log, data) -> None:
     """Measure the student against the base model and save it with its report."""
     eos = text_model.eos_token_id
     base = load_named(args.base_model or args.teacher).model
@@ -195,7 +199,7 @@ def _finish(args: argparse.Namespace, text_model: TextModel, student, hf: bool, 
         report["validation_loss"] = {"teacher": round(validation_loss(causal_forward(base_lm), sets.validation), 4),
                                      "student": round(validation_loss(causal_forward(student_lm), sets.validation), 4)}
     log.info("after: %s", {k: v for k, v in report.items() if k not in ("config", "before")})
-    report["reproduce"] = "jacobix train cllm " + " ".join(argv if argv is not None else [])
+    report["reproduce"] = "jacobix train cllm " + " ".join(args.argv)
     _save(args, text_model, student, report, hf)
 
 
@@ -233,8 +237,12 @@ def _save(args: argparse.Namespace, text_model: TextModel, module, report: dict,
     log.info("wrote %s", args.out)
 
 
-__all__ = ["main", "measure", "parse_args", "prompt_sets", "validation_loss"]
+RECIPE = Recipe(name="cllm", help="consistency distillation (CLLM) of a text model (shakespeare-cllm)",
+                add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["RECIPE", "main", "measure", "parse_args", "prompt_sets", "run", "validation_loss"]
 
 
-if __name__ == "__main__":  # python -m jacobix.train.cllm_command (what torchrun starts)
+if __name__ == "__main__":  # python -m jacobix.train.recipes.cllm (what torchrun starts)
     main()

@@ -16,15 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from jacobix.models.llama import Llama, LlamaConfig
@@ -35,10 +32,14 @@ from jacobix.robot.envs import run_expert
 from jacobix.robot.policy import PolicyFormat, load_policy
 from jacobix.robot.rollout import greedy_decider, run_episodes, wilson_interval
 from jacobix.robot.suites import EVAL_SEED, Suite, evaluation_episodes, get_suite
-from jacobix.train import add_output_arguments, output_folder
+from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.distributed import RunOptions
+from jacobix.train.losses import IGNORE, next_token_loss, token_ce
+from jacobix.train.loop import FitConfig, StepEnd, fit
+from jacobix.train.recipe import Recipe
+from jacobix.train.schedule import WarmupCosine
 
 log = logging.getLogger(__name__)
-IGNORE = -100
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,40 +101,17 @@ def sequences(fmt: PolicyFormat, demos: Demonstrations) -> tuple[Tensor, Tensor]
     return full[:, :-1], labels
 
 
-def bc_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of ``logits`` (B, L, V) on ``labels`` (B, L) over unmasked (!= -100) positions."""
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+bc_loss = token_ce
+"""Behaviour cloning's loss: mean cross-entropy of logits (B, L, V) on labels (B, L) over unmasked (!= -100) positions."""
 
 
-def fit(model: Llama, inputs: Tensor, labels: Tensor, config: PolicyTrainConfig, out: Path,
-        save: Callable[[int], None] | None = None) -> list[float]:
-    """AdamW with warm-up and cosine decay; logs to ``out/metrics.jsonl``; returns the loss per step.
+def policy_batches(inputs: Tensor, labels: Tensor, batch_size: int):
+    """``(step, generator) -> (inputs (B, L), labels (B, L))``: rows drawn uniformly with replacement."""
+    def draw(step: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        rows = torch.randint(len(inputs), (batch_size,), generator=generator)  # (B,)
+        return inputs[rows], labels[rows]
 
-    ``save(step)`` is called every ``config.save_every`` steps (a usable checkpoint if the run stops).
-    """
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    out.mkdir(parents=True, exist_ok=True)
-    losses, start = [], time.perf_counter()
-    with open(out / "metrics.jsonl", "w") as metrics:
-        for step in range(config.steps):
-            lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            rows = torch.randint(len(inputs), (config.batch_size,), generator=generator)  # (B,)
-            loss = bc_loss(model(inputs[rows]), labels[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-            metrics.write(json.dumps({"step": step, "loss": round(losses[-1], 5), "lr": lr}) + "\n")
-            if step % 100 == 0 or step == config.steps - 1:
-                metrics.flush()
-                log.info("step %d loss %.4f lr %.2e %.0fs", step, losses[-1], lr, time.perf_counter() - start)
-            if save is not None and config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
-                save(step + 1)
-    return losses
+    return draw
 
 
 def evaluate(directory: Path, suite: Suite, config: PolicyTrainConfig) -> dict:
@@ -158,8 +136,16 @@ def evaluate(directory: Path, suite: Suite, config: PolicyTrainConfig) -> dict:
             "expert_ci": [round(elow, 4), round(ehigh, 4)]}
 
 
-def train(out: Path, config: PolicyTrainConfig, *, demos_path: Path | None = None, demos_only: bool = False) -> Path:
-    """Collect (or read) demonstrations, train, save and evaluate a policy in ``out``; returns ``out``."""
+def train(out: Path, config: PolicyTrainConfig, *, demos_path: Path | None = None, demos_only: bool = False,
+          options: RunOptions = RunOptions()) -> Path:
+    """Collect (or read) demonstrations, train, save and evaluate a policy in ``out``; returns ``out``.
+
+    ``options``: resume and early stop (:class:`RunOptions`; DDP only): every rank collects the same
+    demonstrations; rank 0 saves and evaluates.
+    """
+    if options.fsdp:
+        raise ValueError("--fsdp: policies are small; they train with DDP (drop --fsdp)")
+    run = distributed.setup()
     torch.manual_seed(config.seed)
     suite = get_suite(config.suite)
     start = time.perf_counter()
@@ -167,16 +153,15 @@ def train(out: Path, config: PolicyTrainConfig, *, demos_path: Path | None = Non
     log.info("%d samples from %d/%d successful episodes (%.0fs)", len(demos), int(demos.episode_success.sum()),
              len(demos.episode_success), time.perf_counter() - start)
     out.mkdir(parents=True, exist_ok=True)
-    if demos_path is None:
+    if demos_path is None and run.is_main:
         demos.save(out / DEMONSTRATIONS)
     if demos_only:
+        run.close()
         return out
     fmt = make_format(suite, demos, config)
     inputs, labels = sequences(fmt, demos)
-    model_config = LlamaConfig(vocab_size=fmt.vocab_size, dim=config.dim, num_layers=config.num_layers,
-                               num_heads=4, num_kv_heads=2, hidden_dim=3 * config.dim,
-                               max_seq_len=fmt.prompt_length + fmt.block)
-    model = Llama(model_config)
+    model = Llama(LlamaConfig(vocab_size=fmt.vocab_size, dim=config.dim, num_layers=config.num_layers, num_heads=4,
+                              num_kv_heads=2, hidden_dim=3 * config.dim, max_seq_len=fmt.prompt_length + fmt.block))
     log.info("%s: vocab %d, %d parameters, %d sequences of %d tokens", suite.name, fmt.vocab_size,
              sum(p.numel() for p in model.parameters()), len(inputs), inputs.shape[1] + 1)
     record = {"policy": fmt.to_dict(), "train": asdict(config),
@@ -189,14 +174,24 @@ def train(out: Path, config: PolicyTrainConfig, *, demos_path: Path | None = Non
         save_checkpoint(model, out, architecture="llama", extra={**record, "steps_done": step},
                         dtype=getattr(torch, config.save_dtype))
 
-    losses = fit(model, inputs, labels, config, out, save)
-    model.eval()
-    record.update(final_loss=round(float(np.mean(losses[-50:])), 4), train_seconds=round(time.perf_counter() - start, 1))
-    save(config.steps)
-    record["evaluation"] = evaluate(out, suite, config)
-    log.info("evaluation: %s", json.dumps(record["evaluation"]))
-    meta = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**meta, "evaluation": record["evaluation"]}, indent=2) + "\n")
+    def partial_save(end: StepEnd) -> None:  # a usable checkpoint if the run stops
+        done = end.step + 1
+        if end.run.is_main and config.save_every and done % config.save_every == 0 and done < config.steps:
+            save(done)
+
+    fit_config = FitConfig(schedule=WarmupCosine(peak=config.lr, steps=config.steps, warmup=config.warmup),
+                           weight_decay=config.weight_decay, seed=config.seed)
+    result = fit(distributed.wrap(model, run), next_token_loss, policy_batches(inputs, labels, config.batch_size), fit_config,
+                 run=run, options=options, out=out, on_step=partial_save)
+    if run.is_main and result.finished:
+        model.eval()
+        record.update(final_loss=round(result.recent_loss(50), 4), train_seconds=round(time.perf_counter() - start, 1))
+        save(config.steps)
+        record["evaluation"] = evaluate(out, suite, config)
+        log.info("evaluation: %s", json.dumps(record["evaluation"]))
+        meta = json.loads((out / "config.json").read_text())
+        (out / "config.json").write_text(json.dumps({**meta, "evaluation": record["evaluation"]}, indent=2) + "\n")
+    run.close()
     return out
 
 
@@ -221,39 +216,50 @@ def _flags(config: PolicyTrainConfig) -> str:
                     if k != "suite" and v != getattr(default, k) and v is not None).strip()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; ``out`` is resolved (see :func:`jacobix.train.output_folder`)."""
-    parser = argparse.ArgumentParser(prog="jacobix train policy", description="train a robot policy by behaviour cloning")
-    parser.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass")
+FIELDS = ("episodes_per_task", "noise", "chunk", "obs_bins", "steps", "batch_size", "lr", "dim", "num_layers", "seed",
+          "eval_per_task", "eval_batch", "save_dtype", "save_every")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recipe's options: unset ones take the suite's defaults (:data:`SUITE_DEFAULTS`)."""
+    parser.add_argument("--suite", choices=("pointmass", "mt10"), default="pointmass", help="the task suite (mt10 needs jacobix[robot])")
     add_output_arguments(parser, "<suite's policy>")
     parser.add_argument("--demos", type=Path, default=None, help="read demonstrations.npz instead of collecting")
     parser.add_argument("--demos-only", action="store_true", help="collect and save the demonstrations, then stop")
     for name, kind, text in (("episodes_per_task", int, "expert episodes per task"),
                              ("noise", float, "std of the DART noise on executed actions"),
                              ("chunk", int, "actions per block"), ("obs_bins", int, "bins per observation dim"),
-                             ("steps", int, "optimiser steps"), ("batch_size", int, "sequences per step"),
+                             ("steps", int, "optimiser steps"), ("batch_size", int, "sequences per step (all processes)"),
                              ("lr", float, "peak learning rate"), ("dim", int, "model width"),
-                             ("num_layers", int, "transformer layers"), ("seed", int, "seed"),
+                             ("num_layers", int, "transformer layers"), ("seed", int, "seed of demonstrations, initialisation and batches"),
                              ("eval_per_task", int, "evaluation episodes per task"),
                              ("eval_batch", int, "episodes stepped in lockstep during evaluation"),
                              ("save_dtype", str, "float32, float16 or bfloat16"),
-                             ("save_every", int, "write the checkpoint every N steps (0: only at the end)")):
+                             ("save_every", int, "write the model every N steps (0: only at the end); "
+                                                 "the resumable checkpoint.pt is written at --stop-after")):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
-    args = parser.parse_args(argv)
+    distributed.add_distributed_arguments(parser, save_every=False)
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """``out`` (the bundled folder is the suite's policy) and ``config`` (:func:`suite_config`)."""
     args.out = output_folder(args, get_suite(args.suite).asset)
-    return args
+    args.config = suite_config(args.suite, **{name: getattr(args, name) for name in FIELDS})
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(args: argparse.Namespace) -> None:
     """``jacobix train policy --suite pointmass|mt10 [--out DIR | --replace-bundled] [--steps N] ...``."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
-    fields = ("episodes_per_task", "noise", "chunk", "obs_bins", "steps", "batch_size", "lr", "dim", "num_layers",
-              "seed", "eval_per_task", "eval_batch", "save_dtype", "save_every")
-    config = suite_config(args.suite, **{name: getattr(args, name) for name in fields})
-    train(args.out, config, demos_path=args.demos, demos_only=args.demos_only)
+    options = RunOptions(resume=args.resume, stop_after=args.stop_after, fsdp=args.fsdp)
+    train(args.out, args.config, demos_path=args.demos, demos_only=args.demos_only, options=options)
 
+
+RECIPE = Recipe(name="policy", help="a robot policy by behaviour cloning (pointmass-policy, metaworld-mt10-policy)",
+                add_arguments=add_arguments, resolve=resolve, run=run)
+parse_args, main = RECIPE.parse_args, RECIPE.main
+
+__all__ = ["IGNORE", "RECIPE", "PolicyTrainConfig", "bc_loss", "main", "parse_args", "policy_batches",
+           "sequences", "suite_config", "train"]
 
 if __name__ == "__main__":
     main()
