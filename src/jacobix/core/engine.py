@@ -73,9 +73,9 @@ class FixedPointState:
         index = (self.length - 1).clamp_min(0)
         return self.values[torch.arange(len(index), device=index.device), index]
 
-    def window_positions(self, width: int) -> Tensor:
-        """(B, width) absolute positions ``length .. length + width - 1``."""
-        return self.length[:, None] + torch.arange(width, device=self.length.device)
+    def window_positions(self, slots: int) -> Tensor:
+        """(B, slots) absolute positions ``length .. length + slots - 1`` (the draft slots of a window)."""
+        return self.length[:, None] + torch.arange(slots, device=self.length.device)
 
 
 @dataclass
@@ -94,14 +94,14 @@ class Drafts:
     p_draft: Tensor | None = None
     state: Tensor | None = None
 
-    def shift(self, n_commit: Tensor, width: int) -> tuple[Drafts, Tensor]:
-        """Slide past ``n_commit`` (B,) committed slots, keeping ``width`` slots.
+    def shift(self, n_commit: Tensor, slots: int) -> tuple[Drafts, Tensor]:
+        """Slide past ``n_commit`` (B,) committed slots, keeping ``slots`` draft slots.
 
-        Returns the carried drafts (fresh slots hold placeholders) and ``fresh`` (B, width), True
+        Returns the carried drafts (fresh slots hold placeholders) and ``fresh`` (B, slots), True
         where a slot has no carried draft and must be filled by the draft rule.
         """
         total = self.values.shape[1]
-        index = n_commit[:, None] + torch.arange(width, device=n_commit.device)  # (B, width)
+        index = n_commit[:, None] + torch.arange(slots, device=n_commit.device)  # (B, slots)
         fresh = index >= total
         index = index.clamp(max=max(total - 1, 0))
         carried = Drafts(*(None if x is None else take_positions(x, index) for x in (self.values, self.p_draft, self.state)))
