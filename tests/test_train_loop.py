@@ -143,3 +143,34 @@ def test_metrics_hold_the_loss_the_parts_and_the_rate(tmp_path):
 def test_save_every_also_checkpoints_the_last_step(tmp_path):
     _regression(tmp_path, "save_every", 3, steps=4)
     assert torch.load(tmp_path / distributed.CHECKPOINT, weights_only=True)["step"] == 4
+
+
+def test_an_encoded_split_is_cached_by_the_tokenizer_weights_and_a_damaged_file_is_rebuilt(tmp_path, monkeypatch):
+    import numpy as np
+    from torch import nn
+
+    import jacobix.train.image_data as image_data
+
+    monkeypatch.setattr(image_data, "load_fashion_mnist",
+                        lambda split: (np.zeros((5, 28, 28), dtype=np.float32), np.arange(5)))
+
+    class Counting(nn.Module):
+        def __init__(self, bias: float) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor(bias))
+            self.calls = 0
+
+        def encode(self, images):
+            self.calls += 1
+            return torch.full((len(images), 14, 14), int(self.bias.item()), dtype=torch.long)
+
+    first = Counting(1.0)
+    codes, labels = image_data.tokenize_split("test", first, cache=tmp_path)
+    again, _ = image_data.tokenize_split("test", first, cache=tmp_path)
+    assert first.calls == 1 and torch.equal(codes, again) and codes.shape == (5, 196) and labels.tolist() == [0, 1, 2, 3, 4]
+    other = Counting(2.0)
+    assert int(image_data.tokenize_split("test", other, cache=tmp_path)[0][0, 0]) == 2 and other.calls == 1
+    for path in tmp_path.glob("*.safetensors"):
+        path.write_bytes(b"torn")
+    assert torch.equal(image_data.tokenize_split("test", first, cache=tmp_path)[0], codes) and first.calls == 2
+    assert not list(tmp_path.glob("*.partial"))

@@ -8,6 +8,7 @@ load without executing code.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from torch import Tensor, nn
 from jacobix.assets import ROOT as ASSETS  # the bundled checkpoints (named in :mod:`jacobix.assets`)
 
 WEIGHTS, METADATA = "model.safetensors", "config.json"
+
+
+def cache_dir(name: str) -> Path:
+    """A folder of jacobix's cache: ``$JACOBIX_CACHE/name``, by default ``~/.cache/jacobix/name``.
+
+    The cache holds only what can be rebuilt (converted weights, encoded datasets); delete it at will.
+    """
+    return Path(os.environ.get("JACOBIX_CACHE", Path.home() / ".cache" / "jacobix")) / name
 
 
 def save_checkpoint(

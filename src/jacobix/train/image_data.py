@@ -5,21 +5,59 @@ Shared by the image-token recipes (:mod:`jacobix.train.recipes.image_ar`, :mod:`
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
+from jacobix.core.checkpoints import cache_dir
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageVocab
 from jacobix.models.llama import Llama
 
 
-def tokenize_split(split: str, tokenizer) -> tuple[Tensor, Tensor]:
-    """A Fashion-MNIST split as VQ codes (N, 196) and labels (N,)."""
+def tokenize_split(split: str, tokenizer: nn.Module, *, cache: Path | None = None) -> tuple[Tensor, Tensor]:
+    """A Fashion-MNIST split as VQ codes (N, 196) and labels (N,).
+
+    Encoding 60,000 images takes about half a minute on one core, so an encoded split is kept in
+    ``cache`` (default :func:`~jacobix.core.checkpoints.cache_dir` ``("fmnist-codes")``), keyed by
+    the tokenizer's weights: later runs, and every rank of a torchrun job, read it back. A damaged
+    cache file is encoded again and rewritten, never trusted.
+    """
+    path = (cache_dir("fmnist-codes") if cache is None else Path(cache)) / f"{split}-{_weights_key(tokenizer)}.safetensors"
+    if path.is_file():
+        try:
+            stored = load_file(path)
+            codes, labels = stored["codes"].long(), stored["labels"].long()
+            if codes.dim() == 2 and labels.shape == codes.shape[:1]:
+                return codes, labels
+        except Exception:  # a torn or foreign file: encode again below
+            pass
     images, labels = load_fashion_mnist(split)
-    return tokenizer.encode(torch.tensor(images)).flatten(1), torch.tensor(labels)  # (N, 196), (N,)
+    codes, labels = tokenizer.encode(torch.tensor(images)).flatten(1), torch.tensor(labels).long()  # (N, 196), (N,)
+    if int(codes.max()) >= 2**15:  # stored as int16
+        return codes, labels
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # ranks write their own, then swap
+        save_file({"codes": codes.to(torch.int16).contiguous(), "labels": labels.to(torch.int16).contiguous()}, partial)
+        partial.replace(path)
+    except OSError:  # a read-only cache only costs the next run the encoding
+        pass
+    return codes, labels
+
+
+def _weights_key(module: nn.Module) -> str:
+    """A short hash of a module's weights (names, shapes and values)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(value.shape)}{value.dtype}".encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def class_sequences(codes: Tensor, labels: Tensor, vocab: ImageVocab, dropout: float,

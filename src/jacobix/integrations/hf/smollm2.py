@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from jacobix import assets
+from jacobix.core import checkpoints
 from jacobix.integrations.hf.folders import load_hf_folder
 from jacobix.integrations.hf.gguf import load_gguf_cached
 from jacobix.models.registry import TextModel
@@ -39,8 +40,7 @@ def gguf_path() -> Path:
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("JACOBIX_CACHE", Path.home() / ".cache" / "jacobix"))
-    return root / "smollm2-135m-instruct-q4_1"
+    return checkpoints.cache_dir("smollm2-135m-instruct-q4_1")
 
 
 @dataclass(frozen=True)
