@@ -99,3 +99,10 @@ def test_bundled_shakespeare_model_loads_and_jacobi_is_exact():
     jac = jacobix.generate(text_model.model, prompt, method="jacobi", window=16, init="repeat", max_new_tokens=48)
     assert torch.equal(ar.tokens[0], jac.tokens[0])
     assert jac.stats.forward_passes < ar.stats.forward_passes
+
+
+def test_all_takes_the_sampling_temperature_and_ar_and_jacobi_stay_greedy(capsys):
+    assert main(["generate", "--method", "all", "--temperature", "0.5", "--max-new-tokens", "6", "--no-progress",
+                 "ROMEO:\n"]) == 0
+    out = capsys.readouterr().out
+    assert "=== ar: greedy" in out and "=== jacobi: greedy" in out and "=== sjd: sampling at temperature 0.5" in out

@@ -45,7 +45,7 @@ def check(args: argparse.Namespace) -> None:
     sampled = {m: _sampled(args, m) for m in _methods(args)}
     for method, samples in sampled.items():
         spec = get_method(method)
-        if spec.sampled is False and "temperature" in given and args.temperature > 0:
+        if spec.sampled is False and args.method != "all" and "temperature" in given and args.temperature > 0:
             raise ValueError(f"--method {method} is greedy; to sample use --method sjd --temperature T (or all)")
         if spec.sampled and args.temperature <= 0:
             raise ValueError(f"--temperature 0: {method} samples and needs a temperature > 0; for greedy decoding "
