@@ -110,8 +110,10 @@ class Run:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group (a no-op on a single process)."""
+        """Leave the process group (a no-op on a single process), after every rank got here: a rank
+        that tears its group down while rank 0 still evaluates and saves can abort in gloo's threads."""
         if self.distributed and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 
