@@ -24,6 +24,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from jacobix.api import split_options
 from jacobix.core.sampling import SamplingConfig
 from jacobix.tokens.decoding import Decoding
 from jacobix.tokens.methods import METHODS
@@ -190,9 +191,7 @@ def spec_values(args: argparse.Namespace, spec: type) -> dict[str, Any]:
 
 def specs_from_args(args: argparse.Namespace, **overrides: Any) -> tuple[Decoding, SamplingConfig]:
     """The :class:`Decoding` and :class:`SamplingConfig` the flags declare, with ``overrides`` by field name."""
-    values = {**spec_values(args, Decoding), **spec_values(args, SamplingConfig), **overrides}
-    decoding = Decoding(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(Decoding)}})
-    sampling = SamplingConfig(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(SamplingConfig)}})
+    decoding, sampling, _ = split_options({**spec_values(args, Decoding), **spec_values(args, SamplingConfig), **overrides})
     return decoding, sampling
 
 
