@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import tempfile
 
 import pytest
 import torch
@@ -16,6 +17,9 @@ from jacobix.core.sampling import SamplingConfig
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Tiny models gain nothing from threads, and idle OpenMP threads spin on a shared 2-core machine.
 torch.set_num_threads(1)
+# Pass-cost calibrations that window="auto" saves go to a folder of this run, never the user's cache.
+_COSTS = tempfile.TemporaryDirectory(prefix="jacobix-costs-")
+os.environ["JACOBIX_COSTS"] = _COSTS.name
 
 
 def tiny_model(seed: int = 0, vocab: int = 11, *, dim: int = 32, layers: int = 2, dtype=torch.float64) -> Llama:

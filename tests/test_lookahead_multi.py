@@ -125,7 +125,8 @@ def test_smollm2_multi_candidate_equals_ar():
         result = jacobix.generate(smol.model, ids, method="jacobi", window=window, max_new_tokens=32,
                                   eos_token_id=smol.eos_token_id, lookahead=LookaheadConfig(verify=4))
         assert torch.equal(result.tokens[0], reference.tokens[0]), window
-        assert result.stats.forward_passes < reference.stats.forward_passes
+        if window != "auto":  # auto may judge 4 x 16-token passes too dear on this machine: its pass count is timing's
+            assert result.stats.forward_passes < reference.stats.forward_passes
 
 
 def test_passes_without_drafts_run_one_row_per_sequence_and_keep_the_siblings_in_step():

@@ -61,58 +61,6 @@ def test_row_pool_harvests_only_new_committed_tokens():
     assert pools.candidates(0) == (0, [(6, 4)])
 
 
-JACOBI_SOURCES = (DraftSource("jacobi", 0.1),)
-TEXT_2, TEXT_1, TRAJECTORY_2 = 1, 2, 3  # source ids after the Jacobi source, keys (2, 1)
-
-
-def _policy(cost_ratio: dict[int, float], drafts: int = 4, *, text_prior=(0.7, 0.5), trajectory_prior=0.1,
-            **config) -> AdaptiveWidth:
-    costs = PassCosts()
-    costs.probe(lambda width: None, ())  # no width but the one-token pass
-    for width, ratio in cost_ratio.items():
-        costs.shapes[width] = deque([ratio])
-    pool = LookaheadConfig(key_lengths=(2, 1), text_prior=text_prior, trajectory_prior=trajectory_prior).sources()
-    return AdaptiveWidth((*JACOBI_SOURCES, *pool), drafts, costs, AdaptiveConfig(**config))
-
-
-def _choose(policy: AdaptiveWidth, source_id: int, drafts: int = 4) -> int:
-    source = torch.full((1, 1, drafts), source_id)
-    return policy.choose(source, torch.ones_like(source, dtype=torch.bool))
-
-
-def test_policy_feeds_drafts_when_passes_cost_the_same_and_none_when_they_are_dear():
-    flat = _policy({1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0, 16: 1.0})
-    dear = _policy({1: 1.0, 2: 1.6, 4: 2.0, 8: 2.4, 16: 2.8})
-    assert _choose(flat, TEXT_1) == 4  # text-pool drafts of the second key, prior rate 0.5 per slot
-    assert _choose(dear, TEXT_1) == 0  # k drafts: (1 + .5 + ... + .5^k) / cost(k + 1) < 1 for k = 1..4
-    assert _choose(dear, 0) == 0
-
-
-def test_policy_priors_trust_text_drafts_more_than_trajectory_drafts():
-    policy = _policy({1: 1.0, 2: 1.25, 4: 1.3, 8: 1.5, 16: 1.7}, text_prior=(0.7, 0.2), trajectory_prior=0.1)
-    assert _choose(policy, TEXT_2) > 0
-    assert _choose(policy, TEXT_1) == _choose(policy, TRAJECTORY_2) == 0
-
-
-def test_policy_learns_from_rejections_and_slack_prefers_more_drafts():
-    policy = _policy({1: 1.0, 2: 1.2, 4: 1.3, 8: 1.5, 16: 1.7}, text_prior=(0.7,))
-    text = torch.full((1, 1, 4), TEXT_2)
-    for _ in range(20):
-        policy.observe(text, torch.tensor([[0]]), fed=_choose(policy, TEXT_2) or 4)
-    assert _choose(policy, TEXT_2) == 0
-    # Speeds of 0..4 drafts with every rate 1 and cost 1, 1.9, 2.85, 3.8, 4.75: all equal to 1.
-    even = {1: 1.0, 2: 1.9, 3: 2.85, 4: 3.8, 5: 4.75}
-    strict = _policy(even, text_prior=(0.99,), slack=0.0)
-    loose = _policy(even, text_prior=(0.99,), slack=0.05)
-    assert _choose(strict, TEXT_2) < _choose(loose, TEXT_2) == 4
-
-
-@pytest.mark.parametrize("bad", [dict(prior_weight=0.0), dict(decay=0.0), dict(slack=1.0)])
-def test_adaptive_config_refuses_bad_values(bad):
-    with pytest.raises(ValueError, match="AdaptiveConfig"):
-        AdaptiveConfig(**bad)
-
-
 @pytest.mark.parametrize("bad", [dict(text_prior=()), dict(text_prior=(0.5, 1.0)), dict(trajectory_prior=-0.1)])
 def test_lookahead_config_refuses_bad_priors(bad):
     with pytest.raises(ValueError, match="LookaheadConfig"):

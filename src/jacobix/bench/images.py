@@ -29,7 +29,8 @@ from jacobix.images.sjd2 import SJD2Config
 from jacobix.tokens.decoding import Decoding
 
 
-DEFAULT_DECODERS = ("ar", "sjd:16:random", "sjd-coupled:16:prior-above", "sjd-coupled:64:prior-above",
+DEFAULT_DECODERS = ("ar", "sjd:16:random", "sjd:auto:random", "sjd-coupled:16:prior-above", "sjd-coupled:auto:prior-above",
+                    "sjd-coupled:64:prior-above",
                     "sjd2:32:5:prior-above:coupled", "sjd2:64:5:prior-above:coupled", "sjd2:96:10:prior-above:coupled",
                     "sjd2:64:5:prior-above:coupled:lossy", "ar@fmnist-ar")
 GRID_WINDOWS, GRID_LEVELS = (32, 48, 64, 80, 96), (5, 10, 15, 20)
@@ -109,9 +110,11 @@ def parse_decoder(spec: str, sampling: SamplingConfig | None = None, *, cfg_scal
         return ImageSampling(decoding=Decoding(method="sjd2", window=int(parts[1]), init=parts[3]),
                              sjd2=SJD2Config(levels=int(parts[2]), coupled="coupled" in flags, lossy="lossy" in flags),
                              **common)
-    if len(parts) != 3 or parts[0] not in ("jacobi", "sjd", "sjd-coupled") or not parts[1].isdigit():
-        raise ValueError(f"bad decoder spec {spec!r}; use 'ar' or '<jacobi|sjd|sjd-coupled>:<window>:<init>', e.g. 'sjd:16:random'")
-    return ImageSampling(decoding=Decoding(method=parts[0], window=int(parts[1]), init=parts[2]), **common)
+    if len(parts) != 3 or parts[0] not in ("jacobi", "sjd", "sjd-coupled") or not (parts[1].isdigit() or parts[1] == "auto"):
+        raise ValueError(f"bad decoder spec {spec!r}; use 'ar' or '<jacobi|sjd|sjd-coupled>:<window|auto>:<init>', "
+                         "e.g. 'sjd:16:random' or 'sjd-coupled:auto:prior-above'")
+    window = "auto" if parts[1] == "auto" else int(parts[1])
+    return ImageSampling(decoding=Decoding(method=parts[0], window=window, init=parts[2]), **common)
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,16 @@ class ImageBenchResult:
                  "accuracy": round(float(np.mean(r.accuracy)), 4),
                  "accuracy_std": round(float(np.std(r.accuracy, ddof=1)) if len(r.accuracy) > 1 else 0.0, 4),
                  "fid_vs_ar": round(r.fid_vs_ar, 3), "p_value_vs_ar": round(r.p_value_vs_ar, 3), "lossless": r.lossless,
-                 "images": r.images, "seeds": list(self.config.seeds), "real_fid_floor": round(self.real_fid_floor, 3)}
+                 "images": r.images, "seeds": list(self.config.seeds), "real_fid_floor": round(self.real_fid_floor, 3),
+                 **({"auto_vs_best_fixed": round(r.wall_ratio / self.best_fixed(r).wall_ratio, 3),
+                     "best_fixed": self.best_fixed(r).name} if " auto " in f" {r.name} " else {})}
                 for r in self.rows]
+
+    def best_fixed(self, row: BenchRow) -> BenchRow:
+        """The fastest fixed-width lossless row (AR included) of ``row``'s model and batch size, by wall."""
+        fixed = [r for r in self.rows if r.model == row.model and r.batch_size == row.batch_size and r.lossless
+                 and " auto " not in f" {r.name} "]
+        return max(fixed, key=lambda r: r.wall_ratio)
 
 
 def bench_images(config: ImageBenchConfig = ImageBenchConfig(), *, model: ImageModel | None = None) -> ImageBenchResult:

@@ -12,116 +12,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from jacobix import assets
 from jacobix.api import generate, load_text_model
 from jacobix.bench.baselines import transformers_generate
-from jacobix.core.sampling import SamplingConfig
-from jacobix.tokens.decoding import Decoding
-from jacobix.tokens.proposers.ngram import LookaheadConfig
+from jacobix.bench.text_settings import (  # re-exported: the settings live beside
+    CLLM_SETTINGS, DEFAULT_PROMPTS, DEFAULT_SETTINGS, HF_PROMPTS, HF_SETTINGS, Setting, model_options,
+)
 from jacobix.core.acceptance import leading_true
-from jacobix.models.registry import TextModel, distilled_teacher
+from jacobix.core.sampling import SamplingConfig
+from jacobix.models.registry import TextModel
+from jacobix.tokens.decoding import Decoding
 from jacobix.tokens.trajectory import convergence_counts, split_blocks
-
-DEFAULT_PROMPTS = (
-    "ROMEO:\n",
-    "First Citizen:\nBefore we proceed any further, hear me speak.\n",
-    "KING HENRY:\nOnce more unto the breach, dear friends, once more;\n",
-    "HAMLET:\nTo be, or not to be, that is the question:\n",
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Setting:
-    """One decoding configuration of the benchmark: a label, the spec it runs, and whether it samples
-    (sampled rows draw from the benchmark's ``sampling``). ``baseline`` names a transformers
-    ``generate`` row instead ("hf": greedy, "hf-pld": prompt lookup)."""
-
-    label: str
-    decoding: Decoding = field(default_factory=Decoding)
-    sampled: bool = False
-    baseline: str | None = None
-
-    @property
-    def method(self) -> str:
-        return self.baseline or self.decoding.method
-
-    @property
-    def window(self) -> int | str:
-        return self.decoding.window
-
-    @property
-    def block(self) -> bool:
-        return self.decoding.block
-
-
-def _row(label: str, method: str, window: int | str = 1, init: str = "random", *, sampled: bool = False,
-         pool: int = 0, block: bool = False) -> Setting:
-    """A bench row; ``pool`` > 0 drafts from the n-gram pool, verifying that many candidates per pass."""
-    lookahead = LookaheadConfig(verify=pool) if pool else False
-    return Setting(label=label, sampled=sampled,
-                   decoding=Decoding(method=method, window=window, init=init, lookahead=lookahead, block=block))
-
-
-DEFAULT_SETTINGS = (
-    _row("ar greedy", "ar"),
-    _row("jacobi w16 random", "jacobi", 16),
-    _row("jacobi w16 repeat", "jacobi", 16, "repeat"),
-    _row("jacobi auto", "jacobi", "auto", "repeat"),
-    _row("jacobi auto+pool", "jacobi", "auto", "repeat", pool=1),
-    _row("ar sample", "ar", sampled=True),
-    _row("sjd w16 random", "sjd", 16, sampled=True),
-    _row("sjd w16 repeat", "sjd", 16, "repeat", sampled=True),
-    _row("sjd auto", "sjd", "auto", "repeat", sampled=True),
-    _row("sjd auto+pool", "sjd", "auto", "repeat", sampled=True, pool=1),
-)
-
-
-CLLM_SETTINGS = (  # a consistency-distilled model and its teacher, side by side
-    _row("ar greedy", "ar"),
-    _row("jacobi w16 random", "jacobi", 16),
-    _row("jacobi w16 context", "jacobi", 16, "context"),
-    _row("jacobi block16", "jacobi", 16, "context", block=True),
-    _row("jacobi auto", "jacobi", "auto", "context"),
-    _row("jacobi auto+pool", "jacobi", "auto", "context", pool=1),
-    _row("ar sample", "ar", sampled=True),
-    _row("sjd w16 context", "sjd", 16, "context", sampled=True),
-    _row("sjd auto", "sjd", "auto", "context", sampled=True),
-)
-
-
-HF_PROMPTS = (
-    "Write a short, friendly reply to a friend who invited me to a picnic on Saturday.",
-    "Complete this Python function:\n```python\ndef fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
-    "Summarise this passage in two sentences: The Jacobi method solves a system of equations by updating "
-    "every unknown at once from the previous guesses, and repeating until nothing changes. Applied to "
-    "language models, it guesses a whole block of future tokens, checks them all in one pass of the model, "
-    "and keeps the prefix that the model agrees with.",
-    "Repeat the following line five times, one per line: the quick brown fox jumps over the lazy dog",
-)
-
-HF_SETTINGS = (
-    Setting(label="hf greedy", baseline="hf"),
-    _row("ar greedy", "ar"),
-    Setting(label="hf prompt-lookup", baseline="hf-pld"),
-    _row("jacobi w16", "jacobi", 16, "repeat"),
-    _row("jacobi auto", "jacobi", "auto", "repeat"),
-    _row("lookahead auto", "jacobi", "auto", "repeat", pool=1),
-    _row("lookahead auto k4", "jacobi", "auto", "repeat", pool=4),
-    _row("lookahead w11", "jacobi", 11, "repeat", pool=1),  # prompt lookup's 10 drafts
-    _row("ar sample", "ar", sampled=True),
-    _row("sjd auto", "sjd", "auto", "repeat", sampled=True),
-    _row("sjd auto+pool", "sjd", "auto", "repeat", sampled=True, pool=1),
-    _row("sjd auto+pool k4", "sjd", "auto", "repeat", sampled=True, pool=4),
-)
-
-
-def model_options(model: str, teacher: str | None = None) -> dict:
-    """Prompts and settings for a model: chat prompts for smollm2; for a consistency-distilled model
-    (or with ``teacher``), the CLLM settings, run beside the teacher."""
-    if model in assets.names("hf-text"):
-        return dict(prompts=HF_PROMPTS, settings=HF_SETTINGS, teacher=teacher)
-    teacher = teacher or distilled_teacher(model)
-    return dict(settings=CLLM_SETTINGS, teacher=teacher) if teacher else {}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,6 +114,10 @@ class TextBenchResult:
             f"lowest per-prompt wall ratio (median over seeds); "
             f"{torch.get_num_threads()} CPU threads"
         )
+        for row in self.rows:
+            if row.setting.window == "auto":
+                lines.append(f"{self._model(row.model)}{row.setting.label}: {self.auto_vs_best_fixed(row):.2f} of the wall "
+                             f"speed-up of the best fixed setting ({self.best_fixed(row).setting.label}), median prompt")
         if self.pass_costs:
             costs = ", ".join(f"w{w} {c:.2f}x" for w, c in sorted(self.pass_costs.items()) if w in (2, 4, 8, 16))
             lines.append(f"measured cost of a pass vs a one-token pass (window='auto' plans with it): {costs}")
@@ -260,9 +164,27 @@ class TextBenchResult:
                 "pass_spread": round(max(row.pass_spread(i) for i in prompts), 4),
                 "exact": None if row.setting.sampled else row.mismatches == 0,
                 "seeds": len(self.config.seeds),
+                "batch_size": 1,
                 **_convergence_record(row),
+                **({"auto_vs_best_fixed": round(self.auto_vs_best_fixed(row), 4),
+                    "best_fixed": self.best_fixed(row).setting.label} if row.setting.window == "auto" else {}),
             })
         return out
+
+    def median_wall(self, row: BenchRow) -> float:
+        """The row's wall speed-up over AR on its median prompt."""
+        ref = self.reference(row)
+        return statistics.median(_ratio(ref, row, i, 2) for i in range(len(row.per_prompt)))
+
+    def best_fixed(self, row: BenchRow) -> BenchRow:
+        """The fastest fixed-width row (AR included) of ``row``'s model and mode, by median-prompt wall."""
+        fixed = [r for r in self.rows if r.model == row.model and r.setting.sampled == row.setting.sampled
+                 and r.setting.window != "auto" and r.setting.baseline is None]
+        return max(fixed, key=self.median_wall)
+
+    def auto_vs_best_fixed(self, row: BenchRow) -> float:
+        """An auto row's median-prompt wall speed-up over the best fixed setting's (1.0: as fast)."""
+        return self.median_wall(row) / self.median_wall(self.best_fixed(row))
 
     def prompt_table(self) -> str:
         """Per prompt: each setting's passes and wall-time ratios to its AR row (passes x / wall x)."""

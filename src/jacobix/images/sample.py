@@ -78,7 +78,7 @@ class ImageSampling:
         if self.method == "sjd2":
             mode = "lossy" if self.sjd2.lossy else "lossless"
             return f"sjd2{'-coupled' if self.sjd2.coupled else ''} w{window} K{self.sjd2.levels} {init} {mode}"
-        return f"{self.method} w{window} {init}"
+        return f"{self.method} {'auto' if window == 'auto' else f'w{window}'} {init}"
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from os import PathLike
 from typing import Any, Literal
 
 from jacobix.core.engine import SettledRule
@@ -25,6 +26,7 @@ from jacobix.tokens.methods import Method, get_method
 from jacobix.tokens.proposers.base import Proposer
 from jacobix.tokens.proposers.basic import DraftInit
 from jacobix.tokens.proposers.ngram import LookaheadConfig
+from jacobix.tokens.width.calibration import Calibration
 from jacobix.tokens.width.costs import CostBook
 from jacobix.tokens.width.policy import WidthPolicy
 
@@ -80,8 +82,12 @@ class Decoding:
         lossy: a :class:`LossyExit` (LOSSY early exit), or None (exact; the default).
         proposer: your own :class:`~jacobix.tokens.proposers.base.Proposer` (``init`` is then unused).
         width_policy: your own width policy (default: every draft, or adaptive with ``window="auto"``).
-        costs: the pass-cost tables ``window="auto"`` reads and refines (a :class:`CostBook`);
-            each Decoding has its own, so reusing a Decoding reuses its measurements.
+        costs: the pass costs ``window="auto"`` plans with: a :class:`CostBook` (each Decoding has
+            its own, so reusing a Decoding reuses its measurements and what the policy learnt), or
+            a calibration (a :class:`~jacobix.tokens.width.calibration.Calibration` or the path of
+            a file ``jacobix calibrate`` wrote; refused at generation time for another model or
+            device). By default the cached calibration of the model and device is used if there
+            is one, else passes are timed live.
     """
 
     method: str = "jacobi"
@@ -97,6 +103,9 @@ class Decoding:
 
     def __post_init__(self) -> None:
         get_method(self.method)
+        if isinstance(self.costs, (str, PathLike, Calibration)):  # a calibration file or object: a book that uses it
+            calibration = self.costs if isinstance(self.costs, Calibration) else Calibration.load(self.costs)
+            object.__setattr__(self, "costs", CostBook(calibration))
         if self.window != "auto" and (isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1):
             raise ValueError(f"Decoding.window must be an int >= 1 (tokens per pass, drafts + 1) or 'auto', got {self.window!r}")
         if isinstance(self.init, str):

@@ -31,6 +31,7 @@ from jacobix.tokens.problem import TokenProblem
 from jacobix.tokens.result import DecodeStats, GenerateResult
 from jacobix.tokens.verify import GuidanceShift, Verifier
 from jacobix.tokens.watch import Watchers
+from jacobix.tokens.width.calibration import costs_for, remember, where_of
 from jacobix.tokens.width.costs import PROBE_WIDTHS
 from jacobix.tokens.width.policy import AdaptiveWidth
 
@@ -165,14 +166,17 @@ def _verifier(model: CausalLM, proposer: Proposer, guidance: GuidanceShift | Non
 
 def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: Proposer, state: FixedPointState,
              width: int, generator: Randomness) -> TokenProblem:
-    """The token problem; with ``window="auto"`` an adaptive policy on the spec's pass-cost table for
-    this kind of pass, probed first if it lacks timings."""
+    """The token problem; with ``window="auto"`` the adaptive policy kept in the spec's book for this
+    kind of pass, on the calibrated cost table (or live timings, probed first if it has none)."""
     costs, policy = None, decoding.width_policy
     if decoding.adaptive and policy is None:
-        key = (_model_key(model), str(state.values.device), str(model_dtype(model)),
-               len(verifier.prompt_length) * verifier.candidates, verifier.sampling.greedy, type(proposer).__name__)
-        costs = decoding.costs.table(key)
-        policy = AdaptiveWidth(proposer.sources, width - 1, costs)
+        rows = verifier.forward_rows
+        where = where_of(model, state.values.device, model_dtype(model))
+        key = (where, rows, verifier.sampling.greedy, type(proposer).__name__, tuple(proposer.sources), width - 1)
+        costs = costs_for(decoding.costs, where, rows, key)
+        policy = decoding.costs.policy(key, lambda: AdaptiveWidth(proposer.sources, width - 1, costs))
+        policy.costs = costs
+        policy.restart()
     problem = TokenProblem(verifier, proposer, policy=policy, costs=costs, generator=generator,
                            vocab_size=model.vocab_size, drafts=width - 1)
     batch = len(state.length)
@@ -182,16 +186,10 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
         if costs.needs_probe(widths):
             costs.probe(lambda w: problem.probe(state, w), widths, state.values.device)
             proposer.begin(batch)  # forget what the probe passes proposed
+            remember(decoding.costs, where, rows, costs)
         problem.stats.cost_ratio = costs.ratios(widths)
     verifier.rollback(state, state.length - 1, None)
     return problem
-
-
-def _model_key(model: CausalLM) -> str:
-    """What tells models' pass costs apart: the class and the parameter count of the network."""
-    module = getattr(model, "model", model)  # the transformers module inside an adapter
-    count = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
-    return f"{type(module).__name__}/{count}"
 
 
 def _start(model: CausalLM, verifier: Verifier, prompts: Tensor, prompt_length: Tensor,

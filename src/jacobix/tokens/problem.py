@@ -36,6 +36,7 @@ class ScheduleStats:
         rows: passes by candidate rows per sequence.
         drafts_by_source: drafts fed, by source name.
         accepted_by_source: drafts accepted, by source name (the winning candidate's).
+        policy_seconds: time spent in the width policy's choices and updates (its own arithmetic).
     """
 
     widths: dict[int, int] = field(default_factory=dict)
@@ -43,6 +44,7 @@ class ScheduleStats:
     rows: dict[int, int] = field(default_factory=dict)
     drafts_by_source: dict[str, int] = field(default_factory=dict)
     accepted_by_source: dict[str, int] = field(default_factory=dict)
+    policy_seconds: float = 0.0
 
     @property
     def pool_drafts(self) -> int:
@@ -92,6 +94,7 @@ class TokenProblem:
         self.candidates: Candidates | None = None
         self.stats = ScheduleStats()
         self._written: tuple[Tensor, Tensor] | None = None  # (first position fed (B,), winner (B,))
+        self._plan_inputs = (torch.zeros(0, 1, drafts, dtype=torch.long), torch.ones(0, 1, drafts, dtype=torch.bool))
 
     def draft(self, state: FixedPointState, carried: Drafts | None, fresh: Tensor) -> Drafts:
         self._planned = self._plan(state, fresh.shape[1])
@@ -124,7 +127,9 @@ class TokenProblem:
             fed = min(self._planned, d)
         else:
             novel = novel_prefixes(candidates.tokens.cpu()) if candidates.count > 1 else torch.ones_like(source, dtype=torch.bool)
+            began = time.perf_counter()
             fed = min(policy.choose(source[running], novel[running]), d)
+            self.stats.policy_seconds += time.perf_counter() - began
         start = state.length - 1
         verdict = self.verifier.verify(state, candidates, fed)
         self._pending = (policy, source, running, verdict, fed)
@@ -142,7 +147,13 @@ class TokenProblem:
             return
         policy, source, running, verdict, fed = self._pending
         self._pending = None
-        policy.observe(source[running], verdict.matched.cpu()[running], fed)
+        began = time.perf_counter()
+        matched = verdict.matched.cpu()
+        if running.all():
+            policy.observe(source, matched, fed)
+        else:
+            policy.observe(source[running], matched[running], fed)
+        self.stats.policy_seconds += time.perf_counter() - began
         self._count(fed, source, verdict, running)
         if verdict.outputs is not None and fed > 0:
             self.proposer.observe(verdict.outputs, running)
@@ -162,8 +173,14 @@ class TokenProblem:
         (its source ids are known without proposing); None: decide at the sweep."""
         if self.policy is None or len(self.proposer.sources) != 1 or self.proposer.candidates != 1:
             return None
-        shape = (int((~state.done).sum()), 1, drafts)
-        return self.policy.choose(torch.zeros(shape, dtype=torch.long), torch.ones(shape, dtype=torch.bool))
+        rows = int((~state.done).sum())
+        if self._plan_inputs[0].shape[0] != rows:
+            shape = (rows, 1, drafts)
+            self._plan_inputs = torch.zeros(shape, dtype=torch.long), torch.ones(shape, dtype=torch.bool)
+        began = time.perf_counter()
+        fed = self.policy.choose(*self._plan_inputs)
+        self.stats.policy_seconds += time.perf_counter() - began
+        return fed
 
     def probe(self, state: FixedPointState, width: int) -> None:
         """One throw-away pass that feeds ``width - 1`` fresh drafts (pass-cost measurement). It

@@ -98,6 +98,11 @@ class Verifier:
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=prompt_length.device)
         self.generator, self.prob_dtype, self.max_position = generator, prob_dtype, max_position
 
+    @property
+    def forward_rows(self) -> int:
+        """Rows of one pass: prompts times candidates, doubled by guidance (what a pass's cost scales with)."""
+        return len(self.prompt_length) * self.candidates * (1 if self.guidance is None else 2)
+
     def logits(self, tokens: Tensor, positions: Tensor, embeds: Tensor | None = None, cache: Cache | None = None) -> Tensor:
         """Guided, processed logits (N, W, V) for tokens (N, W) at positions (N, W) of the N rows
         (of ``cache``, by default the verifier's own)."""

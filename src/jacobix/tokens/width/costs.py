@@ -32,6 +32,7 @@ from pathlib import Path
 from jacobix.core.timing import clock
 
 PROBE_WIDTHS = (1, 2, 4, 8, 16)
+OUTLIER = 3.0  # a timing this many times off its width's median is a neighbour's burst, not the width
 RECENT = 4  # passes over which another width must have run for a timing to refine its width's shape
 
 
@@ -77,8 +78,13 @@ class PassCosts:
         # The level is a fair yardstick only if other widths set it recently; a width running
         # alone would otherwise fold the machine's drift into its own shape.
         if self.levels and width != 1 and any(w != width for w in self.recent):
-            self.shapes.setdefault(width, deque(maxlen=self.keep)).append(seconds / self.level())
-            self._table = []
+            samples = self.shapes.setdefault(width, deque(maxlen=self.keep))
+            sample = seconds / self.level()
+            # A neighbour's burst can make one pass look many times dearer (or cheaper): such a
+            # sample is dropped once the width has a few, so one bad pass never sets the shape.
+            if len(samples) < 3 or 1 / OUTLIER <= sample / statistics.median(samples) <= OUTLIER:
+                samples.append(sample)
+                self._table = []
         self.levels.append(seconds / self.shape(width))
         self.recent.append(width)
 
@@ -126,27 +132,70 @@ class PassCosts:
         return {w: self.shape(w) for w in widths}
 
 
-class CostBook:
-    """Pass-cost tables of one process, one :class:`PassCosts` per kind of pass.
+class FixedCosts:
+    """Relative pass costs by width from a calibration: read, never refined, so that a fixed table
+    and a fixed seed give the same choices on every run.
 
-    A pass's cost shape depends on where and how it runs: the device, the dtype, the rows per
-    pass, greedy or sampled, and the proposer. The book keeps one table per such key so that the
-    generations that share it pool their timings (a fresh table must probe first). Every
-    :class:`~jacobix.tokens.decoding.Decoding` carries a book; reuse one ``Decoding`` (or pass
-    ``costs=book``) to keep the tables across calls.
+    Args:
+        shape: cost of a pass of each measured width over a one-token pass (width 1 is 1).
     """
 
-    def __init__(self) -> None:
-        self.tables: dict[tuple, PassCosts] = {}
+    def __init__(self, shape: dict[int, float]) -> None:
+        if 1 not in shape or any(w < 1 or not c > 0 for w, c in shape.items()):
+            raise ValueError(f"FixedCosts needs width 1 and positive costs, got {shape}")
+        self.shapes = {w: deque([float(c)], maxlen=1) for w, c in sorted(shape.items())}
+        self._table: list[float] = []
 
-    def table(self, key: tuple) -> PassCosts:
-        """The table for ``key`` (model, device, dtype, rows per pass, greedy, proposer), new if unseen."""
+    def needs_probe(self, widths: tuple[int, ...]) -> bool:
+        return False
+
+    def add(self, width: int, seconds: float) -> None:
+        pass
+
+    table = PassCosts.table
+    shape = PassCosts.shape
+    ratios = PassCosts.ratios
+    _compute = PassCosts._compute
+
+
+class CostBook:
+    """Pass-cost tables of one process, one per kind of pass, and the width policies that read them.
+
+    A pass's cost shape depends on where and how it runs: the model, the device, the dtype, the
+    rows per pass, greedy or sampled, and the proposer. The book keeps one table per such key so
+    that the generations that share it pool their timings. Where a calibration
+    (:mod:`jacobix.tokens.width.calibration`) matches the model and device, its fixed table is
+    used instead of live timings. Every :class:`~jacobix.tokens.decoding.Decoding` carries a book;
+    reuse one ``Decoding`` (or pass ``costs=book``) to keep the tables, and what the adaptive
+    width learnt, across calls.
+
+    Args:
+        calibration: a :class:`~jacobix.tokens.width.calibration.Calibration` to use (refused at
+            generation time if it was measured for another model or device), or None: the
+            matching one from the cache folder if ``cache``, else live timings.
+        cache: look for a calibration in the cache folder (and save the live probe there).
+    """
+
+    def __init__(self, calibration=None, *, cache: bool = True) -> None:
+        self.tables: dict[tuple, PassCosts | FixedCosts] = {}
+        self.policies: dict[tuple, object] = {}
+        self.calibration, self.cache = calibration, cache
+        self.cached: dict = {}  # Where -> the cached Calibration, or None (looked up once per book)
+
+    def table(self, key: tuple) -> PassCosts | FixedCosts:
+        """The live table for ``key`` (model, device, dtype, rows per pass, greedy, proposer), new if unseen."""
         return self.tables.setdefault(tuple(key), PassCosts())
 
+    def policy(self, key: tuple, build):
+        """The width policy kept for ``key``, built by ``build()`` if unseen."""
+        if key not in self.policies:
+            self.policies[key] = build()
+        return self.policies[key]
+
     def save(self, path: str | Path) -> None:
-        """Write every table's recent timings as JSON (written whole through a temporary file)."""
+        """Write every live table's recent timings as JSON (written whole through a temporary file)."""
         data = [{"key": list(key), "levels": list(t.levels), "shapes": {str(w): list(v) for w, v in t.shapes.items()}}
-                for key, t in self.tables.items()]
+                for key, t in self.tables.items() if isinstance(t, PassCosts)]
         path = Path(path)
         partial = path.with_name(path.name + ".partial")
         partial.write_text(json.dumps(data, indent=1) + "\n")
@@ -175,4 +224,4 @@ class CostBook:
         return f"CostBook({len(self.tables)} table(s))"
 
 
-__all__ = ["CostBook", "PROBE_WIDTHS", "PassCosts"]
+__all__ = ["CostBook", "FixedCosts", "PROBE_WIDTHS", "PassCosts"]

@@ -1,18 +1,35 @@
 """Width policies: how many drafts of each candidate a pass feeds.
 
-Feeding ``k`` drafts whose slots pass with conditional rates ``a_0, a_1, ...`` commits on average
-``E(k) = 1 + sum_{j<k} prod_{i<=j} a_i`` tokens. With ``R`` candidates per row, those whose
-first ``t + 1`` drafts differ match disjointly, so the chance that some candidate matches
-``t + 1`` drafts is the sum over the first candidate of each distinct prefix of its product of
-rates. :class:`AdaptiveWidth` picks the ``k`` (0 .. D) that maximises ``sum over rows E_b(k) /
-cost(k + 1)``; ``k = 0`` is sequential decoding, so where drafts do not pay it runs at AR
-speed. Rates are kept per draft source (the proposer's ``sources``) and slot, with a prior and
-exponential forgetting. Choosing ``k`` from past passes only keeps greedy Jacobi exact and SJD
-lossless.
+:class:`AdaptiveWidth` treats the draft count as a bandit's arm and a pass's committed tokens
+as its reward, paid for with the pass's measured cost (:mod:`jacobix.tokens.width.costs`). It
+chooses the arm whose tokens per unit of cost is highest, ``k = 0`` (sequential decoding)
+included, so where drafts do not pay it runs at AR speed. Three things make it find what a
+model can do without paying much to learn it:
+
+- **Rewards measured at the arm's own width.** A Jacobi draft only improves while it is fed:
+  after ``s`` sweeps a slot's draft is much better than a fresh one, so a distilled model
+  commits ten tokens a pass at width 16 but little at width 4, where its far drafts are always
+  young. The policy therefore keeps the tokens committed per pass by each arm as played (the
+  first pass after widening, whose far drafts are fresh, is left out), not per-slot rates that
+  would mix young and old drafts.
+- **Censored sharing downwards.** A pass that fed ``f`` drafts and accepted ``a`` tells what a
+  narrower arm ``k < f`` would have committed on it: ``min(a, k) + 1``. That is an optimistic
+  estimate (a narrower arm's far drafts are younger), so an arm it rates worse than the current
+  one is never worse in truth than rated, and one it rates better gets tried and then measured.
+- **Probes on a doubling schedule.** Every so often the policy plays the widest arm worth
+  probing for ``probe_passes`` passes, with intervals that double (32, 64, 128, ... passes), so
+  over ``T`` passes it probes at most ``1 + log2(T / 32)`` times: the cost of being wrong about
+  a wide window is bounded by ``probe_passes * (c(k) - 1)`` one-token passes per probe.
+
+Arms are kept per *context*, the source of the row's first draft (the Jacobi iterate, or a text
+or trajectory n-gram with its key length), because a matched n-gram pays where an iterate does
+not. Choosing ``k`` from past passes only keeps greedy Jacobi exact and SJD lossless. The
+arithmetic runs in NumPy on the host: a few dozen numbers per pass.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,11 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from jacobix.tokens.width.costs import PassCosts
 from jacobix.tokens.proposers.base import DraftSource
+from jacobix.tokens.width.costs import PassCosts
 
-REFRESH = 8  # passes a choice stands for the same drafts when nothing new was observed
-EXPLORE_PASSES = 2  # an exploration feeds drafts twice: the second tests the first's outputs (Jacobi)
+ARM_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16)  # tokens per pass the adaptive policy chooses among (and the widest allowed)
+REFRESH = 4  # passes the speeds computed for the same contexts stand between probes
+FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles
 
 
 class WidthPolicy(Protocol):
@@ -57,99 +75,189 @@ class AdaptiveConfig:
     """Settings of :class:`AdaptiveWidth`.
 
     Attributes:
-        prior_weight: pseudo-observations behind each source's prior; as old observations decay
-            the prior regains weight, so a source that stopped being tried gets tried again.
         decay: weight kept by old observations at each new pass (forgetting).
-        slack: among draft counts whose expected speed is within this fraction of the best and no
-            lower than sequential decoding's, take the largest (fewer passes, same wall time).
-        explore_every: when no draft has been fed for this many passes, two passes feed the draft
-            count that would be best if drafts were fed, so that a pessimistic prior gets tested.
+        slack: among arms whose cautious speed is within this fraction of the best, keep the
+            current one if it is among them, else take the widest (fewer passes, same wall time).
+        probe_passes: passes of one probe (the first, if it widened and so fed fresh drafts,
+            only informs narrower arms).
+        confidence: standard errors subtracted from an arm's mean to play it, and added to
+            choose what to probe.
+        prior_weight: pseudo-passes behind each source's prior (the mean its per-slot prior implies).
     """
 
-    prior_weight: float = 2.0
-    decay: float = 0.97
+    decay: float = 0.99
     slack: float = 0.03
-    explore_every: int = 32
+    probe_passes: int = 3
+    confidence: float = 1.0
+    prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.prior_weight <= 0 or not (0.0 < self.decay <= 1.0) or not (0.0 <= self.slack < 1.0):
-            raise ValueError("AdaptiveConfig: prior_weight > 0, decay in (0, 1], slack in [0, 1)")
-        if self.explore_every < 1:
-            raise ValueError(f"AdaptiveConfig: explore_every must be >= 1 pass, got {self.explore_every}")
+        if not (0.0 < self.decay <= 1.0) or not (0.0 <= self.slack < 1.0):
+            raise ValueError("AdaptiveConfig: decay in (0, 1], slack in [0, 1)")
+        if isinstance(self.probe_passes, bool) or not isinstance(self.probe_passes, int) or self.probe_passes < 2:
+            raise ValueError(f"AdaptiveConfig: probe_passes must be an int >= 2, got {self.probe_passes!r}")
+        if not self.confidence >= 0.0 or not self.prior_weight > 0.0:
+            raise ValueError("AdaptiveConfig: confidence >= 0 and prior_weight > 0")
 
 
 class AdaptiveWidth:
-    """Drafts per pass from observed pass rates and measured pass costs.
-
-    The arithmetic runs in NumPy on the host: it is a few dozen numbers per pass, and torch's
-    per-call overhead would cost a small model more than the choice can save.
+    """Drafts per pass from committed tokens per pass and measured pass costs (a bandit over widths).
 
     Args:
-        sources: the proposer's draft sources (their priors seed the rates).
+        sources: the proposer's draft sources (contexts; their per-slot priors seed every arm).
         drafts: most drafts per pass (D).
-        costs: seconds per pass by width, refined by every pass (:class:`PassCosts`).
-        config: priors' weight, forgetting and slack.
+        costs: relative cost of a pass by width (:class:`PassCosts`, or fixed calibrated costs).
+        config: forgetting, slack, probing and confidence.
     """
 
     def __init__(self, sources: tuple[DraftSource, ...], drafts: int, costs: PassCosts,
                  config: AdaptiveConfig = AdaptiveConfig()) -> None:
         self.config, self.drafts, self.costs = config, drafts, costs
-        self.prior = np.repeat(np.array([[s.prior] for s in sources], dtype=np.float64), max(drafts, 1), 1)  # (S, D)
-        self.passed = np.zeros_like(self.prior)  # (S, D) decayed observations
-        self.tested = np.zeros_like(self.prior)
-        self.cost: np.ndarray | None = None  # (D+1,) relative cost by drafts fed, as last read
+        self.sources = tuple(sources)
+        self.arms = np.array(sorted({w - 1 for w in ARM_WIDTHS if w - 1 <= drafts} | {drafts}))  # (K,) draft counts
+        self._reach = np.searchsorted(self.arms, np.arange(drafts + 1), side="right").tolist()  # arms <= fed, by fed
+        self._cut = np.minimum(np.arange(drafts + 1)[:, None], self.arms) + 1.0  # (D+1, K) tokens arm k commits when a drafts pass
+        rates = np.array([s.prior for s in self.sources], dtype=np.float64)  # (S,)
+        self.prior = 1.0 + np.array([[(p ** np.arange(1, k + 1)).sum() for k in self.arms] for p in rates])  # (S, K)
+        self.prior_square = self.prior ** 2 + (self.arms / 4.0) ** 2  # a wide spread around the prior
+        # Own passes' weight, sum and sum of squares of tokens committed, and wider passes' cut weight
+        # and sum, by statistic, context and arm; stored divided by the running decay `_scale`, so
+        # forgetting is one multiplication a pass.
+        self._stats = np.zeros((5, len(self.sources), len(self.arms)))
+        self._scale = 1.0
+        self._cost_table: list[float] | None = None
+        self._cost = np.ones(len(self.arms))
+        self._speed_key, self._speed_at, self._speed = b"", 0, (self._cost, self._cost)
         self.passes = 0
-        self._key: tuple | None = None  # the drafts of the last computed choice
-        self._chosen_at, self._choice, self._explore = 0, 0, 1
-        self._tried_at = 0  # the last pass that fed drafts
-        self._exploring = 0  # passes of drafts still to feed against the policy's own choice
+        self.current = 0  # index into arms of the arm played last
+        self._probe_arm, self._probe_left = 0, 0
+        self._probe_done = [0, 0.0]  # the probe's passes observed so far, and their tokens per row (the first left out)
+        self._next_probe, self._interval = 0, FIRST_PROBE_INTERVAL
+        self._widened: deque[bool] = deque()  # per pass chosen and not yet observed: did it widen?
 
-    def rates(self) -> np.ndarray:
-        """(S, D) current pass-rate estimate per source and slot."""
-        weight = self.config.prior_weight
-        return (self.passed + weight * self.prior) / (self.tested + weight)
+    def restart(self) -> None:
+        """A new generation: what was learnt stays; the arm in play starts over at sequential and the
+        probe schedule from its start."""
+        self.current, self._probe_left = 0, 0
+        self._next_probe, self._interval = 0, FIRST_PROBE_INTERVAL
+        self._widened.clear()
+
+    @property
+    def own_weight(self) -> np.ndarray:
+        """(S, K) decayed count of passes played at each arm, by context."""
+        return self._stats[0] * self._scale
+
+    def bounds(self, contexts: slice | np.ndarray = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """(S, K) cautious and optimistic tokens committed per pass and row, by context and arm: the
+        mean of the arm's own passes (with its prior as ``prior_weight`` pseudo-passes) minus and
+        plus ``confidence`` standard errors; the optimistic one is at least what wider passes,
+        cut to the arm, committed."""
+        own_weight, own_sum, own_square, cut_weight, cut_sum = self._stats[:, contexts] * self._scale
+        w = self.config.prior_weight
+        n = own_weight + w
+        mean = (own_sum + w * self.prior[contexts]) / n
+        spread = self.config.confidence * np.sqrt(np.maximum((own_square + w * self.prior_square[contexts]) / n - mean ** 2, 0.0) / n)
+        cut = np.where(cut_weight >= 0.5, cut_sum / np.maximum(cut_weight, 1e-12), 0.0)
+        low, high = mean - spread, np.maximum(mean + spread, cut)
+        low[..., 0] = high[..., 0] = 1.0
+        return low, high
 
     def choose(self, source: Tensor, novel: Tensor) -> int:
         if self.drafts == 0 or source.shape[0] == 0:
+            self._widened.append(False)
             return 0
-        sources, novelty = source.numpy(), novel.numpy()
-        key = (sources.shape, sources.tobytes(), novelty.tobytes())
         self.passes += 1
-        # Between observations the rates only decay a little: the last choice for the same drafts
-        # stands for up to REFRESH passes (the arithmetic would cost a small model ~3% of a pass).
-        if key != self._key or self.passes - self._chosen_at >= REFRESH:
-            self.cost = np.array(self.costs.table(self.drafts + 1))
-            slot_rate = self.rates()[sources, np.arange(self.drafts)]  # (A, R, D)
-            reach = np.minimum((np.cumprod(slot_rate, -1) * novelty).sum(1), 1.0)  # (A, D) P(some candidate matches t+1)
-            expected = 1.0 + np.concatenate([[0.0], reach.sum(0).cumsum()]) / reach.shape[0]  # (D+1,) per row
-            speed = expected / self.cost
-            floor = max(speed.max() * (1 - self.config.slack), speed[0])  # never expected slower than k = 0
-            self._key, self._chosen_at = key, self.passes
-            self._choice = int(np.nonzero(speed >= floor)[0].max())
-            self._explore = 1 + int(speed[1:].argmax())  # the best draft count, were drafts to be fed
-        if self._choice == 0 and self.passes - self._tried_at >= self.config.explore_every:
-            self._exploring = EXPLORE_PASSES  # now and then test the drafts anyway: the priors may be wrong
-        if self._exploring:
-            self._exploring -= 1
-            self._tried_at = self.passes
-            return self._explore
-        return self._choice
+        cost = self._costs()
+        cautious, hopeful = self._speeds(source[:, 0, 0].numpy(), cost)
+        if self._probe_left == 0 and self.passes >= self._next_probe:
+            self._start_probe(cautious, hopeful)
+        if self._probe_left and self._probing(cautious, cost):
+            arm = self._probe_arm
+        else:
+            self._probe_left = 0
+            near = np.nonzero(cautious >= cautious.max() * (1 - self.config.slack))[0]
+            arm = self.current if self.current in near else int(near[-1])
+        self._widened.append(arm > self.current)
+        self.current = arm
+        return int(self.arms[arm])
+
+    def _speeds(self, context: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K,) cautious and optimistic speeds (tokens per unit of cost) for rows of ``context`` (A,).
+        For the same contexts they are computed every ``REFRESH`` passes: evidence
+        moves them slowly, and the arithmetic would otherwise cost a small model a few % of a pass."""
+        key = context.tobytes()
+        if key == self._speed_key and self.passes - self._speed_at < REFRESH:
+            return self._speed
+        if context.min() == context.max():  # one context: its own row of estimates
+            low, high = self.bounds(context[0])
+        else:
+            share = np.bincount(context, minlength=len(self.sources)) / len(context)  # (S,)
+            low, high = (share @ bound for bound in self.bounds())
+        self._speed, self._speed_key, self._speed_at = (low / cost, high / cost), key, self.passes
+        return self._speed
+
+    def _costs(self) -> np.ndarray:
+        """(K,) relative cost of each arm's pass, read again only when the table changed."""
+        table = self.costs.table(self.drafts + 1)
+        if table is not self._cost_table:
+            self._cost_table, self._cost = table, np.asarray(table)[self.arms]
+        return self._cost
+
+    def _start_probe(self, cautious: np.ndarray, hopeful: np.ndarray) -> None:
+        """Probe the arm with the best optimistic speed if it could beat the best cautious one; the
+        next probe comes after twice as many passes as the last interval."""
+        arm = int(hopeful.argmax())
+        if hopeful[arm] > cautious.max():
+            self._probe_arm, self._probe_left, self._probe_done = arm, 1, [0, 0.0]
+        self._next_probe = self.passes + self._interval
+        self._interval *= 2
+
+    def _probing(self, cautious: np.ndarray, cost: np.ndarray) -> bool:
+        """Whether the probe goes on: for its first ``probe_passes`` passes, then as long as its own
+        passes (the first left out) commit, per unit of cost, at least the best cautious speed."""
+        passes, tokens = self._probe_done
+        if passes + 1 < self.config.probe_passes:
+            return True
+        if cautious.argmax() == self._probe_arm:  # proven: the probe's arm is now the policy's own choice
+            return False
+        return passes > 1 and tokens / (passes - 1) / cost[self._probe_arm] >= cautious.max()
 
     def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
-        """Slot ``i`` of a candidate row counts as tested when it was fed and every slot before it passed."""
-        self.passed *= self.config.decay
-        self.tested *= self.config.decay
-        if fed == 0 or source.shape[0] == 0:
+        """Credit the pass's committed tokens per row to its arm, and cut to every narrower arm; old
+        evidence fades, so an arm not played for long gets a wide margin and is probed again."""
+        widened = self._widened.popleft() if self._widened else False
+        self._scale *= self.config.decay
+        if self._scale < 1e-30:
+            self._stats *= self._scale
+            self._scale = 1.0
+        if source.shape[0] == 0 or self.drafts == 0:
             return
-        self._key = None  # new evidence: decide afresh
-        self._tried_at = self.passes
-        slots = np.arange(fed)  # only fed slots can be tested
-        matched = matched.numpy()[..., None]  # (A, R, 1)
-        tested = slots <= matched  # (A, R, fed)
-        passed = slots < matched
-        index = source.numpy()[..., :fed]  # (A, R, fed)
-        np.add.at(self.passed, (index, np.broadcast_to(slots, index.shape)), passed)
-        np.add.at(self.tested, (index, np.broadcast_to(slots, index.shape)), tested)
+        context = source[:, 0, 0].numpy()  # (A,)
+        accepted = matched.numpy().max(1)  # (A,) drafts the winning candidate matched (never more than fed)
+        reach = self._reach[fed]  # arms 0 .. reach-1 are <= fed: this pass speaks for them
+        played = reach - 1 if self.arms[reach - 1] == fed else None
+        if played is not None and self._probe_left and played == self._probe_arm:
+            done = self._probe_done
+            done[1] += 0.0 if done[0] == 0 else float(accepted.sum()) / len(accepted) + 1.0
+            done[0] += 1
+        own = None if widened else played
+        single = len(context) == 1 or context.min() == context.max()
+        for c in (context[:1] if single else np.unique(context)):
+            rows = accepted if single else accepted[context == c]  # (A_c,)
+            weight = len(rows) / len(accepted) / self._scale
+            stats = self._stats[:, c]  # (5, K)
+            stats[3, :reach] += weight
+            stats[4, :reach] += weight * (self._cut[rows[0], :reach] if len(rows) == 1 else self._cut[rows, :reach].mean(0))
+            if own is not None:
+                if len(rows) == 1:
+                    mean = float(rows[0]) + 1.0
+                    square = mean * mean
+                else:
+                    committed = rows + 1.0
+                    mean, square = float(committed.mean()), float((committed * committed).mean())
+                stats[0, own] += weight
+                stats[1, own] += weight * mean
+                stats[2, own] += weight * square
 
 
 def novel_prefixes(tokens: Tensor) -> Tensor:
@@ -164,4 +272,4 @@ def novel_prefixes(tokens: Tensor) -> Tensor:
     return ~shared.any(2)
 
 
-__all__ = ["AdaptiveConfig", "AdaptiveWidth", "FixedWidth", "WidthPolicy", "novel_prefixes"]
+__all__ = ["ARM_WIDTHS", "AdaptiveConfig", "AdaptiveWidth", "FixedWidth", "WidthPolicy", "novel_prefixes"]
