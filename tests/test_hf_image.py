@@ -178,3 +178,16 @@ def test_bad_prompts_and_grids_are_refused(janus, emu3):
         generate_image(janus, tiny_janus_prompts([[1]]), decoding=Decoding(method="jacobi", init="prior-above"))
     with pytest.raises(ValueError, match="image size is neither"):
         generate_image(emu3, {"input_ids": torch.tensor([[1, 4, 5]])})
+
+
+def test_bench_images_hf_cli(tmp_path, capsys):
+    import json
+
+    from jacobix.cli.main import main
+
+    path = tmp_path / "hf.json"
+    assert main(["bench", "images", "--hf", "emu3", "--quick", "--images", "1", "--json", str(path)]) == 0
+    records = json.loads(path.read_text())
+    assert [r["setting"] for r in records][:2] == ["transformers", "ar"]
+    assert all(r["same_as_transformers"] for r in records if r["same_as_transformers"] is not None)
+    assert "calls/image" in capsys.readouterr().out
