@@ -103,9 +103,9 @@ def bench_hf_images(config: HFImageBenchConfig = HFImageBenchConfig(), *, model:
             for index, one in enumerate(inputs):
                 torch.manual_seed(config.seed + index)
                 if decoding is None:
-                    outputs.append(_transformers(model, one, config, sampled))
+                    outputs.append(_transformers(model, one, config, sampled).cpu())
                 else:
-                    outputs.append(_jacobix(model, one, config, decoding, sampled, config.seed + index))
+                    outputs.append(_jacobix(model, one, config, decoding, sampled, config.seed + index).cpu())
             wall = time.perf_counter() - start
             if name == "transformers":
                 greedy_reference = outputs
@@ -129,8 +129,13 @@ def _setup(config: HFImageBenchConfig, model: Any, inputs: list[dict] | None) ->
     return model, inputs, model.model.text_model
 
 
-def _sampling(sampled: bool) -> SamplingConfig:
-    return SamplingConfig(temperature=1.0) if sampled else SamplingConfig()
+def _sampling(model: Any, sampled: bool) -> SamplingConfig:
+    """Greedy, or the temperature, top-k and top-p of the model's generation config (which transformers' loop applies)."""
+    if not sampled:
+        return SamplingConfig()
+    config = model.generation_config
+    top_p = config.top_p if config.top_p is not None and config.top_p < 1.0 else None
+    return SamplingConfig(temperature=float(config.temperature or 1.0), top_k=config.top_k or None, top_p=top_p)
 
 
 def _transformers(model: Any, inputs: dict, config: HFImageBenchConfig, sampled: bool) -> torch.Tensor:
@@ -138,7 +143,7 @@ def _transformers(model: Any, inputs: dict, config: HFImageBenchConfig, sampled:
     if config.family == "janus":
         return model.generate(ids, attention_mask=mask, generation_mode="image", do_sample=sampled,
                               guidance_scale=config.guidance_scale)
-    height, width = inputs["image_sizes"][0]
+    height, width = (int(v) for v in inputs["image_sizes"][0])
     fn = emu3_prefix_allowed_tokens_fn(model, height, width)
     out = model.generate(ids, attention_mask=mask, prefix_allowed_tokens_fn=fn, guidance_scale=config.guidance_scale,
                          do_sample=sampled, max_new_tokens=(width + 1) * height + 3)
@@ -147,7 +152,7 @@ def _transformers(model: Any, inputs: dict, config: HFImageBenchConfig, sampled:
 
 def _jacobix(model: Any, inputs: dict, config: HFImageBenchConfig, decoding: Decoding, sampled: bool,
              seed: int) -> torch.Tensor:
-    out = generate_image(model, inputs, decoding=decoding, sampling=_sampling(sampled), guidance_scale=config.guidance_scale,
+    out = generate_image(model, inputs, decoding=decoding, sampling=_sampling(model, sampled), guidance_scale=config.guidance_scale,
                          generator=torch.Generator(device=model.device).manual_seed(seed) if sampled else None,
                          decode_pixels=False)
     return out.sequences
