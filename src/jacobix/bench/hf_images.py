@@ -23,6 +23,7 @@ from jacobix.integrations.hf.tiny_images import tiny_emu3, tiny_emu3_prompts, ti
 from jacobix.tokens.decoding import Decoding
 
 FAMILIES = ("janus", "emu3")
+TRANSFORMERS_TOP_K = 50  # the top-k transformers' generate applies when a generation config sets none
 SETTINGS = (("transformers", None), ("ar", Decoding(method="ar")), ("jacobi w16", Decoding(method="jacobi", window=16)),
             ("jacobi w16 row-above", Decoding(method="jacobi", window=16, init="row-above")),
             ("transformers sampled", None), ("sjd w16", Decoding(method="sjd", window=16)),
@@ -134,8 +135,9 @@ def _sampling(model: Any, sampled: bool) -> SamplingConfig:
     if not sampled:
         return SamplingConfig()
     config = model.generation_config
+    top_k = TRANSFORMERS_TOP_K if config.top_k is None else (config.top_k or None)  # 0 turns it off
     top_p = config.top_p if config.top_p is not None and config.top_p < 1.0 else None
-    return SamplingConfig(temperature=float(config.temperature or 1.0), top_k=config.top_k or None, top_p=top_p)
+    return SamplingConfig(temperature=float(config.temperature or 1.0), top_k=top_k, top_p=top_p)
 
 
 def _transformers(model: Any, inputs: dict, config: HFImageBenchConfig, sampled: bool) -> torch.Tensor:
