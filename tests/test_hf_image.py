@@ -103,8 +103,8 @@ def _p_values(reference, sample, vocab):
     return out
 
 
-def _sampled(model, inputs, method, scale, **extra):
-    out = generate_image(model, inputs, decoding=Decoding(method=method, window=4), guidance_scale=scale,
+def _sampled(model, inputs, method, scale, init="random", **extra):
+    out = generate_image(model, inputs, decoding=Decoding(method=method, window=4, init=init), guidance_scale=scale,
                          sampling=SamplingConfig(temperature=1.0), generator=torch.Generator().manual_seed(7),
                          decode_pixels=False, **extra)
     return out.sequences
@@ -115,8 +115,8 @@ def test_janus_sjd_samples_as_transformers():
     inputs = tiny_janus_prompts([[1, 2, 3]] * SAMPLES)
     torch.manual_seed(1)
     reference = _janus_reference(model, inputs, do_sample=True)
-    for method in ("sjd", "sjd-coupled"):
-        assert min(_p_values(reference, _sampled(model, inputs, method, SCALE), 4)) > 1e-3, method
+    for method, init in (("sjd", "random"), ("sjd-coupled", "random"), ("sjd-coupled", "row-above")):
+        assert min(_p_values(reference, _sampled(model, inputs, method, SCALE, init), 4)) > 1e-3, (method, init)
     assert min(_p_values(reference, _sampled(model, inputs, "sjd", 1.0), 4)) < 1e-6  # guidance dropped
 
 
