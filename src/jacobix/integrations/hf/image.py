@@ -122,8 +122,9 @@ def generate_image(model: Any, inputs: Any, *, decoding: Decoding | None = None,
 
 def _family(model: Any) -> str:
     name = type(model).__name__
-    if name in SUPPORTED:
-        return SUPPORTED[name]
+    for cls in type(model).__mro__:  # the transformers class itself or a subclass of it
+        if cls.__name__ in SUPPORTED and cls.__module__.startswith("transformers."):
+            return SUPPORTED[cls.__name__]
     supported = ", ".join(SUPPORTED)
     if "image" not in tuple(getattr(model, "output_modalities", ()) or ()):
         raise ValueError(f"{name} generates no images (a text-only model); generate_image decodes the image-token "
