@@ -112,12 +112,24 @@ def _images_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--seeds", type=positive, default=3, help="seeds per class (--quick: 1)")
     sub.add_argument("--batch-size", type=positive, default=50, help="images decoded together")
     sub.add_argument("--grid", action="store_true", help="add SJD2 lossless at windows 32-96 x noise levels 5-20 (20 more rows; long)")
+    sub.add_argument("--hf", choices=("janus", "emu3"), help="instead: a tiny random transformers Janus or Emu3 model (built "
+                     "from a seed), transformers' own image loop vs jacobix's methods")
+    sub.add_argument("--images", type=positive, default=4, help="with --hf: images per setting (--quick: 2)")
     _json(sub)
 
 
 def _images(args: argparse.Namespace) -> int:
     from jacobix.bench.images import ImageBenchConfig, bench_images, grid_decoders
 
+    if args.hf:
+        from jacobix.bench.hf_images import HFImageBenchConfig, bench_hf_images
+
+        images = args.images if "images" in args.explicit or not args.quick else 2
+        result = bench_hf_images(HFImageBenchConfig(family=args.hf, prompts=images))
+        print(result.table())
+        if args.json:
+            _write_json(args.json, result.records())
+        return 0
     grid = dict(decoders=grid_decoders()) if args.grid else {}
     config = ImageBenchConfig(batch_size=args.batch_size, seeds=_seeds(args), **grid, **(dict(per_class=1) if args.quick else {}))
     result = bench_images(config)
@@ -237,7 +249,8 @@ def _write_json(path: Path, records: list[dict]) -> None:
 
 _TARGETS = {  # target: (summary, its options, its run)
     "text": ("text models: ar vs Jacobi vs SJD (and a distilled model beside its teacher)", _text_options, _text),
-    "images": ("the bundled image-token models (fmnist-ar-sjd2, fmnist-ar): AR vs SJD, coupled SJD and SJD2",
+    "images": ("the bundled image-token models (fmnist-ar-sjd2, fmnist-ar): AR vs SJD, coupled SJD and SJD2; "
+               "--hf janus|emu3: tiny transformers image models against transformers' own loop",
                _images_options, _images),
     "tarflow": ("TarFlow: sequential vs GS-Jacobi sampling", _tarflow_options, _tarflow),
     "batch": ("batch jobs: the local backend vs Ray actor pools", _batch_options, _batch),

@@ -13,6 +13,9 @@ embeddings, PCCoT's latent thoughts); their defaults change nothing:
   ``forward(tokens, p, c, embeds=model.embed(tokens))`` gives bit-identical logits to
   ``forward(tokens, p, c)``.
 - ``return_hidden=True`` returns an :class:`LMOutput` with every layer's hidden states.
+
+A model whose prompts hold ids it never predicts (a text prompt before image codes, as Janus's image
+head) may set ``input_vocab_size``; prompts are then checked against it instead of ``vocab_size``.
 """
 
 from __future__ import annotations

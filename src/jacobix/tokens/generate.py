@@ -73,7 +73,7 @@ def generate(
     """
     decoding, sampling = decoding or Decoding(), sampling or SamplingConfig()
     _check_request(model, decoding, sampling, max_new_tokens, guidance, record, progress)
-    prompts, prompt_length = pack_prompts(input_ids, model.vocab_size, "input_ids")
+    prompts, prompt_length = pack_prompts(input_ids, _input_vocab(model), "input_ids")
     _check_batch(len(prompts), streamer, generator)
     width = decoding.max_window
     proposer = _proposer(decoding, width - 1)
@@ -209,12 +209,18 @@ def _start(model: CausalLM, verifier: Verifier, prompts: Tensor, prompt_length: 
     return state, 1
 
 
+def _input_vocab(model: CausalLM) -> int:
+    """Token ids a prompt may hold: ``model.input_vocab_size`` where a model reads ids it never predicts
+    (a text prompt before image codes), else ``model.vocab_size``."""
+    return int(getattr(model, "input_vocab_size", model.vocab_size))
+
+
 def _guidance(model: CausalLM, guidance: Guidance | None,
               prompt_length: Tensor) -> tuple[GuidanceShift | None, Tensor | None, Tensor | None]:
     """The verifier's guidance and the packed unconditional prompts, or Nones."""
     if guidance is None:
         return None, None, None
-    uncond, uncond_length = pack_prompts(guidance.negative_input_ids, model.vocab_size, "negative_input_ids")
+    uncond, uncond_length = pack_prompts(guidance.negative_input_ids, _input_vocab(model), "negative_input_ids")
     batch, device = prompt_length.shape[0], prompt_length.device
     if uncond.shape[0] != batch:
         raise ValueError(f"negative_input_ids has {uncond.shape[0]} rows but input_ids has {batch}; give one per row")

@@ -131,9 +131,7 @@ class HFCausalLM:
             recorded = tokens if tokens is not None else torch.full_like(positions, UNKNOWN_TOKEN)  # (B, W)
             mask = cache.begin(recorded, positions, dtype)  # (B, 1, W, kv)
             caching = {"use_cache": True, self.cache_keyword: cache}
-        inputs = dict(input_ids=tokens) if embeds is None else dict(inputs_embeds=embeds)
-        extra = dict(output_hidden_states=True) if return_hidden else {}
-        out = self.model(**inputs, position_ids=positions, attention_mask=mask, **caching, **extra)
+        out = self._run(tokens, embeds, positions, mask, caching, return_hidden)
         if cache is not None and cache.layers_written != self.num_layers:
             raise ValueError(
                 f"{type(self.model).__name__} wrote {cache.layers_written} of {self.num_layers} cache layers through "
@@ -142,6 +140,14 @@ class HFCausalLM:
         if return_hidden:
             return LMOutput(logits=out.logits, hidden_states=tuple(out.hidden_states))
         return out.logits  # (B, W, V)
+
+    def _run(self, tokens: Tensor | None, embeds: Tensor | None, positions: Tensor, mask: Tensor,
+             caching: dict[str, Any], return_hidden: bool) -> Any:
+        """The transformers forward of one window (an output with ``.logits``); subclasses that read
+        another head or embedding table (image generation) override this one call."""
+        inputs = dict(input_ids=tokens) if embeds is None else dict(inputs_embeds=embeds)
+        extra = dict(output_hidden_states=True) if return_hidden else {}
+        return self.model(**inputs, position_ids=positions, attention_mask=mask, **caching, **extra)
 
     def _window_mask(self, positions: Tensor, dtype: torch.dtype) -> Tensor:
         """Additive causal mask (B, 1, W, W) of a window attending only to itself."""

@@ -25,6 +25,12 @@ from jacobix.tokens.decoding import Decoding, Guidance
 from jacobix.tokens.generate import generate
 
 
+# Processors that only set logits to -inf: a per-row constant (transformers guides log-probabilities,
+# jacobix logits) changes nothing after them, so they combine with guidance exactly (Emu3's image
+# constraint is a PrefixConstrainedLogitsProcessor).
+MASKING_PROCESSORS = ("PrefixConstrainedLogitsProcessor", "SuppressTokensLogitsProcessor", "NoBadWordsLogitsProcessor")
+
+
 def _split_processors(processors: Sequence[Any] | None) -> tuple[list[Any], Any | None]:
     """Drop temperature/top-k/top-p warpers (jacobix applies them from GenerationConfig); take out the
     guidance processor; keep the rest. Returns (kept processors, guidance processor or None)."""
@@ -44,14 +50,17 @@ def _guidance(cfg: Any, input_ids: Tensor, others: list[Any]) -> Guidance | None
     row's last prompt token) at positions 0, 1, ... and then one new token per call; jacobix's
     ``cfg_scale`` / ``negative_input_ids`` guide the same unconditional rows over a whole window
     per pass. Both combine log-probabilities ``uncond + scale * (cond - uncond)`` (equal up to a
-    per-row constant, so argmax and softmax agree).
+    per-row constant, so argmax and softmax agree, also after the masking processors of
+    :data:`MASKING_PROCESSORS`).
     """
     if cfg is None:
         return None
-    if others:
-        names = ", ".join(type(p).__name__ for p in others)
+    shifting = [p for p in others if type(p).__name__ not in MASKING_PROCESSORS]
+    if shifting:
+        names = ", ".join(type(p).__name__ for p in shifting)
         raise ValueError(f"custom_generate: guidance_scale together with other logits processors ({names}) is not "
-                         "supported (transformers applies them to guided log-probabilities); drop one of them")
+                         "supported (transformers applies them to guided log-probabilities; only masking ones "
+                         f"combine: {', '.join(MASKING_PROCESSORS)}); drop one of them")
     negative, mask = cfg.unconditional_context["input_ids"], cfg.unconditional_context["attention_mask"]
     if negative is None:
         negative = input_ids[:, -1:]  # (B, 1) transformers' default unconditional prompt
