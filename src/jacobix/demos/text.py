@@ -110,7 +110,8 @@ def footer(result: TextBenchResult) -> str:
     """What the ratios mean, and how they were measured."""
     c = result.config
     threads = torch.get_num_threads()
-    lines = [f"{len(c.prompts)} prompts x {len(c.seeds)} seed(s) x {c.max_new_tokens} new tokens on {c.device}, "
+    seeds = f"{len(c.seeds)} seed{'' if len(c.seeds) == 1 else 's'}"
+    lines = [f"{len(c.prompts)} prompts x {seeds} x {c.max_new_tokens} new tokens on {c.device}, "
              f"{threads} CPU thread{'' if threads == 1 else 's'}; sampled rows at temperature {c.sampling.temperature}.",
              "x vs AR = the model's own sequential (AR) row of the same mode / this row, per generated token; "
              "above 1.00x is faster.",
