@@ -22,11 +22,20 @@ WIDTH = "100"  # argparse wraps help at $COLUMNS; fixed so the page is the same 
 INTRO = """# The command line
 
 This page is generated from the parsers of `jacobix` by `python tools/cli_docs.py`; it is exactly
-what `jacobix COMMAND --help` prints. Every argument is checked before any work starts, and a bad
-one ends with exit status 2 and a message that names the argument and the fix. An option that
-would be ignored is refused rather than dropped. The decoding and sampling flags of `generate` and
+what `jacobix COMMAND --help` prints. The decoding and sampling flags of `generate` and
 `generate-batch` are derived from the fields of `jacobix.Decoding` and `jacobix.SamplingConfig`
 (see [Text](text.md#the-decoding-spec)).
+
+Every argument is checked before any work starts, and a bad one ends with exit status 2 and a
+message that names the argument and the fix: values out of range (`--threads -1`,
+`--batch-size 0`, `--window abc`), an unknown model (the message lists the bundled ones), a
+damaged checkpoint folder, a `--window` or `--max-new-tokens` beyond the model's context, a
+device that is not there (`--device foo`, `--device cuda` without CUDA), an `--out` or `--json`
+folder that cannot be written. An option that would be ignored is refused rather than dropped:
+`--lookahead`, `--window` or `--init` with `--method ar`, `--temperature` with `--method jacobi`,
+`--top-k`/`--top-p` without sampling, and the bench options that do not apply to the chosen
+target. `bench --quick` shrinks what you did not set: explicit `--seeds` and `--max-new-tokens`
+still apply.
 """
 
 
