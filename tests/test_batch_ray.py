@@ -4,6 +4,9 @@ as the local engine, greedy, sampled and images, whatever the batch size."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +23,27 @@ from jacobix.integrations.ray import RayBatchGenerator, actor_pool, run_ray  # n
 PROMPTS = ["ROMEO:\n", "JULIET:\nO ", "To be", "KING HENRY:\nNow, lords", "A", "Good morrow", "Hark", "Thou"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def ray_temp_dir():
+    """Ray's session files (logs, sockets, spilled objects) in a folder of the tests' own, removed after them.
+
+    Short on purpose (``/tmp/jxray...``): Ray puts Unix sockets there, whose paths must stay short.
+    """
+    folder = tempfile.mkdtemp(prefix="jxray")
+    before = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder
+    yield folder
+    if ray.is_initialized():
+        ray.shutdown()
+    if before is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = before
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(ray_temp_dir):
     """One local 2-CPU cluster for the module, shut down after it."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray

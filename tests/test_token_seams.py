@@ -18,7 +18,7 @@ from test_sjd_distribution import LENGTH, PROMPT, SAMPLES, VOCAB, chi_square_pva
 
 
 class TwoBack(Proposer):
-    """The README's dozen-line proposer: fresh slots guess the token two positions back."""
+    """The documentation's dozen-line proposer (docs/architecture.md): fresh slots guess the token two positions back."""
 
     sources = (DraftSource("two-back", prior=0.2),)
 

@@ -63,5 +63,5 @@ def __getattr__(name: str):
     if name == "hf":
         import importlib
 
-        return importlib.import_module("jacobix.integrations.hf")
+        return importlib.import_module("jacobix.hf")
     raise AttributeError(f"module 'jacobix' has no attribute {name!r}")

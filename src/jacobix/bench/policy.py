@@ -205,7 +205,7 @@ def _time(rows: list[Row], models: dict, fmt: PolicyFormat, prompts: list[Tensor
 
 
 def table(rows: list[Row], config: PolicyBenchConfig) -> str:
-    """The rows as a text table, with the exactness check and the goals' figures."""
+    """The rows as a text table, with the exactness check."""
     lines = [f"jacobix bench policy: suite {config.suite}, {rows[0].result.episodes} episodes per row "
              f"(same tasks and seeds, rollouts in {config.rollout_dtype}), "
              f"wall at batch 1 over {config.wall_chunks} chunks in the checkpoints' dtype",

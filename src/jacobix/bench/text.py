@@ -112,7 +112,7 @@ class TextBenchResult:
             f"tokens; sampling at temperature {c.sampling.temperature}; ratios = AR / setting (higher is better; AR = first "
             f"sequential row of the same mode), per generated token (sampled runs differ in length); worst prompt = "
             f"lowest per-prompt wall ratio (median over seeds); "
-            f"{torch.get_num_threads()} CPU threads"
+            f"{_threads(torch.get_num_threads())}"
         )
         for row in self.rows:
             if row.setting.window == "auto":
@@ -199,6 +199,10 @@ class TextBenchResult:
         lines.append("cells: passes vs AR / wall vs AR per generated token, per prompt (medians over seeds); spread: "
                      "largest / smallest pass count of one prompt over the seeds (greedy rows: run-to-run stability)")
         return "\n".join(lines)
+
+
+def _threads(count: int) -> str:
+    return "1 CPU thread" if count == 1 else f"{count} CPU threads"
 
 
 def _convergence_record(row: BenchRow) -> dict:

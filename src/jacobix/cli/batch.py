@@ -81,6 +81,12 @@ def spec_from_args(args: argparse.Namespace) -> BatchSpec:
                      image_dir=str(image_dir) if images else None, device=args.device)
 
 
+RAY_NOTE = ("jacobix: starting a local Ray cluster. Ray logs its own start-up lines: 'Token authentication is "
+            "enabled' (the local cluster sets up its own token) and 'Actor ... has constructor arguments in the object "
+            "store and max_restarts > 0' (a note on restarting a failed actor) and 'Progress bars disabled' (-v shows them) "
+            "are expected and harmless.")
+
+
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     job = open_job(args.input, args.output, images=spec.images, on_bad_line=args.on_bad_line)
@@ -91,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         if args.backend == "ray":
             from jacobix.integrations.ray import run_ray
 
+            if args.address is None:
+                print(RAY_NOTE, file=sys.stderr)
             written = run_ray(spec, job.rows, writer, actors=args.actors, address=args.address, num_cpus=args.num_cpus,
                               gpus_per_actor=args.gpus_per_actor, progress=args.verbose)
         else:

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def text_demo(*, quick: bool) -> None:
-    from jacobix.bench.text import TextBenchConfig, bench_text
+    from jacobix.demos.text import demo_rows, demo_table, footer
 
     text_model = load_text_model("shakespeare")
     prompt = "ROMEO:\n"
@@ -70,8 +70,9 @@ def text_demo(*, quick: bool) -> None:
                        sampling=SamplingConfig(temperature=0.8), max_new_tokens=200, generator=torch.Generator().manual_seed(0))
     print(prompt + text_model.tokenizer.decode(sampled.tokens[0]))
     print(f"--- SJD at temperature 0.8: {sampled.stats.forward_passes} passes for 200 tokens\n")
-    config = TextBenchConfig(max_new_tokens=100 if quick else 200, seeds=(0,) if quick else (0, 1))
-    print(bench_text(config, text_model=text_model).table())
+    rows, result = demo_rows(text_model, quick=quick)
+    print(demo_table(rows))
+    print(footer(result))
 
 
 __all__ = ["add_parser", "check", "run", "text_demo"]

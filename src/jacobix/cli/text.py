@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
 from jacobix.api import generate, load_text_model
-from jacobix.cli.flags import Help, add_spec_arguments, decoding_options, positive, specs_from_args
+from jacobix.cli.flags import Help, add_spec_arguments, check_device, decoding_options, positive, specs_from_args
 from jacobix.cli.models import text_models
 from jacobix.tokens.methods import get_method
 
@@ -28,13 +29,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_spec_arguments(gen, defaults=DEFAULTS, more_methods=("all",))
     gen.add_argument("--max-new-tokens", type=positive, default=200, help="tokens to generate (fewer if the model ends its answer)")
     gen.add_argument("--seed", type=int, default=0, help="seed of the sampling generator")
-    gen.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    gen.add_argument("--device", default="cpu", help="torch device to run on (cpu, cuda, cuda:1, mps)")
+    gen.add_argument("--no-progress", action="store_true",
+                     help="hide progress bars (they show only when stderr is a terminal)")
     gen.set_defaults(run=run, check=check)
 
 
 def check(args: argparse.Namespace) -> None:
     """Refuse options that the chosen methods would ignore or cannot honour."""
     given = args.explicit
+    check_device(args.device, "text")
     if args.method != "all" and get_method(args.method).sequential:
         for option in decoding_options():
             if option[2:].replace("-", "_") in given:
@@ -91,12 +95,14 @@ def _check_context(args: argparse.Namespace, prompt_length: int, positions: int 
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.no_progress and args.model == "smollm2":
+    progress = not args.no_progress and sys.stderr.isatty()
+    if not progress and args.model == "smollm2":
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     text_model = load_text_model(args.model)
-    prompt = text_model.tokenizer.encode(args.prompt)
+    text_model.model.to(args.device)
+    prompt = text_model.tokenizer.encode(args.prompt).to(args.device)
     _check_context(args, len(prompt), _positions(text_model.model))
     print(f"model {args.model}, prompt ({len(prompt)} tokens):\n{args.prompt}\n")
     for method in _methods(args):
@@ -104,8 +110,8 @@ def run(args: argparse.Namespace) -> int:
         greedy = {} if sampled else dict(temperature=0.0, top_k=None, top_p=None)
         decoding, sampling = specs_from_args(args, method=method, **greedy)
         result = generate(text_model.model, prompt, decoding=decoding, sampling=sampling,
-                          max_new_tokens=args.max_new_tokens, generator=torch.Generator().manual_seed(args.seed),
-                          eos_token_id=text_model.eos_token_id, progress=not args.no_progress)
+                          max_new_tokens=args.max_new_tokens, generator=torch.Generator(device=args.device).manual_seed(args.seed),
+                          eos_token_id=text_model.eos_token_id, progress=progress)
         _report(args, method, sampled, result, text_model)
     return 0
 

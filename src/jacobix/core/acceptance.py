@@ -32,7 +32,7 @@ def leading_true(mask: Tensor) -> Tensor:
 
 
 def greedy_accept(drafts: Tensor, target_tokens: Tensor) -> Tensor:
-    """Exact-match rule of greedy Jacobi decoding (ALGORITHMS.md section 1).
+    """Exact-match rule of greedy Jacobi decoding (docs/text.md, "Why it is exact").
 
     Args:
         drafts: (B, D) guessed tokens for positions n .. n+D-1.

@@ -112,11 +112,12 @@ def demo_images(
         title=f"When {sjd.label()} accepted each token")
     fill = fill_in_frames(model, fast)
     titles = [f"after sweep {k} of {fill.total_sweeps}" for k in fill.sweeps]
+    shown = "" if len(fill.sweeps) == fill.total_sweeps else f" ({len(fill.sweeps)} of {fill.total_sweeps} sweeps shown)"
     return DemoResult(
         grid_path=figures.save(pair, out_dir / "samples_ar_vs_sjd.png"),
         heatmap_path=figures.save(heat, out_dir / "accept_sweep.png"),
         animation_path=figures.fill_in_gif(out_dir / "sjd_progress.gif", fill.pixels, fill.status, per_class=per_class,
-                                           title=f"{sjd.label()}: filling in", frame_titles=titles),
+                                           title=f"{sjd.label()}: filling in{shown}", frame_titles=titles),
         table=_table(ar, fast, labels, ar_settings, sjd),
         denoising_path=None if sjd2 is None else sjd2_denoising_picture(out_dir / "sjd2_denoising.png", sjd2, seed=seed),
     )

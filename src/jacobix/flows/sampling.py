@@ -1,6 +1,6 @@
 """TarFlow sampling on the engine: sequential (KV cache), whole-block Jacobi and GS-Jacobi.
 
-Inverting one meta-block is the lower-triangular fixed point (ALGORITHMS.md section 6)::
+Inverting one meta-block is the lower-triangular fixed point (docs/flows.md)::
 
     x_0 = z_0,    x_t = z_t * exp(a_{t-1}(x_<=t-1)) + b_{t-1}(x_<=t-1)
 

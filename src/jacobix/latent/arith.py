@@ -1,4 +1,4 @@
-"""Multi-step modular arithmetic programs, the task of jacobix's PCCoT models.
+"""Multi-step modular arithmetic programs, the problems jacobix's PCCoT models solve.
 
 A program in GSM8K-Aug's equation style over the integers mod 23::
 
@@ -43,7 +43,7 @@ class Program:
         cot: the teacher chain of thought, e.g. ``b=12;`` (empty for one step).
         answer: the value of the queried variable, 0..22.
         steps: number of operations.
-        modulus: the values are integers mod this (23 by default; a smaller one is an easier task).
+        modulus: the values are integers mod this (23 by default; a smaller one is easier).
     """
 
     question: str

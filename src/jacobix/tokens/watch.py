@@ -47,7 +47,7 @@ class Watchers:
 def _progress_bar(method: str):
     from tqdm.auto import tqdm
 
-    return tqdm(desc=f"jacobix {method}", unit="pass", leave=False)
+    return tqdm(desc=f"jacobix {method}", unit="pass", leave=False, disable=None)  # None: off when not a terminal
 
 
 __all__ = ["Watchers"]

@@ -7,7 +7,9 @@ row id), so the results equal the local backend's, row for row, at any number of
 
 from __future__ import annotations
 
+
 import inspect
+import logging
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
 
@@ -103,6 +105,7 @@ def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, acto
         cpus = None if address else (num_cpus or max(1, -int(-actors * cpus_per_actor // 1)))
         _init(ray, address, cpus)
     try:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines (plans, timings) are Ray's own
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.enable_progress_bars = progress
@@ -130,7 +133,8 @@ def _init(ray: ModuleType, address: str | None, cpus: int | None) -> None:
     """``ray.init``; a cluster that wants a token we do not have is reported with the fix."""
     refused = getattr(ray.exceptions, "AuthenticationError", None)
     try:
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)  # Ray's INFO lines (cluster started, plans) are not the user's concern
     except Exception as error:
         if refused is None or not isinstance(error, refused):
             raise

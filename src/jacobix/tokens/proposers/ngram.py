@@ -1,4 +1,4 @@
-"""Lookahead decoding's n-gram pool as a draft source (ALGORITHMS.md section 4), model-free.
+"""Lookahead decoding's n-gram pool as a draft source (docs/text.md, "Drafts from an n-gram pool"), model-free.
 
 The pool maps the last ``k`` tokens of a text (a key, ``k`` in ``key_lengths``) to continuations
 seen after that key: in the prompt and the committed output (the text pool) and in the Jacobi

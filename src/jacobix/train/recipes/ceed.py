@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jacobix import assets
 from jacobix.models.llama import save_llama
 from jacobix.robot.dataset import Demonstrations, collect_demonstrations, load_demonstrations
 from jacobix.robot.policy import PolicyFormat, load_policy
@@ -43,7 +44,7 @@ TRAINING = ("steps", "batch_size", "lr", "warmup", "global_weight", "local_weigh
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (the training ones are :class:`CLLMConfig` fields)."""
-    parser.add_argument("--teacher", default="pointmass-policy", help="a bundled policy or a policy checkpoint folder")
+    parser.add_argument("--teacher", default="pointmass-policy", help=f"a bundled policy ({', '.join(assets.names('policy'))}) or a policy checkpoint folder")
     parser.add_argument("--data", type=Path, help="demonstrations.npz (from jacobix train policy); default: collect afresh")
     parser.add_argument("--episodes-per-task", type=int, default=300, help="expert episodes per task when collecting")
     parser.add_argument("--noise", type=float, default=0.1, help="DART noise on the executed actions when collecting")

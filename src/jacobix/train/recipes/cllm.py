@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jacobix import assets
 from jacobix.api import generate, load_text_model as load_named
 from jacobix.core.acceptance import leading_true
 from jacobix.integrations.hf.adapter import as_causal_lm, is_transformers_model
@@ -43,7 +44,8 @@ class PromptSets:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (the training ones are :class:`CLLMConfig`'s fields)."""
     parser.add_argument("--teacher", default="shakespeare",
-                        help="model to distill: a bundled jacobix model, smollm2, or a checkpoint/transformers folder")
+                        help=f"model to distill: a bundled text model ({', '.join(assets.names('text') + assets.names('hf-text'))}) "
+                        "or a checkpoint/transformers folder")
     parser.add_argument("--base-model", help="the original model a multi-round distillation started from (a second "
                         "round's --teacher is the first round's student): recorded as the teacher, and the model "
                         "the validation loss and greedy agreement are compared with (default: --teacher)")

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """One training run. ``passes`` is T for ``pccot``; ``seq`` always uses T = c.
 
-    The defaults are the CPU sweep of the README (mod 5, 2-4 steps, c = 6, a 0.33M-parameter
-    Llama, 1000 steps of 32 programs); the original mod-23 task is ``--modulus 23``.
+    The defaults are the CPU sweep of docs/latent.md (mod 5, 2-4 steps, c = 6, a 0.33M-parameter
+    Llama, 1000 steps of 32 programs); the original mod-23 problems: ``--modulus 23``.
     """
 
     arm: str = "pccot"
