@@ -9,13 +9,13 @@ import sys
 
 import torch
 
-from jacobix.cli import batch, bench, demo, text, train
+from jacobix.cli import batch, bench, calibrate, demo, text, train
 from jacobix.cli.flags import Help, count
 
 DESCRIPTION = ("Parallel generation for sequential generative models by Jacobi iteration: exact for token models "
                "(the greedy output, or the sampling distribution, of sequential decoding), within a stated tolerance "
                "for TarFlow's GS-Jacobi. `jacobix COMMAND --help` describes each command.")
-COMMANDS = (text, batch, bench, demo, train)  # each: add_parser(commands) setting run= and check=
+COMMANDS = (text, batch, bench, calibrate, demo, train)  # each: add_parser(commands) setting run= and check=
 
 
 def parser() -> argparse.ArgumentParser:

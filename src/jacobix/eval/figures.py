@@ -303,3 +303,25 @@ __all__ = [
     "ACCEPTED", "CLASS_NAMES", "DRAFT", "NOT_REACHED", "accept_sweep_figure", "comparison_figure", "convergence_figure",
     "fill_in_gif", "fill_in_rgb", "image_grid_figure", "new_figure", "save", "tile",
 ]
+
+
+def plot_pass_costs(calibration, path: str | Path) -> Path:
+    """Draw a calibration's cost of a k-token pass over a one-token pass, one line per batch size.
+
+    Args:
+        calibration: a :class:`~jacobix.tokens.width.calibration.Calibration`.
+        path: the picture to write (``.png``).
+    """
+    figure = new_figure(5.0, 3.4)
+    axes = figure.add_subplot()
+    for rows, shape in sorted(calibration.costs.items()):
+        widths = sorted(shape)
+        axes.plot(widths, [shape[w] for w in widths], marker="o", label=f"{rows} row{'s' * (rows != 1)}")
+    top = max(max(shape.values()) for shape in calibration.costs.values())
+    axes.plot([1, 16], [1, 16], color="0.7", linestyle=":", label="c(k) = k: no gain from parallel tokens")
+    axes.set_ylim(0.9, max(2.0, top * 1.1))
+    axes.set_xlabel("tokens per pass (k)")
+    axes.set_ylabel("c(k) / c(1)")
+    axes.set_title(f"{calibration.where.model} on {calibration.where.device}", fontsize=9)
+    axes.legend(fontsize=8)
+    return save(figure, path)

@@ -91,7 +91,7 @@ class Decoding:
     """
 
     method: str = "jacobi"
-    window: int | Literal["auto"] = 16
+    window: int | Literal["auto"] = "auto"
     init: str | DraftInit = "random"
     row_length: int | None = None
     lookahead: bool | LookaheadConfig = False

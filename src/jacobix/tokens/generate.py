@@ -57,7 +57,7 @@ def generate(
         model: a :class:`~jacobix.models.protocol.CausalLM` (``jacobix.generate`` also takes
             transformers models and the spec's fields as keywords).
         input_ids: prompts: a (B, L) tensor, a 1-D tensor, or a list of token lists of any lengths.
-        decoding: how windows are drafted, verified and sized (default: greedy Jacobi, window 16).
+        decoding: how windows are drafted, verified and sized (default: greedy Jacobi, window="auto").
         sampling: the target distribution (default greedy).
         max_new_tokens: tokens to generate per row (fewer if an EOS token appears).
         guidance: classifier-free guidance against unconditional prompts, or None.

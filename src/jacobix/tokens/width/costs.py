@@ -31,7 +31,7 @@ from pathlib import Path
 
 from jacobix.core.timing import clock
 
-PROBE_WIDTHS = (1, 2, 4, 8, 16)
+PROBE_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16)  # the widths the adaptive policy chooses among
 OUTLIER = 3.0  # a timing this many times off its width's median is a neighbour's burst, not the width
 RECENT = 4  # passes over which another width must have run for a timing to refine its width's shape
 
@@ -174,17 +174,21 @@ class CostBook:
             generation time if it was measured for another model or device), or None: the
             matching one from the cache folder if ``cache``, else live timings.
         cache: look for a calibration in the cache folder (and save the live probe there).
+        probe_rounds: interleaved rounds of a live table's start-up probe.
     """
 
-    def __init__(self, calibration=None, *, cache: bool = True) -> None:
+    def __init__(self, calibration=None, *, cache: bool = True, probe_rounds: int = 5) -> None:
         self.tables: dict[tuple, PassCosts | FixedCosts] = {}
+        self.probe_rounds = probe_rounds
         self.policies: dict[tuple, object] = {}
         self.calibration, self.cache = calibration, cache
         self.cached: dict = {}  # Where -> the cached Calibration, or None (looked up once per book)
 
     def table(self, key: tuple) -> PassCosts | FixedCosts:
         """The live table for ``key`` (model, device, dtype, rows per pass, greedy, proposer), new if unseen."""
-        return self.tables.setdefault(tuple(key), PassCosts())
+        if tuple(key) not in self.tables:
+            self.tables[tuple(key)] = PassCosts(probe_rounds=self.probe_rounds)
+        return self.tables[tuple(key)]
 
     def policy(self, key: tuple, build):
         """The width policy kept for ``key``, built by ``build()`` if unseen."""

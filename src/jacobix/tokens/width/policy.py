@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 
 from jacobix.tokens.proposers.base import DraftSource
-from jacobix.tokens.width.costs import PassCosts
+from jacobix.tokens.width.costs import PROBE_WIDTHS, PassCosts
 
-ARM_WIDTHS = (1, 2, 3, 4, 6, 8, 12, 16)  # tokens per pass the adaptive policy chooses among (and the widest allowed)
+ARM_WIDTHS = PROBE_WIDTHS  # tokens per pass the adaptive policy chooses among
 REFRESH = 4  # passes the speeds computed for the same contexts stand between probes
 FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles
 
