@@ -23,9 +23,13 @@ from jacobix.tokens.decoding import Decoding
 from jacobix.cli import main
 
 PROMPTS = ["ROMEO:\n", "JULIET:\nO ", "To be", "KING HENRY:\nNow, lords", "A", "Good morrow"]
-SPECS = {"jacobi": BatchSpec(decoding=Decoding(method="jacobi", init="repeat"), max_new_tokens=40),
-         "sjd": BatchSpec(decoding=Decoding(method="sjd", init="repeat"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=40),
-         "sjd-random-init": BatchSpec(decoding=Decoding(method="sjd", init="random"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=40)}
+# A fixed window: a row's sample and statistics then do not depend on its batch (with window="auto"
+# the width each pass feeds, and so which random draws a row uses, follows the batch's history).
+SPECS = {"jacobi": BatchSpec(decoding=Decoding(method="jacobi", window=16, init="repeat"), max_new_tokens=40),
+         "sjd": BatchSpec(decoding=Decoding(method="sjd", window=16, init="repeat"), sampling=SamplingConfig(temperature=0.8),
+                          max_new_tokens=40),
+         "sjd-random-init": BatchSpec(decoding=Decoding(method="sjd", window=16, init="random"),
+                                      sampling=SamplingConfig(temperature=0.8), max_new_tokens=40)}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_row_stats_count_accepted_drafts_only_up_to_the_budget(generators):
     prompts = [text_model.tokenizer.encode(text).tolist() for text in texts]
 
     def stats(ids):
-        return generate(text_model.model, [prompts[i] for i in ids], method="sjd", init="random", temperature=0.8,
+        return generate(text_model.model, [prompts[i] for i in ids], method="sjd", window=16, init="random", temperature=0.8,
                         max_new_tokens=40, generator=[torch.Generator().manual_seed(row_seed(0, i)) for i in ids]).stats
     raw, alone = stats(range(6)), stats([5])
     assert int(raw.accepted_per_pass[:, 5].sum()) != int(alone.accepted_per_pass[:, 0].sum())  # the raw count moves
@@ -106,7 +110,7 @@ def test_image_rows_are_the_same_pngs_in_any_batch(tmp_path):
     rows = [{"id": f"img{label}", "label": label} for label in (0, 7, 9)]
     pngs = {}
     for name, batches in (("together", [rows]), ("alone", [[r] for r in rows])):
-        spec = BatchSpec(model="fmnist-ar", decoding=Decoding(method="sjd"), sampling=SamplingConfig(temperature=1.0), image_dir=str(tmp_path / name))
+        spec = BatchSpec(model="fmnist-ar", decoding=Decoding(method="sjd", window=16), sampling=SamplingConfig(temperature=1.0), image_dir=str(tmp_path / name))
         generator = BatchGenerator(spec)
         results = [r for batch in batches for r in generator.generate_rows(batch)]
         assert [r["label"] for r in results] == [0, 7, 9]
@@ -218,7 +222,7 @@ def test_a_killed_command_finishes_on_the_second_run(tmp_path, generators):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     killed = tmp_path / "killed.jsonl"
     command = [sys.executable, "-m", "jacobix.cli", "generate-batch", "--input", str(source), "--output", str(killed),
-               "--method", "sjd", "--batch-size", "2", "--max-new-tokens", "40"]
+               "--method", "sjd", "--window", "16", "--batch-size", "2", "--max-new-tokens", "40"]
     job = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while (not killed.exists() or len(killed.read_bytes().splitlines()) < 2) and time.monotonic() < deadline:

@@ -58,8 +58,8 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("spec", [BatchSpec(decoding=Decoding(method="jacobi", init="repeat"), max_new_tokens=32, batch_size=5),
-                                  BatchSpec(decoding=Decoding(method="sjd", init="repeat"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=32, batch_size=5)],
+@pytest.mark.parametrize("spec", [BatchSpec(decoding=Decoding(method="jacobi", window=16, init="repeat"), max_new_tokens=32, batch_size=5),
+                                  BatchSpec(decoding=Decoding(method="sjd", window=16, init="repeat"), sampling=SamplingConfig(temperature=0.8), max_new_tokens=32, batch_size=5)],
                          ids=["greedy", "sjd"])
 def test_two_ray_actors_write_what_the_local_engine_writes(cluster, tmp_path, spec):
     rows = _rows(12)
@@ -75,7 +75,8 @@ def test_two_ray_actors_write_what_the_local_engine_writes(cluster, tmp_path, sp
 def test_the_command_on_ray_makes_the_local_pngs_and_restarts(cluster, tmp_path):
     source = tmp_path / "labels.jsonl"
     source.write_text("".join(json.dumps({"id": f"i{k}", "label": k}) + "\n" for k in (1, 4, 8)))
-    common = ["generate-batch", "--input", str(source), "--model", "fmnist-ar", "--method", "sjd", "--batch-size", "2"]
+    common = ["generate-batch", "--input", str(source), "--model", "fmnist-ar", "--method", "sjd", "--window", "16",
+              "--batch-size", "2"]
     assert main([*common, "--output", str(tmp_path / "local.jsonl")]) == 0
     ray_out = tmp_path / "ray.jsonl"
     ray_out.write_text(json.dumps({"id": "i1", "label": 1, "png": "made before", "stats": {}}) + "\n")  # a finished row

@@ -51,8 +51,8 @@ def test_generate_prints_the_same_greedy_text_for_ar_and_jacobi(checkpoint, caps
     assert texts["ar"] == texts["jacobi"] == text_model.tokenizer.decode(expected)  # the answer, apart from the prompt
     assert len(texts["sjd"]) == 12  # one character per token
     assert out.startswith(f"model {checkpoint}, prompt (6 tokens):\nROMEO:\n")
-    assert "=== ar: greedy, window 1 ===" in out and "=== jacobi: greedy, window 16, repeat drafts ===" in out
-    assert "=== sjd: sampling at temperature 0.8, window 16, repeat drafts ===" in out
+    assert "=== ar: greedy, window 1 ===" in out and "=== jacobi: greedy, window auto (1-16), repeat drafts ===" in out
+    assert "=== sjd: sampling at temperature 0.8, window auto (1-16), repeat drafts ===" in out
     assert out.count("passes for 12 tokens") == 3
 
 

@@ -228,3 +228,35 @@ def test_adaptive_config_refuses_bad_values(bad):
 
     with pytest.raises(ValueError, match="AdaptiveConfig"):
         AdaptiveConfig(**bad)
+
+
+def test_a_cost_book_sent_to_another_process_starts_its_timings_afresh():
+    import pickle
+
+    model = tiny_model(1)
+    spec = Decoding(window="auto", costs=calibration(model, {1: linear(0.1)}))
+    generate(model, [[1, 2]], spec, max_new_tokens=8)
+    assert spec.costs.policies
+    copy = pickle.loads(pickle.dumps(spec))
+    assert copy.costs.calibration == spec.costs.calibration and not copy.costs.policies and not copy.costs.tables
+    generate(model, [[1, 2]], copy, max_new_tokens=8)  # its arrays are its own and writable
+
+
+def test_calibrate_measures_whole_passes_and_the_command_writes_the_file(tmp_path, capsys):
+    from jacobix.cli import main
+    from jacobix.tokens.calibrate import calibrate
+
+    model = tiny_model(2, dtype=torch.float32)
+    measured = calibrate(model, batch_sizes=(1, 3), rounds=3, passes=4)
+    assert set(measured.costs) == {1, 3} and all(shape[1] == 1.0 for shape in measured.costs.values())
+    assert all(list(shape.values()) == sorted(shape.values()) for shape in measured.costs.values())
+    assert measured.where == where_of(model, "cpu", torch.float32)
+    out = tmp_path / "costs.json"
+    assert main(["calibrate", "--batch-sizes", "1", "--rounds", "3", "--output", str(out), "--plot",
+                 str(tmp_path / "costs.png")]) == 0
+    assert Calibration.load(out).costs[1][1] == 1.0 and (tmp_path / "costs.png").stat().st_size > 0
+    assert "k=16" in capsys.readouterr().out
+    for bad, message in ((["--rounds", "2"], "--rounds"), (["--model", "nonesuch"], "--model"),
+                         (["--output", str(tmp_path)], "is a folder")):
+        assert main(["calibrate", *bad]) == 2
+        assert message in capsys.readouterr().err

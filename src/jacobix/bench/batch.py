@@ -26,7 +26,7 @@ OPENINGS = ["", "O ", "My lord, ", "Good morrow, ", "What ", "Now ", "I pray you
 @dataclass(frozen=True, kw_only=True)
 class BatchBenchConfig:
     rows: int = 200
-    decoding: Decoding = field(default_factory=lambda: Decoding(method="sjd", init="repeat"))
+    decoding: Decoding = field(default_factory=lambda: Decoding(method="sjd", window=16, init="repeat"))  # fixed: the engines must write identical rows
     sampling: SamplingConfig = SamplingConfig(temperature=0.8)
     max_new_tokens: int = 64
     batch_size: int = 8

@@ -16,7 +16,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
         "calibrate", formatter_class=Help,
         help="measure what a pass of k tokens and B rows costs on this device (window='auto' plans with it)",
-        description="Times real decoding passes of 1 to 16 tokens against a one-token pass, for each batch size, "
+        description="Times whole decoding passes of 1 to 16 tokens against a one-token pass, for each batch size, "
                     "and writes the table to jacobix's cache folder, where window='auto' finds it for this model, "
                     "device, dtype and thread count (or to --output).")
     command.add_argument("--model", default="shakespeare",
@@ -24,7 +24,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--device", default="cpu", help="torch device")
     command.add_argument("--batch-sizes", type=count, nargs="+", default=list(DEFAULT_BATCH_SIZES), metavar="B",
                          help="rows per pass to measure (image models with guidance run twice their images)")
-    command.add_argument("--rounds", type=count, default=9, help="interleaved timing rounds per batch size (>= 3)")
+    command.add_argument("--rounds", type=count, default=5, help="interleaved timing rounds per batch size (>= 3)")
     command.add_argument("--output", type=Path, default=None, help="write the table here instead of the cache folder")
     command.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also draw c(k)/c(1) by batch size")
     command.set_defaults(run=run, check=check)

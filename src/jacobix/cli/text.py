@@ -13,7 +13,7 @@ from jacobix.cli.models import text_models
 from jacobix.tokens.methods import get_method
 
 ALL = ("ar", "jacobi", "sjd")  # what --method all runs, one after another
-DEFAULTS = dict(method="all", window=16, init="repeat", temperature=0.8)
+DEFAULTS = dict(method="all", window="auto", init="repeat", temperature=0.8)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -45,7 +45,9 @@ def check(args: argparse.Namespace) -> None:
                 raise ValueError(f"{option} does not apply to --method {args.method} (sequential decoding, one token "
                                  "per pass); drop it, or use --method jacobi, sjd or all")
     if args.block and args.window == "auto":
-        raise ValueError("--block iterates blocks of --window tokens; give a whole number, e.g. --window 16")
+        if "window" in given:
+            raise ValueError("--block iterates blocks of --window tokens; give a whole number, e.g. --window 16")
+        args.window = 16  # blocks need a size: CLLM's 16
     sampled = {m: _sampled(args, m) for m in _methods(args)}
     for method, samples in sampled.items():
         spec = get_method(method)
@@ -105,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = text_model.tokenizer.encode(args.prompt).to(args.device)
     _check_context(args, len(prompt), _positions(text_model.model))
     print(f"model {args.model}, prompt ({len(prompt)} tokens):\n{args.prompt}\n")
+    sequential = {}  # seconds per token of the sequential run, by sampled
     for method in _methods(args):
         sampled = _sampled(args, method)
         greedy = {} if sampled else dict(temperature=0.0, top_k=None, top_p=None)
@@ -113,7 +116,30 @@ def run(args: argparse.Namespace) -> int:
                           max_new_tokens=args.max_new_tokens, generator=torch.Generator(device=args.device).manual_seed(args.seed),
                           eos_token_id=text_model.eos_token_id, progress=progress)
         _report(args, method, sampled, result, text_model)
+        seconds = result.stats.wall_time_s / max(result.stats.new_tokens[0], 1)
+        if get_method(method).sequential:
+            sequential[sampled] = seconds
+        else:
+            _cost_line(text_model.model, result.stats, sequential.get(sampled), seconds)
     return 0
+
+
+def _cost_line(model, stats, sequential: float | None, seconds: float) -> None:
+    """The measured cost of the widest pass this run fed, and, beside a sequential run of the same
+    mode, its wall ratio and why it lost where it did."""
+    from jacobix.tokens.calibrate import pass_cost, why_slower
+
+    width = max(stats.schedule.widths) if stats.schedule is not None and stats.schedule.widths else stats.window
+    if width <= 1:
+        return
+    cost = pass_cost(model, width)
+    line = f"--- on this device a {width}-token pass costs {cost:.2f}x a one-token pass (jacobix calibrate measures it)"
+    if sequential is not None:
+        ratio = sequential / seconds
+        line += f"; wall time vs sequential: {ratio:.2f}x"
+        if ratio < 1.0:
+            line += f"\n--- {why_slower(width, cost, stats.tokens_per_pass)}"
+    print(line + "\n")
 
 
 def _report(args: argparse.Namespace, method: str, sampled: bool, result, text_model) -> None:

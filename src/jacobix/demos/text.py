@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 
 from jacobix.bench.text import DEFAULT_SETTINGS, Setting, TextBenchConfig, TextBenchResult, bench_text
+from jacobix.api import load_text_model
+from jacobix.tokens.calibrate import pass_cost, why_slower
 from jacobix.tokens.decoding import Decoding
 
 STUDENT = "shakespeare-cllm-ar1"
@@ -39,6 +41,8 @@ class DemoRow:
     wall_vs_ar: float
     exact: bool | None  # greedy output equals the model's greedy AR output; None for sampled rows
     note: str = ""
+    width: int | str = 1  # tokens per pass (or "auto")
+    pass_cost: float | None = None  # cost of a pass of `width` tokens (at most 16 for auto) over a one-token pass
 
     @property
     def tokens_per_pass(self) -> float:
@@ -65,6 +69,8 @@ COLUMNS: list[Column] = [
     Column("passes vs AR", 12, lambda r: f"{r.passes_vs_ar:.2f}x"),
     Column("wall vs AR", 10, lambda r: f"{r.wall_vs_ar:.2f}x"),
     Column("exact", 5, lambda r: "-" if r.exact is None else ("yes" if r.exact else "NO")),
+    Column("k-pass cost", 11, lambda r: "-" if r.pass_cost is None else
+           f"{'k<=16' if r.width == 'auto' else f'k={r.width}'} {r.pass_cost:.2f}x"),
     Column("", 0, lambda r: r.note, left=True),
 ]
 
@@ -78,13 +84,20 @@ def demo_table(rows: list[DemoRow], columns: list[Column] = COLUMNS) -> str:
     return "\n".join([head, "-" * len(head)] + [line([c.cell(row) for c in columns]) for row in rows])
 
 
-def rows_of(result: TextBenchResult) -> list[DemoRow]:
-    """A bench result as demo rows (ratios against the same model's AR row of the same mode)."""
+def rows_of(result: TextBenchResult, model=None) -> list[DemoRow]:
+    """A bench result as demo rows (ratios against the same model's AR row of the same mode); with
+    ``model``, each parallel row shows the measured cost of its pass and, where it lost to
+    sequential decoding in wall time, why."""
     out = []
     for row, record in zip(result.rows, result.records()):
+        width = 1 if row.setting.decoding.spec.sequential else row.setting.window
+        cost = None if model is None or width == 1 else pass_cost(model, 16 if width == "auto" else int(width))
+        slow = cost is not None and record["wall_vs_ar"] < 1.0
+        note = why_slower(16 if width == "auto" else int(width), cost, row.tokens_per_pass) if slow else ""
         out.append(DemoRow(model=row.model or result.config.model, setting=row.setting.label, passes=row.passes,
                            tokens=row.tokens, wall_s=row.wall_s, passes_vs_ar=record["passes_vs_ar"],
-                           wall_vs_ar=record["wall_vs_ar"], exact=record["exact"]))
+                           wall_vs_ar=record["wall_vs_ar"], exact=record["exact"], width=width, pass_cost=cost,
+                           note=note))
     return out
 
 
@@ -100,9 +113,10 @@ def demo_rows(text_model, *, quick: bool) -> tuple[list[DemoRow], TextBenchResul
     config = TextBenchConfig(max_new_tokens=100 if quick else 200, seeds=(0,) if quick else (0, 1),
                              settings=DEFAULT_SETTINGS)
     teacher = bench_text(config, text_model=text_model)
-    student = bench_text(dataclasses.replace(config, model=STUDENT, settings=STUDENT_SETTINGS))
-    rows = rows_of(teacher)
-    rows += [dataclasses.replace(r, note=_student_note(r)) for r in rows_of(student)]
+    student_model = load_text_model(STUDENT)
+    student = bench_text(dataclasses.replace(config, model=STUDENT, settings=STUDENT_SETTINGS), text_model=student_model)
+    rows = rows_of(teacher, text_model.model)
+    rows += [dataclasses.replace(r, note=r.note or _student_note(r)) for r in rows_of(student, student_model.model)]
     return rows, teacher
 
 
@@ -117,9 +131,8 @@ def footer(result: TextBenchResult) -> str:
              "above 1.00x is faster.",
              f"{c.model} was never trained for parallel decoding (about one draft accepted per pass); {STUDENT} is "
              "distilled from it to converge several tokens per pass, and its text is its own."]
-    if result.pass_costs:
-        costs = ", ".join(f"w{w} {v:.2f}x" for w, v in sorted(result.pass_costs.items()) if w in (2, 4, 8, 16))
-        lines.append(f"measured cost of a pass vs a one-token pass (window='auto' plans with it): {costs}")
+    lines.append("k-pass cost = the measured cost of a pass of k tokens over a one-token pass on this device "
+                 "(`jacobix calibrate` measures it; window='auto' plans with it).")
     return "\n".join(lines)
 
 

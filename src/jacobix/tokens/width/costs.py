@@ -224,6 +224,14 @@ class CostBook:
             raise ValueError(f"{path}: not a jacobix pass-cost file ({type(error).__name__}: {error})") from None
         return book
 
+    def __getstate__(self) -> dict:
+        """A book sent to another process (a Ray actor, a spawned worker) keeps its calibration and
+        options and starts its timings and policies afresh: they describe this process's passes."""
+        return {"calibration": self.calibration, "cache": self.cache, "probe_rounds": self.probe_rounds}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["calibration"], cache=state["cache"], probe_rounds=state["probe_rounds"])
+
     def __repr__(self) -> str:
         return f"CostBook({len(self.tables)} table(s))"
 
