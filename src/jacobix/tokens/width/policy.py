@@ -41,7 +41,7 @@ from jacobix.tokens.proposers.base import DraftSource
 from jacobix.tokens.width.costs import PROBE_WIDTHS, PassCosts
 
 ARM_WIDTHS = PROBE_WIDTHS  # tokens per pass the adaptive policy chooses among
-REFRESH = 4  # passes the speeds computed for the same contexts stand between probes
+REFRESH = 8  # passes the speeds computed for the same contexts stand between probes
 FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles
 
 
@@ -100,6 +100,19 @@ class AdaptiveConfig:
             raise ValueError("AdaptiveConfig: confidence >= 0 and prior_weight > 0")
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What the policy's speeds say, refreshed every few passes: the best cautious speed, its arm,
+    the arms within slack of it, the best optimistic arm and speed, and each arm's relative cost."""
+
+    best: float
+    best_arm: int
+    near: tuple[int, ...]
+    hopeful_arm: int
+    hopeful_best: float
+    cost: list[float]
+
+
 class AdaptiveWidth:
     """Drafts per pass from committed tokens per pass and measured pass costs (a bandit over widths).
 
@@ -125,9 +138,8 @@ class AdaptiveWidth:
         # forgetting is one multiplication a pass.
         self._stats = np.zeros((5, len(self.sources), len(self.arms)))
         self._scale = 1.0
-        self._cost_table: list[float] | None = None
-        self._cost = np.ones(len(self.arms))
-        self._speed_key, self._speed_at, self._speed = b"", 0, (self._cost, self._cost)
+        self._plan_key, self._plan_at, self._last_plan = b"", 0, None
+        self._pending: list[tuple] = []  # passes observed and not yet added to the statistics
         self.passes = 0
         self.current = 0  # index into arms of the arm played last
         self._probe_arm, self._probe_left = 0, 0
@@ -145,6 +157,7 @@ class AdaptiveWidth:
     @property
     def own_weight(self) -> np.ndarray:
         """(S, K) decayed count of passes played at each arm, by context."""
+        self._absorb()
         return self._stats[0] * self._scale
 
     def bounds(self, contexts: slice | np.ndarray = slice(None)) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +165,7 @@ class AdaptiveWidth:
         mean of the arm's own passes (with its prior as ``prior_weight`` pseudo-passes) minus and
         plus ``confidence`` standard errors; the optimistic one is at least what wider passes,
         cut to the arm, committed."""
+        self._absorb()
         own_weight, own_sum, own_square, cut_weight, cut_sum = self._stats[:, contexts] * self._scale
         w = self.config.prior_weight
         n = own_weight + w
@@ -167,97 +181,120 @@ class AdaptiveWidth:
             self._widened.append(False)
             return 0
         self.passes += 1
-        cost = self._costs()
-        cautious, hopeful = self._speeds(source[:, 0, 0].numpy(), cost)
+        plan = self._plan(source.numpy()[:, 0, 0])  # the first draft's source, per row
         if self._probe_left == 0 and self.passes >= self._next_probe:
-            self._start_probe(cautious, hopeful)
-        if self._probe_left and self._probing(cautious, cost):
+            self._start_probe(plan)
+        if self._probe_left and self._probing(plan):
             arm = self._probe_arm
         else:
             self._probe_left = 0
-            near = np.nonzero(cautious >= cautious.max() * (1 - self.config.slack))[0]
-            arm = self.current if self.current in near else int(near[-1])
+            arm = self.current if self.current in plan.near else plan.near[-1]
         self._widened.append(arm > self.current)
         self.current = arm
         return int(self.arms[arm])
 
-    def _speeds(self, context: np.ndarray, cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(K,) cautious and optimistic speeds (tokens per unit of cost) for rows of ``context`` (A,).
-        For the same contexts they are computed every ``REFRESH`` passes: evidence
-        moves them slowly, and the arithmetic would otherwise cost a small model a few % of a pass."""
-        key = context.tobytes()
-        if key == self._speed_key and self.passes - self._speed_at < REFRESH:
-            return self._speed
+    def _plan(self, context: np.ndarray) -> _Plan:
+        """The speeds for rows of ``context`` (A,). For the same contexts they are computed every
+        ``REFRESH`` passes: evidence moves them slowly, and the arithmetic, run right after a
+        forward has filled the caches, would otherwise cost a small model several % of a pass."""
+        key = int(context[0]) if len(context) == 1 else context.tobytes()
+        if key == self._plan_key and self.passes - self._plan_at < REFRESH:
+            return self._last_plan
+        self._absorb()
+        cost = self._costs()
         if context.min() == context.max():  # one context: its own row of estimates
             low, high = self.bounds(context[0])
         else:
             share = np.bincount(context, minlength=len(self.sources)) / len(context)  # (S,)
             low, high = (share @ bound for bound in self.bounds())
-        self._speed, self._speed_key, self._speed_at = (low / cost, high / cost), key, self.passes
-        return self._speed
+        cautious, hopeful = low / cost, high / cost  # (K,) tokens per unit of cost
+        best = float(cautious.max())
+        near = tuple(int(k) for k in np.nonzero(cautious >= best * (1 - self.config.slack))[0])
+        self._last_plan = _Plan(best=best, best_arm=int(cautious.argmax()), near=near, hopeful_arm=int(hopeful.argmax()),
+                                hopeful_best=float(hopeful.max()), cost=cost.tolist())
+        self._plan_key, self._plan_at = key, self.passes
+        return self._last_plan
 
     def _costs(self) -> np.ndarray:
-        """(K,) relative cost of each arm's pass, read again only when the table changed."""
-        table = self.costs.table(self.drafts + 1)
-        if table is not self._cost_table:
-            self._cost_table, self._cost = table, np.asarray(table)[self.arms]
-        return self._cost
+        """(K,) relative cost of each arm's pass."""
+        return np.asarray(self.costs.table(self.drafts + 1))[self.arms]
 
-    def _start_probe(self, cautious: np.ndarray, hopeful: np.ndarray) -> None:
+    def _start_probe(self, plan: _Plan) -> None:
         """Probe the arm with the best optimistic speed if it could beat the best cautious one; the
         next probe comes after twice as many passes as the last interval."""
-        arm = int(hopeful.argmax())
-        if hopeful[arm] > cautious.max():
-            self._probe_arm, self._probe_left, self._probe_done = arm, 1, [0, 0.0]
+        if plan.hopeful_best > plan.best:
+            self._probe_arm, self._probe_left, self._probe_done = plan.hopeful_arm, 1, [0, 0.0]
         self._next_probe = self.passes + self._interval
         self._interval *= 2
 
-    def _probing(self, cautious: np.ndarray, cost: np.ndarray) -> bool:
+    def _probing(self, plan: _Plan) -> bool:
         """Whether the probe goes on: for its first ``probe_passes`` passes, then as long as its own
         passes (the first left out) commit, per unit of cost, at least the best cautious speed."""
         passes, tokens = self._probe_done
         if passes + 1 < self.config.probe_passes:
             return True
-        if cautious.argmax() == self._probe_arm:  # proven: the probe's arm is now the policy's own choice
+        if plan.best_arm == self._probe_arm:  # proven: the probe's arm is now the policy's own choice
             return False
-        return passes > 1 and tokens / (passes - 1) / cost[self._probe_arm] >= cautious.max()
+        return passes > 1 and tokens / (passes - 1) / plan.cost[self._probe_arm] >= plan.best
 
     def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
         """Credit the pass's committed tokens per row to its arm, and cut to every narrower arm; old
-        evidence fades, so an arm not played for long gets a wide margin and is probed again."""
+        evidence fades, so an arm not played for long gets a wide margin and is probed again. The
+        pass is noted here and added to the statistics when the speeds are next computed."""
         widened = self._widened.popleft() if self._widened else False
         self._scale *= self.config.decay
-        if self._scale < 1e-30:
-            self._stats *= self._scale
-            self._scale = 1.0
         if source.shape[0] == 0 or self.drafts == 0:
             return
-        context = source[:, 0, 0].numpy()  # (A,)
-        accepted = matched.numpy().max(1)  # (A,) drafts the winning candidate matched (never more than fed)
+        context, accepted = source.numpy()[:, 0, 0], matched.numpy().max(1)  # (A,) each
         reach = self._reach[fed]  # arms 0 .. reach-1 are <= fed: this pass speaks for them
         played = reach - 1 if self.arms[reach - 1] == fed else None
         if played is not None and self._probe_left and played == self._probe_arm:
             done = self._probe_done
             done[1] += 0.0 if done[0] == 0 else float(accepted.sum()) / len(accepted) + 1.0
             done[0] += 1
-        own = None if widened else played
-        single = len(context) == 1 or context.min() == context.max()
-        for c in (context[:1] if single else np.unique(context)):
-            rows = accepted if single else accepted[context == c]  # (A_c,)
-            weight = len(rows) / len(accepted) / self._scale
-            stats = self._stats[:, c]  # (5, K)
-            stats[3, :reach] += weight
-            stats[4, :reach] += weight * (self._cut[rows[0], :reach] if len(rows) == 1 else self._cut[rows, :reach].mean(0))
-            if own is not None:
-                if len(rows) == 1:
-                    mean = float(rows[0]) + 1.0
-                    square = mean * mean
-                else:
+        self._pending.append((context, accepted, reach, None if widened else played, 1.0 / self._scale))
+
+    def _absorb(self) -> None:
+        """Add the passes noted since the last call to the statistics."""
+        if self._scale < 1e-30:
+            self._stats *= self._scale
+            for i, noted in enumerate(self._pending):
+                self._pending[i] = (*noted[:4], noted[4] * self._scale)
+            self._scale = 1.0
+        if self._pending and all(len(noted[0]) == 1 and noted[0][0] == self._pending[0][0][0] for noted in self._pending):
+            self._absorb_one_row()
+            return
+        for context, accepted, reach, own, inverse_scale in self._pending:
+            single = len(context) == 1 or context.min() == context.max()
+            for c in (context[:1] if single else np.unique(context)):
+                rows = accepted if single else accepted[context == c]  # (A_c,)
+                weight = len(rows) / len(accepted) * inverse_scale
+                stats = self._stats[:, c]  # (5, K)
+                stats[3, :reach] += weight
+                stats[4, :reach] += weight * self._cut[rows, :reach].mean(0)
+                if own is not None:
                     committed = rows + 1.0
-                    mean, square = float(committed.mean()), float((committed * committed).mean())
-                stats[0, own] += weight
-                stats[1, own] += weight * mean
-                stats[2, own] += weight * square
+                    stats[0, own] += weight
+                    stats[1, own] += weight * float(committed.mean())
+                    stats[2, own] += weight * float((committed * committed).mean())
+        self._pending.clear()
+
+    def _absorb_one_row(self) -> None:
+        """:meth:`_absorb` for passes of one row each, all in one context (batch 1): in a few array operations."""
+        c = int(self._pending[0][0][0])
+        accepted = np.array([int(noted[1][0]) for noted in self._pending])  # (n,)
+        reach = np.array([noted[2] for noted in self._pending])  # (n,)
+        weight = np.array([noted[4] for noted in self._pending])  # (n,)
+        spoken = (np.arange(len(self.arms)) < reach[:, None]) * weight[:, None]  # (n, K) weight of each arm it speaks for
+        self._stats[3, c] += spoken.sum(0)
+        self._stats[4, c] += (spoken * self._cut[accepted]).sum(0)
+        own = [(i, noted[3]) for i, noted in enumerate(self._pending) if noted[3] is not None]
+        if own:
+            index, arm = np.array(own).T  # (m,) each
+            committed, w = accepted[index] + 1.0, weight[index]
+            for row, values in ((0, w), (1, w * committed), (2, w * committed * committed)):
+                self._stats[row, c] += np.bincount(arm, weights=values, minlength=len(self.arms))
+        self._pending.clear()
 
 
 def novel_prefixes(tokens: Tensor) -> Tensor:
