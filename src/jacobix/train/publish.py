@@ -1,0 +1,97 @@
+"""Replacing a bundled model only when its run succeeded.
+
+With ``--replace-bundled`` a trainer writes into a staging folder beside the bundled one,
+``assets/.NAME.training`` (its checkpoints, metrics and model files), never into ``assets/NAME``.
+When the run has finished, :func:`publish` copies the model files (not the training state) into
+``assets/.NAME.ready`` and swaps that folder with ``assets/NAME`` in one ``renameat2`` exchange,
+so a reader sees the old model or the new one, never a mix. A run killed before that point leaves
+``assets/NAME`` byte for byte as it was, and its staging folder holds ``checkpoint.pt`` to resume from.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+TRAINING_STATE = frozenset({"checkpoint.pt", "checkpoint.pt.partial", "metrics.jsonl", "trajectories.safetensors",
+                            "demonstrations.npz"})  # what a run needs to resume, not what the model needs to load
+MODEL_FILES = ("model.safetensors", "config.json")
+
+
+def staging(target: Path) -> Path:
+    """The folder a ``--replace-bundled`` run writes to: ``.NAME.training`` beside ``target``."""
+    return target.with_name(f".{target.name}.training")
+
+
+def _aside(target: Path, what: str) -> Path:
+    return target.with_name(f".{target.name}.{what}")
+
+
+def recover(target: Path) -> None:
+    """Put back a bundled folder that a publish killed between its two renames left aside (no-op otherwise)."""
+    old = _aside(target, "old")
+    if not target.exists() and old.is_dir():
+        os.replace(old, target)
+        log.warning("restored %s from %s (a replacement was interrupted)", target, old)
+    elif old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def ready(folder: Path) -> bool:
+    """True when ``folder`` holds a loadable model (its weights and ``config.json``)."""
+    return all((Path(folder) / name).is_file() for name in MODEL_FILES)
+
+
+def publish(source: Path, target: Path) -> None:
+    """Replace ``target`` by the model files of ``source`` at once; then remove ``source``.
+
+    Raises:
+        ValueError: ``source`` holds no finished model (nothing is changed).
+    """
+    source, target = Path(source), Path(target)
+    if not ready(source):
+        raise ValueError(f"{source} holds no finished model ({' + '.join(MODEL_FILES)}); {target} is unchanged")
+    new = _aside(target, "ready")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    for item in sorted(source.iterdir()):
+        if item.name in TRAINING_STATE:
+            continue
+        copy = shutil.copytree if item.is_dir() else shutil.copy2
+        copy(item, new / item.name)
+    _fsync_folder(new)
+    if target.exists() and _exchange(new, target):
+        shutil.rmtree(new)  # now the old model
+    else:
+        old = _aside(target, "old")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(new, target)  # killed between the two: recover() puts the old folder back
+        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(source, ignore_errors=True)
+    log.info("replaced %s", target)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _fsync_folder(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as file:
+                os.fsync(file.fileno())
+
+
+__all__ = ["MODEL_FILES", "TRAINING_STATE", "publish", "ready", "recover", "staging"]
