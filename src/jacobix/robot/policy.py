@@ -197,7 +197,12 @@ def load_policy(name_or_path: str | Path) -> tuple[Llama, PolicyFormat]:
     model, meta = load_llama(directory)
     if "policy" not in meta:
         raise ValueError(f"{directory}/config.json has no 'policy' entry: not a robot policy checkpoint")
-    fmt = PolicyFormat.from_dict(meta["policy"])
+    try:
+        fmt = PolicyFormat.from_dict(meta["policy"])
+    except KeyError as error:
+        raise ValueError(f"{directory}/config.json: key 'policy.{error.args[0]}' is missing") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{directory}/config.json: key 'policy': {error}") from None
     if fmt.vocab_size != model.config.vocab_size:
         raise ValueError(f"{directory}: the policy format needs {fmt.vocab_size} tokens, the model has {model.config.vocab_size}")
     return model, fmt
