@@ -147,6 +147,18 @@ def read_tensors(path: str | Path) -> dict[str, Tensor]:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
 
 
+def check_weights(path: str | Path) -> None:
+    """Read only the header of a safetensors file: ValueError naming it when it is truncated or no safetensors
+    (a cheap check before a long job loads it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as file:
+            file.keys()
+    except Exception as error:  # SafetensorError and OSError alike
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+
+
 def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> None:
     """Load the tensors of ``path`` into ``model``; ValueError naming the file and the first key that does not fit."""
     state = read_tensors(path)
