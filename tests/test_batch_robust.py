@@ -116,3 +116,29 @@ def test_resume_names_a_damaged_output_or_settings_file(rows, tmp_path, capsys):
     settings.write_bytes(b"\x00\x01")
     status, err = run(batch(rows, out), capsys)
     assert status == 2 and f"{settings} is damaged" in err
+
+
+def test_bench_json_that_is_a_folder_is_refused_before_the_run(tmp_path, capsys):
+    status, err = run(["bench", "text", "--quick", "--json", str(tmp_path)], capsys)
+    assert status == 2 and f"--json {tmp_path} is a folder" in err
+
+
+def test_bench_refuses_a_model_of_another_suite_or_kind(capsys):
+    status, err = run(["bench", "policy", "--quick", "--suite", "pointmass", "--teacher", "metaworld-mt10-policy"], capsys)
+    assert status == 2 and "--teacher metaworld-mt10-policy is a policy of other tasks than --suite pointmass" in err
+    status, err = run(["bench", "policy", "--quick", "--student", "metaworld-mt10-policy-ceed"], capsys)
+    assert status == 2 and "--student metaworld-mt10-policy-ceed is a policy of other tasks" in err
+    status, err = run(["bench", "text", "--quick", "--model", "pointmass-policy"], capsys)
+    assert status == 2 and "is a bundled policy model" in err
+
+
+@pytest.mark.parametrize("target,name,option", [("text", "shakespeare", "--model"),
+                                                ("policy", "pointmass-policy", "--teacher"),
+                                                ("pccot", "pccot", "--runs")])
+def test_bench_names_a_truncated_checkpoint_before_the_run(tmp_path, capsys, target, name, option):
+    folder = Path(shutil.copytree(assets.ROOT / name, tmp_path / name))
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])
+    extra = ["--student", "none"] if target == "policy" else []
+    status, err = run(["bench", target, "--quick", option, str(folder), *extra], capsys)
+    assert status == 2 and f"{weights}: not a readable safetensors file" in err, err

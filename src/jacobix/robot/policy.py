@@ -17,7 +17,6 @@ Actions are time-major: the block holds the ``chunk`` future actions one after a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from jacobix import assets
+from jacobix.core.checkpoints import read_json
 from jacobix.models.llama import Llama, load_llama
 from jacobix.robot.codec import ActionCodec, ArrayLike, ObservationCodec
 
@@ -211,4 +211,4 @@ def load_policy(name_or_path: str | Path) -> tuple[Llama, PolicyFormat]:
 def policy_metadata(directory: str | Path) -> dict:
     """The whole config.json of a policy checkpoint (format, training record, measured success)."""
     directory = assets.locate(directory, kind="policy")
-    return json.loads((directory / "config.json").read_text())
+    return read_json(directory / "config.json")
