@@ -235,3 +235,19 @@ def test_a_killed_run_leaves_the_bundled_folder_and_resumes_to_the_uninterrupted
     whole, published = _tensors(tmp_path / "whole"), _tensors(bundled_root / "shakespeare")
     assert whole.keys() == published.keys()
     assert all(torch.equal(whole[k], published[k]) for k in whole)
+
+
+def test_a_truncated_or_foreign_resume_checkpoint_is_named(plays, tmp_path, capsys):
+    from jacobix.train.recipes import shakespeare
+
+    shakespeare.main(["--data", str(plays), *TINY, "--stop-after", "2", "--out", str(tmp_path / "a")])
+    checkpoint = tmp_path / "a" / distributed.CHECKPOINT
+    whole = checkpoint.read_bytes()
+    checkpoint.write_bytes(whole[: len(whole) // 2])
+    argv = ["train", "shakespeare", "--data", str(plays), *TINY, "--out", str(tmp_path / "b"), "--resume", str(checkpoint)]
+    assert cli_main(argv) == 2
+    assert f"jacobix train shakespeare: error: --resume {checkpoint}: not a readable checkpoint" in capsys.readouterr().err
+    checkpoint.write_bytes(whole)
+    wider = [a if a != "16" else "32" for a in argv]  # --dim 32: another model
+    assert cli_main(wider) == 2
+    assert "saved by a run of another model or settings" in capsys.readouterr().err
