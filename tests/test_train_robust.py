@@ -127,7 +127,9 @@ def test_the_module_entry_point_prints_one_line_too(tmp_path, capsys):
 def test_replace_bundled_refuses_another_teacher_or_base_unless_asked(bundled_root, tmp_path, plays, capsys):
     other_policy = shutil.copytree(bundled_root / "pointmass-policy", tmp_path / "my-policy")
     before = digest(bundled_root)
-    assert cli_main(["train", "ceed", "--teacher", str(other_policy), "--replace-bundled"]) == 2
+    tiny = ["--episodes-per-task", "1", "--max-states", "8", "--collect-batch", "8", "--eval-per-task", "1",
+            "--steps", "1", "--batch-size", "2", "--warmup", "0"]  # were the check missing, the run would be short
+    assert cli_main(["train", "ceed", "--teacher", str(other_policy), "--replace-bundled", *tiny]) == 2
     err = capsys.readouterr().err
     assert "jacobix train ceed: error: --teacher" in err and "trained from pointmass-policy" in err and "--other-origin" in err
     other_text = shutil.copytree(bundled_root / "shakespeare", tmp_path / "my-text")
@@ -251,3 +253,14 @@ def test_a_truncated_or_foreign_resume_checkpoint_is_named(plays, tmp_path, caps
     wider = [a if a != "16" else "32" for a in argv]  # --dim 32: another model
     assert cli_main(wider) == 2
     assert "saved by a run of another model or settings" in capsys.readouterr().err
+
+
+def test_an_early_stop_with_replace_bundled_changes_nothing_until_the_resumed_run_finishes(bundled_root, plays):
+    from jacobix.train.recipes import shakespeare
+
+    before = digest(bundled_root / "shakespeare")
+    stage = bundled_root / ".shakespeare.training"
+    shakespeare.main(["--data", str(plays), *TINY, "--stop-after", "3", "--replace-bundled"])
+    assert digest(bundled_root / "shakespeare") == before and (stage / distributed.CHECKPOINT).is_file()
+    shakespeare.main(["--data", str(plays), *TINY, "--replace-bundled", "--resume", str(stage / distributed.CHECKPOINT)])
+    assert digest(bundled_root / "shakespeare") != before and not stage.exists()
