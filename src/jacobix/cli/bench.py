@@ -98,10 +98,9 @@ def _check_policies(args: argparse.Namespace) -> None:
         folder = assets.locate(name, kind="policy")
         if not (folder / "config.json").is_file():
             raise ValueError(f"{option} {name}: not a bundled policy ({bundled('policy')}) nor a checkpoint folder")
-        tasks = tuple(policy_metadata(folder).get("policy", {}).get("tasks", ()))
-        if tasks != suite.tasks:
-            raise ValueError(f"{option} {name} is a policy of other tasks than --suite {args.suite} "
-                             f"({', '.join(tasks[:3]) or 'none'}...); pick the matching --suite or model")
+        if tuple(policy_metadata(folder).get("policy", {}).get("tasks", ())) != suite.tasks:
+            raise ValueError(f"{option} {name} is not a policy of --suite {args.suite}; pick the matching --suite "
+                             "or model")
         _check_weights(folder, option)
 
 
