@@ -115,3 +115,22 @@ def test_robot_observations_must_be_finite():
         obs[0] = value
         with pytest.raises(ValueError, match="observations must be finite"):
             fmt.prompt(task, obs)
+
+
+def test_image_proposer_and_sjd2_switches_are_checked(image_model):
+    from jacobix.images.sjd2 import SJD2Config
+
+    with pytest.raises(ValueError, match="proposer must be an SJD2Proposer"):
+        generate_images(image_model, [1], proposer=object())
+    for name in ("lossy", "coupled"):
+        with pytest.raises(ValueError, match=f"SJD2Config.{name}"):
+            SJD2Config(levels=2, **{name: 1})
+
+
+def test_rollout_batch_size_is_an_integer_of_at_least_one():
+    from jacobix.robot.rollout import run_episodes
+
+    _, fmt = load_policy("pointmass-policy")
+    for size in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="batch_size"):
+            run_episodes(lambda prompts: None, lambda: None, fmt, [fmt.tasks[0]], [0], batch_size=size)

@@ -136,6 +136,8 @@ def generate_images(
         raise ValueError(f"record must be True or False, got {record!r}")
     if not isinstance(settings, ImageSampling):
         raise ValueError(f"settings must be an ImageSampling, got {type(settings).__name__}")
+    if proposer is not None and not isinstance(proposer, SJD2Proposer):
+        raise ValueError(f"proposer must be an SJD2Proposer (method 'sjd2'), got {type(proposer).__name__}")
     labels = as_class_ids(labels)
     model.vocab.class_tokens(labels)  # validates the labels
     init = resolve_image_init(settings.decoding.init, model)
