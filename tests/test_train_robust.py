@@ -264,3 +264,18 @@ def test_an_early_stop_with_replace_bundled_changes_nothing_until_the_resumed_ru
     assert digest(bundled_root / "shakespeare") == before and (stage / distributed.CHECKPOINT).is_file()
     shakespeare.main(["--data", str(plays), *TINY, "--replace-bundled", "--resume", str(stage / distributed.CHECKPOINT)])
     assert digest(bundled_root / "shakespeare") != before and not stage.exists()
+
+
+def test_replace_bundled_into_a_read_only_package_is_refused_before_work(bundled_root, plays, capsys):
+    if os.geteuid() == 0:  # root writes anywhere: stand in for a read-only folder
+        original = os.access
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "access", lambda path, mode: False if Path(path) == bundled_root else original(path, mode))
+            assert cli_main(["train", "shakespeare", "--data", str(plays), *TINY, "--replace-bundled"]) == 2
+    else:
+        bundled_root.chmod(0o555)
+        try:
+            assert cli_main(["train", "shakespeare", "--data", str(plays), *TINY, "--replace-bundled"]) == 2
+        finally:
+            bundled_root.chmod(0o755)
+    assert f"--replace-bundled: cannot write to {bundled_root}" in capsys.readouterr().err

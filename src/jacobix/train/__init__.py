@@ -9,6 +9,7 @@ run writes to a staging folder beside it and swaps the finished model in at the 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from jacobix import assets
@@ -50,6 +51,9 @@ def output_folder(args: argparse.Namespace, bundled: str) -> Path:
         target = assets.get(bundled).path  # a name the registry does not know is refused with the known ones
         if args.out is not None and Path(args.out).resolve() not in (target.resolve(), publish.staging(target).resolve()):
             raise ValueError(f"--replace-bundled writes to {target}; drop --out {args.out} or drop --replace-bundled")
+        if not os.access(target.parent, os.W_OK):
+            raise ValueError(f"--replace-bundled: cannot write to {target.parent} (an installed package that is read-only "
+                             f"for you?); train with --out DIR and copy the model in with the rights to do so")
         publish.recover(target)
         args.publish_to = target
         return publish.staging(target)
