@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import jacobix
 from jacobix import assets
 from jacobix.flows.checkpoint import load_tarflow
 from jacobix.flows.sampling import BlockPlan, sample_tarflow, uniform_schedule
@@ -134,3 +135,13 @@ def test_rollout_batch_size_is_an_integer_of_at_least_one():
     for size in (0, -1, True, 2.0):
         with pytest.raises(ValueError, match="batch_size"):
             run_episodes(lambda prompts: None, lambda: None, fmt, [fmt.tasks[0]], [0], batch_size=size)
+
+
+@pytest.mark.parametrize("eos", [999, -1, True, [1, 99], 2.0])
+def test_text_eos_ids_are_token_ids_of_the_vocabulary(eos):
+    from conftest import tiny_model
+
+    with pytest.raises(ValueError, match="eos_token_id must be token ids"):
+        jacobix.generate(tiny_model(), [[1, 2]], max_new_tokens=4, eos_token_id=eos)
+    for fine in (3, [1, 2], torch.tensor(3), torch.tensor([1, 2])):
+        jacobix.generate(tiny_model(), [[1, 2]], max_new_tokens=4, eos_token_id=fine)
