@@ -279,3 +279,22 @@ def test_replace_bundled_into_a_read_only_package_is_refused_before_work(bundled
         finally:
             bundled_root.chmod(0o755)
     assert f"--replace-bundled: cannot write to {bundled_root}" in capsys.readouterr().err
+
+
+def test_a_finished_model_recording_another_teacher_does_not_replace_the_bundled_one(tmp_path):
+    import json
+
+    target = Path(shutil.copytree(assets.ROOT / "pointmass-policy-ceed", tmp_path / "pointmass-policy-ceed"))
+    stage = Path(shutil.copytree(target, tmp_path / ".pointmass-policy-ceed.training"))
+    meta = json.loads((stage / "config.json").read_text())
+    publish.check_origin(stage, target)  # the same teacher: fine
+    meta["ceed"]["teacher"] = str(tmp_path / "my-policy")
+    (stage / "config.json").write_text(json.dumps(meta))
+    before = digest(target)
+    with pytest.raises(ValueError, match="records ceed teacher .*my-policy.*--other-origin"):
+        publish.check_origin(stage, target)
+    publish.check_origin(stage, target, allow=True)
+    assert digest(target) == before
+    meta["ceed"]["teacher"] = str(assets.ROOT / "pointmass-policy")  # the bundled teacher by its folder
+    (stage / "config.json").write_text(json.dumps(meta))
+    publish.check_origin(stage, target)

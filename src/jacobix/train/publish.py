@@ -46,6 +46,37 @@ def ready(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in MODEL_FILES)
 
 
+def origin(meta: dict) -> dict[str, str]:
+    """What a model's ``config.json`` records it was made from: a distilled student's teacher, an image
+    model's tokenizer, an SJD2 fine-tune's base (only the entries present)."""
+    found = {}
+    for key in ("cllm", "ceed"):
+        if isinstance(meta.get(key), dict) and meta[key].get("teacher") is not None:
+            found[f"{key} teacher"] = str(meta[key]["teacher"])
+    if isinstance(meta.get("image"), dict) and meta["image"].get("vq") is not None:
+        found["tokenizer"] = str(meta["image"]["vq"])
+    bases = [run.get("init_from") for run in meta.get("train_runs", []) if isinstance(run, dict) and run.get("kind") == "sjd2"]
+    if bases and bases[-1] is not None:
+        found["base"] = str(bases[-1])
+    return found
+
+
+def check_origin(source: Path, target: Path, *, allow: bool = False) -> None:
+    """Refuse to replace ``target`` by the model in ``source`` when their recorded teachers, tokenizers or
+    bases differ (``allow``: ``--other-origin``); nothing is changed then and ``source`` stays for a look."""
+    if allow or not (Path(target) / "config.json").is_file():
+        return
+    from jacobix.core.checkpoints import read_json
+    from jacobix.train.options import same_model
+
+    new, old = origin(read_json(Path(source) / "config.json")), origin(read_json(Path(target) / "config.json"))
+    for key in sorted(set(new) & set(old)):
+        same = new[key] == old[key] if key == "base" else same_model(new[key], old[key])  # bases are recorded by name
+        if not same:
+            raise ValueError(f"the model made in {source} records {key} {new[key]!r}, the bundled {Path(target).name} "
+                             f"{old[key]!r}: {target} is unchanged; pass --other-origin to replace it anyway")
+
+
 def publish(source: Path, target: Path) -> None:
     """Replace ``target`` by the model files of ``source`` at once; then remove ``source``.
 
@@ -94,4 +125,4 @@ def _fsync_folder(folder: Path) -> None:
                 os.fsync(file.fileno())
 
 
-__all__ = ["MODEL_FILES", "TRAINING_STATE", "publish", "ready", "recover", "staging"]
+__all__ = ["MODEL_FILES", "TRAINING_STATE", "check_origin", "origin", "publish", "ready", "recover", "staging"]

@@ -101,6 +101,7 @@ class Recipe:
             if target is not None and main:
                 log.info("the run stopped early: %s is unchanged; resume from %s", target, args.out)
             return
+        publish.check_origin(args.out, target, allow=getattr(args, "other_origin", False))
         publish.publish(args.out, target)
 
     def main(self, argv: list[str] | None = None) -> None:
