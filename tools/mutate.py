@@ -129,6 +129,8 @@ MUTANTS = (
            r"return publish\.staging\(target\)", "return target", ("tests/test_train_robust.py",)),
     Mutant("train-publishes-an-early-stop", "src/jacobix/train/recipe.py",
            r"any\(getattr\(args, name, None\) for name in UNFINISHED\)", "False", ("tests/test_train_robust.py",)),
+    Mutant("publish-ignores-the-recorded-teacher", "src/jacobix/train/publish.py",
+           r"        if not same:", "        if False:", ("tests/test_train_robust.py",)),
     Mutant("publish-ships-training-state", "src/jacobix/train/publish.py",
            r"if item\.name in TRAINING_STATE:", "if False:", ("tests/test_train_robust.py",)),
     Mutant("resume-skips-the-checkpoint-check", "src/jacobix/train/distributed.py",
