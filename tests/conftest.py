@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -20,6 +21,21 @@ torch.set_num_threads(1)
 # Pass-cost calibrations that window="auto" saves go to a folder of this run, never the user's cache.
 _COSTS = tempfile.TemporaryDirectory(prefix="jacobix-costs-")
 os.environ["JACOBIX_COSTS"] = _COSTS.name
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_temp_dir():
+    """Ray's sessions (sockets, logs, spilled objects) go to a folder of this run, removed at its end,
+    instead of piling up under /tmp/ray."""
+    folder = tempfile.mkdtemp(prefix="jxray-")  # short: Ray's socket paths must stay under 107 characters
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = folder
+    yield folder
+    if previous is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = previous
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def tiny_model(seed: int = 0, vocab: int = 11, *, dim: int = 32, layers: int = 2, dtype=torch.float64) -> Llama:

@@ -75,6 +75,7 @@ def test_replace_bundled_writes_only_registered_folders():
     from jacobix.train import output_folder
 
     args = argparse.Namespace(out=None, replace_bundled=True)
-    assert output_folder(args, "pccot-seq") == assets.ROOT / "pccot-seq"
+    assert output_folder(args, "pccot-seq") == assets.ROOT / ".pccot-seq.training"  # staged; swapped in when finished
+    assert args.publish_to == assets.ROOT / "pccot-seq"
     with pytest.raises(ValueError, match="no bundled asset 'pccot-cot'; known names: "):
         output_folder(args, "pccot-cot")  # `jacobix train pccot --arm cot --replace-bundled`: no such bundled model

@@ -178,7 +178,7 @@ def test_a_new_field_reaches_batch_jobs_and_their_settings_record(probe_field, m
     from jacobix.cli import main
 
     seen = []
-    monkeypatch.setattr(cli_batch, "run_local", lambda spec, rows, writer: seen.append(spec) or 0)
+    monkeypatch.setattr(cli_batch, "run_local", lambda spec, rows, writer, **loaded: seen.append(spec) or 0)
     rows = tmp_path / "in.jsonl"
     rows.write_text('{"id": 1, "prompt": "ROMEO:"}\n')
     assert main(["generate-batch", "--input", str(rows), "--output", str(tmp_path / "out.jsonl"), "--probe", "5"]) == 0

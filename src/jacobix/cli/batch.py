@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from jacobix.batch.jobs import BAD_LINE_CHOICES, IMAGE_MODELS, TEXT_METHODS, BatchSpec, Job, ResultWriter, check_settings, open_job
-from jacobix.batch.rows import run_local
-from jacobix.cli.flags import Help, add_spec_arguments, positive, specs_from_args
-from jacobix.cli.models import text_models
+from jacobix.batch.rows import BatchGenerator, run_local
+from jacobix.cli.flags import Help, add_spec_arguments, nonnegative, positive, specs_from_args
+from jacobix.cli.models import check_text_model, text_models
 
 BACKENDS = ("local", "ray")
 RAY_OPTIONS = ("actors", "address", "num_cpus", "gpus_per_actor")
@@ -41,30 +41,52 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--on-bad-line", choices=BAD_LINE_CHOICES, default="error",
                        help="a malformed input line: error (refuse the job, listing line numbers) or skip (report each)")
     batch.add_argument("--image-dir", type=Path, default=None, help="images: PNG folder (default: OUTPUT's name without .jsonl, plus -png)")
-    batch.add_argument("--cfg-scale", type=float, default=1.5, help="images: classifier-free guidance scale")
+    batch.add_argument("--cfg-scale", type=nonnegative, default=1.5, help="images: classifier-free guidance scale")
     batch.add_argument("--actors", type=positive, default=2, help="ray: model actors (one model each)")
     batch.add_argument("--address", default=None, help="ray: cluster address (e.g. auto); default: a local cluster")
-    batch.add_argument("--num-cpus", type=int, default=None, help="ray: CPUs of the local cluster (default: one per actor)")
-    batch.add_argument("--gpus-per-actor", type=float, default=0.0, help="ray: GPUs reserved per actor (with --device cuda)")
+    batch.add_argument("--num-cpus", type=positive, default=None, help="ray: CPUs of the local cluster (default: one per actor)")
+    batch.add_argument("--gpus-per-actor", type=nonnegative, default=0.0, help="ray: GPUs reserved per actor (with --device cuda)")
     batch.add_argument("--device", default="cpu", help="text: torch device of each model (e.g. cuda)")
     batch.set_defaults(run=run, check=check)
 
 
 def check(args: argparse.Namespace) -> None:
-    """Refuse options that do not apply, before any work."""
+    """Refuse options that do not apply, paths that cannot work and a model that is missing or damaged,
+    before any work (nothing is written until these pass)."""
     if args.backend != "ray":
         for name in RAY_OPTIONS:
             if name in args.explicit:
                 raise ValueError(f"--{name.replace('_', '-')} applies to --backend ray only")
+    else:
+        from jacobix.integrations.ray.backend import check_resources
+
+        check_resources(actors=args.actors, address=args.address, num_cpus=args.num_cpus,
+                        gpus_per_actor=args.gpus_per_actor)
+    if not args.input.is_file():
+        raise ValueError(f"--input {args.input}: {'a folder' if args.input.is_dir() else 'no such file'}; give a JSONL file")
     if args.output.resolve() == args.input.resolve():
         raise ValueError("--output must differ from --input")
+    check_output_file(args.output)
     try:
         device = torch.device(args.device)
     except (RuntimeError, ValueError):
         raise ValueError(f"--device {args.device!r} is not a torch device; use cpu or e.g. cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available() and args.backend == "local":
         raise ValueError(f"--device {args.device}: no CUDA device here; use --device cpu")
-    spec_from_args(args)  # the specs' own checks, before any file is read
+    spec = spec_from_args(args)  # the specs' own checks, before any file is read
+    if not spec.images:
+        check_text_model(args.model)
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an output that is a folder or lies under a regular file."""
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a folder; give a .jsonl file path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--output {path} lies under the file {parent}")
+            return
 
 
 def spec_from_args(args: argparse.Namespace) -> BatchSpec:
@@ -90,6 +112,7 @@ RAY_NOTE = ("jacobix: starting a local Ray cluster. Ray logs its own start-up li
 def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     job = open_job(args.input, args.output, images=spec.images, on_bad_line=args.on_bad_line)
+    generator = BatchGenerator(spec) if args.backend == "local" and job.rows else None  # loads before any file is written
     check_settings(args.output, spec)
     _report(job, args)
     start = time.perf_counter()
@@ -102,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             written = run_ray(spec, job.rows, writer, actors=args.actors, address=args.address, num_cpus=args.num_cpus,
                               gpus_per_actor=args.gpus_per_actor, progress=args.verbose)
         else:
-            written = run_local(spec, job.rows, writer)
+            written = run_local(spec, job.rows, writer, generator=generator)
     seconds = time.perf_counter() - start
     rate = f" ({written / seconds:.2f} rows/s)" if written and seconds > 0 else ""
     print(f"wrote {written} row(s) to {args.output} in {seconds:.1f} s{rate}")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from jacobix.cli.flags import Help, check_device, check_writable, count, nonnegative, positive
-from jacobix.cli.models import bundled, text_models
+from jacobix.cli.models import bundled, check_text_model, text_models
 
 TARGETS = ("text", "images", "tarflow", "batch", "pccot", "policy")
 
@@ -58,16 +58,60 @@ def _options_of(target: str) -> set[str]:
 
 
 def check(args: argparse.Namespace) -> None:
+    """Refuse, before the run: a device this machine lacks, a ``--json`` path that is a folder or cannot be
+    written, models of the wrong kind or suite, and checkpoints whose weights are truncated or damaged."""
     check_device(args.device, args.target)
     if getattr(args, "json", None) is not None:
+        if args.json.is_dir():
+            raise ValueError(f"--json {args.json} is a folder; give a file path such as {args.json / 'bench.json'}")
         check_writable(args.json.parent, "--json")
-    if args.target == "policy" and args.suite == "mt10":
+    if args.target == "text":
+        check_text_model(args.model)
+        if args.teacher is not None:
+            check_text_model(args.teacher, "--teacher")
+    if args.target == "pccot":
+        for folder in _checkpoint_folders(args.runs):
+            _check_weights(folder, "--runs")
+    if args.target == "policy":
+        _check_policies(args)
+    if args.target == "tarflow" and args.quick and args.batch_size > 8:
+        raise ValueError(f"--batch-size {args.batch_size}: bench tarflow --quick draws 8 samples; use --batch-size <= 8")
+
+
+def _check_policies(args: argparse.Namespace) -> None:
+    """Meta-World present for mt10; the teacher and student are policies of ``--suite`` with readable weights."""
+    from jacobix import assets
+    from jacobix.robot.policy import policy_metadata
+    from jacobix.robot.suites import get_suite
+
+    suite = get_suite(args.suite)
+    if args.suite == "mt10":
         from jacobix.robot.metaworld import INSTALL, available
 
         if not available():
             raise ValueError(f"--suite mt10 runs Meta-World, which is not installed; install it with: {INSTALL}")
-    if args.target == "tarflow" and args.quick and args.batch_size > 8:
-        raise ValueError(f"--batch-size {args.batch_size}: bench tarflow --quick draws 8 samples; use --batch-size <= 8")
+    teacher = args.teacher or suite.asset
+    student = {None: f"{teacher}-ceed", "none": None}.get(args.student, args.student)
+    for option, name in (("--teacher", teacher), ("--student", student)):
+        if name is None or (option == "--student" and args.student is None and assets.find(name) is None):
+            continue  # no student, or a teacher folder without a bundled student (the bench reports it)
+        folder = assets.locate(name, kind="policy")
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{option} {name}: not a bundled policy ({bundled('policy')}) nor a checkpoint folder")
+        if tuple(policy_metadata(folder).get("policy", {}).get("tasks", ())) != suite.tasks:
+            raise ValueError(f"{option} {name} is not a policy of --suite {args.suite}; pick the matching --suite "
+                             "or model")
+        _check_weights(folder, option)
+
+
+def _check_weights(folder: Path, option: str) -> None:
+    from jacobix.core.checkpoints import WEIGHTS, check_weights
+
+    if (folder / WEIGHTS).is_file():
+        try:
+            check_weights(folder / WEIGHTS)
+        except ValueError as error:
+            raise ValueError(f"{option} {folder}: {error}") from None
 
 
 def _seeds(args: argparse.Namespace) -> tuple[int, ...]:

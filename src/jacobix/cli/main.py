@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return args.run(args)
     except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"jacobix: error: {error}", file=sys.stderr)
+        print(f"{getattr(args, 'prog', 'jacobix')}: error: {error}", file=sys.stderr)
         return 2
 
 
@@ -62,7 +62,7 @@ def explicit(argv: list[str]) -> set[str]:
                 parsers.extend(action.choices.values())
             elif action.dest != "help" and action.option_strings:  # positionals keep theirs (checked against choices)
                 action.default = argparse.SUPPRESS
-    return set(vars(root.parse_known_args(argv)[0])) - {"run", "check"}
+    return set(vars(root.parse_known_args(argv)[0])) - {"run", "check", "prog"}
 
 
 __all__ = ["main", "parser"]

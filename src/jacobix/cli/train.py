@@ -19,7 +19,8 @@ def add_parser(commands: argparse._SubParsersAction, formatter: type[argparse.He
     """Add ``train`` with one sub-command per recipe of :data:`RECIPES`.
 
     Each target's namespace gets ``check`` (the recipe's ``resolve``: option checks and the output
-    folder, before any work) and ``run`` (train; returns the exit status 0).
+    folder, before any work), ``run`` (train, replacing a bundled model only at the end; returns the
+    exit status 0) and ``prog`` (``jacobix train NAME``, the prefix of its error lines).
     """
     train = commands.add_parser("train", help="reproduce a bundled checkpoint (see jacobix train TARGET --help)",
                                 formatter_class=formatter)
@@ -28,7 +29,7 @@ def add_parser(commands: argparse._SubParsersAction, formatter: type[argparse.He
         parser = targets.add_parser(name, help=recipe.help, description=recipe.description or recipe.help,
                                     formatter_class=formatter)
         recipe.build_parser(parser)
-        parser.set_defaults(check=_checker(recipe), run=_runner(recipe))
+        parser.set_defaults(check=_checker(recipe), run=_runner(recipe), prog=f"jacobix train {name}")
 
 
 def _checker(recipe: Recipe):
@@ -42,7 +43,7 @@ def _checker(recipe: Recipe):
 def _runner(recipe: Recipe):
     def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.INFO)  # trainers run for minutes: show their progress
-        recipe.run(args)
+        recipe.train(args)
         return 0
 
     return run

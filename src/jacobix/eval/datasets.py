@@ -37,6 +37,15 @@ def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     return _read_idx(images), _read_idx(labels).astype(np.int64)
 
 
+def require_fashion_mnist() -> None:
+    """Raise FileNotFoundError (naming the folder and how to install it) unless both splits are present."""
+    missing = [name for prefix in ("train", "t10k") for name in (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
+               if not (FASHION_MNIST_DIR / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"Fashion-MNIST not found in {FASHION_MNIST_DIR} (missing {', '.join(missing)}); "
+                                f"install it with: {FASHION_MNIST_HINT}")
+
+
 def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 digits as float images in [0, 1], shape (N, 8, 8), and labels (N,)."""
     try:

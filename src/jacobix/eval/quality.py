@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jacobix import assets
-from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
+from jacobix.core.checkpoints import METADATA, WEIGHTS, build_config, load_weights, read_metadata, save_checkpoint
 
 IMAGE_SIZE = 28
 ImageBatch = Tensor | np.ndarray
@@ -102,8 +102,8 @@ def _bundled_classifier() -> Classifier:
 def _load(directory: Path) -> Classifier:
     hint = f"train one with: jacobix train classifier --out {directory}"
     config = read_metadata(directory, architecture="fmnist-classifier", hint=hint)["config"]
-    model = Classifier(ClassifierConfig(**{**config, "channels": tuple(config["channels"])}))
-    model.load_state_dict(read_weights(directory))
+    model = Classifier(build_config(ClassifierConfig, config, source=directory / METADATA))
+    load_weights(model, directory / WEIGHTS)
     return model.eval()
 
 

@@ -269,7 +269,12 @@ def load_schedule(directory: str | Path, num_blocks: int) -> tuple[BlockPlan, ..
     path = Path(directory) / SCHEDULE_FILE
     if not path.exists():
         return None
-    plans = tuple(BlockPlan(**plan) for plan in json.loads(path.read_text())["plans"])
+    from jacobix.core.checkpoints import build_config, read_json
+
+    data = read_json(path)
+    if not isinstance(data.get("plans"), list):
+        raise ValueError(f"{path}: key 'plans' is missing or not a list")
+    plans = tuple(build_config(BlockPlan, plan, source=path, key=f"plans[{i}]") for i, plan in enumerate(data["plans"]))
     if len(plans) != num_blocks:
         raise ValueError(f"{path} has {len(plans)} block plans but the model has {num_blocks} blocks; recalibrate it")
     return plans

@@ -7,14 +7,13 @@ and shape against the config and refuses a mismatch with a message that names th
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from jacobix.core.checkpoints import read_weights, save_checkpoint
+from jacobix.core.checkpoints import build_config, read_json, read_weights, save_checkpoint
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 
 ARCHITECTURE = "tarflow"
@@ -34,14 +33,16 @@ def read_config(directory: str | Path) -> tuple[TarFlowConfig, dict]:
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: a TarFlow checkpoint folder holds model.safetensors and config.json")
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
     if meta.get("architecture") != ARCHITECTURE:
         raise ValueError(f"{path} describes a {meta.get('architecture')!r} model, not {ARCHITECTURE!r}")
+    if "config" not in meta:
+        raise ValueError(f"{path}: key 'config' is missing")
     known = {f.name for f in fields(TarFlowConfig)}
-    unknown = sorted(set(meta["config"]) - known)
+    unknown = sorted(set(meta["config"]) - known) if isinstance(meta["config"], dict) else []
     if unknown:
         raise ValueError(f"{path} has config keys this jacobix does not know: {unknown}; upgrade jacobix or fix the file")
-    return TarFlowConfig(**meta["config"]), meta
+    return build_config(TarFlowConfig, meta["config"], source=path), meta
 
 
 def load_tarflow(directory: str | Path, config: TarFlowConfig | None = None) -> tuple[TarFlow, dict]:

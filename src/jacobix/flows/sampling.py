@@ -306,6 +306,8 @@ def sample_tarflow(
     Returns:
         the samples and per-block statistics.
     """
+    if isinstance(schedule, (str, BlockPlan)) or not all(isinstance(plan, BlockPlan) for plan in schedule):
+        raise ValueError("schedule must be a sequence of BlockPlan, one per block (see uniform_schedule)")
     if len(schedule) != len(model.blocks):
         raise ValueError(f"schedule has {len(schedule)} plans but the model has {len(model.blocks)} blocks: one plan per block")
     if noise.shape[1:] != model.var.shape:
@@ -316,6 +318,7 @@ def sample_tarflow(
             "attention temperature (FlowGuidance(scale=..., attention_temperature=...)) or pass guidance=None"
         )
     check_step_scale(denoise_scale)
+    _check_inputs(model, noise, labels, denoise_step=denoise_step, record=record)
     x = noise.to(model.var.dtype) * model.var.sqrt()  # (B, T, F)
     stats: list[SolveStats] = [None] * len(model.blocks)  # type: ignore[list-item]
     for index in reversed(range(len(model.blocks))):
@@ -323,6 +326,24 @@ def sample_tarflow(
     raw = model.unpatchify(x)
     images = denoise(model, raw, labels, step_scale=denoise_scale) if denoise_step else raw
     return FlowSample(images=images, raw=raw, stats=stats)
+
+
+def _check_inputs(model: TarFlow, noise: Tensor, labels: Tensor | None, *, denoise_step: bool, record: bool) -> None:
+    """Refuse non-finite noise, labels of the wrong kind or range, and non-boolean switches."""
+    if not isinstance(denoise_step, bool) or not isinstance(record, bool):
+        raise ValueError(f"denoise_step and record must be True or False, got {denoise_step!r}, {record!r}")
+    if noise.shape[0] < 1 or not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise must hold at least one sample and be finite (no NaN or infinity)")
+    if labels is None:
+        return
+    classes = model.config.num_classes
+    if not classes:
+        raise ValueError("labels were given to an unconditional TarFlow; pass labels=None")
+    if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of class ids, got {getattr(labels, 'dtype', type(labels))}")
+    if labels.shape != (noise.shape[0],) or int(labels.min()) < -1 or int(labels.max()) >= classes:
+        raise ValueError(f"labels must be ({noise.shape[0]},) class ids in [0, {classes}) (or -1, the null class), "
+                         f"got shape {tuple(labels.shape)}")
 
 
 def uniform_schedule(num_blocks: int, plan: BlockPlan) -> tuple[BlockPlan, ...]:

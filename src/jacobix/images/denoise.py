@@ -99,10 +99,11 @@ def save_noise_embedding(module: NoiseEmbedding, directory: str | Path) -> None:
 
 def load_noise_embedding(directory: str | Path, config: dict) -> NoiseEmbedding:
     """The :class:`NoiseEmbedding` of a checkpoint folder (``sjd2.safetensors`` + config.json's ``sjd2.noise``)."""
-    from safetensors.torch import load_file
+    from jacobix.core.checkpoints import METADATA, build_config, load_weights
 
-    module = NoiseEmbedding(NoiseEmbeddingConfig(**config))
-    module.load_state_dict(load_file(str(Path(directory) / "sjd2.safetensors")))
+    module = NoiseEmbedding(build_config(NoiseEmbeddingConfig, config, source=Path(directory) / METADATA,
+                                         key="sjd2.noise"))
+    load_weights(module, Path(directory) / "sjd2.safetensors")
     return module.eval()
 
 

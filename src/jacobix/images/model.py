@@ -21,6 +21,19 @@ from jacobix.models.llama import Llama, load_llama
 AR_DIR = assets.get("fmnist-ar", kind="image").path  # the default image model, which jacobix train sjd2 starts from
 
 
+def as_class_ids(labels) -> Tensor:
+    """``labels`` as a long tensor, refusing floats (``1.5`` is no class) and booleans."""
+    if isinstance(labels, Tensor):
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class ids, got a {labels.dtype} tensor")
+        return labels.long()
+    values = labels.tolist() if hasattr(labels, "tolist") else labels
+    flat = values if isinstance(values, (list, tuple)) else [values]
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in flat):
+        raise ValueError(f"labels must be integer class ids, got {list(flat)[:5]}")
+    return torch.as_tensor(flat, dtype=torch.long)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageVocab:
     """Where codes, class tokens and the null token live in the model's vocabulary.
@@ -52,8 +65,8 @@ class ImageVocab:
         return self.grid * self.grid
 
     def class_tokens(self, labels: Tensor) -> Tensor:
-        """Class labels (B,) in [0, num_classes) to prompt token ids (B,)."""
-        labels = torch.as_tensor(labels, dtype=torch.long)
+        """Class labels (B,) in [0, num_classes) to prompt token ids (B,); floats and booleans are refused."""
+        labels = as_class_ids(labels)
         if labels.dim() != 1 or labels.numel() == 0:
             raise ValueError(f"labels must be a non-empty 1-D sequence of class ids, got shape {tuple(labels.shape)}")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:

@@ -104,12 +104,12 @@ class GridTableInit:
 
 def load_draft_tables(directory: str | Path) -> dict[str, Tensor]:
     """The tables in ``directory/drafts.safetensors`` (float32)."""
-    from safetensors.torch import load_file
+    from jacobix.core.checkpoints import read_tensors
 
     path = Path(directory) / "drafts.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"no draft tables at {path}; they are written by: jacobix train image-ar --out {directory}")
-    return {name: t.float() for name, t in load_file(str(path)).items()}
+    return {name: t.float() for name, t in read_tensors(path).items()}
 
 
 def resolve_image_init(init: str | DraftInit, model: ImageModel) -> DraftInit:

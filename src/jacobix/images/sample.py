@@ -15,7 +15,7 @@ from jacobix.tokens.decoding import Decoding, Guidance
 from jacobix.tokens.generate import generate
 from jacobix.tokens.result import DecodeStats
 from jacobix.images.proposers import IMAGE_INITS, resolve_image_init
-from jacobix.images.model import CodesOnly, ImageModel
+from jacobix.images.model import CodesOnly, ImageModel, as_class_ids
 from jacobix.images.sjd2 import SJD2Config, SJD2Proposer, sjd2_proposer
 
 
@@ -130,9 +130,15 @@ def generate_images(
     Returns:
         :class:`ImageSamples`.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(record, bool):
+        raise ValueError(f"record must be True or False, got {record!r}")
+    if not isinstance(settings, ImageSampling):
+        raise ValueError(f"settings must be an ImageSampling, got {type(settings).__name__}")
+    if proposer is not None and not isinstance(proposer, SJD2Proposer):
+        raise ValueError(f"proposer must be an SJD2Proposer (method 'sjd2'), got {type(proposer).__name__}")
+    labels = as_class_ids(labels)
     model.vocab.class_tokens(labels)  # validates the labels
     init = resolve_image_init(settings.decoding.init, model)
     if settings.method == "sjd2" and proposer is None:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jacobix import assets
-from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
+from jacobix.core.checkpoints import METADATA, WEIGHTS, build_config, load_weights, read_metadata, save_checkpoint
 from jacobix.eval.quality import ImageBatch, to_unit_images
 
 
@@ -135,6 +135,6 @@ def load_vq(directory: str | Path | None = None) -> VQTokenizer:
     """Load a tokenizer written by :func:`save_vq` (default: the bundled ``assets/fmnist-vq``)."""
     directory = Path(directory) if directory is not None else assets.get("fmnist-vq", kind="vq").path
     meta = read_metadata(directory, architecture="vq", hint=f"train one with: jacobix train vq --out {directory}")
-    model = VQTokenizer(VQConfig(**meta["config"]))
-    model.load_state_dict(read_weights(directory))
+    model = VQTokenizer(build_config(VQConfig, meta["config"], source=directory / METADATA))
+    load_weights(model, directory / WEIGHTS)
     return model.eval()

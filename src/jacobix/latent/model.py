@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
+from jacobix.core.checkpoints import METADATA, WEIGHTS, build_config, load_weights, read_metadata, save_checkpoint
 from jacobix.models.llama import Llama, LlamaConfig
 
 ARCHITECTURE = "pccot"
@@ -136,11 +136,11 @@ def save_reasoner(model: LatentReasoner, directory: str | Path, *, extra: dict |
 def load_reasoner(directory: str | Path) -> tuple[LatentReasoner, dict]:
     """Load a model written by :func:`save_reasoner`; returns it (eval mode) and its config.json contents."""
     meta = read_metadata(directory, architecture=ARCHITECTURE, hint="train one with `jacobix train pccot`")
-    config = meta["config"]
-    model = LatentReasoner(ReasonerConfig(llama=LlamaConfig(**config["llama"]), latent=LatentConfig(**config["latent"])))
-    missing, unexpected = model.load_state_dict(read_weights(directory), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint in {directory} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    config, source = meta["config"], Path(directory) / METADATA
+    model = LatentReasoner(ReasonerConfig(llama=build_config(LlamaConfig, config.get("llama"), source=source, key="config.llama"),
+                                          latent=build_config(LatentConfig, config.get("latent"), source=source,
+                                                              key="config.latent")))
+    load_weights(model, Path(directory) / WEIGHTS)
     return model.eval(), meta
 
 

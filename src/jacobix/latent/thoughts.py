@@ -43,6 +43,7 @@ from jacobix.core.engine import Acceptance, Drafts, FixedPointState, SolveStats,
 from jacobix.latent.model import FunctionalCache, LatentReasoner
 
 ThinkMethod = Literal["jacobi", "sequential", "exact"]
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 THINK_METHODS: tuple[str, ...] = ("jacobi", "sequential", "exact")
 
 
@@ -160,17 +161,27 @@ def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: 
     Returns:
         the latents, the cache and the engine's statistics.
     Raises:
-        ValueError: an unknown method, T < 1, or questions longer than the model's context.
+        ValueError: an unknown method, T < 1, token ids out of the vocabulary, lengths out of 1..Q, or
+            questions longer than the model's context. Columns past the longest question (padding
+            wider than any row) are dropped.
     """
     if method not in THINK_METHODS:
         raise ValueError(f"method must be one of {THINK_METHODS}, got {method!r}")
     passes = model.latent.passes if passes is None else passes
-    if passes < 1:
+    if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes (T) must be >= 1, got {passes}")
     c = model.latent.latents
+    if questions.dim() != 2 or questions.dtype in (torch.bool, *FLOATS):
+        raise ValueError(f"questions must be (B, Q) integer token ids, got {questions.dtype} of shape {tuple(questions.shape)}")
     b, q = questions.shape
-    if lengths.shape != (b,) or int(lengths.min()) < 1 or int(lengths.max()) > q:
-        raise ValueError(f"lengths must be (B,) = ({b},) with values in 1..{q}")
+    if b < 1 or lengths.shape != (b,) or lengths.dtype in (torch.bool, *FLOATS) or int(lengths.min()) < 1 \
+            or int(lengths.max()) > q:
+        raise ValueError(f"lengths must be (B,) = ({b},) integers with values in 1..{q}")
+    vocab = model.config.llama.vocab_size
+    real = torch.arange(q, device=questions.device)[None] < lengths[:, None]  # (B, Q) the tokens read
+    if bool(((questions < 0) | (questions >= vocab))[real].any()):
+        raise ValueError(f"question token ids must be in 0..{vocab - 1}")
+    questions = questions[:, : int(lengths.max())]  # columns past the longest question are pads only
     capacity = context_needed(int(lengths.max()), c, len(model.latent.prompt))
     if capacity > model.config.llama.max_seq_len:
         raise ValueError(f"questions of up to {int(lengths.max())} tokens with c = {c} latents need {capacity} positions; "

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from jacobix.core.cache import KVCache
 from jacobix.models.protocol import LMOutput
-from jacobix.core.checkpoints import read_metadata, read_weights, save_checkpoint
+from jacobix.core.checkpoints import METADATA, WEIGHTS, build_config, load_weights, read_metadata, save_checkpoint
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,10 +209,6 @@ def save_llama(model: Llama, directory: str | Path, *, extra: dict | None = None
 def load_llama(directory: str | Path) -> tuple[Llama, dict]:
     """Load a model written by :func:`save_llama`; returns the model and its config.json contents."""
     meta = read_metadata(directory, architecture="llama", hint="write one with jacobix.models.save_llama")
-    model = Llama(LlamaConfig(**meta["config"]))
-    missing, unexpected = model.load_state_dict(read_weights(directory), strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint in {directory} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    model = Llama(build_config(LlamaConfig, meta["config"], source=Path(directory) / METADATA))
+    load_weights(model, Path(directory) / WEIGHTS)
     return model.eval(), meta

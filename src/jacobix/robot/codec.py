@@ -122,14 +122,17 @@ class ObservationCodec:
         """Bin indices (..., D) of observations (..., D), clamped into ``[0, bins)``.
 
         Raises:
-            ValueError: the last dimension is not D.
+            ValueError: the last dimension is not D, or a value is NaN or infinite (a sensor fault
+                would otherwise read as the lowest bin).
         """
         obs = _as_float_tensor(observations)
         if obs.dim() == 0 or obs.shape[-1] != self.dim:
             raise ValueError(f"observations must have {self.dim} values in the last dimension, got shape {tuple(obs.shape)}")
+        if not bool(torch.isfinite(obs).all()):
+            raise ValueError(f"observations must be finite; {int((~torch.isfinite(obs)).sum())} value(s) are NaN or infinite")
         low, high = torch.tensor(self.low), torch.tensor(self.high)  # (D,)
         scaled = (obs - low) / (high - low) * self.bins  # (..., D)
-        return scaled.nan_to_num(0.0).floor().clamp_(0, self.bins - 1).long()
+        return scaled.floor().clamp_(0, self.bins - 1).long()
 
     def decode(self, bins: Tensor) -> Tensor:
         """Bin centres (..., D) of bin indices (..., D)."""

@@ -17,7 +17,6 @@ Actions are time-major: the block holds the ``chunk`` future actions one after a
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 
 from jacobix import assets
+from jacobix.core.checkpoints import read_json
 from jacobix.models.llama import Llama, load_llama
 from jacobix.robot.codec import ActionCodec, ArrayLike, ObservationCodec
 
@@ -197,7 +197,12 @@ def load_policy(name_or_path: str | Path) -> tuple[Llama, PolicyFormat]:
     model, meta = load_llama(directory)
     if "policy" not in meta:
         raise ValueError(f"{directory}/config.json has no 'policy' entry: not a robot policy checkpoint")
-    fmt = PolicyFormat.from_dict(meta["policy"])
+    try:
+        fmt = PolicyFormat.from_dict(meta["policy"])
+    except KeyError as error:
+        raise ValueError(f"{directory}/config.json: key 'policy.{error.args[0]}' is missing") from None
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{directory}/config.json: key 'policy': {error}") from None
     if fmt.vocab_size != model.config.vocab_size:
         raise ValueError(f"{directory}: the policy format needs {fmt.vocab_size} tokens, the model has {model.config.vocab_size}")
     return model, fmt
@@ -206,4 +211,4 @@ def load_policy(name_or_path: str | Path) -> tuple[Llama, PolicyFormat]:
 def policy_metadata(directory: str | Path) -> dict:
     """The whole config.json of a policy checkpoint (format, training record, measured success)."""
     directory = assets.locate(directory, kind="policy")
-    return json.loads((directory / "config.json").read_text())
+    return read_json(directory / "config.json")

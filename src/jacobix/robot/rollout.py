@@ -82,6 +82,8 @@ def run_episodes(decide: Decide, make_env: Callable[[], Env], fmt: PolicyFormat,
     """
     if len(tasks) != len(seeds):
         raise ValueError(f"tasks and seeds must have the same length, got {len(tasks)} and {len(seeds)}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
     n, size = len(tasks), batch_size or max(len(tasks), 1)
     max_chunks = max(math.ceil(make_env().max_steps / fmt.chunk), 1) if n else 1
     out = {"success": np.zeros(n, bool), "steps": np.zeros(n, np.int64), "chunks": np.zeros(n, np.int64),

@@ -13,6 +13,7 @@ What to build is declared by a :class:`~jacobix.tokens.decoding.Decoding` and a
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Sequence
 
 import torch
@@ -150,13 +151,22 @@ def _proposer(decoding: Decoding, drafts: int) -> Proposer:
     return NGramProposer(base, LookaheadConfig() if decoding.lookahead is True else decoding.lookahead, drafts)
 
 
+def _eos_ids(eos_token_id: int | Sequence[int] | None, vocab_size: int) -> tuple[int, ...]:
+    """The stop tokens as a tuple, each an int (not a bool) in ``[0, vocab_size)``."""
+    given = eos_token_id.tolist() if isinstance(eos_token_id, Tensor) else eos_token_id
+    eos = () if given is None else ((given,) if isinstance(given, (Integral, float, str)) else tuple(given))
+    if any(isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t < vocab_size for t in eos):
+        raise ValueError(f"eos_token_id must be token ids in [0, {vocab_size}) of this model's vocabulary, got {eos_token_id!r}")
+    return tuple(int(t) for t in eos)
+
+
 def _verifier(model: CausalLM, proposer: Proposer, guidance: GuidanceShift | None, prompt_length: Tensor,
               limit: Tensor, sampling: SamplingConfig, processors: Sequence[LogitsProcessor],
               eos_token_id: int | Sequence[int] | None, generator: Randomness) -> Verifier:
     """The verifier with a cache of ``B * R`` rows (``2B`` with guidance) and room for ``limit`` positions."""
     rows = proposer.candidates if guidance is None else 2
     capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
-    eos = () if eos_token_id is None else ((eos_token_id,) if isinstance(eos_token_id, int) else tuple(eos_token_id))
+    eos = _eos_ids(eos_token_id, model.vocab_size)
     dtype = model_dtype(model)
     return Verifier(model, model.new_cache(len(limit) * rows, capacity), candidates=proposer.candidates,
                     prompt_length=prompt_length, sampling=sampling, processors=processors, guidance=guidance,

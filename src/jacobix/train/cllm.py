@@ -17,6 +17,7 @@ code-completion prompts cut from the Python standard library (``--data stdlib``)
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,10 +70,10 @@ class CLLMConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.warmup < 0:
+        if self.steps < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf or self.warmup < 0:
             raise ValueError(f"CLLMConfig needs steps >= 1, batch_size >= 1, lr > 0 and warmup >= 0, got {self}")
         weights = (self.global_weight, self.local_weight, self.ar_weight, self.fixed_point_weight)
-        if min(weights) < 0 or sum(weights) == 0:
+        if not all(0 <= w < math.inf for w in weights) or sum(weights) == 0:
             raise ValueError(f"CLLMConfig loss weights must be >= 0 and not all 0, got {weights}")
         if self.context_limit is not None and self.context_limit < 1:
             raise ValueError(f"context_limit must be >= 1 token or None, got {self.context_limit}")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,8 +232,12 @@ def load_checkpoint(path: str | Path | None, run: Run, *, model: nn.Module, opti
         set_model_state_dict(model, state["model"], options=options)
         set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
     else:
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            unwrap(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise ValueError(f"--resume {path}: saved by a run of another model or settings ({first})") from None
     if generator is not None and state["generator"] is not None:
         generator.set_state(state["generator"])
     if scheduler is not None and state.get("scheduler") is not None:
@@ -300,6 +305,8 @@ class RunOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.resume is not None and not Path(self.resume).is_file():
             raise FileNotFoundError(f"--resume {self.resume}: no such checkpoint file")
+        if self.resume is not None:
+            check_checkpoint_file(self.resume)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> RunOptions:
@@ -315,6 +322,18 @@ class RunOptions:
         """Whether to checkpoint after ``done`` steps: every ``save_every``, and at an early stop."""
         every = self.save_every is not None and done % self.save_every == 0
         return every or (self.stop_after is not None and done == self.last_step(steps))
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """Refuse a :func:`save_checkpoint` file that is truncated or damaged (its zip records and CRCs are read,
+    nothing is unpickled), naming it, before a resumed run starts."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"--resume {path}: not a readable checkpoint ({error}); resume from an earlier one or start afresh") from None
+    if damaged is not None:
+        raise ValueError(f"--resume {path}: damaged ({damaged} fails its check); resume from an earlier one or start afresh")
 
 
 class Metrics:

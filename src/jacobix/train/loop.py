@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -99,9 +100,9 @@ class FitConfig:
     progress: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.weight_decay < 0 or not all(0 <= b < 1 for b in self.betas):
+        if not 0 <= self.weight_decay < math.inf or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"FitConfig needs weight_decay >= 0 and betas in [0, 1), got {self.weight_decay}, {self.betas}")
-        if self.clip is not None and self.clip <= 0:
+        if self.clip is not None and not 0 < self.clip < math.inf:
             raise ValueError(f"FitConfig.clip must be > 0 or None, got {self.clip}")
         if self.log_every < 1:
             raise ValueError(f"FitConfig.log_every must be >= 1, got {self.log_every}")

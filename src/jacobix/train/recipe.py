@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from jacobix.train import distributed
+from jacobix.train import distributed, publish
+from jacobix.train.options import tighten
+
+log = logging.getLogger(__name__)
+UNFINISHED = ("stop_after", "collect_only", "demos_only")  # options that end a run before its model is made
 
 
 def _nothing(args: argparse.Namespace) -> None:
@@ -50,6 +57,7 @@ class Recipe:
         parser = parser or argparse.ArgumentParser(prog=f"jacobix train {self.name}",
                                                    description=self.description or self.help)
         self.add_arguments(parser)
+        tighten(parser)
         return parser
 
     def parse_args(self, argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,7 +65,7 @@ class Recipe:
 
         ``args.argv`` keeps the arguments given (for the ``reproduce`` line some recipes record).
         """
-        args = self.build_parser().parse_args(argv)
+        args = self.build_parser().parse_args(argv)  # argparse's own errors exit with status 2
         args.argv = [] if argv is None else list(argv)
         self.resolve(args)
         return args
@@ -77,12 +85,41 @@ class Recipe:
                 out.extend([action.option_strings[-1], str(value)])
         return out
 
+    def train(self, args: argparse.Namespace) -> None:
+        """Run on resolved options; with ``--replace-bundled``, in the staging folder, replacing the
+        bundled model only once the run has finished (see :mod:`jacobix.train.publish`).
+
+        A fresh run (no ``--resume`` inside the staging folder) starts from an empty staging folder, so
+        nothing of an earlier, abandoned run (trajectories of another teacher) is reused.
+        """
+        target = getattr(args, "publish_to", None)
+        main = distributed.is_main_process()
+        if target is not None and main and not _inside(getattr(args, "resume", None), args.out):
+            shutil.rmtree(args.out, ignore_errors=True)
+        self.run(args)
+        if target is None or not main or any(getattr(args, name, None) for name in UNFINISHED):
+            if target is not None and main:
+                log.info("the run stopped early: %s is unchanged; resume from %s", target, args.out)
+            return
+        publish.check_origin(args.out, target, allow=getattr(args, "other_origin", False))
+        publish.publish(args.out, target)
+
     def main(self, argv: list[str] | None = None) -> None:
-        """Parse ``argv``, set up logging (INFO on rank 0) and train."""
-        args = self.parse_args(argv)
+        """Parse ``argv``, set up logging (INFO on rank 0) and train; a refused option exits with status 2
+        and one ``jacobix train NAME: error: ...`` line."""
+        parser = self.build_parser()
+        try:
+            args = self.parse_args(argv)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         level = logging.INFO if distributed.is_main_process() else logging.WARNING
         logging.basicConfig(level=level, format="%(asctime)s %(message)s")
-        self.run(args)
+        self.train(args)
+
+
+def _inside(path: str | Path | None, folder: Path) -> bool:
+    return path is not None and Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
 __all__ = ["Recipe"]

@@ -84,7 +84,7 @@ class WarmupCosine:
     warmup: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.peak <= 0 or self.warmup < 0:
+        if self.steps < 1 or not 0 < self.peak < math.inf or self.warmup < 0:
             raise ValueError(f"WarmupCosine needs steps >= 1, peak > 0 and warmup >= 0, got {self}")
 
     def __call__(self, step: int) -> Rates:
@@ -99,7 +99,7 @@ class OneCycle:
     steps: int
 
     def __post_init__(self) -> None:
-        if self.steps < 2 or self.peak <= 0:
+        if self.steps < 2 or not 0 < self.peak < math.inf:
             raise ValueError(f"OneCycle needs steps >= 2 and peak > 0, got {self}")
 
     def __call__(self, step: int) -> Rates:

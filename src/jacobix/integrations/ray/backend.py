@@ -9,7 +9,11 @@ from __future__ import annotations
 
 
 import inspect
+<<<<<<< HEAD
 import logging
+=======
+import math
+>>>>>>> robust
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
 
@@ -69,6 +73,28 @@ def actor_pool(ray: ModuleType, actors: int) -> dict[str, Any]:
     return {"concurrency": actors}
 
 
+def check_resources(*, actors: int, address: str | None, num_cpus: int | None, cpus_per_actor: float = 1.0,
+                    gpus_per_actor: float = 0.0) -> None:
+    """Refuse resource requests Ray could never meet, before any work (see :func:`run_ray` for the arguments).
+
+    Raises:
+        ValueError: naming the option (``--actors``, ``--num-cpus``, ``--gpus-per-actor``).
+    """
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not whole(actors) or actors < 1:
+        raise ValueError(f"--actors must be an integer >= 1, got {actors!r}")
+    if num_cpus is not None and (not whole(num_cpus) or num_cpus < 1):
+        raise ValueError(f"--num-cpus must be an integer >= 1, got {num_cpus!r}")
+    for name, value in (("cpus-per-actor", cpus_per_actor), ("gpus-per-actor", gpus_per_actor)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"--{name} must be a finite number >= 0, got {value!r}")
+    if address is None and num_cpus is not None and num_cpus < actors * cpus_per_actor:
+        raise ValueError(f"a local cluster of {num_cpus} CPU(s) cannot hold {actors} actors of {cpus_per_actor} CPU(s) "
+                         f"each; give --num-cpus {-int(-actors * cpus_per_actor // 1)} or fewer --actors")
+
+
 def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, actors: int = 2, address: str | None = None,
             num_cpus: int | None = None, cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, progress: bool = False,
             on_row: Callable[[int], None] | None = None) -> int:
@@ -92,11 +118,8 @@ def run_ray(spec: BatchSpec, rows: Sequence[dict], writer: ResultWriter, *, acto
     Returns:
         rows written.
     """
-    if actors < 1:
-        raise ValueError(f"actors must be >= 1, got {actors}")
-    if address is None and num_cpus is not None and num_cpus < actors * cpus_per_actor:
-        raise ValueError(f"a local cluster of {num_cpus} CPU(s) cannot hold {actors} actors of {cpus_per_actor} CPU(s) "
-                         f"each; give --num-cpus {-int(-actors * cpus_per_actor // 1)} or fewer --actors")
+    check_resources(actors=actors, address=address, num_cpus=num_cpus, cpus_per_actor=cpus_per_actor,
+                    gpus_per_actor=gpus_per_actor)
     if not rows:
         return 0
     ray = require_ray()
@@ -153,4 +176,4 @@ def _plain(value: Any) -> Any:
     return value
 
 
-__all__ = ["INSTALL_HINT", "RayBatchGenerator", "actor_pool", "require_ray", "run_ray"]
+__all__ = ["INSTALL_HINT", "RayBatchGenerator", "actor_pool", "check_resources", "require_ray", "run_ray"]

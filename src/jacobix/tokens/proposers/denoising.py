@@ -156,6 +156,9 @@ class SJD2Config:
     def __post_init__(self) -> None:
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 0:
             raise ValueError(f"SJD2Config.levels must be an int >= 0 (0 is plain SJD), got {self.levels!r}")
+        for name in ("lossy", "coupled"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SJD2Config.{name} must be True or False, got {getattr(self, name)!r}")
 
 
 class SJD2Proposer(JacobiProposer):

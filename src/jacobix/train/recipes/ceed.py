@@ -31,7 +31,9 @@ from jacobix.robot.policy import PolicyFormat, load_policy
 from jacobix.robot.rollout import chunk_jacobi, greedy_decider, run_episodes, wilson_interval
 from jacobix.robot.suites import SUITES, Suite, evaluation_episodes
 from jacobix.tokens.generate import generate
+from jacobix import assets
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import check_lineage, count, nonnegative, require_data
 from jacobix.train.ceed import CEEDConfig, collect_policy, with_mixed_labels
 from jacobix.train.cllm import CLLM_HELP, CLLMConfig, causal_forward, train_cllm
 from jacobix.train.recipe import Recipe
@@ -46,30 +48,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (the training ones are :class:`CLLMConfig` fields)."""
     parser.add_argument("--teacher", default="pointmass-policy", help=f"a bundled policy ({', '.join(assets.names('policy'))}) or a policy checkpoint folder")
     parser.add_argument("--data", type=Path, help="demonstrations.npz (from jacobix train policy); default: collect afresh")
-    parser.add_argument("--episodes-per-task", type=int, default=300, help="expert episodes per task when collecting")
-    parser.add_argument("--noise", type=float, default=0.1, help="DART noise on the executed actions when collecting")
-    parser.add_argument("--max-states", type=int, default=20000, help="demonstration states used (a random subset)")
-    parser.add_argument("--delta-max", type=float, default=CEEDConfig().delta_max,
+    parser.add_argument("--episodes-per-task", type=count, default=300, help="expert episodes per task when collecting")
+    parser.add_argument("--noise", type=nonnegative, default=0.1, help="DART noise on the executed actions when collecting")
+    parser.add_argument("--max-states", type=count, default=20000, help="demonstration states used (a random subset)")
+    parser.add_argument("--delta-max", type=nonnegative, default=CEEDConfig().delta_max,
                         help="mixed labels: take the teacher's chunk when within this many action units of the truth")
-    parser.add_argument("--collect-batch", type=int, default=CEEDConfig().collect_batch,
+    parser.add_argument("--collect-batch", type=count, default=CEEDConfig().collect_batch,
                         help="states decoded together when collecting trajectories")
     parser.add_argument("--trajectories", type=Path, help="trajectories file: read it if it exists, else write it there")
-    parser.add_argument("--eval-per-task", type=int, default=30, help="held-out episodes per task for the report")
+    parser.add_argument("--eval-per-task", type=count, default=30, help="held-out episodes per task for the report")
     defaults = asdict(CEEDConfig().training)
     for name in TRAINING:
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(defaults[name]), default=defaults[name],
                             help=CLLM_HELP[name])
-    add_output_arguments(parser, "pointmass-policy-ceed")
+    add_output_arguments(parser, "pointmass-policy-ceed", origin="--teacher")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """Check the counts; ``config`` (:class:`CEEDConfig`). The output folder follows the teacher's suite (see :func:`run`)."""
+    """Check the options, the teacher (read here) and ``--data``; ``config`` (:class:`CEEDConfig`) and ``out``,
+    which follows the teacher's suite (``--replace-bundled`` keeps the bundled student's teacher)."""
     for name in ("episodes_per_task", "max_states", "collect_batch", "eval_per_task"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     args.config = CEEDConfig(delta_max=args.delta_max, collect_batch=args.collect_batch,
                              training=CLLMConfig(**{k: getattr(args, k) for k in TRAINING}, context_limit=None))
+    if args.data is not None:
+        require_data(args.data, "--data", "demonstrations.npz from jacobix train policy")
+    args.options = distributed.RunOptions.from_args(args)
+    args.options.last_step(args.steps)
+    try:
+        _, fmt = load_policy(args.teacher)
+    except (FileNotFoundError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--teacher {args.teacher}: {error}") from None
+    bundled = f"{suite_of(fmt).asset}-ceed"
+    check_lineage(args, bundled, "--teacher", args.teacher, assets.get(bundled).teacher)
+    args.out = output_folder(args, bundled)
 
 
 def suite_of(fmt: PolicyFormat) -> Suite:
@@ -120,10 +134,9 @@ def measure(model, fmt: PolicyFormat, prompts: Tensor, suite: Suite, per_task: i
 
 def run(args: argparse.Namespace) -> None:
     """Collect (or read) the teacher's trajectories, distill, measure and save; runs unchanged under ``torchrun``."""
-    options = distributed.RunOptions.from_args(args)
+    options = args.options
     teacher, fmt = load_policy(args.teacher)
     suite = suite_of(fmt)
-    args.out = output_folder(args, f"{suite.asset}-ceed")
     run = distributed.setup()
     prompts, targets = dataset(args, suite, fmt)
     path = args.trajectories or args.out / "trajectories.safetensors"

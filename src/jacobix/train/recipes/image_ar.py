@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,10 @@ from torch import Tensor, nn
 from jacobix.images.model import ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, LlamaConfig, load_llama, save_llama
+from jacobix import assets
+from jacobix.eval.datasets import require_fashion_mnist
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import check_lineage, count, natural, positive, require_data
 from jacobix.train.distributed import RunOptions
 from jacobix.train.image_data import class_sequences, evaluate, save_draft_tables, tokenize_split
 from jacobix.train.losses import next_token_loss
@@ -55,7 +59,7 @@ class ImageARTrainConfig:
     num_layers: int = 4
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.warmup, self.save_every, self.threads, self.dim, self.num_layers) < 1 or self.lr <= 0:
+        if min(self.steps, self.batch_size, self.warmup, self.save_every, self.threads, self.dim, self.num_layers) < 1 or not 0 < self.lr < math.inf:
             raise ValueError("ImageARTrainConfig needs positive steps, batch_size, warmup, threads, dim, num_layers, lr")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
@@ -134,28 +138,37 @@ def _save_plain(model: nn.Module, model_config: LlamaConfig, run: distributed.Ru
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
-    add_output_arguments(parser, "fmnist-ar")
+    add_output_arguments(parser, "fmnist-ar", origin="tokenizer (--vq)")
     parser.add_argument("--vq", default=None, help="tokenizer folder (default: bundled fmnist-vq)")
-    parser.add_argument("--steps", type=int, default=ImageARTrainConfig.steps, help="optimizer steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
-    parser.add_argument("--lr", type=float, default=ImageARTrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--steps", type=count, default=ImageARTrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--seed", type=natural, default=0, help="seed of the initialisation and the batches")
+    parser.add_argument("--lr", type=positive, default=ImageARTrainConfig.lr, help="peak learning rate")
     parser.add_argument("--init-from", default=None, help="continue from the weights in this folder")
-    parser.add_argument("--batch-size", type=int, default=ImageARTrainConfig.batch_size, help="global batch (all processes)")
-    parser.add_argument("--dim", type=int, default=ImageARTrainConfig.dim, help="model width")
-    parser.add_argument("--layers", type=int, default=ImageARTrainConfig.num_layers, help="transformer layers")
+    parser.add_argument("--batch-size", type=count, default=ImageARTrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--dim", type=count, default=ImageARTrainConfig.dim, help="model width")
+    parser.add_argument("--layers", type=count, default=ImageARTrainConfig.num_layers, help="transformer layers")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``out`` from ``--out``/``--replace-bundled``."""
+    """Check the options, the tokenizer, ``--init-from`` and the data (``config``, ``options``); ``out`` from
+    ``--out``/``--replace-bundled`` (which keeps the bundled tokenizer unless ``--other-origin``)."""
+    args.config = ImageARTrainConfig(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
+                                     dim=args.dim, num_layers=args.layers)
+    args.options = RunOptions.from_args(args)
+    args.options.last_step(args.steps)
+    if args.vq is not None:
+        require_data(assets.locate(args.vq, kind="vq"), "--vq", "an image tokenizer folder")
+    if args.init_from is not None:
+        require_data(assets.locate(args.init_from, kind="image"), "--init-from", "an image model folder")
+    check_lineage(args, "fmnist-ar", "--vq", args.vq, "fmnist-vq")
+    require_fashion_mnist()
     args.out = output_folder(args, "fmnist-ar")
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train from parsed options."""
-    config = ImageARTrainConfig(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size, dim=args.dim,
-                                num_layers=args.layers)
-    train(args.out, config, vq_dir=args.vq, init_from=args.init_from, options=RunOptions.from_args(args))
+    """Train from parsed, resolved options."""
+    train(args.out, args.config, vq_dir=args.vq, init_from=args.init_from, options=args.options)
 
 
 RECIPE = Recipe(name="image-ar", help="the bundled class-conditional image-token model (fmnist-ar)",

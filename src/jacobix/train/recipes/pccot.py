@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -32,6 +33,7 @@ from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, s
 from jacobix.latent.thoughts import read_answer, think
 from jacobix.models.llama import LlamaConfig
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import count, natural, nonnegative, positive, require_data
 from jacobix.train.distributed import RunOptions
 from jacobix.train.losses import IGNORE, distillation_loss, take_rows, token_ce
 from jacobix.train.loop import FitConfig, StepEnd, fit
@@ -74,8 +76,12 @@ class TrainConfig:
             raise ValueError(f"latents (c) and passes (T) must be >= 1, got c={self.latents}, T={self.passes}")
         if not 1 <= self.min_steps <= self.max_steps <= 8:
             raise ValueError(f"need 1 <= min_steps <= max_steps <= 8, got {self.min_steps}, {self.max_steps}")
-        if min(self.train_steps, self.batch_size, self.eval_every, self.eval_per_difficulty) < 1:
-            raise ValueError("train_steps, batch_size, eval_every and eval_per_difficulty must be >= 1")
+        if min(self.train_steps, self.batch_size, self.eval_every, self.eval_per_difficulty, self.dim, self.layers) < 1:
+            raise ValueError("train_steps, batch_size, eval_every, eval_per_difficulty, dim and layers must be >= 1")
+        if self.modulus < 2 or self.warmup < 0 or not 0 < self.lr < math.inf:
+            raise ValueError(f"need modulus >= 2, warmup >= 0 and a finite lr > 0, got {self.modulus}, {self.warmup}, {self.lr}")
+        if not all(0 <= w < math.inf for w in (self.alpha, self.beta, self.gamma)):
+            raise ValueError(f"alpha, beta and gamma must be finite and >= 0, got {self.alpha}, {self.beta}, {self.gamma}")
 
 
 @dataclass
@@ -281,9 +287,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainConfig()
     for name in ("latents", "passes", "min_steps", "max_steps", "train_steps", "batch_size", "seed", "eval_every", "dim", "layers",
                  "eval_per_difficulty", "warmup", "modulus"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help=PCCOT_HELP[name])
+        kind = natural if name in ("seed", "warmup") else count
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), help=PCCOT_HELP[name])
     for name in ("lr", "alpha", "beta", "gamma"):
-        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name), help=PCCOT_HELP[name])
+        parser.add_argument(f"--{name}", type=positive if name == "lr" else nonnegative, default=getattr(defaults, name),
+                            help=PCCOT_HELP[name])
     parser.add_argument("--init", default="", help="start from this checkpoint folder (e.g. an explicit-CoT run)")
     parser.add_argument("--time-batches", default="", help="also time training steps at these batch sizes, e.g. 8,64")
     distributed.add_distributed_arguments(parser)
@@ -292,15 +300,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace) -> None:
     """``out`` (the bundled folder is ``pccot`` or ``pccot-ARM``) and ``config`` (:class:`TrainConfig`)."""
     bundled = "pccot" if args.arm == "pccot" else f"pccot-{args.arm}"
-    args.out = output_folder(args, bundled)
     args.config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
+    if args.init:
+        require_data(args.init, "--init", "a checkpoint folder to start from")
+    try:
+        args.time_batches = tuple(int(b) for b in args.time_batches.split(",") if b) if isinstance(args.time_batches, str) \
+            else args.time_batches
+    except ValueError:
+        raise ValueError(f"--time-batches {args.time_batches!r}: give batch sizes separated by commas, e.g. 8,64") from None
+    if any(b < 1 for b in args.time_batches):
+        raise ValueError(f"--time-batches: batch sizes must be >= 1, got {args.time_batches}")
+    args.options = RunOptions.from_args(args)
+    args.options.last_step(args.train_steps)
+    args.out = output_folder(args, bundled)
 
 
 def run(args: argparse.Namespace) -> None:
     """``jacobix train pccot --arm ARM [--passes T] [--seed S] [--out DIR] ...``."""
     torch.set_num_threads(1)
-    batches = tuple(int(b) for b in args.time_batches.split(",") if b)
-    summary = train(args.out, args.config, time_batches=batches, options=RunOptions.from_args(args))
+    summary = train(args.out, args.config, time_batches=args.time_batches, options=args.options)
     if summary:
         log.info("wrote %s: validation accuracy %.3f, %.1f s per 1k steps", args.out, summary["validation_accuracy"],
                  summary["train_s_per_1k_steps"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from jacobix.robot.policy import PolicyFormat, load_policy
 from jacobix.robot.rollout import greedy_decider, run_episodes, wilson_interval
 from jacobix.robot.suites import EVAL_SEED, Suite, evaluation_episodes, get_suite
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import count, natural, nonnegative, positive, require_data
 from jacobix.train.distributed import RunOptions
 from jacobix.train.losses import IGNORE, next_token_loss, token_ce
 from jacobix.train.loop import FitConfig, StepEnd, fit
@@ -67,11 +69,17 @@ class PolicyTrainConfig:
 
     def __post_init__(self) -> None:
         get_suite(self.suite)
-        for name in ("episodes_per_task", "chunk", "steps", "batch_size", "dim", "num_layers", "eval_batch"):
-            if getattr(self, name) < 1:
+        for name in ("episodes_per_task", "chunk", "obs_bins", "steps", "batch_size", "dim", "num_layers", "eval_per_task",
+                     "eval_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:  # obs_bins None: the suite's
                 raise ValueError(f"PolicyTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.noise < 0:
-            raise ValueError(f"PolicyTrainConfig.noise must be >= 0, got {self.noise}")
+        for name in ("warmup", "seed", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"PolicyTrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.noise < math.inf or not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"PolicyTrainConfig.noise and weight_decay must be finite and >= 0, got {self.noise}, {self.weight_decay}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"PolicyTrainConfig.lr must be finite and > 0, got {self.lr}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"PolicyTrainConfig.save_dtype must be float32, float16 or bfloat16, got {self.save_dtype}")
 
@@ -226,16 +234,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_arguments(parser, "<suite's policy>")
     parser.add_argument("--demos", type=Path, default=None, help="read demonstrations.npz instead of collecting")
     parser.add_argument("--demos-only", action="store_true", help="collect and save the demonstrations, then stop")
-    for name, kind, text in (("episodes_per_task", int, "expert episodes per task"),
-                             ("noise", float, "std of the DART noise on executed actions"),
-                             ("chunk", int, "actions per block"), ("obs_bins", int, "bins per observation dim"),
-                             ("steps", int, "optimiser steps"), ("batch_size", int, "sequences per step (all processes)"),
-                             ("lr", float, "peak learning rate"), ("dim", int, "model width"),
-                             ("num_layers", int, "transformer layers"), ("seed", int, "seed of demonstrations, initialisation and batches"),
-                             ("eval_per_task", int, "evaluation episodes per task"),
-                             ("eval_batch", int, "episodes stepped in lockstep during evaluation"),
+    for name, kind, text in (("episodes_per_task", count, "expert episodes per task"),
+                             ("noise", nonnegative, "std of the DART noise on executed actions"),
+                             ("chunk", count, "actions per block"), ("obs_bins", count, "bins per observation dim"),
+                             ("steps", count, "optimiser steps"), ("batch_size", count, "sequences per step (all processes)"),
+                             ("lr", positive, "peak learning rate"), ("dim", count, "model width"),
+                             ("num_layers", count, "transformer layers"),
+                             ("seed", natural, "seed of demonstrations, initialisation and batches"),
+                             ("eval_per_task", count, "evaluation episodes per task"),
+                             ("eval_batch", count, "episodes stepped in lockstep during evaluation"),
                              ("save_dtype", str, "float32, float16 or bfloat16"),
-                             ("save_every", int, "write the model every N steps (0: only at the end); "
+                             ("save_every", natural, "write the model every N steps (0: only at the end); "
                                                  "the resumable checkpoint.pt is written at --stop-after")):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
     distributed.add_distributed_arguments(parser, save_every=False)
@@ -243,15 +252,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace) -> None:
     """``out`` (the bundled folder is the suite's policy) and ``config`` (:func:`suite_config`)."""
-    args.out = output_folder(args, get_suite(args.suite).asset)
     args.config = suite_config(args.suite, **{name: getattr(args, name) for name in FIELDS})
+    args.options = RunOptions(resume=args.resume, stop_after=args.stop_after, fsdp=args.fsdp)
+    args.options.last_step(args.config.steps)
+    if args.demos is not None:
+        require_data(args.demos, "--demos", "demonstrations.npz from an earlier run")
+    args.out = output_folder(args, get_suite(args.suite).asset)
 
 
 def run(args: argparse.Namespace) -> None:
     """``jacobix train policy --suite pointmass|mt10 [--out DIR | --replace-bundled] [--steps N] ...``."""
     torch.set_num_threads(1)
-    options = RunOptions(resume=args.resume, stop_after=args.stop_after, fsdp=args.fsdp)
-    train(args.out, args.config, demos_path=args.demos, demos_only=args.demos_only, options=options)
+    train(args.out, args.config, demos_path=args.demos, demos_only=args.demos_only, options=args.options)
 
 
 RECIPE = Recipe(name="policy", help="a robot policy by behaviour cloning (pointmass-policy, metaworld-mt10-policy)",

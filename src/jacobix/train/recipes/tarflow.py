@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -24,11 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from jacobix.eval.datasets import IMAGE_DATASETS, load_images
+from jacobix.eval.datasets import IMAGE_DATASETS, load_images, require_fashion_mnist
 from jacobix.flows.calibration import calibrate, save_schedule
 from jacobix.flows.checkpoint import save_tarflow
 from jacobix.flows.tarflow import TarFlow, TarFlowConfig
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import count
 from jacobix.train.distributed import RunOptions
 from jacobix.train.loop import FitConfig, fit
 from jacobix.train.recipe import Recipe
@@ -79,7 +81,7 @@ class TarFlowTrainConfig:
                 raise ValueError(f"TarFlowTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.drop_label < 1:
             raise ValueError(f"TarFlowTrainConfig.drop_label must be in [0, 1), got {self.drop_label}")
-        if self.lr <= 0 or self.warmup < 0:
+        if not 0 < self.lr < math.inf or self.warmup < 0:
             raise ValueError("TarFlowTrainConfig: lr must be > 0 and warmup >= 0")
 
 
@@ -183,24 +185,29 @@ def add_arguments(parser: argparse.ArgumentParser, dataset: str | None = None) -
     if dataset is None:
         parser.add_argument("dataset", choices=DATASETS)
     add_output_arguments(parser, None)
-    parser.add_argument("--steps", type=int, default=None, help="override the default number of steps")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the global batch (all processes)")
+    parser.add_argument("--steps", type=count, default=None, help="override the default number of steps")
+    parser.add_argument("--batch-size", type=count, default=None, help="override the global batch (all processes)")
     distributed.add_distributed_arguments(parser)
     if dataset is not None:
         parser.set_defaults(dataset=dataset)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``out`` from ``--out``/``--replace-bundled`` (the bundled folder is ``tarflow-DATASET``)."""
+    """Check the options and the data (``config``, ``options``); ``out`` from ``--out``/``--replace-bundled``
+    (the bundled folder is ``tarflow-DATASET``)."""
+    train = FASHION_TRAIN if args.dataset == "fashion" else DIGITS_TRAIN
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
+    args.config = TarFlowTrainConfig(**{**asdict(train), **overrides})
+    args.options = RunOptions.from_args(args)
+    args.options.last_step(args.config.steps)
+    if args.dataset == "fashion":
+        require_fashion_mnist()
     args.out = output_folder(args, f"tarflow-{args.dataset}")
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train from parsed options."""
-    train = FASHION_TRAIN if args.dataset == "fashion" else DIGITS_TRAIN
-    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size)) if v is not None}
-    train = TarFlowTrainConfig(**{**asdict(train), **overrides})
-    train_tarflow(args.dataset, args.out, train_config=train, options=RunOptions.from_args(args))
+    """Train from parsed, resolved options."""
+    train_tarflow(args.dataset, args.out, train_config=args.config, options=args.options)
 
 
 FASHION = Recipe(name="tarflow-fashion", help="the bundled class-conditional Fashion-MNIST TarFlow",

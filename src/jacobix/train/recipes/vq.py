@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.vq import VQConfig, VQTokenizer, save_vq
+from jacobix.eval.datasets import require_fashion_mnist
 from jacobix.train import add_output_arguments, distributed, output_folder
+from jacobix.train.options import count, natural
 from jacobix.train.distributed import RunOptions
 from jacobix.train.loop import FitConfig, StepEnd, fit
 from jacobix.train.recipe import Recipe
@@ -44,7 +46,7 @@ class VQTrainConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.restart_every, self.threads) < 1 or self.lr <= 0:
+        if min(self.steps, self.batch_size, self.restart_every, self.threads) < 1 or not 0 < self.lr < math.inf:
             raise ValueError("VQTrainConfig needs steps, batch_size, restart_every, threads >= 1 and lr > 0")
 
 
@@ -152,22 +154,26 @@ def reconstruction_metrics(model: VQTokenizer) -> dict[str, float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     add_output_arguments(parser, "fmnist-vq")
-    parser.add_argument("--steps", type=int, default=VQTrainConfig.steps, help="optimizer steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches")
-    parser.add_argument("--batch-size", type=int, default=VQTrainConfig.batch_size, help="global batch (all processes)")
-    parser.add_argument("--restart-every", type=int, default=VQTrainConfig.restart_every, help="dead-code restart period")
+    parser.add_argument("--steps", type=count, default=VQTrainConfig.steps, help="optimizer steps")
+    parser.add_argument("--seed", type=natural, default=0, help="seed of the initialisation and the batches")
+    parser.add_argument("--batch-size", type=count, default=VQTrainConfig.batch_size, help="global batch (all processes)")
+    parser.add_argument("--restart-every", type=count, default=VQTrainConfig.restart_every, help="dead-code restart period")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``out`` from ``--out``/``--replace-bundled``."""
+    """Check the options and the data (``config``, ``options``); ``out`` from ``--out``/``--replace-bundled``."""
+    args.config = VQTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                                restart_every=args.restart_every)
+    args.options = RunOptions.from_args(args)
+    args.options.last_step(args.steps)
+    require_fashion_mnist()
     args.out = output_folder(args, "fmnist-vq")
 
 
 def run(args: argparse.Namespace) -> None:
-    """Train from parsed options."""
-    config = VQTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size, restart_every=args.restart_every)
-    train(args.out, config, options=RunOptions.from_args(args))
+    """Train from parsed, resolved options."""
+    train(args.out, args.config, options=args.options)
 
 
 RECIPE = Recipe(name="vq", help="the bundled VQ image tokenizer (fmnist-vq)", description=__doc__.splitlines()[0],
