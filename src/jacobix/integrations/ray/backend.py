@@ -9,11 +9,8 @@ from __future__ import annotations
 
 
 import inspect
-<<<<<<< HEAD
 import logging
-=======
 import math
->>>>>>> robust
 from types import ModuleType
 from typing import Any, Callable, Mapping, Sequence
 
