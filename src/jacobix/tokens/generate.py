@@ -14,6 +14,7 @@ What to build is declared by a :class:`~jacobix.tokens.decoding.Decoding` and a
 from __future__ import annotations
 
 from numbers import Integral
+import statistics
 from typing import Any, Sequence
 
 import torch
@@ -32,9 +33,9 @@ from jacobix.tokens.problem import TokenProblem
 from jacobix.tokens.result import DecodeStats, GenerateResult
 from jacobix.tokens.verify import GuidanceShift, Verifier
 from jacobix.tokens.watch import Watchers
-from jacobix.tokens.width.calibration import costs_for, remember, where_of
+from jacobix.tokens.width.calibration import Calibration, costs_for, remember, where_of
 from jacobix.tokens.width.costs import PROBE_WIDTHS
-from jacobix.tokens.width.policy import AdaptiveWidth
+from jacobix.tokens.width.policy import AdaptiveWidth, FixedWidth
 
 
 def generate(
@@ -184,6 +185,11 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
         where = where_of(model, state.values.device, model_dtype(model))
         key = (where, rows, verifier.sampling.greedy, type(proposer).__name__, tuple(proposer.sources), width - 1)
         costs = costs_for(decoding.costs, where, rows, key)
+        if costs.needs_probe(PROBE_WIDTHS) and decoding.costs.cache:  # a first run: measure whole passes, keep them
+            passes = max(1, min(6, int((state.limit - state.length).min())))  # as the generation's own cache holds
+            measured = calibrate(model, batch_sizes=(rows,), context=int(verifier.prompt_length.max()), rounds=3,
+                                 passes=passes)
+            costs = remember(decoding.costs, where, measured).for_rows(rows)
         policy = decoding.costs.policy(key, lambda: AdaptiveWidth(proposer.sources, width - 1, costs))
         policy.costs = costs
         policy.restart()
@@ -196,7 +202,6 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
         if costs.needs_probe(widths):
             costs.probe(lambda w: problem.probe(state, w), widths, state.values.device)
             proposer.begin(batch)  # forget what the probe passes proposed
-            remember(decoding.costs, where, rows, costs)
         problem.stats.cost_ratio = costs.ratios(widths)
     verifier.rollback(state, state.length - 1, None)
     return problem
@@ -238,4 +243,58 @@ def _guidance(model: CausalLM, guidance: Guidance | None,
     return GuidanceShift(scale=float(guidance.scale), position_shift=uncond_length - prompt_length), uncond, uncond_length
 
 
-__all__ = ["generate"]
+DEFAULT_BATCH_SIZES = (1, 4, 16, 64)
+
+
+def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, context: int = 64,
+              rounds: int = 5, seed: int = 0, passes: int = 12) -> Calibration:
+    """Time whole decoding passes of every width against the one-token pass, for each batch size.
+
+    A pass is timed as ``window="auto"`` runs it: a short greedy generation whose width policy
+    feeds ``k - 1`` drafts every pass, its wall time over its passes (proposal, forward, rule,
+    redraft and the engine's bookkeeping). After an untimed round (first calls pay for
+    allocations), ``rounds`` interleaved rounds time every width against the one-token run of the
+    same round, so a machine whose speed drifts still gives the right ratios; the median over
+    rounds keeps out the rounds a busy neighbour slowed.
+
+    Args:
+        model: the model to measure (its device and dtype are the calibration's).
+        batch_sizes: rows per pass to measure (prompts; double them for classifier-free guidance).
+        context: prompt tokens before the timed passes.
+        rounds: interleaved timing rounds per batch size (at least 3).
+        seed: the random prompts' seed.
+        passes: passes per timed run.
+    Returns:
+        A :class:`~jacobix.tokens.width.calibration.Calibration`; ``.save(path)`` writes it.
+    """
+    for name, value, least in (("rounds", rounds, 3), ("context", context, 1), ("passes", passes, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be whole numbers >= 1, got {batch_sizes!r}")
+    generator = torch.Generator().manual_seed(seed)
+    costs, seconds = {}, {}
+    for rows in sorted(set(batch_sizes)):
+        prompts = torch.randint(0, model.vocab_size, (rows, context), generator=generator).to(model_device(model))
+        specs = {w: Decoding(method="jacobi", window=PROBE_WIDTHS[-1], init="repeat", width_policy=FixedWidth(w - 1))
+                 for w in PROBE_WIDTHS}
+        ratios: dict[int, list[float]] = {w: [] for w in PROBE_WIDTHS}
+        ones = []
+        for round_ in range(rounds + 1):
+            per_pass = {}
+            for w, spec in specs.items():
+                stats = generate(model, prompts, spec, max_new_tokens=passes + 1).stats
+                per_pass[w] = stats.wall_time_s / max(stats.forward_passes, 1)
+            if round_:  # the first round only warms up
+                ones.append(per_pass[1])
+                for w in PROBE_WIDTHS:
+                    ratios[w].append(per_pass[w] / per_pass[1])
+        floor, costs[rows] = 1.0, {}
+        for w in PROBE_WIDTHS:  # never below a narrower width's cost
+            floor = max(floor, statistics.median(ratios[w])) if w > 1 else 1.0
+            costs[rows][w] = floor
+        seconds[rows] = statistics.median(ones)
+    return Calibration(where_of(model, model_device(model), model_dtype(model)), costs, seconds)
+
+
+__all__ = ["DEFAULT_BATCH_SIZES", "calibrate", "generate"]

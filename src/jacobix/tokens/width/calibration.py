@@ -171,7 +171,6 @@ def cached(where: Where) -> Calibration | None:
         return None
 
 
-__all__ = ["Calibration", "Where", "cache_path", "cached", "device_name", "where_of"]
 
 
 def costs_for(book: Any, where: Where, rows: int, key: tuple) -> FixedCosts | Any:
@@ -190,19 +189,18 @@ def costs_for(book: Any, where: Where, rows: int, key: tuple) -> FixedCosts | An
     return book.table(key)
 
 
-def remember(book: Any, where: Where, rows: int, table: Any) -> None:
-    """Add a freshly probed live table for ``rows`` to the cached calibration of ``where`` (when the
-    book uses the cache), so that later runs plan with the same fixed costs."""
-    if not book.cache or book.calibration is not None or not table.levels:
-        return
+def remember(book: Any, where: Where, measured: Calibration) -> Calibration:
+    """Merge a fresh measurement into the cached calibration of ``where`` and save it (when the book
+    uses the cache), so that later runs plan with the same fixed costs; returns the merged one."""
     previous = book.cached.get(where) or cached(where)
-    costs = dict(previous.costs) if previous else {}
-    seconds = dict(previous.seconds) if previous else {}
-    costs[rows] = {w: float(table.shape(w)) for w in sorted(table.shapes)}
-    seconds[rows] = float(table.level())
-    calibration = Calibration(where, costs, seconds)
+    merged = Calibration(where, {**(previous.costs if previous else {}), **measured.costs},
+                         {**(previous.seconds if previous else {}), **measured.seconds})
     try:
-        calibration.save(cache_path(where))
+        merged.save(cache_path(where))
     except OSError as error:
         log.warning("could not save pass costs to %s: %s", cache_path(where), error)
-    book.cached[where] = calibration
+    book.cached[where] = merged
+    return merged
+
+
+__all__ = ["Calibration", "Where", "cache_path", "cached", "costs_for", "device_name", "remember", "where_of"]
