@@ -260,3 +260,12 @@ def test_calibrate_measures_whole_passes_and_the_command_writes_the_file(tmp_pat
                          (["--output", str(tmp_path)], "is a folder")):
         assert main(["calibrate", *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_two_models_of_one_shape_share_costs_but_not_what_the_policy_learnt():
+    first, second = tiny_model(1), tiny_model(2)
+    spec = Decoding(window="auto", costs=calibration(first, {1: linear(0.1)}))
+    for model in (first, second):
+        generate(model, [[1, 2]], spec, max_new_tokens=8)
+    assert where_of(first, "cpu", torch.float64) == where_of(second, "cpu", torch.float64)
+    assert len(spec.costs.policies) == 2

@@ -183,7 +183,8 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
     if decoding.adaptive and policy is None:
         rows = verifier.forward_rows
         where = where_of(model, state.values.device, model_dtype(model))
-        key = (where, rows, verifier.sampling.greedy, type(proposer).__name__, tuple(proposer.sources), width - 1)
+        # What the policy learns is the model's own (two models of one shape share costs, not acceptance).
+        key = (where, id(model), rows, verifier.sampling.greedy, type(proposer).__name__, tuple(proposer.sources), width - 1)
         costs = costs_for(decoding.costs, where, rows, key)
         if costs.needs_probe(PROBE_WIDTHS) and decoding.costs.cache:  # a first run: measure whole passes, keep them
             passes = max(1, min(6, int((state.limit - state.length).min())))  # as the generation's own cache holds
