@@ -128,7 +128,7 @@ def test_the_readme_is_short_and_its_test_command_is_what_ci_runs():
     setup = _bash_lines(readme)
     assert setup[0] == "pip install torch==2.13.0 -e . && jacobix demo"
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd ", "export "))]
-    assert ci[-1] == setup[1]
+    assert ci[-2:] == [setup[1], "python -m pytest -m slow"]  # the README's line, then the slow tests
     assert _bash_lines((DOCS / "getting-started.md").read_text())[:2] == setup
 
 

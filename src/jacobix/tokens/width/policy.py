@@ -76,8 +76,8 @@ class AdaptiveConfig:
 
     Attributes:
         decay: weight kept by old observations at each new pass (forgetting).
-        slack: among arms whose cautious speed is within this fraction of the best, keep the
-            current one if it is among them, else take the widest (fewer passes, same wall time).
+        slack: among arms whose cautious speed is within this fraction of the best, take the widest
+            (fewer passes, same wall time).
         probe_passes: passes of one probe (the first, if it widened and so fed fresh drafts,
             only informs narrower arms).
         confidence: standard errors subtracted from an arm's mean to play it, and added to
@@ -181,17 +181,28 @@ class AdaptiveWidth:
             self._widened.append(False)
             return 0
         self.passes += 1
-        plan = self._plan(source.numpy()[:, 0, 0])  # the first draft's source, per row
+        context = source.numpy()[:, 0, 0]  # the first draft's source, per row
+        if self._resting(context):  # sequential, nothing new learnt, no probe due: as cheap as AR
+            self._widened.append(False)
+            return 0
+        plan = self._plan(context)
         if self._probe_left == 0 and self.passes >= self._next_probe:
             self._start_probe(plan)
         if self._probe_left and self._probing(plan):
             arm = self._probe_arm
         else:
             self._probe_left = 0
-            arm = self.current if self.current in plan.near else plan.near[-1]
+            arm = plan.near[-1]  # the widest of the arms within slack of the best: fewer passes, same wall time
         self._widened.append(arm > self.current)
         self.current = arm
         return int(self.arms[arm])
+
+    def _resting(self, context: np.ndarray) -> bool:
+        """True while the policy plays sequential decoding and nothing can change that before the next
+        probe: no pass with drafts noted since the speeds were computed, and the same contexts."""
+        if self.current != 0 or self._probe_left or self.passes >= self._next_probe or self._pending:
+            return False
+        return (int(context[0]) if len(context) == 1 else context.tobytes()) == self._plan_key
 
     def _plan(self, context: np.ndarray) -> _Plan:
         """The speeds for rows of ``context`` (A,). For the same contexts they are computed every
@@ -243,7 +254,7 @@ class AdaptiveWidth:
         pass is noted here and added to the statistics when the speeds are next computed."""
         widened = self._widened.popleft() if self._widened else False
         self._scale *= self.config.decay
-        if source.shape[0] == 0 or self.drafts == 0:
+        if source.shape[0] == 0 or self.drafts == 0 or fed == 0:  # sequential passes commit one token: nothing to learn
             return
         context, accepted = source.numpy()[:, 0, 0], matched.numpy().max(1)  # (A,) each
         reach = self._reach[fed]  # arms 0 .. reach-1 are <= fed: this pass speaks for them
