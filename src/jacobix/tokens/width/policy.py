@@ -16,10 +16,11 @@ model can do without paying much to learn it:
   narrower arm ``k < f`` would have committed on it: ``min(a, k) + 1``. That is an optimistic
   estimate (a narrower arm's far drafts are younger), so an arm it rates worse than the current
   one is never worse in truth than rated, and one it rates better gets tried and then measured.
-- **Probes on a doubling schedule.** Every so often the policy plays the widest arm worth
-  probing for ``probe_passes`` passes, with intervals that double (32, 64, 128, ... passes), so
-  over ``T`` passes it probes at most ``1 + log2(T / 32)`` times: the cost of being wrong about
-  a wide window is bounded by ``probe_passes * (c(k) - 1)`` one-token passes per probe.
+- **Probes on a doubling schedule.** Every so often the policy plays the arm worth probing for
+  ``probe_passes`` passes (longer while it pays), with intervals that double (32, 64, 128, ...
+  passes, up to 512), so over ``T`` passes it probes at most ``1 + log2(T / 32)`` times (then
+  every 512 passes): the cost of being wrong about a wide window is bounded by
+  ``probe_passes * (c(k) - 1)`` one-token passes per probe.
 
 Arms are kept per *context*, the source of the row's first draft (the Jacobi iterate, or a text
 or trajectory n-gram with its key length), because a matched n-gram pays where an iterate does
@@ -42,7 +43,8 @@ from jacobix.tokens.width.costs import PROBE_WIDTHS, PassCosts
 
 ARM_WIDTHS = PROBE_WIDTHS  # tokens per pass the adaptive policy chooses among
 REFRESH = 8  # passes the speeds computed for the same contexts stand between probes
-FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles
+FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles ...
+LAST_PROBE_INTERVAL = 512  # ... up to this, so that a policy kept across many calls still notices a change
 
 
 class WidthPolicy(Protocol):
@@ -148,10 +150,9 @@ class AdaptiveWidth:
         self._widened: deque[bool] = deque()  # per pass chosen and not yet observed: did it widen?
 
     def restart(self) -> None:
-        """A new generation: what was learnt stays; the arm in play starts over at sequential and the
-        probe schedule from its start."""
+        """A new generation: what was learnt stays, and so does the probe schedule (a reused spec
+        probes ever more rarely); the arm in play starts over at sequential."""
         self.current, self._probe_left = 0, 0
-        self._next_probe, self._interval = 0, FIRST_PROBE_INTERVAL
         self._widened.clear()
 
     @property
@@ -236,7 +237,7 @@ class AdaptiveWidth:
         if plan.hopeful_best > plan.best:
             self._probe_arm, self._probe_left, self._probe_done = plan.hopeful_arm, 1, [0, 0.0]
         self._next_probe = self.passes + self._interval
-        self._interval *= 2
+        self._interval = min(2 * self._interval, LAST_PROBE_INTERVAL)
 
     def _probing(self, plan: _Plan) -> bool:
         """Whether the probe goes on: for its first ``probe_passes`` passes, then as long as its own
