@@ -4,6 +4,7 @@ the calibration files it plans with."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -80,10 +81,12 @@ def test_auto_falls_back_to_sequential_where_drafts_do_not_pay_and_the_probes_co
     spec = Decoding(method="sjd", window="auto", costs=costs)
     out = generate(model, [[1, 2, 3]], spec, SamplingConfig(temperature=1.0), max_new_tokens=300,
                    generator=torch.Generator().manual_seed(0))
-    fed = out.stats.fed_per_pass
-    paid = sum(costs.ratio(1, int(f) + 1) for f in fed)  # one-token passes' worth of cost
-    assert (fed == 0).float().mean() > 0.9
-    assert paid <= 1.03 * 300  # probes included, within 3% of sequential decoding's 300 passes
+    fed = out.stats.fed_per_pass.tolist()
+    paid = sum(costs.ratio(1, f + 1) for f in fed)  # one-token passes' worth of cost
+    probes = sum(1 for i, f in enumerate(fed) if f > 0 and (i == 0 or fed[i - 1] == 0))
+    assert sum(f == 0 for f in fed) > 0.9 * len(fed)
+    assert probes <= 1 + math.log2(300 / 32)
+    assert paid <= 300 + probes * 5 * (costs.ratio(1, 16) - 1)  # the bound: five passes a probe at most here
 
 
 def test_auto_makes_the_same_choices_on_every_run_with_a_fixed_cost_table():
@@ -195,7 +198,7 @@ def test_probes_double_their_interval_and_stop_where_drafts_never_pass():
     wide = [i for i, f in enumerate(fed) if f > 0]
     starts = [i for i in wide if i == 0 or fed[i - 1] == 0]
     assert starts == [0, 32, 96, 224][: len(starts)] and len(starts) <= 4  # 1 + log2(300 / 32) probes at most
-    assert len(wide) <= 3 * len(starts)  # each stops after its minimum of three passes
+    assert len(wide) <= 5 * len(starts)  # each stops after its minimum (four passes, read one pass late)
 
 
 def test_a_probe_that_pays_goes_on_and_the_policy_keeps_the_arm():

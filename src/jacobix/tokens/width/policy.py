@@ -2,15 +2,17 @@
 
 :class:`AdaptiveWidth` treats the draft count as a bandit's arm and a pass's committed tokens
 as its reward, paid for with the pass's measured cost (:mod:`jacobix.tokens.width.costs`). It
-chooses the arm whose tokens per unit of cost is highest, ``k = 0`` (sequential decoding)
-included, so where drafts do not pay it runs at AR speed. Three things make it find what a
-model can do without paying much to learn it:
+plays the arm whose tokens per unit of cost is highest by a cautious estimate (the mean minus
+one standard error, a source's per-slot prior counted as one pass), ``k = 0`` (sequential
+decoding) included, so a width is played only once it has shown that it pays; where drafts do
+not pay it rests at sequential decoding, doing no arithmetic until its next probe. Three things
+make it find what a model can do without paying much to learn it:
 
 - **Rewards measured at the arm's own width.** A Jacobi draft only improves while it is fed:
   after ``s`` sweeps a slot's draft is much better than a fresh one, so a distilled model
   commits ten tokens a pass at width 16 but little at width 4, where its far drafts are always
   young. The policy therefore keeps the tokens committed per pass by each arm as played (the
-  first pass after widening, whose far drafts are fresh, is left out), not per-slot rates that
+  first ``WARM_UP`` passes after widening, whose far drafts are young, are left out), not per-slot rates that
   would mix young and old drafts.
 - **Censored sharing downwards.** A pass that fed ``f`` drafts and accepted ``a`` tells what a
   narrower arm ``k < f`` would have committed on it: ``min(a, k) + 1``. That is an optimistic
@@ -25,7 +27,8 @@ model can do without paying much to learn it:
 Arms are kept per *context*, the source of the row's first draft (the Jacobi iterate, or a text
 or trajectory n-gram with its key length), because a matched n-gram pays where an iterate does
 not. Choosing ``k`` from past passes only keeps greedy Jacobi exact and SJD lossless. The
-arithmetic runs in NumPy on the host: a few dozen numbers per pass.
+arithmetic runs in NumPy on the host, every ``REFRESH`` passes, on the passes noted since: about
+1-3% of a pass of the bundled 0.8M-parameter model on a CPU (``stats.schedule.policy_seconds``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from jacobix.tokens.proposers.base import DraftSource
 from jacobix.tokens.width.costs import PROBE_WIDTHS, PassCosts
 
 ARM_WIDTHS = PROBE_WIDTHS  # tokens per pass the adaptive policy chooses among
+WARM_UP = 2  # passes after widening whose far drafts are still young: they inform narrower arms only
 REFRESH = 8  # passes the speeds computed for the same contexts stand between probes
 FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles ...
 LAST_PROBE_INTERVAL = 512  # ... up to this, so that a policy kept across many calls still notices a change
@@ -80,7 +84,7 @@ class AdaptiveConfig:
         decay: weight kept by old observations at each new pass (forgetting).
         slack: among arms whose cautious speed is within this fraction of the best, take the widest
             (fewer passes, same wall time).
-        probe_passes: passes of one probe (the first, if it widened and so fed fresh drafts,
+        probe_passes: passes of one probe at least (the first ``WARM_UP``, whose far drafts are young,
             only informs narrower arms).
         confidence: standard errors subtracted from an arm's mean to play it, and added to
             choose what to probe.
@@ -89,9 +93,9 @@ class AdaptiveConfig:
 
     decay: float = 0.99
     slack: float = 0.03
-    probe_passes: int = 3
+    probe_passes: int = 4
     confidence: float = 1.0
-    prior_weight: float = 1.0
+    prior_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not (0.0 < self.decay <= 1.0) or not (0.0 <= self.slack < 1.0):
@@ -145,14 +149,15 @@ class AdaptiveWidth:
         self.passes = 0
         self.current = 0  # index into arms of the arm played last
         self._probe_arm, self._probe_left = 0, 0
-        self._probe_done = [0, 0.0]  # the probe's passes observed so far, and their tokens per row (the first left out)
+        self._probe_done = [0, 0.0]  # the probe's passes observed so far, and their tokens per row (warm-up left out)
         self._next_probe, self._interval = 0, FIRST_PROBE_INTERVAL
-        self._widened: deque[bool] = deque()  # per pass chosen and not yet observed: did it widen?
+        self._widened: deque[bool] = deque()  # per pass chosen and not yet observed: was it warming up?
+        self._warming = 0  # passes of warm-up left after the last widening
 
     def restart(self) -> None:
         """A new generation: what was learnt stays, and so does the probe schedule (a reused spec
         probes ever more rarely); the arm in play starts over at sequential."""
-        self.current, self._probe_left = 0, 0
+        self.current, self._probe_left, self._warming = 0, 0, 0
         self._widened.clear()
 
     @property
@@ -194,7 +199,10 @@ class AdaptiveWidth:
         else:
             self._probe_left = 0
             arm = plan.near[-1]  # the widest of the arms within slack of the best: fewer passes, same wall time
-        self._widened.append(arm > self.current)
+        if arm > self.current:
+            self._warming = WARM_UP
+        self._widened.append(self._warming > 0)
+        self._warming = max(self._warming - 1, 0)
         self.current = arm
         return int(self.arms[arm])
 
@@ -241,13 +249,14 @@ class AdaptiveWidth:
 
     def _probing(self, plan: _Plan) -> bool:
         """Whether the probe goes on: for its first ``probe_passes`` passes, then as long as its own
-        passes (the first left out) commit, per unit of cost, at least the best cautious speed."""
+        passes (warm-up left out) commit, per unit of cost, at least the best cautious speed."""
         passes, tokens = self._probe_done
-        if passes + 1 < self.config.probe_passes:
+        if passes < self.config.probe_passes:  # (its outcomes arrive one pass late)
             return True
         if plan.best_arm == self._probe_arm:  # proven: the probe's arm is now the policy's own choice
             return False
-        return passes > 1 and tokens / (passes - 1) / plan.cost[self._probe_arm] >= plan.best
+        measured = passes - WARM_UP
+        return measured > 0 and tokens / measured / plan.cost[self._probe_arm] >= plan.best
 
     def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
         """Credit the pass's committed tokens per row to its arm, and cut to every narrower arm; old
@@ -262,7 +271,7 @@ class AdaptiveWidth:
         played = reach - 1 if self.arms[reach - 1] == fed else None
         if played is not None and self._probe_left and played == self._probe_arm:
             done = self._probe_done
-            done[1] += 0.0 if done[0] == 0 else float(accepted.sum()) / len(accepted) + 1.0
+            done[1] += 0.0 if done[0] < WARM_UP else float(accepted.sum()) / len(accepted) + 1.0
             done[0] += 1
         self._pending.append((context, accepted, reach, None if widened else played, 1.0 / self._scale))
 
