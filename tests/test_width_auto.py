@@ -14,7 +14,7 @@ from jacobix.core.sampling import SamplingConfig
 from jacobix.tokens.decoding import Decoding
 from jacobix.tokens.generate import generate
 from jacobix.tokens.width.calibration import Calibration, cache_path, where_of
-from jacobix.tokens.width.policy import ARM_WIDTHS
+from jacobix.tokens.width.policy import ARM_WIDTHS, AdaptiveConfig
 
 from conftest import tiny_model
 
@@ -84,9 +84,10 @@ def test_auto_falls_back_to_sequential_where_drafts_do_not_pay_and_the_probes_co
     fed = out.stats.fed_per_pass.tolist()
     paid = sum(costs.ratio(1, f + 1) for f in fed)  # one-token passes' worth of cost
     probes = sum(1 for i, f in enumerate(fed) if f > 0 and (i == 0 or fed[i - 1] == 0))
-    assert sum(f == 0 for f in fed) > 0.9 * len(fed)
+    longest = AdaptiveConfig().probe_passes + 1  # a probe's minimum, read one pass late
+    assert sum(f == 0 for f in fed) > 0.85 * len(fed)
     assert probes <= 1 + math.log2(300 / 32)
-    assert paid <= 300 + probes * 5 * (costs.ratio(1, 16) - 1)  # the bound: five passes a probe at most here
+    assert paid <= 300 + probes * longest * (costs.ratio(1, 16) - 1)  # the probes' bound
 
 
 def test_auto_makes_the_same_choices_on_every_run_with_a_fixed_cost_table():
@@ -198,7 +199,7 @@ def test_probes_double_their_interval_and_stop_where_drafts_never_pass():
     wide = [i for i, f in enumerate(fed) if f > 0]
     starts = [i for i in wide if i == 0 or fed[i - 1] == 0]
     assert starts == [0, 32, 96, 224][: len(starts)] and len(starts) <= 4  # 1 + log2(300 / 32) probes at most
-    assert len(wide) <= 5 * len(starts)  # each stops after its minimum (four passes, read one pass late)
+    assert len(wide) <= (AdaptiveConfig().probe_passes + 1) * len(starts)  # each stops after its minimum (read one pass late)
 
 
 def test_a_probe_that_pays_goes_on_and_the_policy_keeps_the_arm():

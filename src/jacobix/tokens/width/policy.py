@@ -22,7 +22,7 @@ make it find what a model can do without paying much to learn it:
   ``probe_passes`` passes (longer while it pays), with intervals that double (32, 64, 128, ...
   passes, up to 512), so over ``T`` passes it probes at most ``1 + log2(T / 32)`` times (then
   every 512 passes): the cost of being wrong about a wide window is bounded by
-  ``probe_passes * (c(k) - 1)`` one-token passes per probe.
+  ``(probe_passes + 1) * (c(k) - 1)`` one-token passes per probe.
 
 Arms are kept per *context*, the source of the row's first draft (the Jacobi iterate, or a text
 or trajectory n-gram with its key length), because a matched n-gram pays where an iterate does
@@ -45,7 +45,7 @@ from jacobix.tokens.proposers.base import DraftSource
 from jacobix.tokens.width.costs import PROBE_WIDTHS, PassCosts
 
 ARM_WIDTHS = PROBE_WIDTHS  # tokens per pass the adaptive policy chooses among
-WARM_UP = 2  # passes after widening whose far drafts are still young: they inform narrower arms only
+WARM_UP = 3  # passes after widening whose far drafts are still young: they inform narrower arms only
 REFRESH = 8  # passes the speeds computed for the same contexts stand between probes
 FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles ...
 LAST_PROBE_INTERVAL = 512  # ... up to this, so that a policy kept across many calls still notices a change
@@ -93,15 +93,15 @@ class AdaptiveConfig:
 
     decay: float = 0.99
     slack: float = 0.03
-    probe_passes: int = 4
+    probe_passes: int = 6
     confidence: float = 1.0
     prior_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not (0.0 < self.decay <= 1.0) or not (0.0 <= self.slack < 1.0):
             raise ValueError("AdaptiveConfig: decay in (0, 1], slack in [0, 1)")
-        if isinstance(self.probe_passes, bool) or not isinstance(self.probe_passes, int) or self.probe_passes < 2:
-            raise ValueError(f"AdaptiveConfig: probe_passes must be an int >= 2, got {self.probe_passes!r}")
+        if isinstance(self.probe_passes, bool) or not isinstance(self.probe_passes, int) or self.probe_passes <= WARM_UP:
+            raise ValueError(f"AdaptiveConfig: probe_passes must be an int > {WARM_UP} (its warm-up passes), got {self.probe_passes!r}")
         if not self.confidence >= 0.0 or not self.prior_weight > 0.0:
             raise ValueError("AdaptiveConfig: confidence >= 0 and prior_weight > 0")
 
