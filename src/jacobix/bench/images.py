@@ -167,9 +167,11 @@ class ImageBenchResult:
                 for r in self.rows]
 
     def best_fixed(self, row: BenchRow) -> BenchRow:
-        """The fastest fixed-width lossless row (AR included) of ``row``'s model and batch size, by wall."""
+        """The fastest fixed-width row of ``row``'s method, model and batch size, or AR, by wall
+        (``window="auto"`` chooses the width, not the method)."""
+        method = row.name.split()[0]
         fixed = [r for r in self.rows if r.model == row.model and r.batch_size == row.batch_size and r.lossless
-                 and " auto " not in f" {r.name} "]
+                 and " auto " not in f" {r.name} " and r.name.split()[0] in (method, "ar")]
         return max(fixed, key=lambda r: r.wall_ratio)
 
 

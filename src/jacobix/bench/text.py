@@ -177,9 +177,11 @@ class TextBenchResult:
         return statistics.median(_ratio(ref, row, i, 2) for i in range(len(row.per_prompt)))
 
     def best_fixed(self, row: BenchRow) -> BenchRow:
-        """The fastest fixed-width row (AR included) of ``row``'s model and mode, by median-prompt wall."""
+        """The fastest fixed-width row of ``row``'s method and model, or its AR row, by median-prompt
+        wall (``window="auto"`` chooses the width, not the method)."""
         fixed = [r for r in self.rows if r.model == row.model and r.setting.sampled == row.setting.sampled
-                 and r.setting.window != "auto" and r.setting.baseline is None]
+                 and r.setting.window != "auto" and r.setting.baseline is None
+                 and r.setting.decoding.method in (row.setting.decoding.method, "ar")]
         return max(fixed, key=self.median_wall)
 
     def auto_vs_best_fixed(self, row: BenchRow) -> float:

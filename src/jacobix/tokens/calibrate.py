@@ -8,7 +8,7 @@ from __future__ import annotations
 from jacobix.models.protocol import CausalLM
 from jacobix.tokens.generate import DEFAULT_BATCH_SIZES, calibrate
 from jacobix.tokens.prompts import model_device, model_dtype
-from jacobix.tokens.width.calibration import cached, remember, where_of
+from jacobix.tokens.width.calibration import cached, covers, remember, where_of
 from jacobix.tokens.width.costs import CostBook
 
 
@@ -17,7 +17,7 @@ def pass_cost(model: CausalLM, width: int, rows: int = 1) -> float:
     the cached calibration of the model and device, measured (and cached) first if there is none."""
     where = where_of(model, model_device(model), model_dtype(model))
     calibration = cached(where)
-    if calibration is None or not any(r / 1.5 <= rows <= r * 1.5 for r in calibration.costs):
+    if calibration is None or not covers(calibration, rows):
         calibration = remember(CostBook(), where, calibrate(model, batch_sizes=(rows,), rounds=3, passes=6))
     return calibration.ratio(rows, width)
 

@@ -184,9 +184,16 @@ def costs_for(book: Any, where: Where, rows: int, key: tuple) -> FixedCosts | An
         if where not in book.cached:
             book.cached[where] = cached(where)
         calibration = book.cached[where]
-        if calibration is not None and any(r / 1.5 <= rows <= r * 1.5 for r in calibration.costs):
+        if calibration is not None and covers(calibration, rows):
             return calibration.for_rows(rows)
     return book.table(key)
+
+
+def covers(calibration: Calibration, rows: int) -> bool:
+    """Whether ``calibration`` speaks for ``rows`` rows per pass: between its smallest and largest batch
+    (interpolated), or within 1.5x of one (a larger batch's table over-states a smaller one's costs)."""
+    measured = sorted(calibration.costs)
+    return measured[0] / 1.5 <= rows <= measured[-1] * 1.5
 
 
 def remember(book: Any, where: Where, measured: Calibration) -> Calibration:
@@ -203,4 +210,4 @@ def remember(book: Any, where: Where, measured: Calibration) -> Calibration:
     return merged
 
 
-__all__ = ["Calibration", "Where", "cache_path", "cached", "costs_for", "device_name", "remember", "where_of"]
+__all__ = ["Calibration", "Where", "cache_path", "cached", "costs_for", "covers", "device_name", "remember", "where_of"]

@@ -21,8 +21,10 @@ make it find what a model can do without paying much to learn it:
 - **Probes on a doubling schedule.** Every so often the policy plays the arm worth probing for
   ``probe_passes`` passes (longer while it pays), with intervals that double (32, 64, 128, ...
   passes, up to 512), so over ``T`` passes it probes at most ``1 + log2(T / 32)`` times (then
-  every 512 passes): the cost of being wrong about a wide window is bounded by
-  ``(probe_passes + 1) * (c(k) - 1)`` one-token passes per probe.
+  every 512 passes), and only arms whose failed probe, ``(probe_passes + 1) * (c(k) - 1)``
+  one-token passes, costs at most 5% of the passes until the next probe (or 3 passes): being wrong
+  about a wide window costs little (where wide passes are dear, as in large batches, narrow arms
+  are probed first and wide ones as the intervals grow).
 
 Arms are kept per *context*, the source of the row's first draft (the Jacobi iterate, or a text
 or trajectory n-gram with its key length), because a matched n-gram pays where an iterate does
@@ -48,6 +50,8 @@ ARM_WIDTHS = PROBE_WIDTHS  # tokens per pass the adaptive policy chooses among
 WARM_UP = 3  # passes after widening whose far drafts are still young: they inform narrower arms only
 REFRESH = 8  # passes the speeds computed for the same contexts stand between probes
 FIRST_PROBE_INTERVAL = 32  # passes before the second probe; each later interval doubles ...
+PROBE_BUDGET = 0.05  # a probe may waste at most this share of the passes until the next one ...
+PROBE_FLOOR = 3.0  # ... or this many one-token passes, whichever is more
 LAST_PROBE_INTERVAL = 512  # ... up to this, so that a policy kept across many calls still notices a change
 
 
@@ -109,13 +113,12 @@ class AdaptiveConfig:
 @dataclass(frozen=True)
 class _Plan:
     """What the policy's speeds say, refreshed every few passes: the best cautious speed, its arm,
-    the arms within slack of it, the best optimistic arm and speed, and each arm's relative cost."""
+    the arms within slack of it, each arm's optimistic speed and relative cost."""
 
     best: float
     best_arm: int
     near: tuple[int, ...]
-    hopeful_arm: int
-    hopeful_best: float
+    hopeful: list[float]
     cost: list[float]
 
 
@@ -230,8 +233,8 @@ class AdaptiveWidth:
         cautious, hopeful = low / cost, high / cost  # (K,) tokens per unit of cost
         best = float(cautious.max())
         near = tuple(int(k) for k in np.nonzero(cautious >= best * (1 - self.config.slack))[0])
-        self._last_plan = _Plan(best=best, best_arm=int(cautious.argmax()), near=near, hopeful_arm=int(hopeful.argmax()),
-                                hopeful_best=float(hopeful.max()), cost=cost.tolist())
+        self._last_plan = _Plan(best=best, best_arm=int(cautious.argmax()), near=near, hopeful=hopeful.tolist(),
+                                cost=cost.tolist())
         self._plan_key, self._plan_at = key, self.passes
         return self._last_plan
 
@@ -240,10 +243,15 @@ class AdaptiveWidth:
         return np.asarray(self.costs.table(self.drafts + 1))[self.arms]
 
     def _start_probe(self, plan: _Plan) -> None:
-        """Probe the arm with the best optimistic speed if it could beat the best cautious one; the
-        next probe comes after twice as many passes as the last interval."""
-        if plan.hopeful_best > plan.best:
-            self._probe_arm, self._probe_left, self._probe_done = plan.hopeful_arm, 1, [0, 0.0]
+        """Probe the arm with the best optimistic speed, among those whose probe costs at most
+        ``PROBE_BUDGET`` of the passes until the next one (or ``PROBE_FLOOR`` passes), if it could beat
+        the best cautious speed;
+        the next probe comes after twice as many passes as the last interval."""
+        extra = (self.config.probe_passes + 1) * (np.asarray(plan.cost) - 1.0)  # (K,) one-token passes a failed probe wastes
+        hopeful = np.where(extra <= max(PROBE_BUDGET * self._interval, PROBE_FLOOR), plan.hopeful, -np.inf)
+        arm = int(hopeful.argmax())
+        if hopeful[arm] > plan.best:
+            self._probe_arm, self._probe_left, self._probe_done = arm, 1, [0, 0.0]
         self._next_probe = self.passes + self._interval
         self._interval = min(2 * self._interval, LAST_PROBE_INTERVAL)
 
