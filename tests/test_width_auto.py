@@ -138,7 +138,7 @@ def test_a_calibration_file_round_trips_and_decoding_takes_its_path(tmp_path):
 
 def test_a_damaged_cached_calibration_is_never_trusted_and_is_written_anew(caplog):
     model = tiny_model(4)
-    where = where_of(model, "cpu", torch.float64)
+    where = where_of(model, "cpu", torch.float64, "jacobi/random/greedy")  # the kind of pass generate runs below
     path = cache_path(where)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('{"format": "jacobix-pass-costs/1", "costs": {"1": {"1": "NaN"')
@@ -279,3 +279,19 @@ def test_where_wide_passes_are_dear_the_first_probe_is_narrow():
     policy = _policy({w: 1.0 + 0.3 * (w - 1) for w in ARM_WIDTHS})  # a large batch: 16 tokens cost 5.5x one
     fed = _play(policy, 1, lambda fed: fed)
     assert fed == [1]  # a failed probe of one draft wastes 7 x 0.3 passes; of two, 7 x 0.6 > 3
+
+
+def test_each_kind_of_pass_has_its_own_costs(tmp_path, monkeypatch, capsys):
+    from jacobix.cli import main
+    from jacobix.tokens.generate import pass_kind
+
+    monkeypatch.setenv("JACOBIX_COSTS", str(tmp_path))
+    model = tiny_model(6, dtype=torch.float32)
+    generate(model, [[1, 2, 3]], Decoding(window="auto", init="repeat"), max_new_tokens=10)
+    generate(model, [[1, 2, 3]], Decoding(method="sjd", window="auto", init="repeat"), SamplingConfig(temperature=0.8),
+             max_new_tokens=10, generator=torch.Generator().manual_seed(0))
+    kinds = sorted(Calibration.load(path).where.kind for path in tmp_path.glob("*.json"))
+    assert kinds == ["jacobi/repeat/greedy", "sjd/repeat/sampled"]
+    assert pass_kind(Decoding(method="sjd-coupled", init="prior-above"), SamplingConfig(temperature=1.0), True) \
+        == "sjd-coupled/prior-above/sampled/guided"
+    assert main(["calibrate", "--window", "8"]) == 2 and "--window" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from jacobix import assets
-from jacobix.cli.flags import Help, check_device, check_writable, count
+from jacobix.cli.flags import Help, add_spec_arguments, check_device, check_writable, count, specs_from_args
 from jacobix.cli.models import bundled
 
 
@@ -17,8 +17,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "calibrate", formatter_class=Help,
         help="measure what a pass of k tokens and B rows costs on this device (window='auto' plans with it)",
         description="Times whole decoding passes of 1 to 16 tokens against a one-token pass, for each batch size, "
-                    "and writes the table to jacobix's cache folder, where window='auto' finds it for this model, "
-                    "device, dtype and thread count (or to --output).")
+                    "for one kind of pass (method, draft rule, greedy or sampled, guided or not), and writes the table "
+                    "to jacobix's cache folder, where window='auto' finds it for this model, device, dtype, thread "
+                    "count and kind of pass (or to --output). A kind never calibrated is measured by its first "
+                    "window='auto' run.")
     command.add_argument("--model", default="shakespeare",
                          help=f"a bundled model ({bundled('text', 'hf-text', 'image')}) or a text checkpoint folder")
     command.add_argument("--device", default="cpu", help="torch device")
@@ -27,11 +29,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--rounds", type=count, default=5, help="interleaved timing rounds per batch size (>= 3)")
     command.add_argument("--output", type=Path, default=None, help="write the table here instead of the cache folder")
     command.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also draw c(k)/c(1) by batch size")
+    command.add_argument("--cfg-scale", type=float, default=None,
+                         help="time guided passes (classifier-free guidance; a batch size counts both halves)")
+    add_spec_arguments(command, defaults=dict(method="jacobi", init="repeat", temperature=None),
+                       methods=("jacobi", "sjd", "sjd-coupled"))
     command.set_defaults(run=run, check=check)
 
 
 def check(args: argparse.Namespace) -> None:
     check_device(args.device, "--device")
+    for option in ("window", "block", "lossy_sweep_cap", "lossy_settled"):
+        if option in args.explicit:
+            raise ValueError(f"--{option.replace('_', '-')}: calibrate times every width exactly; drop it")
+    if args.method != "jacobi" and args.temperature is None:
+        raise ValueError(f"--method {args.method} samples: give --temperature (e.g. 0.8), the one you decode with")
     if any(b < 1 for b in args.batch_sizes):
         raise ValueError("--batch-sizes: give whole numbers >= 1")
     if args.rounds < 3:
@@ -52,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     from jacobix.tokens.width.calibration import cache_path
 
     model = _load(args.model).to(args.device)
-    calibration = calibrate(model, batch_sizes=args.batch_sizes, rounds=args.rounds)
+    decoding, sampling = specs_from_args(args, temperature=0.0 if args.temperature is None else args.temperature)
+    calibration = calibrate(model, batch_sizes=args.batch_sizes, rounds=args.rounds, decoding=decoding,
+                            sampling=sampling, guidance_scale=args.cfg_scale)
     path = calibration.save(args.output or cache_path(calibration.where))
     widths = sorted({w for shape in calibration.costs.values() for w in shape})
     print(f"cost of a pass over a one-token pass of as many rows: {calibration.where.describe()}")

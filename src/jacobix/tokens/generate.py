@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from numbers import Integral
 import statistics
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -34,7 +35,7 @@ from jacobix.tokens.result import DecodeStats, GenerateResult
 from jacobix.tokens.verify import GuidanceShift, Verifier
 from jacobix.tokens.watch import Watchers
 from jacobix.tokens.width.calibration import Calibration, costs_for, remember, where_of
-from jacobix.tokens.width.costs import PROBE_WIDTHS
+from jacobix.tokens.width.costs import PROBE_WIDTHS, CostBook
 from jacobix.tokens.width.policy import AdaptiveWidth, FixedWidth
 
 
@@ -182,14 +183,17 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
     costs, policy = None, decoding.width_policy
     if decoding.adaptive and policy is None:
         rows = verifier.forward_rows
-        where = where_of(model, state.values.device, model_dtype(model))
+        kind = pass_kind(decoding, verifier.sampling, verifier.guidance is not None)
+        where = where_of(model, state.values.device, model_dtype(model), kind)
         # What the policy learns is the model's own (two models of one shape share costs, not acceptance).
         key = (where, id(model), rows, verifier.sampling.greedy, type(proposer).__name__, tuple(proposer.sources), width - 1)
         costs = costs_for(decoding.costs, where, rows, key)
         if costs.needs_probe(PROBE_WIDTHS) and decoding.costs.cache:  # a first run: measure whole passes, keep them
             passes = max(1, min(6, int((state.limit - state.length).min())))  # as the generation's own cache holds
+            guidance = None if verifier.guidance is None else verifier.guidance.scale
             measured = calibrate(model, batch_sizes=(rows,), context=int(verifier.prompt_length.max()), rounds=3,
-                                 passes=passes)
+                                 passes=passes, decoding=decoding, sampling=verifier.sampling, guidance_scale=guidance,
+                                 processors=verifier.processors)
             costs = remember(decoding.costs, where, measured).for_rows(rows)
         policy = decoding.costs.policy(key, lambda: AdaptiveWidth(proposer.sources, width - 1, costs))
         policy.costs = costs
@@ -248,7 +252,9 @@ DEFAULT_BATCH_SIZES = (1, 4, 16, 64)
 
 
 def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, context: int = 64,
-              rounds: int = 5, seed: int = 0, passes: int = 12) -> Calibration:
+              rounds: int = 5, seed: int = 0, passes: int = 12, decoding: Decoding | None = None,
+              sampling: SamplingConfig | None = None, guidance_scale: float | None = None,
+              processors: Sequence[LogitsProcessor] = ()) -> Calibration:
     """Time whole decoding passes of every width against the one-token pass, for each batch size.
 
     A pass is timed as ``window="auto"`` runs it: a short greedy generation whose width policy
@@ -263,8 +269,10 @@ def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZ
         batch_sizes: rows per pass to measure (prompts; double them for classifier-free guidance).
         context: prompt tokens before the timed passes.
         rounds: interleaved timing rounds per batch size (at least 3).
-        seed: the random prompts' seed.
+        seed: the random prompts' and draws' seed.
         passes: passes per timed run.
+        decoding, sampling, guidance_scale, processors: the kind of pass to time (default greedy
+            Jacobi with "repeat" drafts); with guidance a batch size counts both halves.
     Returns:
         A :class:`~jacobix.tokens.width.calibration.Calibration`; ``.save(path)`` writes it.
     """
@@ -273,18 +281,23 @@ def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZ
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be whole numbers >= 1, got {batch_sizes!r}")
+    decoding = replace(decoding or Decoding(method="jacobi", init="repeat"), window=PROBE_WIDTHS[-1],
+                       costs=CostBook(cache=False), lossy=None)
+    sampling = sampling or SamplingConfig()
     generator = torch.Generator().manual_seed(seed)
     costs, seconds = {}, {}
     for rows in sorted(set(batch_sizes)):
-        prompts = torch.randint(0, model.vocab_size, (rows, context), generator=generator).to(model_device(model))
-        specs = {w: Decoding(method="jacobi", window=PROBE_WIDTHS[-1], init="repeat", width_policy=FixedWidth(w - 1))
-                 for w in PROBE_WIDTHS}
+        prompts = torch.randint(0, model.vocab_size, (max(rows // (1 if guidance_scale is None else 2), 1), context),
+                                generator=generator).to(model_device(model))
+        guide = None if guidance_scale is None else Guidance(scale=guidance_scale, negative_input_ids=prompts[:, :1])
+        specs = {w: replace(decoding, width_policy=FixedWidth(w - 1)) for w in PROBE_WIDTHS}
         ratios: dict[int, list[float]] = {w: [] for w in PROBE_WIDTHS}
         ones = []
         for round_ in range(rounds + 1):
             per_pass = {}
             for w, spec in specs.items():
-                stats = generate(model, prompts, spec, max_new_tokens=passes + 1).stats
+                stats = generate(model, prompts, spec, sampling, max_new_tokens=passes + 1, guidance=guide,
+                                 processors=processors, generator=torch.Generator().manual_seed(seed)).stats
                 per_pass[w] = stats.wall_time_s / max(stats.forward_passes, 1)
             if round_:  # the first round only warms up
                 ones.append(per_pass[1])
@@ -295,7 +308,18 @@ def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZ
             floor = max(floor, statistics.median(ratios[w])) if w > 1 else 1.0
             costs[rows][w] = floor
         seconds[rows] = statistics.median(ones)
-    return Calibration(where_of(model, model_device(model), model_dtype(model)), costs, seconds)
+    kind = pass_kind(decoding, sampling, guidance_scale is not None)
+    return Calibration(where_of(model, model_device(model), model_dtype(model), kind), costs, seconds)
 
 
-__all__ = ["DEFAULT_BATCH_SIZES", "calibrate", "generate"]
+def pass_kind(decoding: Decoding, sampling: SamplingConfig, guided: bool) -> str:
+    """What a pass's cost shape depends on besides the model and the machine: the method, the draft
+    rule or proposer, greedy or sampled, and guidance."""
+    drafts = type(decoding.proposer).__name__ if decoding.proposer is not None else (
+        decoding.init if isinstance(decoding.init, str) else type(decoding.init).__name__)
+    pool = "+pool" if decoding.lookahead else ""
+    return (f"{decoding.method}/{drafts}{pool}/{'greedy' if sampling.greedy else 'sampled'}"
+            + ("/guided" if guided else ""))
+
+
+__all__ = ["DEFAULT_BATCH_SIZES", "calibrate", "generate", "pass_kind"]

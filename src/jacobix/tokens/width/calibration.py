@@ -29,17 +29,28 @@ log = logging.getLogger(__name__)
 FORMAT = "jacobix-pass-costs/1"
 
 
+GREEDY_JACOBI = "jacobi/repeat/greedy"  # the kind of pass `jacobix calibrate` measures by default
+
+
 @dataclass(frozen=True)
 class Where:
-    """What a calibration is valid for: the model, the device, the dtype and the CPU threads."""
+    """What a calibration is valid for: the model, the device, the dtype, the CPU threads, and the
+    kind of pass (method, proposer, greedy or sampled, guided): a coupled SJD pass with guidance
+    does more work per token than a greedy one, so its costs are measured on their own."""
 
     model: str
     device: str
     dtype: str
     threads: int
+    kind: str = GREEDY_JACOBI
 
     def describe(self) -> str:
-        return f"model {self.model} on {self.device} ({self.dtype}, {self.threads} CPU thread{'s' * (self.threads != 1)})"
+        return (f"model {self.model} on {self.device} ({self.dtype}, {self.threads} CPU thread{'s' * (self.threads != 1)}; "
+                f"{self.kind} passes)")
+
+    def place(self) -> tuple:
+        """The model and the machine, without the kind of pass."""
+        return self.model, self.device, self.dtype, self.threads
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,7 @@ class Calibration:
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
             where = Where(model=str(data["model"]), device=str(data["device"]), dtype=str(data["dtype"]),
-                          threads=int(data["threads"]))
+                          threads=int(data["threads"]), kind=str(data.get("kind", GREEDY_JACOBI)))
             costs = {int(r): {int(w): float(c) for w, c in s.items()} for r, s in data["costs"].items()}
             seconds = {int(r): float(s) for r, s in data["seconds"].items()}
             return cls(where, costs, seconds)
@@ -113,19 +124,21 @@ class Calibration:
             raise ValueError(f"{path}: not a usable jacobix pass-cost file ({type(error).__name__}: {error})") from None
 
     def check(self, where: Where, source: str = "this calibration") -> None:
-        """Refuse a calibration measured for another model, device, dtype or thread count."""
-        if self.where != where:
+        """Refuse a calibration measured for another model, device, dtype or thread count (a
+        calibration you hand over stands for every kind of pass)."""
+        if self.where.place() != where.place():
             raise ValueError(f"{source} was measured for {self.where.describe()}, but this generation runs "
                              f"{where.describe()}; run `jacobix calibrate` for this model and device, or leave "
                              "Decoding.costs unset")
 
 
-def where_of(model: Any, device: torch.device | str, dtype: torch.dtype) -> Where:
-    """The :class:`Where` of a generation: the network's class and size, the device's name, dtype, threads."""
+def where_of(model: Any, device: torch.device | str, dtype: torch.dtype, kind: str = GREEDY_JACOBI) -> Where:
+    """The :class:`Where` of a generation: the network's class and size, the device's name, dtype,
+    threads and the kind of pass."""
     module = getattr(model, "model", model)  # the transformers module inside an adapter
     count = sum(p.numel() for p in module.parameters()) if hasattr(module, "parameters") else 0
     return Where(model=f"{type(module).__name__}/{count}", device=device_name(device), dtype=str(dtype).removeprefix("torch."),
-                 threads=torch.get_num_threads())
+                 threads=torch.get_num_threads(), kind=kind)
 
 
 def device_name(device: torch.device | str) -> str:
@@ -164,6 +177,8 @@ def cached(where: Where) -> Calibration | None:
     try:
         calibration = Calibration.load(path)
         calibration.check(where, str(path))
+        if calibration.where != where:
+            raise ValueError(f"{path}: measured for {calibration.where.describe()}, not {where.describe()}")
         return calibration
     except ValueError as error:
         log.warning("ignoring and removing a damaged pass-cost file: %s", error)
@@ -210,4 +225,4 @@ def remember(book: Any, where: Where, measured: Calibration) -> Calibration:
     return merged
 
 
-__all__ = ["Calibration", "Where", "cache_path", "cached", "costs_for", "covers", "device_name", "remember", "where_of"]
+__all__ = ["Calibration", "GREEDY_JACOBI", "Where", "cache_path", "cached", "costs_for", "covers", "device_name", "remember", "where_of"]
