@@ -207,9 +207,9 @@ def _load(name: str) -> ImageModel:
 
 def _run_decoder(model, labels, settings, config, real_features, other_model: bool) -> tuple[BenchRow, Tensor]:
     fids, accuracies, images, passes, batch_passes, wall = [], [], [], [], 0, 0.0
-    if settings.decoding.adaptive:  # window="auto" measures its pass costs once on a first run: outside the timings
-        generate_images(model, labels[: config.batch_size], settings, generator=torch.Generator().manual_seed(-1),
-                        batch_size=config.batch_size)
+    if settings.decoding.adaptive:  # window="auto" measures its pass costs once per batch size: outside the timings
+        for size in sorted({len(chunk) for chunk in labels.split(config.batch_size)}):
+            generate_images(model, labels[:size], settings, generator=torch.Generator().manual_seed(-1), batch_size=size)
     for seed in config.seeds:
         generator = torch.Generator().manual_seed(seed)
         out = generate_images(model, labels, settings, generator=generator, batch_size=config.batch_size)
