@@ -27,6 +27,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     command.add_argument("--batch-sizes", type=count, nargs="+", default=list(DEFAULT_BATCH_SIZES), metavar="B",
                          help="rows per pass to measure (image models with guidance run twice their images)")
     command.add_argument("--rounds", type=count, default=5, help="interleaved timing rounds per batch size (>= 3)")
+    command.add_argument("--context", type=count, default=64,
+                         help="tokens already in each row when the passes are timed (a typical mid-generation length)")
     command.add_argument("--output", type=Path, default=None, help="write the table here instead of the cache folder")
     command.add_argument("--plot", type=Path, default=None, metavar="PNG", help="also draw c(k)/c(1) by batch size")
     command.add_argument("--cfg-scale", type=float, default=None,
@@ -64,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = _load(args.model).to(args.device)
     decoding, sampling = specs_from_args(args, temperature=0.0 if args.temperature is None else args.temperature)
-    calibration = calibrate(model, batch_sizes=args.batch_sizes, rounds=args.rounds, decoding=decoding,
-                            sampling=sampling, guidance_scale=args.cfg_scale)
+    calibration = calibrate(model, batch_sizes=args.batch_sizes, rounds=args.rounds, context=args.context,
+                            decoding=decoding, sampling=sampling, guidance_scale=args.cfg_scale)
     path = calibration.save(args.output or cache_path(calibration.where))
     widths = sorted({w for shape in calibration.costs.values() for w in shape})
     print(f"cost of a pass over a one-token pass of as many rows: {calibration.where.describe()}")

@@ -189,9 +189,9 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
         key = (where, id(model), rows, verifier.sampling.greedy, type(proposer).__name__, tuple(proposer.sources), width - 1)
         costs = costs_for(decoding.costs, where, rows, key)
         if costs.needs_probe(PROBE_WIDTHS) and decoding.costs.cache:  # a first run: measure whole passes, keep them
-            passes = max(1, min(6, int((state.limit - state.length).min())))  # as the generation's own cache holds
+            context, passes = _timing_window(verifier.prompt_length, state.limit)
             guidance = None if verifier.guidance is None else verifier.guidance.scale
-            measured = calibrate(model, batch_sizes=(rows,), context=int(verifier.prompt_length.max()), rounds=3,
+            measured = calibrate(model, batch_sizes=(rows,), context=context, rounds=3,
                                  passes=passes, decoding=decoding, sampling=verifier.sampling, guidance_scale=guidance,
                                  processors=verifier.processors)
             costs = remember(decoding.costs, where, measured).for_rows(rows)
@@ -210,6 +210,14 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
         problem.stats.cost_ratio = costs.ratios(widths)
     verifier.rollback(state, state.length - 1, None)
     return problem
+
+
+def _timing_window(prompt_length: Tensor, limit: Tensor) -> tuple[int, int]:
+    """Context and passes for timing this generation's passes: at the middle of its new tokens
+    (attention grows with the context), never past the room its own cache has."""
+    longest, room = int(prompt_length.max()), int((limit - prompt_length).min())
+    context = longest + room // 2
+    return context, max(1, min(6, room - room // 2 - 1))
 
 
 def _start(model: CausalLM, verifier: Verifier, prompts: Tensor, prompt_length: Tensor,
