@@ -265,9 +265,9 @@ def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZ
               processors: Sequence[LogitsProcessor] = ()) -> Calibration:
     """Time whole decoding passes of every width against the one-token pass, for each batch size.
 
-    A pass is timed as ``window="auto"`` runs it: a short greedy generation whose width policy
-    feeds ``k - 1`` drafts every pass, its wall time over its passes (proposal, forward, rule,
-    redraft and the engine's bookkeeping). After an untimed round (first calls pay for
+    A pass is timed as ``window="auto"`` runs it: generations whose width policy feeds ``k - 1``
+    drafts every pass, the time of ``passes`` more passes (proposal, forward, rule, redraft and the
+    engine's bookkeeping; the difference of two runs, so the prefill is left out). After an untimed round (first calls pay for
     allocations), ``rounds`` interleaved rounds time every width against the one-token run of the
     same round, so a machine whose speed drifts still gives the right ratios; the median over
     rounds keeps out the rounds a busy neighbour slowed.
@@ -304,9 +304,11 @@ def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZ
         for round_ in range(rounds + 1):
             per_pass = {}
             for w, spec in specs.items():
-                stats = generate(model, prompts, spec, sampling, max_new_tokens=passes + 1, guidance=guide,
-                                 processors=processors, generator=torch.Generator().manual_seed(seed)).stats
-                per_pass[w] = stats.wall_time_s / max(stats.forward_passes, 1)
+                # Two runs, `passes` passes apart: their difference is the passes alone (no prefill, no set-up).
+                short, long = (generate(model, prompts, spec, sampling, max_new_tokens=n, guidance=guide, processors=processors,
+                                        generator=torch.Generator().manual_seed(seed)).stats for n in (2, passes + 2))
+                extra = max(long.forward_passes - short.forward_passes, 1)
+                per_pass[w] = max(long.wall_time_s - short.wall_time_s, 1e-9) / extra
             if round_:  # the first round only warms up
                 ones.append(per_pass[1])
                 for w in PROBE_WIDTHS:
