@@ -211,6 +211,12 @@ class TokenProblem:
                               n_accepted=verdict.n_accepted, finished=verdict.finished)
         positions = state.window_positions(fed + 1)  # (B, fed+1) the positions the outputs are for
         redrafted = self.proposer.redraft(verdict.p_target, positions, self.generator)  # (B, fed+1)
+        if fed == 0 and self._planned == 0:
+            # Resting at one token a pass: every draft is proposed afresh before any is fed again, so
+            # nothing is carried that costs a copy (no (B, D, V) draft distributions every pass).
+            values = torch.cat([verdict.values, rest], 1)  # the one slot fed: its value passed or was resampled
+            return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(redrafted),
+                              n_accepted=verdict.n_accepted, finished=verdict.finished)
         p_all = self.candidates.p_draft
         p_rest = one_hot(rest, self.vocab_size) if p_all is None else p_all[rows, verdict.winner, fed + 1 :]
         proposals = Drafts(torch.cat([redrafted, rest], 1),
