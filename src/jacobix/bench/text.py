@@ -115,7 +115,7 @@ class TextBenchResult:
             f"{_threads(torch.get_num_threads())}"
         )
         for row in self.rows:
-            if row.setting.window == "auto":
+            if row.setting.adaptive:
                 lines.append(f"{self._model(row.model)}{row.setting.label}: {self.auto_vs_best_fixed(row):.2f} of the wall "
                              f"speed-up of the best fixed setting ({self.best_fixed(row).setting.label}), median prompt")
         if self.pass_costs:
@@ -167,7 +167,7 @@ class TextBenchResult:
                 "batch_size": 1,
                 **_convergence_record(row),
                 **({"auto_vs_best_fixed": round(self.auto_vs_best_fixed(row), 4),
-                    "best_fixed": self.best_fixed(row).setting.label} if row.setting.window == "auto" else {}),
+                    "best_fixed": self.best_fixed(row).setting.label} if row.setting.adaptive else {}),
             })
         return out
 
@@ -180,7 +180,7 @@ class TextBenchResult:
         """The fastest fixed-width row of ``row``'s method and model, or its AR row, by median-prompt
         wall (``window="auto"`` chooses the width, not the method)."""
         fixed = [r for r in self.rows if r.model == row.model and r.setting.sampled == row.setting.sampled
-                 and r.setting.window != "auto" and r.setting.baseline is None
+                 and not r.setting.adaptive and r.setting.baseline is None
                  and r.setting.decoding.method in (row.setting.decoding.method, "ar")]
         return max(fixed, key=self.median_wall)
 
@@ -238,7 +238,7 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
     for m in models.values():
         generate(m.model, prompts[0], decoding=Decoding(window=4), max_new_tokens=8)  # warm-up
         for setting in config.settings:  # "auto" settings probe their pass costs once, outside the timings
-            if setting.window == "auto":
+            if setting.adaptive:
                 _run(m, prompts[0], setting, dataclasses.replace(config, max_new_tokens=4), seed=0)
     greedy: list[dict[str, torch.Tensor]] = []  # per prompt: each model's greedy output (the first seed's)
     for prompt in prompts:

@@ -40,6 +40,11 @@ class Setting:
     def block(self) -> bool:
         return self.decoding.block
 
+    @property
+    def adaptive(self) -> bool:
+        """True for a jacobix row whose width the policy chooses (``window="auto"``, not sequential)."""
+        return self.baseline is None and self.decoding.adaptive
+
 
 def _row(label: str, method: str, window: int | str = 1, init: str = "random", *, sampled: bool = False,
          pool: int = 0, block: bool = False) -> Setting:

@@ -291,9 +291,7 @@ def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZ
         raise ValueError(f"batch_sizes must be whole numbers >= 1, got {batch_sizes!r}")
     decoding = replace(decoding or Decoding(method="jacobi", init="repeat"), window=PROBE_WIDTHS[-1],
                        costs=CostBook(cache=False), lossy=None)
-    sampling = sampling or SamplingConfig()
-    generator = torch.Generator().manual_seed(seed)
-    costs, seconds = {}, {}
+    sampling, generator, costs, seconds = sampling or SamplingConfig(), torch.Generator().manual_seed(seed), {}, {}
     for rows in sorted(set(batch_sizes)):
         prompts = torch.randint(0, model.vocab_size, (max(rows // (1 if guidance_scale is None else 2), 1), context),
                                 generator=generator).to(model_device(model))
