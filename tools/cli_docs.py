@@ -64,7 +64,10 @@ def render() -> str:
             os.environ.pop("COLUMNS", None)
         else:
             os.environ["COLUMNS"] = before
-    return "\n".join(sections)
+    import jacobix
+
+    # Defaults that are folders of the installed package read the same from any checkout.
+    return "\n".join(sections).replace(str(Path(jacobix.__file__).resolve().parent), "<jacobix>")
 
 
 def main() -> int:
