@@ -217,7 +217,7 @@ def _timing_window(prompt_length: Tensor, limit: Tensor) -> tuple[int, int]:
     (attention grows with the context), never past the room its own cache has."""
     longest, room = int(prompt_length.max()), int((limit - prompt_length).min())
     context = longest + room // 2
-    return context, max(1, min(6, room - room // 2 - 1))
+    return context, max(1, min(6, (room - room // 2 - 2) // 4))
 
 
 def _start(model: CausalLM, verifier: Verifier, prompts: Tensor, prompt_length: Tensor,
@@ -304,9 +304,10 @@ def calibrate(model: CausalLM, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZ
             for w, spec in specs.items():
                 # Two runs, `passes` passes apart: their difference is the passes alone (no prefill, no set-up).
                 short, long = (generate(model, prompts, spec, sampling, max_new_tokens=n, guidance=guide, processors=processors,
-                                        generator=torch.Generator().manual_seed(seed)).stats for n in (2, passes + 2))
-                extra = max(long.forward_passes - short.forward_passes, 1)
-                per_pass[w] = max(long.wall_time_s - short.wall_time_s, 1e-9) / extra
+                                        generator=torch.Generator().manual_seed(seed)).stats for n in (2, min(w, 4) * passes + 2))
+                extra = long.forward_passes - short.forward_passes
+                per_pass[w] = (max(long.wall_time_s - short.wall_time_s, 1e-9) / extra if extra >= 3  # accepted drafts
+                               else long.wall_time_s / max(long.forward_passes, 1))  # left too few passes to difference
             if round_:  # the first round only warms up
                 ones.append(per_pass[1])
                 for w in PROBE_WIDTHS:
