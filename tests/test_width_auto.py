@@ -150,9 +150,8 @@ def test_a_damaged_cached_calibration_is_never_trusted_and_is_written_anew(caplo
 
 
 def test_sjd_with_auto_width_samples_the_target_distribution():
-    from scipy.stats import chisquare
-
     from conftest import exact_joint
+    from test_sjd_distribution import chi_square_pvalue
 
     model = tiny_model(11, vocab=5, dim=16)
     rows, length = 6000, 3
@@ -161,14 +160,7 @@ def test_sjd_with_auto_width_samples_the_target_distribution():
                            max_new_tokens=length, generator=torch.Generator().manual_seed(9))
     assert out.stats.fed_per_pass.max() > 0
     joint = exact_joint(model, [1, 3, 0], length, SamplingConfig(temperature=1.0))
-    counts = {}
-    for t in out.tokens:
-        counts[tuple(t.tolist())] = counts.get(tuple(t.tolist()), 0) + 1
-    cells = [c for c in joint if joint[c] * rows >= 5]
-    rest = 1.0 - sum(joint[c] for c in cells)
-    observed = [counts.get(c, 0) for c in cells] + [rows - sum(counts.get(c, 0) for c in cells)]
-    expected = [joint[c] * rows for c in cells] + [rest * rows]
-    assert chisquare(observed, expected).pvalue > 1e-3
+    assert chi_square_pvalue([tuple(t.tolist()) for t in out.tokens], joint) > 1e-3
 
 
 def _policy(costs: dict[int, float], sources=(("jacobi", 0.1),), drafts: int = 15, **config):
