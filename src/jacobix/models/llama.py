@@ -131,6 +131,7 @@ class Llama(nn.Module):
         super().__init__()
         self.config = config
         self.vocab_size = config.vocab_size
+        self.max_positions = config.max_seq_len
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)

@@ -15,7 +15,9 @@ embeddings, PCCoT's latent thoughts); their defaults change nothing:
 - ``return_hidden=True`` returns an :class:`LMOutput` with every layer's hidden states.
 
 A model whose prompts hold ids it never predicts (a text prompt before image codes, as Janus's image
-head) may set ``input_vocab_size``; prompts are then checked against it instead of ``vocab_size``.
+head) may set ``input_vocab_size``; prompts are then checked against it instead of ``vocab_size``. A model
+with a position limit may set ``max_positions`` (a cache may hold no more); timing passes for
+``window="auto"`` then uses the room up to it rather than only the room of the generation at hand.
 """
 
 from __future__ import annotations

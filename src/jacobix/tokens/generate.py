@@ -189,7 +189,7 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
         key = (where, id(model), rows, verifier.sampling.greedy, type(proposer).__name__, tuple(proposer.sources), width - 1)
         costs = costs_for(decoding.costs, where, rows, key)
         if costs.needs_probe(PROBE_WIDTHS) and decoding.costs.cache:  # a first run: measure whole passes, keep them
-            context, passes = _timing_window(verifier.prompt_length, state.limit)
+            context, passes = _timing_window(model, verifier.prompt_length, state.limit)
             guidance = None if verifier.guidance is None else verifier.guidance.scale
             measured = calibrate(model, batch_sizes=(rows,), context=context, rounds=3,
                                  passes=passes, decoding=decoding, sampling=verifier.sampling, guidance_scale=guidance,
@@ -212,12 +212,16 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
     return problem
 
 
-def _timing_window(prompt_length: Tensor, limit: Tensor) -> tuple[int, int]:
+def _timing_window(model: CausalLM, prompt_length: Tensor, limit: Tensor) -> tuple[int, int]:
     """Context and passes for timing this generation's passes: at the middle of its new tokens
-    (attention grows with the context), never past the room its own cache has."""
+    (attention grows with the context). The timing runs have caches of their own, so they may use
+    the room up to the model's ``max_positions`` (a short generation leaves too little to time a
+    wide pass); a model with no declared limit gets the room of this generation's cache."""
     longest, room = int(prompt_length.max()), int((limit - prompt_length).min())
     context = longest + room // 2
-    return context, max(1, min(6, (room - room // 2 - 2) // 4))
+    ceiling = getattr(model, "max_positions", None)
+    after = room - room // 2 if ceiling is None else max(room - room // 2, int(ceiling) - context)
+    return context, max(1, min(6, (after - 2) // 4))
 
 
 def _start(model: CausalLM, verifier: Verifier, prompts: Tensor, prompt_length: Tensor,
