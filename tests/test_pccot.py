@@ -218,7 +218,7 @@ def test_train_and_bench_pccot_from_the_command_line(tmp_path, capsys):
     import json
 
     records = {r["arm"]: r for r in json.loads(out.read_text())}
-    assert set(records) == {"sequential", "pccot-T1", "no-cot"}
+    assert set(records) == {"sequential", "pccot-T1", "pccot-T2", "no-cot"}  # the T = 1 checkpoint also run at T = c = 2
     for key in ("arm", "T", "c", "accuracy", "accuracy_std", "latency_b1_ms", "latency_vs_sequential", "train_s_per_1k_steps"):
         assert key in records["pccot-T1"]
     assert records["sequential"]["forward_passes"] == 3 and records["pccot-T1"]["forward_passes"] == 2  # c + 1, T + 1

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from jacobix.cli.flags import Help, check_device, check_writable, count, nonnegative, positive
+from jacobix.latent.arith import TASKS
 from jacobix.cli.models import bundled, check_text_model, text_models
 
 TARGETS = ("text", "images", "tarflow", "batch", "pccot", "policy")
@@ -72,6 +73,14 @@ def check(args: argparse.Namespace) -> None:
     if args.target == "pccot":
         for folder in _checkpoint_folders(args.runs):
             _check_weights(folder, "--runs")
+            task = _trained_task(folder)
+            if task is not None and task != args.suite:
+                raise ValueError(f"--runs {folder} was trained on the {task} task but --suite is {args.suite}; "
+                                 f"pass --suite {task} or leave it out")
+        if args.plot is not None:
+            if args.plot.is_dir():
+                raise ValueError(f"--plot {args.plot} is a folder; give a file path such as {args.plot / 'pccot.png'}")
+            check_writable(args.plot.parent, "--plot")
     if args.target == "policy":
         _check_policies(args)
     if args.target == "tarflow" and args.quick and args.batch_size > 8:
@@ -102,6 +111,16 @@ def _check_policies(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} {name} is not a policy of --suite {args.suite}; pick the matching --suite "
                              "or model")
         _check_weights(folder, option)
+
+
+def _trained_task(folder: Path) -> str | None:
+    """The task a ``jacobix train pccot`` run was trained on, or None where its config.json cannot say
+    (loading it reports that clearly)."""
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+        return meta.get("train", {}).get("task", "modular") if isinstance(meta, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_weights(folder: Path, option: str) -> None:
@@ -221,23 +240,34 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _pccot_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--suite", choices=TASKS, default="modular",
+                     help="chain (one value per step) or modular; checkpoints must be trained on it")
     sub.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
-                     help="checkpoint folders of `jacobix train pccot`, or folders holding them (default: the bundled two)")
+                     help="checkpoint folders of `jacobix train pccot`, or folders holding them (default: the suite's bundled ones)")
     sub.add_argument("--per-difficulty", type=positive, default=2000, help="held-out programs per difficulty (--quick: 200)")
+    sub.add_argument("--probe-programs", type=count, default=2000,
+                     help="programs the latent probes are fitted on; 0: no probes (--quick: 200)")
+    sub.add_argument("--plot", type=Path, metavar="PNG", help="also draw accuracy against T (PCCoT passes) beside the other arms")
     _json(sub)
 
 
 def _pccot(args: argparse.Namespace) -> int:
-    from jacobix.bench.pccot import PccotBenchConfig, bench_pccot, table, write_json
+    from jacobix.bench.pccot import PccotBenchConfig, bench_pccot, records, table, write_json
 
     number = args.per_difficulty if "per_difficulty" in args.explicit or not args.quick else 200
-    config = PccotBenchConfig(runs=_checkpoint_folders(args.runs), per_difficulty=number,
-                              latency_questions=10 if args.quick else 40)
+    probes = args.probe_programs if "probe_programs" in args.explicit or not args.quick else 200
+    config = PccotBenchConfig(suite=args.suite, runs=_checkpoint_folders(args.runs), per_difficulty=number,
+                              latency_questions=10 if args.quick else 40, probe_programs=probes)
     results = bench_pccot(config)
-    print(table(results))
+    print(table(results, args.suite))
     if args.json:
-        write_json(args.json, results)
+        write_json(args.json, results, args.suite)
         print(f"wrote {args.json}")
+    if args.plot:
+        from jacobix.eval.figures import latent_curve_figure, save
+
+        save(latent_curve_figure(records(results, args.suite), title=f"PCCoT on the {args.suite} suite"), args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 

@@ -325,3 +325,33 @@ def plot_pass_costs(calibration, path: str | Path) -> Path:
     axes.set_title(f"{calibration.where.model} on {calibration.where.device}", fontsize=9)
     axes.legend(fontsize=8)
     return save(figure, path)
+
+
+def latent_curve_figure(rows: Sequence[dict], *, title: str) -> Figure:
+    """Accuracy of PCCoT against its Jacobi passes T (with 95% intervals), beside the other arms as lines.
+
+    Args:
+        rows: ``jacobix bench pccot`` records (``arm``, ``T``, ``accuracy``, ``accuracy_low``, ``accuracy_high``).
+        title: the figure's title.
+    """
+    figure = new_figure(5.2, 3.6)
+    axes = figure.add_subplot()
+    curve = sorted((r for r in rows if r["arm"].startswith("pccot-T")), key=lambda r: r["T"])
+    if curve:
+        ts = [r["T"] for r in curve]
+        accuracy = np.array([100 * r["accuracy"] for r in curve])
+        errors = np.array([[100 * (r["accuracy"] - r["accuracy_low"]) for r in curve],
+                           [100 * (r["accuracy_high"] - r["accuracy"]) for r in curve]])
+        axes.errorbar(ts, accuracy, yerr=errors, marker="o", capsize=3, label="PCCoT (T Jacobi passes)")
+        axes.set_xticks(ts)
+    styles = {"sequential": ("C1", "--"), "explicit-cot": ("C2", "-."), "no-cot": ("C3", ":")}
+    for r in rows:
+        if r["arm"] in styles:
+            colour, line = styles[r["arm"]]
+            axes.axhline(100 * r["accuracy"], color=colour, linestyle=line, label=f"{r['arm']} ({100 * r['accuracy']:.1f}%)")
+    axes.set_ylim(0, 100)
+    axes.set_xlabel("Jacobi passes over the latents (T)")
+    axes.set_ylabel("accuracy on held-out problems (%)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7, loc="lower right")
+    return figure

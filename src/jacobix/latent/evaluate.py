@@ -41,14 +41,15 @@ class Answers:
 
 
 @torch.no_grad()
-def arm_answers(model: LatentReasoner, programs: list[Program], arm: str) -> Answers:
-    """Greedy generated answers of ``model`` run as ``arm`` on one batch of programs."""
+def arm_answers(model: LatentReasoner, programs: list[Program], arm: str, passes: int | None = None) -> Answers:
+    """Greedy generated answers of ``model`` run as ``arm`` on one batch of programs (``passes``: T of
+    the ``pccot`` arm; default the model's trained T)."""
     if arm not in ARMS:
         raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
     device = model.lm.tok_embeddings.weight.device
     if arm in ("seq", "pccot"):
         questions, lengths = encode_questions(programs, device)
-        result = answer(model, questions, lengths, method="sequential" if arm == "seq" else "jacobi")
+        result = answer(model, questions, lengths, method="sequential" if arm == "seq" else "jacobi", passes=passes)
         return Answers(tokens=result.tokens, forward_passes=result.forward_passes)
     prompt = list(model.latent.prompt)
     if arm == "nocot":

@@ -67,9 +67,10 @@ def pack_questions(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return packed[:, : int(lengths.max())], lengths
 
 
-def context_needed(question_length: int, latents: int, prompt: int) -> int:
-    """Positions a batch with questions of up to ``question_length`` tokens uses (cache capacity)."""
-    return question_length + 2 * latents + prompt + 2
+def context_needed(question_length: int, latents: int, tail: int) -> int:
+    """Positions a batch with questions of up to ``question_length`` tokens uses (cache capacity), when
+    the answer pass feeds ``tail`` tokens after the latents (``<eot>`` and the prompt: ``1 + len(prompt)``)."""
+    return question_length + 2 * latents + tail + 1
 
 
 class LatentProblem:
@@ -82,11 +83,12 @@ class LatentProblem:
         lengths: (B,) question lengths.
         rule: ``fixed`` (commit the window after ``passes`` sweeps) or ``exact`` (tolerance rule at 0).
         passes: sweeps per window for the fixed rule (T for PCCoT, 1 for sequential).
+        reach: positions past the question a row's real tokens may use (its pads go beyond them).
     """
 
     def __init__(self, model: LatentReasoner, cache: KVCache | FunctionalCache, questions: Tensor, lengths: Tensor,
-                 *, rule: Literal["fixed", "exact"], passes: int) -> None:
-        self.model, self.cache, self.rule, self.passes = model, cache, rule, passes
+                 *, rule: Literal["fixed", "exact"], passes: int, reach: int) -> None:
+        self.model, self.cache, self.rule, self.passes, self.reach = model, cache, rule, passes, reach
         self.questions, self.lengths = questions, lengths
         self.pending = True  # the question is fed with the first sweep
 
@@ -111,7 +113,7 @@ class LatentProblem:
         """Prepend the question: its pads go past the row's answer prompt, where no real query looks."""
         q = self.questions.shape[1]
         slots = torch.arange(q, device=positions.device)[None]  # (1, Q)
-        pad_home = (self.lengths + 2 * self.model.latent.latents + len(self.model.latent.prompt) + 1)[:, None]  # (B, 1)
+        pad_home = (self.lengths + self.reach)[:, None]  # (B, 1)
         question_positions = torch.where(slots < self.lengths[:, None], slots, pad_home + slots - self.lengths[:, None])
         embeds = self.model.lm.embed(self.questions)  # (B, Q, dim)
         return torch.cat([embeds, window], 1), torch.cat([question_positions, positions], 1)
@@ -148,7 +150,8 @@ class Thoughts:
 
 
 def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: ThinkMethod = "jacobi",
-          passes: int | None = None, differentiable: bool = False) -> Thoughts:
+          passes: int | None = None, differentiable: bool = False, latents: int | None = None,
+          tail: int | None = None) -> Thoughts:
     """Compute the c latent thoughts of each question on the engine.
 
     Args:
@@ -158,6 +161,9 @@ def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: 
         method: ``jacobi`` (PCCoT, T passes), ``sequential`` (c passes) or ``exact`` (to the fixed point).
         passes: T; default the model's trained ``latent.passes``.
         differentiable: use a cache without in-place writes so gradients flow (training).
+        latents: thoughts to compute; default the model's c (a curriculum stage uses fewer).
+        tail: tokens the answer pass will feed after the latents; default ``<eot>`` and the prompt
+            (a curriculum stage feeds the written steps left as well).
     Returns:
         the latents, the cache and the engine's statistics.
     Raises:
@@ -170,7 +176,10 @@ def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: 
     passes = model.latent.passes if passes is None else passes
     if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
         raise ValueError(f"passes (T) must be >= 1, got {passes}")
-    c = model.latent.latents
+    c = model.latent.latents if latents is None else latents
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ValueError(f"latents must be an int >= 1, got {latents!r}")
+    tail = 1 + len(model.latent.prompt) if tail is None else tail
     if questions.dim() != 2 or questions.dtype in (torch.bool, *FLOATS):
         raise ValueError(f"questions must be (B, Q) integer token ids, got {questions.dtype} of shape {tuple(questions.shape)}")
     b, q = questions.shape
@@ -182,14 +191,15 @@ def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: 
     if bool(((questions < 0) | (questions >= vocab))[real].any()):
         raise ValueError(f"question token ids must be in 0..{vocab - 1}")
     questions = questions[:, : int(lengths.max())]  # columns past the longest question are pads only
-    capacity = context_needed(int(lengths.max()), c, len(model.latent.prompt))
+    capacity = context_needed(int(lengths.max()), c, tail)
     if capacity > model.config.llama.max_seq_len:
         raise ValueError(f"questions of up to {int(lengths.max())} tokens with c = {c} latents need {capacity} positions; "
                          f"the model's context (max_seq_len) is {model.config.llama.max_seq_len}: shorten the question")
     cache = FunctionalCache(model.lm, b, capacity) if differentiable else model.lm.new_cache(b, capacity)
     window = 1 if method == "sequential" else c
     rule = "exact" if method == "exact" else "fixed"
-    problem = LatentProblem(model, cache, questions, lengths, rule=rule, passes=1 if method == "sequential" else passes)
+    problem = LatentProblem(model, cache, questions, lengths, rule=rule, passes=1 if method == "sequential" else passes,
+                            reach=capacity - int(lengths.max()) - 1)
     bot = model.lm.embed(torch.full((b, 1), model.latent.bot, dtype=torch.long, device=questions.device))  # (B, 1, dim)
     if differentiable:
         if method == "exact":
@@ -233,21 +243,25 @@ def _solve_differentiable(problem: LatentProblem, bot: Tensor, c: int, window: i
 
 @dataclass
 class AnswerOutput:
-    """The answer pass: logits (B, V) and every layer's hidden state (B, dim) at the prompt's last token."""
+    """The answer pass: logits (B, V) and every layer's hidden state (B, dim) at the last token fed,
+    and the logits at every position fed (B, c + R, V): the latents', then the tail's."""
 
     logits: Tensor
     hidden: tuple[Tensor, ...]
+    every_logits: Tensor
 
 
-def read_answer(model: LatentReasoner, thoughts: Thoughts) -> AnswerOutput:
-    """One forward over ``latents, <eot>, prompt`` against the question's cache."""
+def read_answer(model: LatentReasoner, thoughts: Thoughts, tail: Tensor | None = None) -> AnswerOutput:
+    """One forward over ``latents, tail`` against the question's cache; ``tail`` (B, R) defaults to
+    ``<eot>`` and the answer prompt, whose last position gives the answer."""
     latent = model.latent
     b, c = thoughts.latents.shape[:2]
-    tail = torch.tensor([latent.eot, *latent.prompt], device=thoughts.lengths.device).expand(b, -1)  # (B, 1+P)
-    embeds = torch.cat([thoughts.latents, model.lm.embed(tail)], 1)  # (B, c+1+P, dim)
-    positions = (thoughts.lengths + 1)[:, None] + torch.arange(embeds.shape[1], device=embeds.device)  # (B, c+1+P)
+    if tail is None:
+        tail = torch.tensor([latent.eot, *latent.prompt], device=thoughts.lengths.device).expand(b, -1)  # (B, 1+P)
+    embeds = torch.cat([thoughts.latents, model.lm.embed(tail)], 1)  # (B, c+R, dim)
+    positions = (thoughts.lengths + 1)[:, None] + torch.arange(embeds.shape[1], device=embeds.device)  # (B, c+R)
     out = model.lm(None, positions, thoughts.cache, embeds=embeds, return_hidden=True)
-    return AnswerOutput(logits=out.logits[:, -1], hidden=tuple(h[:, -1] for h in out.hidden_states))
+    return AnswerOutput(logits=out.logits[:, -1], hidden=tuple(h[:, -1] for h in out.hidden_states), every_logits=out.logits)
 
 
 @dataclass

@@ -8,6 +8,16 @@ compares hidden states at the answer prompt's last token (smooth-L1, each layer 
 teacher's std). Gradients flow through every latent pass. The checkpoint kept is the one with the
 best accuracy by *generated* answers on a validation set (a seed stream apart from the bench's).
 
+Two additions make the latents carry the steps (both off by default):
+
+- ``curriculum`` (Coconut, arXiv 2412.06769): stage ``s`` replaces the first ``s`` written steps by
+  ``s`` latents and keeps the rest written after ``<eot>`` (cross-entropy on them and on the
+  answer); each stage lasts ``curriculum`` optimizer steps, then the full layout (c latents, the
+  CODI loss) runs to the end. Programs of one length only (``min_steps == max_steps``).
+- ``step_weight`` (a jacobix addition): the language-model head read at latent slot ``i`` is
+  trained to say the value of step ``i + 1``, the token explicit CoT would write there, so latent
+  ``i`` must hold step ``i``'s value (:func:`step_targets`).
+
     jacobix train pccot --arm pccot --passes 3 --seed 0 --out runs/pccot-T3-s0
 """
 
@@ -27,10 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jacobix.core.checkpoints import read_weights
-from jacobix.latent.arith import ANSWER_PROMPT, BOT, EOS, EOT, PLACEHOLDER, VALIDATION_SEED, VOCAB, Program, encode, make_program, program_set
+from jacobix.latent.arith import (ANSWER_PROMPT, BOT, EOS, EOT, PLACEHOLDER, TASKS, VALIDATION_SEED, VOCAB, Program, check_task, encode,
+                                  make_program, program_set)
 from jacobix.latent.evaluate import ARMS, accuracy, encode_questions
 from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, save_reasoner
-from jacobix.latent.thoughts import read_answer, think
+from jacobix.latent.thoughts import AnswerOutput, Thoughts, read_answer, think
 from jacobix.models.llama import LlamaConfig
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.options import count, natural, nonnegative, positive, require_data
@@ -50,6 +61,7 @@ class TrainConfig:
     """
 
     arm: str = "pccot"
+    task: str = "modular"
     latents: int = 6
     passes: int = 3
     min_steps: int = 2
@@ -68,10 +80,13 @@ class TrainConfig:
     eval_every: int = 200
     eval_per_difficulty: int = 100
     init: str = ""  # a checkpoint folder to start from (e.g. an explicit-CoT run); "" = from scratch
+    curriculum: int = 0  # optimizer steps per curriculum stage; 0 = the full latent layout from the start
+    step_weight: float = 0.0  # weight of the step-value loss at the latent slots
 
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}")
+        check_task(self.task)
         if self.latents < 1 or self.passes < 1:
             raise ValueError(f"latents (c) and passes (T) must be >= 1, got c={self.latents}, T={self.passes}")
         if not 1 <= self.min_steps <= self.max_steps <= 8:
@@ -80,8 +95,16 @@ class TrainConfig:
             raise ValueError("train_steps, batch_size, eval_every, eval_per_difficulty, dim and layers must be >= 1")
         if self.modulus < 2 or self.warmup < 0 or not 0 < self.lr < math.inf:
             raise ValueError(f"need modulus >= 2, warmup >= 0 and a finite lr > 0, got {self.modulus}, {self.warmup}, {self.lr}")
-        if not all(0 <= w < math.inf for w in (self.alpha, self.beta, self.gamma)):
-            raise ValueError(f"alpha, beta and gamma must be finite and >= 0, got {self.alpha}, {self.beta}, {self.gamma}")
+        if not all(0 <= w < math.inf for w in (self.alpha, self.beta, self.gamma, self.step_weight)):
+            raise ValueError(f"alpha, beta, gamma and step_weight must be finite and >= 0, got {self.alpha}, {self.beta}, "
+                             f"{self.gamma}, {self.step_weight}")
+        if self.curriculum < 0:
+            raise ValueError(f"curriculum must be >= 0 optimizer steps per stage, got {self.curriculum}")
+        if self.curriculum and self.arm not in ("seq", "pccot"):
+            raise ValueError(f"curriculum replaces written steps by latents: use it with --arm seq or pccot, not {self.arm}")
+        if self.curriculum and self.min_steps != self.max_steps:
+            raise ValueError(f"curriculum needs programs of one length: set --min-steps equal to --max-steps "
+                             f"(got {self.min_steps} and {self.max_steps})")
 
 
 @dataclass
@@ -94,6 +117,8 @@ class Batch:
             token where the loss applies (from ``<bot>`` on), else -100.
         anchor: (B,) index of the answer prompt's last token in ``teacher`` (the distillation position).
         answers: (B,) answer token ids.
+        values: (B, S + 1) token ids of every variable's value, ``a`` first (-100 past a row's steps).
+        stage: the curriculum stage's latents (:func:`curriculum_stage`); None for the full layout.
     """
 
     questions: Tensor
@@ -102,6 +127,8 @@ class Batch:
     targets: Tensor
     anchor: Tensor
     answers: Tensor
+    values: Tensor
+    stage: int | None = None
 
 
 def teacher_rows(program: Program, *, with_cot: bool) -> tuple[list[int], int, int]:
@@ -124,22 +151,85 @@ def make_batch(programs: list[Program], *, with_cot: bool = True) -> Batch:
         targets[i, q : len(tokens) - 1] = torch.tensor(tokens[q + 1 :])  # predict everything after <bot>
     questions, lengths = encode_questions(programs)
     answers = torch.tensor([encode(str(p.answer))[0] for p in programs])
-    return Batch(questions, lengths, teacher, targets, torch.tensor([r[2] for r in rows]), answers)
+    values = torch.full((len(programs), max(p.steps for p in programs) + 1), IGNORE, dtype=torch.long)
+    for i, p in enumerate(programs):
+        values[i, : p.steps + 1] = torch.tensor(encode(";".join(str(v) for v in p.values))[::2])
+    return Batch(questions, lengths, teacher, targets, torch.tensor([r[2] for r in rows]), answers, values)
 
 
-def codi_loss(model: LatentReasoner, batch: Batch, config: TrainConfig) -> tuple[Tensor, dict[str, float]]:
-    """The arm's loss on one batch, and its parts (detached, for the log)."""
+def curriculum_stage(step: int, per_stage: int, written: int) -> int | None:
+    """Latents that replace written steps at optimizer step ``step`` (0-based): 1 for the first
+    ``per_stage`` steps, 2 for the next, ... up to ``written``; None once every stage is done (the
+    full layout) or with no curriculum (``per_stage`` 0)."""
+    if per_stage <= 0 or step >= per_stage * written:
+        return None
+    return step // per_stage + 1
+
+
+def step_targets(values: Tensor, latents: int) -> Tensor:
+    """Targets (B, latents + 1) of the head at ``<bot>`` and latent slots 1..latents: slot ``i`` says
+    step ``i + 1``'s value (``values[:, i + 1]``; ``<bot>`` is slot 0); -100 where a row has no such step."""
+    b = values.shape[0]
+    targets = torch.full((b, latents + 1), IGNORE, dtype=torch.long, device=values.device)
+    known = min(latents + 1, values.shape[1] - 1)
+    targets[:, :known] = values[:, 1 : known + 1]
+    return targets
+
+
+def step_logits(model: LatentReasoner, thoughts: Thoughts, student: AnswerOutput, latents: int) -> Tensor:
+    """Logits (B, latents + 1, V) of the head at ``<bot>`` (one more one-token pass over the question's
+    cache, rewriting ``<bot>``'s own keys) and at the latent slots (from the answer pass)."""
+    b = thoughts.lengths.shape[0]
+    bot = model.lm.embed(torch.full((b, 1), model.latent.bot, dtype=torch.long, device=thoughts.lengths.device))
+    first = model.lm(None, thoughts.lengths[:, None], thoughts.cache, embeds=bot)  # (B, 1, V)
+    return torch.cat([first, student.every_logits[:, :latents]], 1)
+
+
+def staged_tail(programs_cot: list[list[int]], kept: int, answers: Tensor) -> Tensor:
+    """Tail tokens (B, R) of a curriculum stage: ``<eot>``, the last ``kept`` written steps, the prompt, the answer."""
+    rows = [[EOT, *(cot[len(cot) - 4 * kept :] if kept else []), *ANSWER_PROMPT, int(a)] for cot, a in zip(programs_cot, answers)]
+    return torch.tensor(rows)
+
+
+def codi_loss(model: LatentReasoner, batch: Batch, config: TrainConfig, stage: int | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The arm's loss on one batch, and its parts (detached, for the log); ``stage``: the latents of a
+    curriculum stage (:func:`curriculum_stage`), None for the full layout."""
     out = model.lm(batch.teacher, return_hidden=True)
     teacher_ce = token_ce(out.logits, batch.targets)
     if config.arm in ("nocot", "cot"):
         return teacher_ce, {"teacher": teacher_ce.detach()}
-    thoughts = think(model, batch.questions, batch.lengths, method="sequential" if config.arm == "seq" else "jacobi",
-                     differentiable=True)
+    method = "sequential" if config.arm == "seq" else "jacobi"
+    if stage is not None:
+        return _staged_loss(model, batch, config, stage, teacher_ce, method)
+    thoughts = think(model, batch.questions, batch.lengths, method=method, differentiable=True)
     student = read_answer(model, thoughts)
     answer_ce = F.cross_entropy(student.logits, batch.answers)
     kd = distillation_loss(student.hidden[1:], tuple(take_rows(h, batch.anchor) for h in out.hidden_states[1:]))
     loss = config.alpha * teacher_ce + config.beta * answer_ce + config.gamma * kd
-    return loss, {"teacher": teacher_ce.detach(), "answer": answer_ce.detach(), "kd": kd.detach()}
+    parts = {"teacher": teacher_ce.detach(), "answer": answer_ce.detach(), "kd": kd.detach()}
+    if config.step_weight:
+        c = model.latent.latents
+        step_ce = token_ce(step_logits(model, thoughts, student, c), step_targets(batch.values, c))
+        loss, parts["steps"] = loss + config.step_weight * step_ce, step_ce.detach()
+    return loss, parts
+
+
+def _staged_loss(model: LatentReasoner, batch: Batch, config: TrainConfig, stage: int, teacher_ce: Tensor,
+                 method: str) -> tuple[Tensor, dict[str, float]]:
+    """A curriculum stage: ``stage`` latents, the written steps left after ``<eot>``, cross-entropy on them and the answer."""
+    written = batch.values.shape[1] - 2  # CODI drops the last step from the written chain
+    cot = [row[row.index(BOT) + 1 : row.index(EOT)] for row in batch.teacher.tolist()]
+    tail = staged_tail(cot, written - stage, batch.answers).to(batch.questions.device)  # (B, R)
+    thoughts = think(model, batch.questions, batch.lengths, method=method, differentiable=True, latents=stage,
+                     tail=tail.shape[1])
+    student = read_answer(model, thoughts, tail)
+    tail_ce = F.cross_entropy(student.every_logits[:, stage:-1].flatten(0, 1), tail[:, 1:].flatten())
+    loss = config.alpha * teacher_ce + config.beta * tail_ce
+    parts = {"teacher": teacher_ce.detach(), "tail": tail_ce.detach()}
+    if config.step_weight:
+        step_ce = token_ce(step_logits(model, thoughts, student, stage), step_targets(batch.values, stage))
+        loss, parts["steps"] = loss + config.step_weight * step_ce, step_ce.detach()
+    return loss, parts
 
 
 def build_model(config: TrainConfig) -> LatentReasoner:
@@ -152,7 +242,7 @@ def build_model(config: TrainConfig) -> LatentReasoner:
 
 
 def sample_programs(config: TrainConfig, rng: random.Random, count: int) -> list[Program]:
-    return [make_program(rng.randint(config.min_steps, config.max_steps), rng, config.modulus) for _ in range(count)]
+    return [make_program(rng.randint(config.min_steps, config.max_steps), rng, config.modulus, config.task) for _ in range(count)]
 
 
 def seconds_per_1k_steps(config: TrainConfig, batch_size: int, steps: int = 10) -> float:
@@ -172,7 +262,7 @@ def seconds_per_1k_steps(config: TrainConfig, batch_size: int, steps: int = 10) 
 
 
 def validation_set(config: TrainConfig) -> list[Program]:
-    return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED, config.modulus)]
+    return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED, config.modulus, config.task)]
 
 
 class ProgramBatches:
@@ -184,7 +274,8 @@ class ProgramBatches:
 
     def __call__(self, step: int, generator: torch.Generator) -> Batch:
         programs = sample_programs(self.config, self.rng, self.config.batch_size)
-        return make_batch(programs, with_cot=self.config.arm != "nocot")
+        stage = curriculum_stage(step, self.config.curriculum, self.config.max_steps - 1)
+        return replace(make_batch(programs, with_cot=self.config.arm != "nocot"), stage=stage)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate()}
@@ -204,7 +295,7 @@ class Objective(nn.Module):
     def forward(self, batch: Batch) -> tuple[Tensor, dict[str, Tensor]]:
         # a rank's rows keep the global batch's question padding; cut it to the rows' longest, as make_batch would
         questions = batch.questions[:, : int(batch.lengths.max())]  # (B, Q)
-        return codi_loss(self.model, replace(batch, questions=questions), self.config)
+        return codi_loss(self.model, replace(batch, questions=questions), self.config, batch.stage)
 
 
 class BestByValidation:
@@ -277,20 +368,24 @@ PCCOT_HELP = {  # command-line help of each TrainConfig field
     "dim": "model width", "layers": "transformer layers", "eval_per_difficulty": "validation programs per step count",
     "warmup": "warm-up steps", "lr": "peak learning rate", "alpha": "weight of the teacher's cross-entropy",
     "beta": "weight of the answer's cross-entropy", "gamma": "weight of the hidden-state distillation",
+    "curriculum": "optimizer steps per curriculum stage (stage s: s latents replace the first s written steps); 0: none",
+    "step_weight": "weight of the loss that makes latent slot i say step i+1's value",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (one per :class:`TrainConfig` field)."""
     parser.add_argument("--arm", choices=ARMS, default=TrainConfig.arm, help="nocot, cot, seq (CODI) or pccot (Jacobi)")
+    parser.add_argument("--task", choices=TASKS, default=TrainConfig.task,
+                        help="chain (every operand a constant: one value per step) or modular (operands may be earlier variables)")
     add_output_arguments(parser, "pccot")
     defaults = TrainConfig()
     for name in ("latents", "passes", "min_steps", "max_steps", "train_steps", "batch_size", "seed", "eval_every", "dim", "layers",
-                 "eval_per_difficulty", "warmup", "modulus"):
-        kind = natural if name in ("seed", "warmup") else count
+                 "eval_per_difficulty", "warmup", "modulus", "curriculum"):
+        kind = natural if name in ("seed", "warmup", "curriculum") else count
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name), help=PCCOT_HELP[name])
-    for name in ("lr", "alpha", "beta", "gamma"):
-        parser.add_argument(f"--{name}", type=positive if name == "lr" else nonnegative, default=getattr(defaults, name),
+    for name in ("lr", "alpha", "beta", "gamma", "step_weight"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=positive if name == "lr" else nonnegative, default=getattr(defaults, name),
                             help=PCCOT_HELP[name])
     parser.add_argument("--init", default="", help="start from this checkpoint folder (e.g. an explicit-CoT run)")
     parser.add_argument("--time-batches", default="", help="also time training steps at these batch sizes, e.g. 8,64")
@@ -328,7 +423,7 @@ RECIPE = Recipe(name="pccot", help="one arm of the PCCoT comparison (no CoT, exp
                 resolve=resolve, run=run)
 parse_args, main = RECIPE.parse_args, RECIPE.main
 
-__all__ = ["RECIPE", "Batch", "TrainConfig", "codi_loss", "distillation_loss", "main", "make_batch", "parse_args",
+__all__ = ["RECIPE", "Batch", "TrainConfig", "codi_loss", "curriculum_stage", "staged_tail", "step_logits", "step_targets", "distillation_loss", "main", "make_batch", "parse_args",
            "take_rows", "token_ce", "train"]
 
 if __name__ == "__main__":
