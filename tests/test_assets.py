@@ -58,7 +58,7 @@ def test_unknown_names_and_kinds_list_the_known_ones():
         assets.get("fmnist-ar", kind="policy")
     with pytest.raises(ValueError, match="unknown asset kind"):
         assets.names("video")
-    assert assets.names("latent") == ("pccot", "pccot-seq")
+    assert assets.names("latent") == ("pccot", "pccot-seq", "pccot-chain-cot", "pccot-chain-nocot", "pccot-chain-seq", "pccot-chain")
 
 
 def test_locate_looks_up_names_of_its_kind_only(tmp_path):

@@ -1,4 +1,4 @@
-"""The chain suite of PCCoT: the task generator against an independent evaluator, the curriculum
+"""The chain suite of PCCoT: the suite generator against an independent evaluator, the curriculum
 and step targets on hand-built cases, fewer latents with a longer tail on the engine, the probes,
 the bench's arms and intervals, and bad inputs."""
 
@@ -21,7 +21,7 @@ from test_pccot import reasoner
 
 def test_chain_programs_use_constants_only_and_their_values_match_an_independent_evaluator():
     for steps in (1, 3, 5):
-        for p in program_set(steps, 200, seed=4, modulus=7, task="chain"):
+        for p in program_set(steps, 200, seed=4, modulus=7, suite="chain"):
             lines = p.question.split(";")[1:-1]
             assert all(line[-1].isdigit() and not any(v in line[4:] for v in "abcdefghi") for line in lines), p.question
             assert evaluate_program(p.question, 7) == p.answer == p.values[-1]
@@ -33,12 +33,12 @@ def test_chain_programs_use_constants_only_and_their_values_match_an_independent
 
 def test_the_modular_task_draws_exactly_what_it_drew_before_the_chain_task_existed():
     rng = random.Random(5)
-    program = make_program(4, rng, 7)  # default task: modular, references to earlier variables allowed
-    assert program.task == "modular" and evaluate_program(program.question, 7) == program.answer
+    program = make_program(4, rng, 7)  # default suite: modular, references to earlier variables allowed
+    assert program.suite == "modular" and evaluate_program(program.question, 7) == program.answer
     questions = [p.question for p in program_set(4, 300, seed=1, modulus=7)]
     assert any(line[-1].isalpha() for q in questions for line in q.split(";")[2:-1])
-    assert program_set(4, 50, seed=1, modulus=7, task="chain") != program_set(4, 50, seed=1, modulus=7)
-    assert heldout_set(4, 30, modulus=7, task="chain") == heldout_set(4, 30, modulus=7, task="chain")
+    assert program_set(4, 50, seed=1, modulus=7, suite="chain") != program_set(4, 50, seed=1, modulus=7)
+    assert heldout_set(4, 30, modulus=7, suite="chain") == heldout_set(4, 30, modulus=7, suite="chain")
 
 
 def test_curriculum_stages_on_hand_built_cases():
@@ -48,7 +48,7 @@ def test_curriculum_stages_on_hand_built_cases():
 
 
 def test_step_targets_and_staged_tail_on_a_hand_built_program():
-    program = make_program(4, random.Random(2), 7, task="chain")
+    program = make_program(4, random.Random(2), 7, suite="chain")
     batch = make_batch([program])
     v = [TOKEN_ID[str(x)] for x in program.values]
     assert batch.values[0].tolist() == v
@@ -62,7 +62,7 @@ def test_step_targets_and_staged_tail_on_a_hand_built_program():
 
 def test_fewer_latents_with_a_longer_tail_keep_the_T_equal_c_identity_in_float64():
     model = reasoner(3, max_seq_len=80)
-    programs = program_set(4, 3, seed=0, task="chain")
+    programs = program_set(4, 3, seed=0, suite="chain")
     from jacobix.latent.evaluate import encode_questions
 
     q, lengths = encode_questions(programs)
@@ -93,12 +93,12 @@ def test_a_probe_reads_a_value_that_is_linearly_present_and_not_one_that_is_abse
 
 def test_probe_accuracy_has_one_entry_per_latent_and_none_past_the_steps():
     model = reasoner(4, latents=5).float()
-    train, test = program_set(3, 60, seed=1, modulus=7, task="chain"), program_set(3, 40, seed=2, modulus=7, task="chain")
+    train, test = program_set(3, 60, seed=1, modulus=7, suite="chain"), program_set(3, 40, seed=2, modulus=7, suite="chain")
     accuracy = probe_accuracy(model, train, test, method="sequential")
     assert len(accuracy) == 5 and accuracy[3:] == [None, None]
     assert all(0.0 <= a <= 1.0 for a in accuracy[:3])
     with pytest.raises(ValueError, match="one number of steps"):
-        probe_accuracy(model, train + program_set(2, 5, seed=1, modulus=7, task="chain"), test, method="sequential")
+        probe_accuracy(model, train + program_set(2, 5, seed=1, modulus=7, suite="chain"), test, method="sequential")
 
 
 def test_wilson_interval_on_known_values():
@@ -122,18 +122,18 @@ def test_arm_plan_names_pccot_at_every_T_from_the_nearest_trained_checkpoint():
 
 def test_train_config_refuses_a_curriculum_it_cannot_run():
     with pytest.raises(ValueError, match="--min-steps equal to --max-steps"):
-        TrainConfig(arm="seq", task="chain", min_steps=2, max_steps=4, curriculum=10)
+        TrainConfig(arm="seq", suite="chain", min_steps=2, max_steps=4, curriculum=10)
     with pytest.raises(ValueError, match="arm seq or pccot"):
-        TrainConfig(arm="cot", task="chain", min_steps=4, max_steps=4, curriculum=10)
-    with pytest.raises(ValueError, match="task"):
-        TrainConfig(task="chains")
+        TrainConfig(arm="cot", suite="chain", min_steps=4, max_steps=4, curriculum=10)
+    with pytest.raises(ValueError, match="suite"):
+        TrainConfig(suite="chains")
 
 
 def test_chain_suite_from_the_command_line(tmp_path, capsys):
     from jacobix.cli import main
 
     runs = tmp_path / "runs"
-    tiny = ["--task", "chain", "--train-steps", "4", "--eval-every", "2", "--eval-per-difficulty", "2", "--batch-size", "4",
+    tiny = ["--suite", "chain", "--train-steps", "4", "--eval-every", "2", "--eval-per-difficulty", "2", "--batch-size", "4",
             "--dim", "16", "--layers", "1", "--latents", "3", "--min-steps", "3", "--max-steps", "3", "--modulus", "5"]
     assert main(["train", "pccot", "--arm", "cot", "--out", str(runs / "cot"), *tiny]) == 0
     assert main(["train", "pccot", "--arm", "seq", "--curriculum", "1", "--step-weight", "1", "--init", str(runs / "cot"),
@@ -156,7 +156,7 @@ def test_chain_suite_from_the_command_line(tmp_path, capsys):
     assert records["sequential"]["forward_passes"] == 4 and records["sequential"]["latency_vs_sequential"] == 1.0
     assert plot.stat().st_size > 0
     capsys.readouterr()
-    assert main(["bench", "pccot", "--suite", "modular", "--runs", str(runs / "seq")]) == 2  # trained on another task
+    assert main(["bench", "pccot", "--suite", "modular", "--runs", str(runs / "seq")]) == 2  # trained on another suite
     assert "--suite chain" in capsys.readouterr().err
     assert main(["bench", "pccot", "--suite", "chains"]) == 2
     assert main(["train", "pccot", "--arm", "pccot", "--passes", "0", "--out", str(tmp_path / "x"), *tiny]) == 2

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from jacobix import assets
-from jacobix.latent.arith import TASKS, VALIDATION_SEED, encode, heldout_set, program_set
+from jacobix.latent.arith import SUITES, VALIDATION_SEED, encode, heldout_set, program_set
 from jacobix.latent.evaluate import arm_answers, encode_questions
 from jacobix.latent.model import LatentReasoner, load_reasoner
 from jacobix.latent.probes import probe_accuracy
@@ -37,7 +37,7 @@ class PccotBenchConfig:
     """What to measure.
 
     Attributes:
-        suite: ``chain`` or ``modular`` (the task every checkpoint must have been trained on).
+        suite: ``chain`` or ``modular`` (the suite every checkpoint must have been trained on).
         runs: checkpoint folders (each from ``jacobix train pccot``); empty: the suite's bundled ones.
         per_difficulty: held-out programs per difficulty (the fixed set holds 2000).
         latency_questions: questions timed one by one at batch 1 (and batches of 64 timed).
@@ -53,8 +53,8 @@ class PccotBenchConfig:
     probe_programs: int = 2000
 
     def __post_init__(self) -> None:
-        if self.suite not in TASKS:
-            raise ValueError(f"suite must be one of {TASKS}, got {self.suite!r}")
+        if self.suite not in SUITES:
+            raise ValueError(f"suite must be one of {SUITES}, got {self.suite!r}")
         if not 1 <= self.per_difficulty <= 2000:
             raise ValueError(f"per_difficulty must be in 1..2000 (the held-out set), got {self.per_difficulty}")
         if self.latency_questions < 1:
@@ -126,12 +126,12 @@ def wilson(right: int, total: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def load_checkpoint(folder: Path, suite: str) -> Checkpoint:
-    """Load one run and check it was trained on ``suite``'s task."""
+    """Load one run and check it was trained on ``suite``'s suite."""
     model, meta = load_reasoner(folder)
     train = meta.get("train", {})
-    task = train.get("task", "modular")
-    if task != suite:
-        raise ValueError(f"{folder} was trained on the {task} task, not {suite}: bench it with --suite {task}, "
+    suite = train.get("suite", "modular")
+    if suite != suite:
+        raise ValueError(f"{folder} was trained on the {suite} suite, not {suite}: bench it with --suite {suite}, "
                          f"or leave it out of --runs")
     arm = train["arm"]
     return Checkpoint(folder=Path(folder), model=model, arm=arm,
@@ -144,8 +144,11 @@ def bundled(suite: str) -> tuple[Path, ...]:
     folders = []
     for name in assets.names("latent"):
         folder = assets.get(name).path
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"the bundled checkpoint {name} is missing from {folder}; reinstall jacobix, rebuild it with "
+                             f"`{assets.get(name).rebuild}`, or pass your own folders with --runs")
         meta = json.loads((folder / "config.json").read_text())
-        if meta.get("train", {}).get("task", "modular") == suite:
+        if meta.get("train", {}).get("suite", "modular") == suite:
             folders.append(folder)
     return tuple(folders)
 
@@ -206,7 +209,7 @@ def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
     """Measure every arm; latency and probes on the first seed of each arm at the hardest trained difficulty."""
     folders = config.runs or bundled(config.suite)
     if not folders:
-        raise ValueError(f"no checkpoints for the {config.suite} suite: train them with `jacobix train pccot --task "
+        raise ValueError(f"no checkpoints for the {config.suite} suite: train them with `jacobix train pccot --suite "
                          f"{config.suite}` and pass their folders with --runs")
     checkpoints = [load_checkpoint(folder, config.suite) for folder in sorted(folders)]
     results: dict[str, ArmResult] = {}
@@ -220,11 +223,11 @@ def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
         for checkpoint, arm, t in members:
             result.seeds += 1
             for s in config.steps or checkpoint.steps:
-                programs = heldout_set(s, modulus=checkpoint.modulus, task=config.suite)[: config.per_difficulty]
+                programs = heldout_set(s, modulus=checkpoint.modulus, suite=config.suite)[: config.per_difficulty]
                 result.right_by_steps.setdefault(s, []).append(correct(checkpoint.model, programs, arm, t))
                 result.total_by_steps[s] = len(programs)
         hardest = max(config.steps or first.steps)
-        test = heldout_set(hardest, modulus=first.modulus, task=config.suite)
+        test = heldout_set(hardest, modulus=first.modulus, suite=config.suite)
         timed_arms[label] = (first.model, members[0][1], passes, test)
         meta = json.loads((first.folder / "config.json").read_text())
         result.train_s_per_1k_steps = meta.get("train_s_per_1k_steps_by_batch", {})

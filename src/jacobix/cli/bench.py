@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from jacobix.cli.flags import Help, check_device, check_writable, count, nonnegative, positive
-from jacobix.latent.arith import TASKS
+from jacobix.latent.arith import SUITES
 from jacobix.cli.models import bundled, check_text_model, text_models
 
 TARGETS = ("text", "images", "tarflow", "batch", "pccot", "policy")
@@ -73,10 +73,10 @@ def check(args: argparse.Namespace) -> None:
     if args.target == "pccot":
         for folder in _checkpoint_folders(args.runs):
             _check_weights(folder, "--runs")
-            task = _trained_task(folder)
-            if task is not None and task != args.suite:
-                raise ValueError(f"--runs {folder} was trained on the {task} task but --suite is {args.suite}; "
-                                 f"pass --suite {task} or leave it out")
+            suite = _trained_suite(folder)
+            if suite is not None and suite != args.suite:
+                raise ValueError(f"--runs {folder} was trained on the {suite} suite but --suite is {args.suite}; "
+                                 f"pass --suite {suite} or leave it out")
         if args.plot is not None:
             if args.plot.is_dir():
                 raise ValueError(f"--plot {args.plot} is a folder; give a file path such as {args.plot / 'pccot.png'}")
@@ -113,12 +113,12 @@ def _check_policies(args: argparse.Namespace) -> None:
         _check_weights(folder, option)
 
 
-def _trained_task(folder: Path) -> str | None:
-    """The task a ``jacobix train pccot`` run was trained on, or None where its config.json cannot say
+def _trained_suite(folder: Path) -> str | None:
+    """The suite a ``jacobix train pccot`` run was trained on, or None where its config.json cannot say
     (loading it reports that clearly)."""
     try:
         meta = json.loads((folder / "config.json").read_text())
-        return meta.get("train", {}).get("task", "modular") if isinstance(meta, dict) else None
+        return meta.get("train", {}).get("suite", "modular") if isinstance(meta, dict) else None
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -240,7 +240,7 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _pccot_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--suite", choices=TASKS, default="modular",
+    sub.add_argument("--suite", choices=SUITES, default="modular",
                      help="chain (one value per step) or modular; checkpoints must be trained on it")
     sub.add_argument("--runs", type=Path, nargs="+", metavar="DIR",
                      help="checkpoint folders of `jacobix train pccot`, or folders holding them (default: the suite's bundled ones)")

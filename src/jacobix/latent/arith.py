@@ -13,11 +13,11 @@ chain of thought is the intermediate results with the last step dropped (CODI's 
 
 Every symbol is one token; numbers 0..22 are single tokens. Held-out sets are fixed by a seed.
 
-Two tasks share the vocabulary (``TASKS``):
+Two suites share the vocabulary (``SUITES``):
 
 - ``modular``: the programs above (a step's right operand is an earlier variable half the time).
 - ``chain``: every right operand is a constant, ``a=3;b=a*4;c=b+2;d=c-1;?d``, so a written step is
-  exactly one intermediate value computed from the one before: the task on which a latent can be
+  exactly one intermediate value computed from the one before: the suite on which a latent can be
   checked for carrying a step (``Program.values`` holds every intermediate value).
 """
 
@@ -36,7 +36,7 @@ VOCAB: tuple[str, ...] = (*SPECIALS, *VARIABLES, *(str(v) for v in range(MODULUS
 TOKEN_ID = {t: i for i, t in enumerate(VOCAB)}
 PAD, BOT, EOT, PLACEHOLDER, EOS = (TOKEN_ID[t] for t in ("<pad>", "<bot>", "<eot>", "<lat>", "<eos>"))
 ANSWER_PROMPT: tuple[int, ...] = (TOKEN_ID["answer"], TOKEN_ID[":"])  # "The answer is:"
-TASKS: tuple[str, ...] = ("chain", "modular")
+SUITES: tuple[str, ...] = ("chain", "modular")
 HELDOUT_SEED = 20260  # the fixed held-out test set (bench)
 VALIDATION_SEED = 777  # model selection during training; disjoint stream from the test set
 _SYMBOL = re.compile(r"\d+|<[a-z]+>|[a-z]+|.")
@@ -53,7 +53,7 @@ class Program:
         steps: number of operations.
         modulus: the values are integers mod this (23 by default; a smaller one is easier).
         values: every variable's value in order (``values[0]`` is ``a``, ``values[steps]`` the answer).
-        task: ``chain`` or ``modular``.
+        suite: ``chain`` or ``modular``.
     """
 
     question: str
@@ -62,7 +62,7 @@ class Program:
     steps: int
     modulus: int = MODULUS
     values: tuple[int, ...] = ()
-    task: str = "modular"
+    suite: str = "modular"
 
 
 def encode(text: str) -> list[int]:
@@ -79,21 +79,21 @@ def decode(tokens: list[int]) -> str:
     return "".join(VOCAB[t] for t in tokens)
 
 
-def make_program(steps: int, rng: random.Random, modulus: int = MODULUS, task: str = "modular") -> Program:
+def make_program(steps: int, rng: random.Random, modulus: int = MODULUS, suite: str = "modular") -> Program:
     """A random program of ``steps`` operations mod ``modulus`` drawn with ``rng``.
 
     Raises:
-        ValueError: ``steps`` outside 1..8, ``modulus`` outside 2..23, or an unknown ``task``.
+        ValueError: ``steps`` outside 1..8, ``modulus`` outside 2..23, or an unknown ``suite``.
     """
     if not MIN_STEPS <= steps <= MAX_STEPS:
         raise ValueError(f"steps must be in {MIN_STEPS}..{MAX_STEPS}, got {steps}")
     _check_modulus(modulus)
-    check_task(task)
+    check_suite(suite)
     values = [rng.randrange(modulus)]
     lines = [f"a={values[0]}"]
     for i in range(1, steps + 1):
         op = rng.choice(OPERATIONS)
-        if task == "modular" and i >= 2 and rng.random() < 0.5:  # an earlier variable other than the left one (no x-x, x+x shortcuts)
+        if suite == "modular" and i >= 2 and rng.random() < 0.5:  # an earlier variable other than the left one (no x-x, x+x shortcuts)
             j = rng.randrange(i - 1)
             right, right_value = VARIABLES[j], values[j]
         else:
@@ -106,7 +106,7 @@ def make_program(steps: int, rng: random.Random, modulus: int = MODULUS, task: s
     question = ";".join(lines) + f";?{VARIABLES[steps]}"
     cot = "".join(f"{VARIABLES[i]}={values[i]};" for i in range(1, steps))  # last step dropped
     return Program(question=question, cot=cot, answer=values[steps], steps=steps, modulus=modulus, values=tuple(values),
-                   task=task)
+                   suite=suite)
 
 
 def evaluate_program(question: str, modulus: int = MODULUS) -> int:
@@ -127,20 +127,20 @@ def evaluate_program(question: str, modulus: int = MODULUS) -> int:
     return env[query.lstrip("?")]
 
 
-def program_set(steps: int, count: int, seed: int, modulus: int = MODULUS, task: str = "modular") -> list[Program]:
-    """``count`` programs of ``steps`` operations, fixed by ``seed`` (and ``steps``, ``modulus``, ``task``)."""
-    rng = random.Random((seed * 1000 + steps) * 100 + modulus + (0 if task == "modular" else 7919))
-    return [make_program(steps, rng, modulus, task) for _ in range(count)]
+def program_set(steps: int, count: int, seed: int, modulus: int = MODULUS, suite: str = "modular") -> list[Program]:
+    """``count`` programs of ``steps`` operations, fixed by ``seed`` (and ``steps``, ``modulus``, ``suite``)."""
+    rng = random.Random((seed * 1000 + steps) * 100 + modulus + (0 if suite == "modular" else 7919))
+    return [make_program(steps, rng, modulus, suite) for _ in range(count)]
 
 
-def heldout_set(steps: int, count: int = 2000, modulus: int = MODULUS, task: str = "modular") -> list[Program]:
+def heldout_set(steps: int, count: int = 2000, modulus: int = MODULUS, suite: str = "modular") -> list[Program]:
     """The fixed held-out test set of one difficulty (2000 programs)."""
-    return program_set(steps, count, HELDOUT_SEED, modulus, task)
+    return program_set(steps, count, HELDOUT_SEED, modulus, suite)
 
 
-def check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+def check_suite(suite: str) -> None:
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
 
 
 def _check_modulus(modulus: int) -> None:
@@ -149,6 +149,6 @@ def _check_modulus(modulus: int) -> None:
 
 
 __all__ = [
-    "ANSWER_PROMPT", "BOT", "EOS", "EOT", "MODULUS", "PAD", "PLACEHOLDER", "Program", "TASKS", "TOKEN_ID", "VOCAB",
-    "check_task", "decode", "encode", "evaluate_program", "heldout_set", "make_program", "program_set",
+    "ANSWER_PROMPT", "BOT", "EOS", "EOT", "MODULUS", "PAD", "PLACEHOLDER", "Program", "SUITES", "TOKEN_ID", "VOCAB",
+    "check_suite", "decode", "encode", "evaluate_program", "heldout_set", "make_program", "program_set",
 ]

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jacobix.core.checkpoints import read_weights
-from jacobix.latent.arith import (ANSWER_PROMPT, BOT, EOS, EOT, PLACEHOLDER, TASKS, VALIDATION_SEED, VOCAB, Program, check_task, encode,
+from jacobix.latent.arith import (ANSWER_PROMPT, BOT, EOS, EOT, PLACEHOLDER, SUITES, VALIDATION_SEED, VOCAB, Program, check_suite, encode,
                                   make_program, program_set)
 from jacobix.latent.evaluate import ARMS, accuracy, encode_questions
 from jacobix.latent.model import LatentConfig, LatentReasoner, ReasonerConfig, save_reasoner
@@ -61,7 +61,7 @@ class TrainConfig:
     """
 
     arm: str = "pccot"
-    task: str = "modular"
+    suite: str = "modular"
     latents: int = 6
     passes: int = 3
     min_steps: int = 2
@@ -86,7 +86,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arm not in ARMS:
             raise ValueError(f"arm must be one of {ARMS}, got {self.arm!r}")
-        check_task(self.task)
+        check_suite(self.suite)
         if self.latents < 1 or self.passes < 1:
             raise ValueError(f"latents (c) and passes (T) must be >= 1, got c={self.latents}, T={self.passes}")
         if not 1 <= self.min_steps <= self.max_steps <= 8:
@@ -242,7 +242,7 @@ def build_model(config: TrainConfig) -> LatentReasoner:
 
 
 def sample_programs(config: TrainConfig, rng: random.Random, count: int) -> list[Program]:
-    return [make_program(rng.randint(config.min_steps, config.max_steps), rng, config.modulus, config.task) for _ in range(count)]
+    return [make_program(rng.randint(config.min_steps, config.max_steps), rng, config.modulus, config.suite) for _ in range(count)]
 
 
 def seconds_per_1k_steps(config: TrainConfig, batch_size: int, steps: int = 10) -> float:
@@ -262,7 +262,7 @@ def seconds_per_1k_steps(config: TrainConfig, batch_size: int, steps: int = 10) 
 
 
 def validation_set(config: TrainConfig) -> list[Program]:
-    return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED, config.modulus, config.task)]
+    return [p for s in range(config.min_steps, config.max_steps + 1) for p in program_set(s, config.eval_per_difficulty, VALIDATION_SEED, config.modulus, config.suite)]
 
 
 class ProgramBatches:
@@ -376,7 +376,7 @@ PCCOT_HELP = {  # command-line help of each TrainConfig field
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options (one per :class:`TrainConfig` field)."""
     parser.add_argument("--arm", choices=ARMS, default=TrainConfig.arm, help="nocot, cot, seq (CODI) or pccot (Jacobi)")
-    parser.add_argument("--task", choices=TASKS, default=TrainConfig.task,
+    parser.add_argument("--suite", choices=SUITES, default=TrainConfig.suite,
                         help="chain (every operand a constant: one value per step) or modular (operands may be earlier variables)")
     add_output_arguments(parser, "pccot")
     defaults = TrainConfig()
@@ -393,8 +393,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """``out`` (the bundled folder is ``pccot`` or ``pccot-ARM``) and ``config`` (:class:`TrainConfig`)."""
-    bundled = "pccot" if args.arm == "pccot" else f"pccot-{args.arm}"
+    """``out`` (the bundled folder is ``pccot`` or ``pccot-ARM``; ``pccot-chain`` or ``pccot-chain-ARM`` for the
+    chain suite) and ``config`` (:class:`TrainConfig`)."""
+    base = "pccot" if args.suite == "modular" else "pccot-chain"
+    bundled = base if args.arm == "pccot" else f"{base}-{args.arm}"
     args.config = TrainConfig(**{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__})
     if args.init:
         require_data(args.init, "--init", "a checkpoint folder to start from")
