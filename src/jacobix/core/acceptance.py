@@ -217,6 +217,59 @@ def candidates_accept(
     return winner, accepted, sample(final.masked_fill(removed, 0.0), generator)
 
 
+def sibling_law(p_target: Tensor, p_draft: Tensor, siblings: Tensor) -> tuple[Tensor, Tensor]:
+    """The law of recursive rejection sampling over drawn siblings (SpecInfer; SJD-PAC's tree rule).
+
+    Siblings ``x_1 .. x_K`` are alternatives for one position, sibling ``k`` drawn from
+    ``p_draft[k]``. They are tried in order against the distribution in force, ``r_1 = p_target``:
+    ``x_k`` is accepted with probability ``min(1, r_k(x_k) / q_k(x_k))``; after a rejection the
+    distribution in force becomes ``r_{k+1} = normalize(max(r_k - q_k, 0))``; if all K are rejected
+    the token is drawn from ``r_{K+1}``. Each step is speculative sampling of ``r_k`` with ``q_k``,
+    so the token follows ``p_target`` exactly (tested by exact enumeration).
+
+    Args:
+        p_target: (B, V) the target at the position.
+        p_draft: (B, K, V) the distribution each sibling was drawn from.
+        siblings: (B, K) the drawn siblings.
+    Returns:
+        accept: (B, K) probability that sibling ``k`` is accepted once the ones before it were rejected.
+        residual: (B, K + 1, V) the distribution in force before each sibling, then the fallback's.
+    """
+    k_count = siblings.shape[1]
+    residual, accept = [p_target], []
+    for k in range(k_count):
+        r, q, x = residual[-1], p_draft[:, k].to(p_target.dtype), siblings[:, k : k + 1]
+        r_x, q_x = r.gather(1, x).squeeze(1), q.gather(1, x).squeeze(1)  # (B,)
+        # a sibling its own q could not draw is never accepted (that event has probability zero)
+        accept.append(torch.where(q_x > 0, (r_x / q_x.clamp_min(torch.finfo(r.dtype).tiny)).clamp(max=1.0), 0.0))
+        rest = (r - q).clamp_min(0.0)  # (B, V)
+        total = rest.sum(-1, keepdim=True)
+        # A rejection with r <= q everywhere has probability zero; keep r to guard rounding.
+        residual.append(torch.where(total > 0, rest / total.clamp_min(torch.finfo(r.dtype).tiny), r))
+    return torch.stack(accept, 1), torch.stack(residual, 1)
+
+
+def siblings_accept(p_target: Tensor, p_draft: Tensor, siblings: Tensor, generator: Randomness) -> tuple[Tensor, Tensor]:
+    """Draw the token at a position with drawn siblings by :func:`sibling_law`.
+
+    Args:
+        p_target: (B, V) the target at the position.
+        p_draft: (B, K, V) the distribution each sibling was drawn from (independently).
+        siblings: (B, K) the drawn siblings.
+        generator: source of randomness.
+    Returns:
+        chosen: (B,) the accepted sibling's index, or K where every sibling was rejected.
+        token: (B,) the token: the accepted sibling, or a draw from the last residual.
+    """
+    b, k_count = siblings.shape
+    accept, residual = sibling_law(p_target, p_draft, siblings)
+    passed = uniform((b, k_count), accept, generator) < accept  # (B, K)
+    chosen = torch.where(passed.any(1), passed.long().argmax(1), k_count)  # (B,)
+    fallback = sample(residual[:, -1], generator)  # (B,)
+    token = torch.where(chosen < k_count, siblings.gather(1, chosen.clamp(max=k_count - 1)[:, None]).squeeze(1), fallback)
+    return chosen, token
+
+
 @dataclass(frozen=True)
 class BinTolerance:
     """LOSSY: a draft is settled when it equals the new output, or both are bin tokens at most
