@@ -105,3 +105,28 @@ def test_chosen_index_says_which_sibling_was_taken():
     assert chosen.tolist() == [1] and token.tolist() == [1]
     chosen, token = siblings_accept(p, q[:, [0, 2]], torch.tensor([[0, 2]]), torch.Generator().manual_seed(0))
     assert chosen.tolist() == [2] and token.tolist() == [1]  # both rejected: drawn from the residual
+
+
+def without_replacement(q: torch.Tensor, tried: tuple[int, ...]) -> torch.Tensor:
+    """``q`` with the tokens already tried removed, renormalised."""
+    rest = q.clone()
+    rest[list(tried)] = 0
+    return rest / rest.sum()
+
+
+@pytest.mark.parametrize("k_count", [2, 3])
+def test_siblings_drawn_without_replacement_give_the_target_exactly(k_count):
+    for seed in range(4):
+        p, q = random_case(seed, 1, True)
+        q = q[0]
+        out = torch.zeros(V, dtype=torch.float64)
+        for tuple_ in itertools.permutations(range(V), k_count):
+            laws = torch.stack([without_replacement(q, tuple_[:k]) for k in range(k_count)])  # (K, V)
+            weight = float(torch.prod(torch.stack([laws[k, x] for k, x in enumerate(tuple_)])))
+            accept, residual = sibling_law(p[None], laws[None], torch.tensor([tuple_]))
+            reach = 1.0
+            for k, x in enumerate(tuple_):
+                out[x] += weight * reach * accept[0, k]
+                reach = reach * (1 - accept[0, k])
+            out += weight * reach * residual[0, -1]
+        torch.testing.assert_close(out, p, rtol=0, atol=1e-12)

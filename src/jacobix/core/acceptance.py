@@ -221,7 +221,8 @@ def sibling_law(p_target: Tensor, p_draft: Tensor, siblings: Tensor) -> tuple[Te
     """The law of recursive rejection sampling over drawn siblings (SpecInfer; SJD-PAC's tree rule).
 
     Siblings ``x_1 .. x_K`` are alternatives for one position, sibling ``k`` drawn from
-    ``p_draft[k]``. They are tried in order against the distribution in force, ``r_1 = p_target``:
+    ``p_draft[k]`` given the siblings before it: independent draws, or draws without replacement
+    (``p_draft[k]`` is then ``q`` with the earlier siblings removed and renormalised). They are tried in order against the distribution in force, ``r_1 = p_target``:
     ``x_k`` is accepted with probability ``min(1, r_k(x_k) / q_k(x_k))``; after a rejection the
     distribution in force becomes ``r_{k+1} = normalize(max(r_k - q_k, 0))``; if all K are rejected
     the token is drawn from ``r_{K+1}``. Each step is speculative sampling of ``r_k`` with ``q_k``,
@@ -254,7 +255,7 @@ def siblings_accept(p_target: Tensor, p_draft: Tensor, siblings: Tensor, generat
 
     Args:
         p_target: (B, V) the target at the position.
-        p_draft: (B, K, V) the distribution each sibling was drawn from (independently).
+        p_draft: (B, K, V) the distribution each sibling was drawn from, given the ones before it.
         siblings: (B, K) the drawn siblings.
         generator: source of randomness.
     Returns:
