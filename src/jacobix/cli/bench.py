@@ -178,6 +178,14 @@ def _images_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--hf", choices=("janus", "emu3"), help="instead: a tiny random transformers Janus or Emu3 model (built "
                      "from a seed), transformers' own image loop vs jacobix's methods")
     sub.add_argument("--images", type=positive, default=4, help="with --hf: images per setting (--quick: 2)")
+    sub.add_argument("--quality", action="store_true",
+                     help="judge quality: 100 images per class and seed, 2 seeds unless --seeds is given (2,000 per row), FID-proxy of the "
+                          "pooled images with a 95%% bootstrap interval, a real-vs-real reference of the same size, and "
+                          "whether each row sits inside the AR row's interval")
+    sub.add_argument("--per-class", type=positive, help="images per class and seed (default 4; --quality: 100; --quick: 1)")
+    sub.add_argument("--decoders", nargs="+", metavar="SPEC",
+                     help="rows to run, AR first: 'ar', '<jacobi|sjd|sjd-coupled>:<window|auto>:<init>' or "
+                          "'sjd2:<window>:<levels>:<init>[:coupled][:lossy]', each optionally '@<model>' (default: the standard rows)")
     _json(sub)
 
 
@@ -193,8 +201,13 @@ def _images(args: argparse.Namespace) -> int:
         if args.json:
             _write_json(args.json, result.records())
         return 0
-    grid = dict(decoders=grid_decoders()) if args.grid else {}
-    config = ImageBenchConfig(batch_size=args.batch_size, seeds=_seeds(args), **grid, **(dict(per_class=1) if args.quick else {}))
+    if args.grid and args.decoders:
+        raise ValueError("--grid and --decoders both choose the rows; give one of them")
+    decoders = dict(decoders=grid_decoders()) if args.grid else dict(decoders=tuple(args.decoders)) if args.decoders else {}
+    per_class = args.per_class or (1 if args.quick else 100 if args.quality else 4)
+    quality = dict(bootstrap=200 if not args.quick else 20) if args.quality else {}
+    seeds = (0, 1) if args.quality and "seeds" not in args.explicit and not args.quick else _seeds(args)
+    config = ImageBenchConfig(batch_size=args.batch_size, seeds=seeds, per_class=per_class, **decoders, **quality)
     result = bench_images(config)
     print(result.table())
     if args.json:
@@ -328,7 +341,7 @@ _TARGETS = {  # target: (summary, its options, its run)
                _images_options, _images),
     "tarflow": ("TarFlow: sequential vs GS-Jacobi sampling", _tarflow_options, _tarflow),
     "batch": ("batch jobs: the local backend vs Ray actor pools", _batch_options, _batch),
-    "pccot": ("latent thoughts (bundled: pccot, pccot-seq): no CoT, explicit CoT, sequential latents and PCCoT",
+    "pccot": ("latent thoughts on the chain or modular suite: no CoT, explicit CoT, sequential latents and PCCoT at every T",
               _pccot_options, _pccot),
     "policy": ("robot policies: AR, exact Jacobi and a CEED student's early exits", _policy_options, _policy),
 }
