@@ -33,6 +33,9 @@ RECIPES = {  # name: (module, arguments of a tiny run with a global batch divisi
     "tarflow-fashion": ("tarflow", ["fashion", "--steps", "4", "--batch-size", "8"], 2, 1e-5),
     "pccot": ("pccot", ["--train-steps", "6", "--batch-size", "8", "--eval-every", "3", "--eval-per-difficulty", "4",
                         "--dim", "32", "--layers", "1"], 4, 1e-2),  # per-rank token means (3e-4 apart here)
+    "pccot-chain": ("pccot", ["--suite", "chain", "--arm", "seq", "--min-steps", "3", "--max-steps", "3", "--latents", "3",
+                              "--curriculum", "2", "--step-weight", "1", "--train-steps", "6", "--batch-size", "8",
+                              "--eval-every", "3", "--eval-per-difficulty", "4", "--dim", "32", "--layers", "1"], 4, 1e-2),
     "policy": ("policy", ["--episodes-per-task", "4", "--steps", "6", "--batch-size", "8", "--dim", "32",
                           "--num-layers", "1", "--eval-per-task", "1"], 3, 1e-5),
     "ceed": ("ceed", ["--episodes-per-task", "2", "--max-states", "16", "--collect-batch", "16", "--eval-per-task", "1",
