@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent / "assets"  # the bundled checkpoint folders
 KINDS = ("text", "hf-text", "image", "vq", "classifier", "tarflow", "latent", "policy")
 _COT_RUN = "jacobix train pccot --arm cot --seed 0 --out jacobix-train/sweep/cot-s0"  # the run both latent arms start from
-_CHAIN = "--suite chain --modulus 7 --min-steps 4 --max-steps 4 --latents 4 --eval-every 500"  # the chain suite's problems
+_CHAIN = "--suite chain --modulus 7 --min-steps 4 --max-steps 4 --latents 4 --layers 6 --eval-every 500"  # the chain suite's problems
 _CHAIN_COT = f"jacobix train pccot --arm cot {_CHAIN} --train-steps 3000 --replace-bundled"  # the latent arms start from it
-_CHAIN_LATENT = "--train-steps 4000 --curriculum 800 --step-weight 1 --lr 3e-3 --init src/jacobix/assets/pccot-chain-cot"
+_CHAIN_LATENT = "--train-steps 6000 --curriculum 800 --step-weight 1 --lr 3e-3 --init src/jacobix/assets/pccot-chain-cot"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,7 +91,7 @@ REGISTRY: tuple[Asset, ...] = (
     Asset(name="pccot-chain-seq", kind="latent", folder="pccot-chain-seq",
           rebuild=f"{_CHAIN_COT} && jacobix train pccot --arm seq {_CHAIN} {_CHAIN_LATENT} --replace-bundled"),
     Asset(name="pccot-chain", kind="latent", folder="pccot-chain",
-          rebuild=f"{_CHAIN_COT} && jacobix train pccot --arm pccot --passes 3 {_CHAIN} {_CHAIN_LATENT} --replace-bundled"),
+          rebuild=f"{_CHAIN_COT} && jacobix train pccot --arm pccot --passes 2 {_CHAIN} {_CHAIN_LATENT} --replace-bundled"),
     Asset(name="pointmass-policy", kind="policy", folder="pointmass-policy",
           rebuild="jacobix train policy --suite pointmass --replace-bundled"),
     Asset(name="metaworld-mt10-policy", kind="policy", folder="metaworld-mt10-policy",

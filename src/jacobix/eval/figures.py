@@ -342,14 +342,16 @@ def latent_curve_figure(rows: Sequence[dict], *, title: str) -> Figure:
         accuracy = np.array([100 * r["accuracy"] for r in curve])
         errors = np.array([[100 * (r["accuracy"] - r["accuracy_low"]) for r in curve],
                            [100 * (r["accuracy_high"] - r["accuracy"]) for r in curve]])
-        axes.errorbar(ts, accuracy, yerr=errors, marker="o", capsize=3, label="PCCoT (T Jacobi passes)")
+        trained = sorted({r["trained_T"] for r in curve if r.get("trained_T") is not None})
+        label = "PCCoT" + (f" trained at T = {', '.join(map(str, trained))}" if trained else "")
+        axes.errorbar(ts, accuracy, yerr=errors, marker="o", capsize=3, label=label)
         axes.set_xticks(ts)
     styles = {"sequential": ("C1", "--"), "explicit-cot": ("C2", "-."), "no-cot": ("C3", ":")}
     for r in rows:
         if r["arm"] in styles:
             colour, line = styles[r["arm"]]
             axes.axhline(100 * r["accuracy"], color=colour, linestyle=line, label=f"{r['arm']} ({100 * r['accuracy']:.1f}%)")
-    axes.set_ylim(0, 100)
+    axes.set_ylim(0, 105)
     axes.set_xlabel("Jacobi passes over the latents (T)")
     axes.set_ylabel("accuracy on held-out problems (%)")
     axes.set_title(title, fontsize=9)
