@@ -186,7 +186,8 @@ def step_logits(model: LatentReasoner, thoughts: Thoughts, student: AnswerOutput
 
 
 def staged_tail(programs_cot: list[list[int]], kept: int, answers: Tensor) -> Tensor:
-    """Tail tokens (B, R) of a curriculum stage: ``<eot>``, the last ``kept`` written steps, the prompt, the answer."""
+    """Tail tokens (B, R) of a curriculum stage: ``<eot>``, the last ``kept`` written steps (4 tokens each:
+    name, ``=``, value, ``;``), the prompt, the answer."""
     rows = [[EOT, *(cot[len(cot) - 4 * kept :] if kept else []), *ANSWER_PROMPT, int(a)] for cot, a in zip(programs_cot, answers)]
     return torch.tensor(rows)
 
