@@ -180,17 +180,7 @@ def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: 
     if isinstance(c, bool) or not isinstance(c, int) or c < 1:
         raise ValueError(f"latents must be an int >= 1, got {latents!r}")
     tail = 1 + len(model.latent.prompt) if tail is None else tail
-    if questions.dim() != 2 or questions.dtype in (torch.bool, *FLOATS):
-        raise ValueError(f"questions must be (B, Q) integer token ids, got {questions.dtype} of shape {tuple(questions.shape)}")
-    b, q = questions.shape
-    if b < 1 or lengths.shape != (b,) or lengths.dtype in (torch.bool, *FLOATS) or int(lengths.min()) < 1 \
-            or int(lengths.max()) > q:
-        raise ValueError(f"lengths must be (B,) = ({b},) integers with values in 1..{q}")
-    vocab = model.config.llama.vocab_size
-    real = torch.arange(q, device=questions.device)[None] < lengths[:, None]  # (B, Q) the tokens read
-    if bool(((questions < 0) | (questions >= vocab))[real].any()):
-        raise ValueError(f"question token ids must be in 0..{vocab - 1}")
-    questions = questions[:, : int(lengths.max())]  # columns past the longest question are pads only
+    questions, b = _checked_questions(model, questions, lengths), len(questions)
     capacity = context_needed(int(lengths.max()), c, tail)
     if capacity > model.config.llama.max_seq_len:
         raise ValueError(f"questions of up to {int(lengths.max())} tokens with c = {c} latents need {capacity} positions; "
@@ -210,6 +200,21 @@ def think(model: LatentReasoner, questions: Tensor, lengths: Tensor, *, method: 
     state = FixedPointState.start(bot, one, one + c, window)
     stats = solve(problem, state, window=window)
     return Thoughts(latents=state.values[:, 1 : c + 1], cache=cache, lengths=lengths, stats=stats)
+
+
+def _checked_questions(model: LatentReasoner, questions: Tensor, lengths: Tensor) -> Tensor:
+    """``questions`` without the columns past the longest one (pads only), once shapes, lengths and ids are checked."""
+    if questions.dim() != 2 or questions.dtype in (torch.bool, *FLOATS):
+        raise ValueError(f"questions must be (B, Q) integer token ids, got {questions.dtype} of shape {tuple(questions.shape)}")
+    b, q = questions.shape
+    if b < 1 or lengths.shape != (b,) or lengths.dtype in (torch.bool, *FLOATS) or int(lengths.min()) < 1 \
+            or int(lengths.max()) > q:
+        raise ValueError(f"lengths must be (B,) = ({b},) integers with values in 1..{q}")
+    vocab = model.config.llama.vocab_size
+    real = torch.arange(q, device=questions.device)[None] < lengths[:, None]  # (B, Q) the tokens read
+    if bool(((questions < 0) | (questions >= vocab))[real].any()):
+        raise ValueError(f"question token ids must be in 0..{vocab - 1}")
+    return questions[:, : int(lengths.max())]
 
 
 def _solve_differentiable(problem: LatentProblem, bot: Tensor, c: int, window: int) -> tuple[Tensor, SolveStats]:
