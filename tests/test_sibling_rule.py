@@ -16,14 +16,20 @@ V = 4
 
 
 def law_distribution(law, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The exact output distribution (V,) of a sibling rule, over every tuple of drawn siblings."""
+    """The exact output distribution (V,) of a sibling rule, over every tuple of independently drawn siblings."""
     k_count = q.shape[0]
+    return enumerated(law, p, ((tuple_, q) for tuple_ in itertools.product(range(V), repeat=k_count)))
+
+
+def enumerated(law, p: torch.Tensor, draws) -> torch.Tensor:
+    """The exact output distribution (V,) of a sibling rule over ``draws``: every possible tuple of
+    siblings with the (K, V) laws they were drawn from (sibling k from row k, given the ones before)."""
     out = torch.zeros(V, dtype=torch.float64)
-    for tuple_ in itertools.product(range(V), repeat=k_count):
-        weight = float(torch.prod(torch.stack([q[k, x] for k, x in enumerate(tuple_)])))
+    for tuple_, laws in draws:
+        weight = float(torch.prod(torch.stack([laws[k, x] for k, x in enumerate(tuple_)])))
         if weight == 0:
             continue
-        accept, residual = law(p[None], q[None], torch.tensor([tuple_]))
+        accept, residual = law(p[None], laws[None], torch.tensor([tuple_]))
         reach = 1.0
         for k, x in enumerate(tuple_):
             out[x] += weight * reach * accept[0, k]
@@ -119,14 +125,7 @@ def test_siblings_drawn_without_replacement_give_the_target_exactly(k_count):
     for seed in range(4):
         p, q = random_case(seed, 1, True)
         q = q[0]
-        out = torch.zeros(V, dtype=torch.float64)
-        for tuple_ in itertools.permutations(range(V), k_count):
-            laws = torch.stack([without_replacement(q, tuple_[:k]) for k in range(k_count)])  # (K, V)
-            weight = float(torch.prod(torch.stack([laws[k, x] for k, x in enumerate(tuple_)])))
-            accept, residual = sibling_law(p[None], laws[None], torch.tensor([tuple_]))
-            reach = 1.0
-            for k, x in enumerate(tuple_):
-                out[x] += weight * reach * accept[0, k]
-                reach = reach * (1 - accept[0, k])
-            out += weight * reach * residual[0, -1]
+        draws = ((tuple_, torch.stack([without_replacement(q, tuple_[:k]) for k in range(k_count)]))
+                 for tuple_ in itertools.permutations(range(V), k_count))
+        out = enumerated(sibling_law, p, draws)
         torch.testing.assert_close(out, p, rtol=0, atol=1e-12)
