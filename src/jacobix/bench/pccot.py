@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from jacobix import assets
-from jacobix.latent.arith import SUITES, VALIDATION_SEED, encode, heldout_set, program_set
-from jacobix.latent.evaluate import arm_answers, encode_questions
+from jacobix.latent.arith import SUITES, VALIDATION_SEED, heldout_set, program_set
+from jacobix.latent.evaluate import arm_answers, correct, encode_questions
 from jacobix.latent.model import LatentReasoner, load_reasoner
 from jacobix.latent.probes import probe_accuracy
 from jacobix.latent.thoughts import read_answer, think
@@ -73,6 +73,7 @@ class Checkpoint:
     trained_T: int | None
     modulus: int
     steps: tuple[int, ...]
+    meta: dict = field(default_factory=dict)  # its config.json
 
 
 @dataclass
@@ -136,7 +137,7 @@ def load_checkpoint(folder: Path, suite: str) -> Checkpoint:
     arm = train["arm"]
     return Checkpoint(folder=Path(folder), model=model, arm=arm,
                       trained_T=meta["config"]["latent"]["passes"] if arm == "pccot" else None,
-                      modulus=train.get("modulus", 23), steps=tuple(range(train["min_steps"], train["max_steps"] + 1)))
+                      modulus=train.get("modulus", 23), steps=tuple(range(train["min_steps"], train["max_steps"] + 1)), meta=meta)
 
 
 def bundled(suite: str) -> tuple[Path, ...]:
@@ -168,15 +169,6 @@ def arm_plan(checkpoints: list[Checkpoint]) -> dict[str, list[tuple[Checkpoint, 
             nearest = min(trained, key=lambda s: (abs(s - t), s))
             plan[f"pccot-T{t}"] = [(c, "pccot", t) for c in pccot if c.trained_T == nearest]
     return plan
-
-
-def correct(model: LatentReasoner, programs, arm: str, passes: int | None, batch_size: int = 500) -> int:
-    right = 0
-    for i in range(0, len(programs), batch_size):
-        chunk = programs[i : i + batch_size]
-        tokens = arm_answers(model, chunk, arm, passes).tokens.cpu()
-        right += int((tokens == torch.tensor([encode(str(p.answer))[0] for p in chunk])).sum())
-    return right
 
 
 def timed(model: LatentReasoner, programs, arm: str, passes: int | None) -> tuple[float, int]:
@@ -229,8 +221,7 @@ def bench_pccot(config: PccotBenchConfig) -> list[ArmResult]:
         hardest = max(config.steps or first.steps)
         test = heldout_set(hardest, modulus=first.modulus, suite=config.suite)
         timed_arms[label] = (first.model, members[0][1], passes, test)
-        meta = json.loads((first.folder / "config.json").read_text())
-        result.train_s_per_1k_steps = meta.get("train_s_per_1k_steps_by_batch", {})
+        result.train_s_per_1k_steps = first.meta.get("train_s_per_1k_steps_by_batch", {})
         if first.arm == "seq":
             result.identity = identity_check(first.model, test[:200])
         if c is not None and config.probe_programs:

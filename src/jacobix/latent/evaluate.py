@@ -83,14 +83,20 @@ def _pad(rows: list[list[int]], device: torch.device | str) -> tuple[Tensor, Ten
     return out, lengths
 
 
-def accuracy(model: LatentReasoner, programs: list[Program], arm: str, *, batch_size: int = 500) -> float:
-    """Fraction of ``programs`` whose generated answer is right."""
+def correct(model: LatentReasoner, programs: list[Program], arm: str, passes: int | None = None, *,
+            batch_size: int = 500) -> int:
+    """How many of ``programs`` get the right generated answer (``passes``: T of the ``pccot`` arm)."""
     right = 0
     for i in range(0, len(programs), batch_size):
         chunk = programs[i : i + batch_size]
-        tokens = arm_answers(model, chunk, arm).tokens.cpu()
+        tokens = arm_answers(model, chunk, arm, passes).tokens.cpu()
         right += int((tokens == torch.tensor([encode(str(p.answer))[0] for p in chunk])).sum())
-    return right / max(len(programs), 1)
+    return right
 
 
-__all__ = ["ARMS", "Answers", "accuracy", "arm_answers", "encode_questions"]
+def accuracy(model: LatentReasoner, programs: list[Program], arm: str, *, batch_size: int = 500) -> float:
+    """Fraction of ``programs`` whose generated answer is right."""
+    return correct(model, programs, arm, batch_size=batch_size) / max(len(programs), 1)
+
+
+__all__ = ["ARMS", "Answers", "accuracy", "arm_answers", "correct", "encode_questions"]
