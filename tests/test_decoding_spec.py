@@ -128,7 +128,7 @@ def test_temperature_is_a_loose_keyword_only_where_the_spec_is_built():
 def test_every_method_is_registered_without_importing_its_family():
     code = "import jacobix.tokens.methods as m, sys; print(sorted(m.METHODS), 'jacobix.images' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['ar', 'jacobi', 'sjd', 'sjd-coupled', 'sjd2'] False"
+    assert out.strip() == "['ar', 'jacobi', 'sjd', 'sjd-coupled', 'sjd-pac', 'sjd2'] False"
     with pytest.raises(ValueError, match="needs proposer=SJD2Proposer"):
         from conftest import tiny_model
 

@@ -13,6 +13,7 @@ against AR's (SJD is lossless, so p-values should look uniform, not small).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -24,6 +25,7 @@ from jacobix.eval import quality
 from jacobix.eval.datasets import load_fashion_mnist
 from jacobix.images.model import ImageModel, load_image_model
 from jacobix.core.sampling import SamplingConfig
+from jacobix.core.tree import DraftTree
 from jacobix.images.sample import ImageSampling, generate_images
 from jacobix.images.sjd2 import SJD2Config
 from jacobix.tokens.decoding import Decoding
@@ -96,8 +98,8 @@ class ImageBenchConfig:
 
 
 def parse_decoder(spec: str, sampling: SamplingConfig | None = None, *, cfg_scale: float | None = 1.5) -> ImageSampling:
-    """``"ar"``, ``"jacobi:W:INIT"``, ``"sjd:W:INIT"``, ``"sjd-coupled:W:INIT"`` or
-    ``"sjd2:W:LEVELS:INIT[:coupled][:lossy]"`` to :class:`ImageSampling` (default sampling: temperature 1).
+    """``"ar"``, ``"jacobi:W:INIT"``, ``"sjd:W:INIT"``, ``"sjd-coupled:W:INIT"``, ``"sjd-pac:W:INIT"``
+    (each optionally ``":K<branches>D<depth>"``: a draft tree) or ``"sjd2:W:LEVELS:INIT[:coupled][:lossy]"`` to :class:`ImageSampling` (default sampling: temperature 1).
 
     Example: ``parse_decoder("sjd2:64:10:prior-above:coupled", SamplingConfig(temperature=1.0), cfg_scale=2.0)``.
     """
@@ -114,11 +116,15 @@ def parse_decoder(spec: str, sampling: SamplingConfig | None = None, *, cfg_scal
         return ImageSampling(decoding=Decoding(method="sjd2", window=int(parts[1]), init=parts[3]),
                              sjd2=SJD2Config(levels=int(parts[2]), coupled="coupled" in flags, lossy="lossy" in flags),
                              **common)
-    if len(parts) != 3 or parts[0] not in ("jacobi", "sjd", "sjd-coupled") or not (parts[1].isdigit() or parts[1] == "auto"):
-        raise ValueError(f"bad decoder spec {spec!r}; use 'ar' or '<jacobi|sjd|sjd-coupled>:<window|auto>:<init>', "
-                         "e.g. 'sjd:16:random' or 'sjd-coupled:auto:prior-above'")
+    shape = re.fullmatch(r"K(\d+)D(\d+)", parts[3]) if len(parts) == 4 else None
+    if len(parts) not in (3, 4) or parts[0] not in ("jacobi", "sjd", "sjd-coupled", "sjd-pac") \
+            or not (parts[1].isdigit() or parts[1] == "auto") or (len(parts) == 4 and shape is None):
+        raise ValueError(f"bad decoder spec {spec!r}; use 'ar' or '<jacobi|sjd|sjd-coupled|sjd-pac>:<window|auto>:<init>"
+                         "[:K<branches>D<depth>]', e.g. 'sjd:16:random', 'sjd-coupled:auto:prior-above' or "
+                         "'sjd-pac:64:prior-above:K4D3' (a draft tree of 4 branches, depth 3)")
     window = "auto" if parts[1] == "auto" else int(parts[1])
-    return ImageSampling(decoding=Decoding(method=parts[0], window=window, init=parts[2]), **common)
+    tree = None if shape is None else DraftTree(branches=int(shape[1]), depth=int(shape[2]))
+    return ImageSampling(decoding=Decoding(method=parts[0], window=window, init=parts[2], tree=tree), **common)
 
 
 @dataclass(frozen=True)

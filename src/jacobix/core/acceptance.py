@@ -217,6 +217,33 @@ def candidates_accept(
     return winner, accepted, sample(final.masked_fill(removed, 0.0), generator)
 
 
+def maximal_coupling(p_target: Tensor, drafts: Tensor, p_draft: Tensor, generator: Randomness) -> Tensor:
+    """A draw from ``p_target`` that keeps each old draft as often as possible (maximal coupling).
+
+    SJD-PAC's adaptive continuation and MC-SJD's maximal variant (ALGORITHMS.md sections 9, 11):
+    the old draft ``d ~ p_draft`` is kept with probability ``min(1, p_target(d) / p_draft(d))``,
+    otherwise the token is drawn from ``normalize(max(p_target - p_draft, 0))``. The result follows
+    ``p_target`` exactly and equals ``d`` with probability ``1 - TV(p_draft, p_target)``, the most
+    any coupling allows; it is a draft whose law is ``p_target`` (not ``p_draft``).
+
+    Args:
+        p_target: (B, W, V) the new law.
+        drafts: (B, W) old drafts, each drawn from its ``p_draft``.
+        p_draft: (B, W, V) their laws.
+        generator: randomness.
+    Returns:
+        (B, W) the new drafts.
+    """
+    index = drafts[..., None]  # (B, W, 1)
+    q = p_draft.to(p_target.dtype)
+    target_at, draft_at = p_target.gather(-1, index).squeeze(-1), q.gather(-1, index).squeeze(-1)  # (B, W)
+    keep = uniform(drafts.shape, p_target, generator) * draft_at < target_at
+    residual = (p_target - q).clamp_min(0.0)  # (B, W, V)
+    # Where p_target <= p_draft everywhere a rejection has probability zero; draw from p_target to guard rounding.
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_target)
+    return torch.where(keep, drafts, sample(residual, generator))
+
+
 def sibling_law(p_target: Tensor, p_draft: Tensor, siblings: Tensor) -> tuple[Tensor, Tensor]:
     """The law of recursive rejection sampling over drawn siblings (SpecInfer; SJD-PAC's tree rule).
 

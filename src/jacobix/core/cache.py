@@ -70,6 +70,28 @@ class KVCache:
         slots = torch.arange(self.capacity, device=positions.device)
         return slots[None, None, None, :] <= positions[:, None, :, None]
 
+    def tree_mask(self, root_slot: Tensor, ancestors: Tensor) -> Tensor:
+        """Boolean mask (B, 1, N, capacity) of a tree window written at slots ``root_slot + i``.
+
+        Args:
+            root_slot: (B,) the slot of each row's first node (the root).
+            ancestors: (N, N) bool, node i sees node j (j is i or an ancestor of i).
+        A node sees the committed slots before the root and, from the window, its ancestors only.
+        """
+        n = ancestors.shape[0]
+        offset = torch.arange(self.capacity, device=root_slot.device)[None, :] - root_slot[:, None]  # (B, C)
+        inside = (offset >= 0) & (offset < n)
+        window = ancestors.to(root_slot.device)[:, offset.clamp(0, n - 1)]  # (N, B, C)
+        return ((offset < 0)[:, None, :] | (inside[:, None, :] & window.transpose(0, 1)))[:, None]  # (B, 1, N, C)
+
+    def move_slots(self, source: Tensor, target: Tensor) -> None:
+        """Row ``i`` copies its own keys and values at slots ``source[i]`` (B, P) to ``target[i]``
+        (the accepted path of a draft tree moved to its positions)."""
+        rows = torch.arange(len(source), device=source.device)[:, None]  # (B, 1)
+        for buffer in (self.keys, self.values):  # (L, B, H, C, hd)
+            view = buffer.permute(1, 3, 0, 2, 4)  # (B, C, L, H, hd)
+            view[rows, target] = view[rows, source].clone()
+
     def narrow_rows(self, rows: int) -> KVCache:
         """The first ``rows`` rows as a cache of their own that shares this one's storage (no copy)."""
         view = KVCache.__new__(KVCache)

@@ -78,7 +78,10 @@ class ImageSampling:
         if self.method == "sjd2":
             mode = "lossy" if self.sjd2.lossy else "lossless"
             return f"sjd2{'-coupled' if self.sjd2.coupled else ''} w{window} K{self.sjd2.levels} {init} {mode}"
-        return f"{self.method} {'auto' if window == 'auto' else f'w{window}'} {init}"
+        tree = self.decoding.tree
+        name = "pac" if self.method == "sjd-pac" and tree is not None else self.method  # continuation + tree: SJD-PAC
+        shape = "" if tree is None else f" {tree.label()}"
+        return f"{name} {'auto' if window == 'auto' else f'w{window}'}{shape} {init}"
 
 
 @dataclass(frozen=True)

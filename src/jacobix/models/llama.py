@@ -85,14 +85,20 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None,
+                tree: Tensor | None = None) -> Tensor:
         b, w, _ = x.shape
         q = self.wq(x).view(b, w, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, W, hd)
         k = self.wk(x).view(b, w, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, W, hd)
         v = self.wv(x).view(b, w, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, W, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            causal = tree is None
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=tree, is_causal=causal, enable_gqa=True)
+        elif tree is not None:  # a draft tree: nodes at consecutive slots from the root's; tree is its (B, 1, N, C) mask
+            slots = positions[:, :1] + torch.arange(w, device=x.device)  # (B, N)
+            keys, values = cache.write(self.layer, slots, k, v)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=tree, enable_gqa=True)
         else:
             keys, values = cache.write(self.layer, positions, k, v)  # (B, Hkv, C, hd)
             mask = cache.attention_mask(positions)  # (B, 1, W, C)
@@ -119,8 +125,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, positions, cache)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None,
+                tree: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, positions, cache, tree)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -170,6 +177,7 @@ class Llama(nn.Module):
         *,
         embeds: Tensor | None = None,
         return_hidden: bool = False,
+        tree: Tensor | None = None,
     ) -> Tensor | LMOutput:
         """Logits for a window of tokens (or of input embeddings).
 
@@ -180,6 +188,9 @@ class Llama(nn.Module):
             embeds: (B, W, dim) input embeddings used instead of ``embed(tokens)``.
             return_hidden: return an :class:`~jacobix.models.protocol.LMOutput` with the input
                 embeddings, every layer's output, and the final-norm output as hidden states.
+            tree: (W, W) bool, the window is a draft tree (:mod:`jacobix.core.tree`): token i sees
+                token j when j is i or its ancestor; with a cache, token i is written at slot
+                ``positions[:, 0] + i`` and sees the slots before that root slot.
         Returns:
             logits (B, W, V), or an LMOutput when ``return_hidden``.
         """
@@ -191,9 +202,11 @@ class Llama(nn.Module):
             positions = torch.arange(w, device=x.device).expand(b, w)
         cos = self.rope_cos[positions][:, None].to(x.dtype)  # (B, 1, W, hd/2)
         sin = self.rope_sin[positions][:, None].to(x.dtype)
+        if tree is not None and cache is not None:  # the tree's mask over the cache, made once for every layer
+            tree = cache.tree_mask(positions[:, 0], tree)  # (B, 1, W, C)
         hidden = [x]
         for layer in self.layers:
-            x = layer(x, cos, sin, positions, cache)
+            x = layer(x, cos, sin, positions, cache, tree)
             hidden.append(x)
         x = self.norm(x)
         logits = self.output(x)  # (B, W, V)

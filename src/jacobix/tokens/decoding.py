@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from jacobix.core.engine import SettledRule
 from jacobix.core.sampling import SamplingConfig
+from jacobix.core.tree import DraftTree
 from jacobix.tokens.methods import Method, get_method
 from jacobix.tokens.proposers.base import Proposer
 from jacobix.tokens.proposers.basic import DraftInit
@@ -80,6 +81,10 @@ class Decoding:
             LookaheadConfig (``verify=K`` verifies K candidates per pass).
         block: CLLM's block mode: blocks of ``window`` tokens, each iterated to its fixed point.
         lossy: a :class:`LossyExit` (LOSSY early exit), or None (exact; the default).
+        tree: a :class:`~jacobix.core.tree.DraftTree` (SJD-PAC's proactive drafting, sampling
+            methods): at each of the first ``depth - 1`` drafts, ``branches - 1`` alternatives drawn
+            from the draft's law are verified in the same pass; a pass feeds ``window`` trunk tokens
+            plus ``tree.extra_nodes`` (18 for 4 branches, depth 3). Lossless. None: a chain.
         proposer: your own :class:`~jacobix.tokens.proposers.base.Proposer` (``init`` is then unused).
         width_policy: your own width policy (default: every draft, or adaptive with ``window="auto"``).
         costs: the pass costs ``window="auto"`` plans with: a :class:`CostBook` (each Decoding has
@@ -97,6 +102,7 @@ class Decoding:
     lookahead: bool | LookaheadConfig = False
     block: bool = False
     lossy: LossyExit | None = None
+    tree: DraftTree | None = None
     proposer: Proposer | None = None
     width_policy: WidthPolicy | None = None
     costs: CostBook = field(default_factory=CostBook, compare=False, repr=False)
@@ -120,6 +126,11 @@ class Decoding:
         if not isinstance(self.lookahead, (bool, LookaheadConfig)):
             raise ValueError(f"Decoding.lookahead must be True, False or a LookaheadConfig, got {self.lookahead!r}")
         _check_types(self)
+        if self.tree is not None and (self.spec.sampled is not True or self.method == "sjd2"):
+            raise ValueError(f"Decoding.tree draws alternatives from each draft's law, so it needs a sampling method "
+                             f"('sjd' or 'sjd-coupled'), not method={self.method!r}")
+        if self.tree is not None and (self.block or self.lookahead):
+            raise ValueError("Decoding.tree grows from one chain of drafts; it does not combine with block or lookahead")
         if self.block and self.window == "auto":
             raise ValueError("Decoding.block iterates blocks of `window` tokens; give a whole number, e.g. window=16")
 
@@ -199,6 +210,8 @@ def _plain(value: Any) -> bool:
 def _check_types(decoding: Decoding) -> None:
     if not isinstance(decoding.block, bool):
         raise ValueError(f"Decoding.block must be True or False, got {decoding.block!r}")
+    if decoding.tree is not None and not isinstance(decoding.tree, DraftTree):
+        raise ValueError(f"Decoding.tree must be a DraftTree(branches=K, depth=D) or None, got {decoding.tree!r}")
     if decoding.lossy is not None and not isinstance(decoding.lossy, LossyExit):
         raise ValueError(f"Decoding.lossy must be a LossyExit or None, got {decoding.lossy!r}")
     if decoding.proposer is not None and not isinstance(decoding.proposer, Proposer):
@@ -229,6 +242,6 @@ class Guidance:
             raise ValueError("Guidance needs negative_input_ids: the unconditional prompts, one per row")
 
 
-_RECORDABLE = {"LookaheadConfig": LookaheadConfig, "LossyExit": LossyExit}
+_RECORDABLE = {"DraftTree": DraftTree, "LookaheadConfig": LookaheadConfig, "LossyExit": LossyExit}
 
 __all__ = ["AUTO_MAX_WINDOW", "Decoding", "Guidance", "IMAGE_INITS", "LossyExit", "TEXT_INITS"]

@@ -30,6 +30,7 @@ from jacobix.tokens.prompts import Prompt, first_tokens, model_device, model_dty
 from jacobix.tokens.proposers.base import Proposer
 from jacobix.tokens.proposers.basic import resolve_init
 from jacobix.tokens.proposers.ngram import LookaheadConfig, NGramProposer
+from jacobix.tokens.proposers.tree import TreeProposer
 from jacobix.tokens.problem import TokenProblem
 from jacobix.tokens.result import DecodeStats, GenerateResult
 from jacobix.tokens.verify import GuidanceShift, Verifier
@@ -84,7 +85,9 @@ def generate(
     prompts, prompt_length = prompts.to(device), prompt_length.to(device)
     shift, uncond, uncond_length = _guidance(model, guidance, prompt_length)
     limit = prompt_length + max_new_tokens
-    verifier = _verifier(model, proposer, shift, prompt_length, limit, sampling, processors, eos_token_id, generator)
+    room = 0 if decoding.tree is None or decoding.spec.sequential else width + decoding.tree.extra_nodes
+    verifier = _verifier(model, proposer, shift, prompt_length, limit, sampling, processors, eos_token_id, generator,
+                         room)
     start = clock(device)
     with torch.inference_mode():
         state, prefilled = _start(model, verifier, prompts, prompt_length, uncond, uncond_length, limit, width)
@@ -127,6 +130,10 @@ def _check_request(model: Any, decoding: Any, sampling: Any, max_new_tokens: Any
     for name, value in (("record", record), ("progress", progress)):
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be True or False, got {value!r}")
+    tree = decoding.tree
+    if tree is not None and tree.branches > model.vocab_size:
+        raise ValueError(f"Decoding.tree has {tree.branches} branches but the model's vocabulary holds "
+                         f"{model.vocab_size} tokens; use at most {model.vocab_size} branches")
     if isinstance(decoding.init, str) and decoding.init in IMAGE_INITS and decoding.proposer is None:
         raise ValueError(f"init={decoding.init!r} drafts from an image model's tables; decode images with "
                          "jacobix.images.generate_images")
@@ -148,6 +155,8 @@ def _proposer(decoding: Decoding, drafts: int) -> Proposer:
         base = decoding.proposer
     else:
         base = decoding.spec.proposer(resolve_init(decoding.init, row_length=decoding.row_length))
+    if decoding.tree is not None and not decoding.spec.sequential:
+        return TreeProposer(base, decoding.tree)
     if decoding.spec.sequential or not decoding.lookahead:
         return base
     return NGramProposer(base, LookaheadConfig() if decoding.lookahead is True else decoding.lookahead, drafts)
@@ -164,16 +173,22 @@ def _eos_ids(eos_token_id: int | Sequence[int] | None, vocab_size: int) -> tuple
 
 def _verifier(model: CausalLM, proposer: Proposer, guidance: GuidanceShift | None, prompt_length: Tensor,
               limit: Tensor, sampling: SamplingConfig, processors: Sequence[LogitsProcessor],
-              eos_token_id: int | Sequence[int] | None, generator: Randomness) -> Verifier:
-    """The verifier with a cache of ``B * R`` rows (``2B`` with guidance) and room for ``limit`` positions."""
+              eos_token_id: int | Sequence[int] | None, generator: Randomness, room: int = 0) -> Verifier:
+    """The verifier with a cache of ``B * R`` rows (``2B`` with guidance) and room for ``limit`` positions
+    (plus ``room`` slots where a draft tree's nodes are written past the last position)."""
     rows = proposer.candidates if guidance is None else 2
-    capacity = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
+    shifted = int(limit.max()) + (0 if guidance is None else int(guidance.position_shift.clamp_min(0).max()))
+    capacity = shifted + room
+    ceiling = getattr(model, "max_positions", None)
+    if room and ceiling is not None and capacity > ceiling:
+        raise ValueError(f"a draft tree writes its nodes past the last position: {capacity} cache slots, but this "
+                         f"model holds {ceiling}; use a smaller window or Decoding.tree, or fewer new tokens")
     eos = _eos_ids(eos_token_id, model.vocab_size)
     dtype = model_dtype(model)
     return Verifier(model, model.new_cache(len(limit) * rows, capacity), candidates=proposer.candidates,
                     prompt_length=prompt_length, sampling=sampling, processors=processors, guidance=guidance,
                     eos_token_ids=eos, generator=generator,
-                    prob_dtype=torch.float64 if dtype == torch.float64 else torch.float32, max_position=capacity - 1)
+                    prob_dtype=torch.float64 if dtype == torch.float64 else torch.float32, max_position=shifted - 1)
 
 
 def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: Proposer, state: FixedPointState,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from jacobix.tokens.proposers.base import Proposer
 from jacobix.tokens.proposers.basic import DraftInit, JacobiProposer
-from jacobix.tokens.proposers.coupled import CoupledProposer
+from jacobix.tokens.proposers.coupled import ContinuationProposer, CoupledProposer
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,9 @@ for _method in (
     Method("sjd", True, summary="Speculative Jacobi Decoding: samples exactly as sampling ar does"),
     Method("sjd-coupled", True, proposer=CoupledProposer,
            summary="SJD whose redrafts reuse one noise per position: converges faster, still exact"),
+    Method("sjd-pac", True, proposer=ContinuationProposer,
+           summary="SJD whose redrafts keep the old draft unless the target moved (SJD-PAC's continuation; "
+                   "add its draft tree with Decoding.tree); exact"),
     Method("sjd2", True, proposer=_denoising_needs_a_model,
            summary="SJD2: Jacobi-denoising drafts on a model fine-tuned for it (images)"),
 ):

@@ -210,7 +210,10 @@ class TokenProblem:
             return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(values),
                               n_accepted=verdict.n_accepted, finished=verdict.finished)
         positions = state.window_positions(fed + 1)  # (B, fed+1) the positions the outputs are for
-        redrafted = self.proposer.redraft(verdict.p_target, positions, self.generator)  # (B, fed+1)
+        previous, fed_drafts = None, self.candidates
+        if fed_drafts.p_draft is not None and fed_drafts.count == 1:  # views, no copy
+            previous = Drafts(fed_drafts.tokens[:, 0, :fed], fed_drafts.p_draft[:, 0, :fed])
+        redrafted = self.proposer.redraft(verdict.p_target, positions, self.generator, previous)  # (B, fed+1)
         if fed == 0 and self._planned == 0:
             # Resting at one token a pass: every draft is proposed afresh before any is fed again, so
             # nothing is carried that costs a copy (no (B, D, V) draft distributions every pass).

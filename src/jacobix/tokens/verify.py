@@ -23,6 +23,7 @@ from torch import Tensor
 
 from jacobix.core.acceptance import candidates_accept, leading_true, speculative_accept
 from jacobix.core.engine import FixedPointState
+from jacobix.core.tree import path_moves, tree_accept, tree_layout
 from jacobix.core.sampling import Randomness, LogitsProcessor, SamplingConfig, process_logits, target_probs
 from jacobix.models.protocol import Cache, CausalLM
 from jacobix.tokens.proposers.base import Candidates
@@ -56,6 +57,8 @@ class Verdict:
         matched: (B, R) drafts each candidate row matched (policy statistics).
         outputs: (B, R, W) greedy argmax of every candidate row, or None when sampling.
         p_target: (B, W, V) the winner's target distributions when sampling, else None.
+        off_trunk: (B,) slot at which a draft tree's accepted path left the trunk (W: it never
+            did), or None without a tree.
     """
 
     winner: Tensor
@@ -66,6 +69,7 @@ class Verdict:
     matched: Tensor
     outputs: Tensor | None
     p_target: Tensor | None
+    off_trunk: Tensor | None = None
 
 
 class Verifier:
@@ -97,23 +101,27 @@ class Verifier:
         self.sampling, self.processors, self.guidance = sampling, tuple(processors), guidance
         self.eos = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long, device=prompt_length.device)
         self.generator, self.prob_dtype, self.max_position = generator, prob_dtype, max_position
+        self._moves: tuple[Tensor, Tensor] | None = None  # a tree pass's cache moves, made at rollback
 
     @property
     def forward_rows(self) -> int:
         """Rows of one pass: prompts times candidates, doubled by guidance (what a pass's cost scales with)."""
         return len(self.prompt_length) * self.candidates * (1 if self.guidance is None else 2)
 
-    def logits(self, tokens: Tensor, positions: Tensor, embeds: Tensor | None = None, cache: Cache | None = None) -> Tensor:
+    def logits(self, tokens: Tensor, positions: Tensor, embeds: Tensor | None = None, cache: Cache | None = None,
+               tree: Tensor | None = None) -> Tensor:
         """Guided, processed logits (N, W, V) for tokens (N, W) at positions (N, W) of the N rows
-        (of ``cache``, by default the verifier's own)."""
+        (of ``cache``, by default the verifier's own); ``tree`` (W, W) makes the window a draft tree."""
         cache = self.cache if cache is None else cache
         slots = positions.clamp(max=self.max_position)
         extra = {} if embeds is None else {"embeds": embeds}
+        if tree is not None:
+            extra["tree"] = tree
         if self.guidance is None:
             logits = self.model.forward(tokens, slots, cache, **extra)
         else:
             shifted = (positions + self.guidance.position_shift[:, None]).clamp(max=self.max_position)
-            doubled = {k: torch.cat([v, v]) for k, v in extra.items()}
+            doubled = {k: v if k == "tree" else torch.cat([v, v]) for k, v in extra.items()}
             both = self.model.forward(torch.cat([tokens, tokens]), torch.cat([slots, shifted]), cache, **doubled)
             cond, uncond = both.chunk(2)  # (B, W, V) each
             logits = uncond + self.guidance.scale * (cond - uncond)
@@ -127,6 +135,9 @@ class Verifier:
         so a pass that feeds no draft runs the ``B`` first rows alone, on a view of the cache,
         where the cache offers one (``narrow_rows``); rollback then copies the slot to the siblings.
         """
+        self._moves = None
+        if candidates.branches is not None and fed > 0 and not self.sampling.greedy:
+            return self._verify_tree(state, candidates, fed)
         b = len(state.length)
         r = 1 if fed == 0 and hasattr(self.cache, "narrow_rows") else self.candidates
         drafts = candidates.tokens[:, :r, :fed]  # (B, r, fed)
@@ -145,6 +156,34 @@ class Verifier:
         else:
             verdict = self._sample(drafts, candidates.p_draft, target_probs(logits).to(self.prob_dtype), verifiable)
         return verdict
+
+    def _verify_tree(self, state: FixedPointState, candidates: Candidates, fed: int) -> Verdict:
+        """One forward over the trunk of ``fed`` drafts and the tree's branches, then the tree rule."""
+        b = len(state.length)
+        k = candidates.branches.shape[2]
+        layout = tree_layout(fed + 1, k, candidates.branches.shape[1] + 1)
+        span = layout.depth - 1
+        drafts = candidates.tokens[:, 0, :fed]  # (B, fed)
+        table = torch.cat([state.last_values()[:, None], drafts, candidates.branches[:, :span].flatten(1)], 1)
+        device = table.device
+        root = state.length - 1  # (B,) the last committed token's position
+        positions = root[:, None] + layout.node_depth.to(device)  # (B, N)
+        logits = self.logits(table[:, layout.source.to(device)], positions, tree=layout.ancestors.to(device))
+        probs = target_probs(logits).to(self.prob_dtype)  # (B, N, V)
+        laws = candidates.branch_laws[:, :span].to(self.prob_dtype)  # (B, span, K, V)
+        verdict = tree_accept(layout, table, laws, candidates.p_draft[:, 0, :fed].to(self.prob_dtype), probs,
+                              self.generator)
+        roots = root.clamp(max=self.max_position)
+        if self.guidance is not None:
+            roots = torch.cat([roots, (root + self.guidance.position_shift).clamp(max=self.max_position)])
+        self._moves = path_moves(verdict.repeat(len(roots) // b), roots)
+        rows = torch.arange(b, device=device)
+        values, n_accepted = verdict.values, verdict.n_accepted
+        matched = torch.minimum(leading_true(drafts == values[:, :fed]), n_accepted + 1)[:, None]  # (B, 1)
+        p_target = probs[rows[:, None], verdict.path]  # (B, W, V) along the path, the trunk past it
+        n_commit, finished = self._stop_at_eos(values, n_accepted + 1)
+        return Verdict(torch.zeros_like(n_accepted), n_accepted, values, n_commit, finished, matched, None, p_target,
+                       verdict.off_trunk)
 
     def _greedy(self, drafts: Tensor, outputs: Tensor, verifiable: Tensor | None) -> Verdict:
         """Longest exact match among candidates (ties: the lowest index)."""
@@ -194,6 +233,9 @@ class Verifier:
         since ``start`` (B,) (the position fed first by the last pass) into its sibling rows."""
         kept = state.length - 1  # (B,) the last committed token is fed again by the next sweep
         r, b = self.candidates, len(kept)
+        if self._moves is not None:  # a tree pass: its accepted branch nodes go to their positions
+            self.cache.move_slots(*self._moves)
+            self._moves = None
         if r > 1 and winner is not None:
             count = (kept - start).clamp_min(1)  # (B,) slots the pass wrote that are now committed
             span = torch.arange(int(count.max()), device=kept.device)

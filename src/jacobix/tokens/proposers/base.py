@@ -107,6 +107,9 @@ class Candidates:
         state: (B, D, *S) continuous per-slot state of candidate 0, carried by the engine to the
             next sweep with its slot, or None. A slot that enters the window after the drafts (the
             bonus slot of a sweep) arrives with zero state.
+        branches: (B, P, K) a draft tree's branches at the first P draft slots of candidate 0
+            (branch 0 is the draft itself; :mod:`jacobix.core.tree`), or None for a chain.
+        branch_laws: (B, P, K, V) the law each branch was drawn from given the branches before it.
     """
 
     tokens: Tensor
@@ -115,6 +118,8 @@ class Candidates:
     embeds: Tensor | None = None
     verifiable: Tensor | None = None
     state: Tensor | None = None
+    branches: Tensor | None = None
+    branch_laws: Tensor | None = None
 
     @classmethod
     def single(cls, tokens: Tensor, p_draft: Tensor | None = None, source: int | Tensor = 0) -> Candidates:
@@ -146,13 +151,15 @@ class Proposer:
         """Candidates for the next sweep."""
         raise NotImplementedError
 
-    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness) -> Tensor:
+    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness, previous: Drafts | None = None) -> Tensor:
         """Next guesses (B, W) at evaluated slots from the sweep's targets (B, W, V) when sampling.
 
         Args:
             p_target: target distributions of the slots the sweep evaluated.
             positions: (B, W) absolute positions those guesses are for.
             generator: randomness.
+            previous: the drafts the sweep fed at the first ``W - 1`` of those slots (values (B, W - 1)
+                and their laws), for redrafts that keep old drafts; None when there are none.
         The default draws from ``p_target`` with fresh randomness (SJD's update).
         """
         return sample(p_target, generator)

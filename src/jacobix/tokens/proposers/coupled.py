@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from jacobix.core.sampling import Randomness, exponential
+from jacobix.core.acceptance import maximal_coupling
+from jacobix.core.engine import Drafts
+from jacobix.core.sampling import Randomness, exponential, sample
 from jacobix.tokens.proposers.base import DraftSource
 from jacobix.tokens.proposers.basic import DraftInit, JacobiProposer
 
@@ -43,7 +45,7 @@ class CoupledProposer(JacobiProposer):
     def begin(self, batch_size: int) -> None:
         self.noise, self.filled = None, []
 
-    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness) -> Tensor:
+    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness, previous: Drafts | None = None) -> Tensor:
         b, w, vocab = p_target.shape
         if self.noise is None or self.noise.shape[0] != b:
             self.noise, self.filled = torch.empty(b, 0, vocab, device=p_target.device), [0] * b
@@ -72,4 +74,25 @@ class CoupledProposer(JacobiProposer):
         self.noise = grown
 
 
-__all__ = ["CoupledProposer"]
+class ContinuationProposer(JacobiProposer):
+    """SJD-PAC's adaptive continuation (MC-SJD's maximal coupling): a redraft keeps the old draft
+    with probability ``min(1, p_new(d) / p_old(d))`` and otherwise draws from the residual
+    (:func:`~jacobix.core.acceptance.maximal_coupling`), so a draft survives a pass unless the new
+    target moved away from it. Each redraft follows the new target exactly and carries it as its
+    law (the faults section 11 of ALGORITHMS.md warns of: keeping the old law is biased).
+
+    Args:
+        init: the draft rule for fresh slots.
+    """
+
+    sources = (DraftSource("continued", 0.1),)
+
+    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness, previous: Drafts | None = None) -> Tensor:
+        if previous is None or previous.p_draft is None:
+            return sample(p_target, generator)
+        kept = previous.values.shape[1]  # the last slot (the bonus slot) had no draft
+        head = maximal_coupling(p_target[:, :kept], previous.values, previous.p_draft, generator)  # (B, W - 1)
+        return torch.cat([head, sample(p_target[:, kept:], generator)], 1)
+
+
+__all__ = ["ContinuationProposer", "CoupledProposer"]

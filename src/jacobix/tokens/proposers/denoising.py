@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from jacobix.core.sampling import Randomness, per_row
+from jacobix.core.engine import Drafts
 from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext
 from jacobix.tokens.proposers.basic import DraftInit, JacobiProposer
 from jacobix.tokens.proposers.coupled import CoupledProposer
@@ -189,7 +190,7 @@ class SJD2Proposer(JacobiProposer):
             self.race.begin(batch_size)
         self.levels_trace = []
 
-    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness) -> Tensor:
+    def redraft(self, p_target: Tensor, positions: Tensor, generator: Randomness, previous: Drafts | None = None) -> Tensor:
         if self.race is not None:
             return self.race.redraft(p_target, positions, generator)
         return super().redraft(p_target, positions, generator)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from jacobix.core.engine import Drafts
 from jacobix.tokens.proposers.base import Candidates, DraftSource, ProposalContext, Proposer
 
 
@@ -243,8 +244,9 @@ class NGramProposer(Proposer):
             from_pool[row, rank, : len(drafts)] = True
         tokens[row, len(chosen):] = inner
 
-    def redraft(self, p_target: Tensor, positions: Tensor, generator: torch.Generator | None) -> Tensor:
-        return self.inner.redraft(p_target, positions, generator)
+    def redraft(self, p_target: Tensor, positions: Tensor, generator: torch.Generator | None,
+                previous: Drafts | None = None) -> Tensor:
+        return self.inner.redraft(p_target, positions, generator, previous)
 
     def observe(self, outputs: Tensor, running: Tensor) -> None:
         """Harvest a greedy sweep's outputs into the trajectory pools (sampled outputs never: see
