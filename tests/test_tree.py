@@ -165,3 +165,61 @@ def test_bad_tree_shapes_are_refused_before_any_work(toy):
     with pytest.raises(ValueError, match="draft tree"):
         jacobix.generate(small, [PROMPT], decoding=Decoding(method="sjd", window=1000, tree=DraftTree(branches=3, depth=4)),
                          sampling=SamplingConfig(temperature=1.0), max_new_tokens=4)
+
+
+def _hf_llama(vocab: int = 11):
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(4)
+    config = tf.LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0)
+    return tf.LlamaForCausalLM(config).double().eval()
+
+
+def test_tree_forward_through_the_transformers_adapter_equals_a_forward_per_branch():
+    from jacobix.integrations.hf import as_causal_lm
+
+    hf = _hf_llama()
+    lm = as_causal_lm(hf)
+    layout = tree_layout(5, 3, 3)
+    prompt = torch.randint(0, 11, (2, 4), generator=torch.Generator().manual_seed(0))
+    table = torch.randint(0, 11, (2, 5 + 2 * 3), generator=torch.Generator().manual_seed(1))
+    tokens = table[:, layout.source]
+    cache = lm.new_cache(2, 40)
+    lm.forward(prompt, torch.arange(4).expand(2, 4), cache)
+    logits = lm.forward(tokens, 4 + layout.node_depth.expand(2, -1), cache, tree=layout.ancestors)  # (B, N, V)
+    with torch.no_grad():
+        for node in range(layout.nodes):
+            path = layout.ancestors[node].nonzero().flatten()
+            reference = hf(torch.cat([prompt, tokens[:, path]], 1)).logits[:, -1]
+            assert torch.allclose(logits[:, node], reference, atol=1e-12, rtol=0)
+    root = torch.full((2,), 4)
+    source = root[:, None] + torch.tensor([[0, 6, 9]])  # move a branch path (nodes 6, 9 at depths 1, 2) into place
+    cache.move_slots(source, root[:, None] + torch.tensor([[0, 1, 2]]))
+    assert torch.equal(cache.tokens[:, 5:7], tokens[:, [6, 9]])
+
+
+def test_pac_through_the_transformers_adapter_matches_exact_joint():
+    from jacobix.integrations.hf import as_causal_lm
+
+    lm = as_causal_lm(_hf_llama(VOCAB))
+    sampling = SamplingConfig(temperature=1.0)
+    decoding = Decoding(method="sjd-pac", window=3, init="repeat", tree=DraftTree(branches=3, depth=3))
+    result = jacobix.generate(lm, [PROMPT] * SAMPLES, decoding=decoding, sampling=sampling, max_new_tokens=LENGTH,
+                              generator=torch.Generator().manual_seed(51))
+    samples = [tuple(t.tolist()) for t in result.tokens]
+    assert chi_square_pvalue(samples, _hf_joint(lm, sampling)) > 1e-3
+
+
+def _hf_joint(lm, sampling) -> dict:
+    """Exact joint of LENGTH tokens after PROMPT under sequential sampling, by enumeration (cache-free passes)."""
+    from itertools import product
+
+    from conftest import reference_probs
+
+    joint = {}
+    with torch.no_grad():
+        for sequence in product(range(VOCAB), repeat=LENGTH):
+            ids = torch.tensor([PROMPT + list(sequence)])
+            probs = reference_probs(lm.model(ids).logits[0, len(PROMPT) - 1 : -1], temperature=sampling.temperature)
+            joint[sequence] = float(torch.prod(probs[torch.arange(LENGTH), torch.tensor(sequence)]))
+    return joint

@@ -81,6 +81,12 @@ def check(args: argparse.Namespace) -> None:
             if args.plot.is_dir():
                 raise ValueError(f"--plot {args.plot} is a folder; give a file path such as {args.plot / 'pccot.png'}")
             check_writable(args.plot.parent, "--plot")
+    if args.target == "images" and args.plot is not None:
+        if args.plot.exists() and not args.plot.is_dir():
+            raise ValueError(f"--plot {args.plot} is a file; give a folder for acceptance_kinds.png and accepted_per_pass.png")
+        if args.hf:
+            raise ValueError("--plot draws the bundled model's rows; leave out --hf")
+        check_writable(args.plot, "--plot")
     if args.target == "policy":
         _check_policies(args)
     if args.target == "tarflow" and args.quick and args.batch_size > 8:
@@ -184,8 +190,12 @@ def _images_options(sub: argparse.ArgumentParser) -> None:
                           "whether each row sits inside the AR row's interval")
     sub.add_argument("--per-class", type=positive, help="images per class and seed (default 4; --quality: 100; --quick: 1)")
     sub.add_argument("--decoders", nargs="+", metavar="SPEC",
-                     help="rows to run, AR first: 'ar', '<jacobi|sjd|sjd-coupled>:<window|auto>:<init>' or "
+                     help="rows to run, AR first: 'ar', '<jacobi|sjd|sjd-coupled|sjd-pac>:<window|auto>:<init>"
+                          "[:K<branches>D<depth>]' (the last part adds a draft tree, e.g. 'sjd-pac:64:prior-above:K4D3') or "
                           "'sjd2:<window>:<levels>:<init>[:coupled][:lossy]', each optionally '@<model>' (default: the standard rows)")
+    sub.add_argument("--plot", type=Path, metavar="DIR",
+                     help="also draw acceptance_kinds.png (how each token was committed: trunk, kept, tree branch) and "
+                          "accepted_per_pass.png (tokens committed per pass) for the parallel rows, 2 images per class each")
     _json(sub)
 
 
@@ -212,6 +222,14 @@ def _images(args: argparse.Namespace) -> int:
     print(result.table())
     if args.json:
         _write_json(args.json, result.records())
+    if args.plot:
+        from jacobix.bench.images import parse_decoder
+        from jacobix.bench.tree_pictures import tree_pictures
+        from jacobix.images.model import load_image_model
+
+        main = [spec for spec in config.decoders if "@" not in spec]
+        paths = tree_pictures(load_image_model(config.model), [parse_decoder(spec) for spec in main], args.plot)
+        print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 

@@ -111,7 +111,16 @@ def _stats(decoding: Decoding, width: int, solved: Any, problem: TokenProblem, p
                        new_tokens=[len(t) for t in tokens], committed_per_pass=solved.committed,
                        accepted_per_pass=solved.accepted, active_per_pass=solved.active, lossy_per_pass=solved.lossy,
                        fed_per_pass=torch.tensor(problem.fed_per_pass, dtype=torch.long), wall_time_s=elapsed,
-                       schedule=problem.stats)
+                       schedule=problem.stats, branch_per_pass=_branches(decoding, problem, solved.accepted))
+
+
+def _branches(decoding: Decoding, problem: TokenProblem, accepted: Tensor) -> Tensor | None:
+    """(P, B) drafts accepted on tree branches per pass, or None without a tree."""
+    if decoding.tree is None:
+        return None
+    if not problem.branch_per_pass:
+        return torch.zeros_like(accepted)
+    return torch.stack(problem.branch_per_pass)
 
 
 def _check_request(model: Any, decoding: Any, sampling: Any, max_new_tokens: Any, guidance: Any, record: Any,

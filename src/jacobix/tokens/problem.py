@@ -85,6 +85,7 @@ class TokenProblem:
         self.generator, self.vocab_size = generator, vocab_size
         self.drafts = drafts
         self.fed_per_pass: list[int] = []  # drafts fed per candidate row, one entry per sweep
+        self.branch_per_pass: list[Tensor] = []  # (B,) drafts accepted on a draft tree's branches, per sweep
         self._began: float | None = None  # when the previous sweep began
         self._width = 1  # tokens per row fed by the previous pass
         self._pending: tuple | None = None  # the previous pass's outcome, read one pass late
@@ -237,6 +238,10 @@ class TokenProblem:
     def _count(self, fed: int, source: Tensor, verdict: Verdict, running: Tensor) -> None:
         stats = self.stats
         self.fed_per_pass.append(fed)
+        branch = torch.zeros(len(running), dtype=torch.long)
+        if verdict.off_trunk is not None:
+            branch = (verdict.n_accepted - verdict.off_trunk).clamp_min(0).cpu() * running
+        self.branch_per_pass.append(branch)
         stats.widths[fed + 1] = stats.widths.get(fed + 1, 0) + 1
         r = verdict.matched.shape[1]
         stats.rows[r] = stats.rows.get(r, 0) + 1

@@ -30,6 +30,8 @@ class DecodeStats:
         fed_per_pass: (P,) drafts fed to each candidate row by each pass (the width policy's choice).
         wall_time_s: seconds, prefill included.
         schedule: passes per width, pass costs and drafts per source (:class:`ScheduleStats`).
+        branch_per_pass: (P, B) drafts accepted on a draft tree's branches (``Decoding.tree``; the
+            trunk's are the rest of ``accepted_per_pass``), or None without a tree.
     """
 
     method: str
@@ -45,6 +47,7 @@ class DecodeStats:
     fed_per_pass: Tensor
     wall_time_s: float
     schedule: ScheduleStats | None = None
+    branch_per_pass: Tensor | None = None
 
     @property
     def lossy(self) -> bool:

@@ -107,7 +107,7 @@ class HFCausalLM:
         return self.model.get_input_embeddings()(tokens)  # (B, W, E)
 
     def forward(self, tokens: Tensor | None, positions: Tensor, cache: PositionCacheMethods | None = None, *,
-                embeds: Tensor | None = None, return_hidden: bool = False) -> Tensor | LMOutput:
+                embeds: Tensor | None = None, return_hidden: bool = False, tree: Tensor | None = None) -> Tensor | LMOutput:
         """Logits (B, W, V) of a window, or an :class:`~jacobix.models.protocol.LMOutput` when ``return_hidden``.
 
         Args:
@@ -120,16 +120,23 @@ class HFCausalLM:
             embeds: (B, W, E) input embeddings passed as ``inputs_embeds`` instead of ``tokens``.
             return_hidden: also return transformers' ``hidden_states``: the embeddings, then each
                 layer's output, the last after the final norm.
+            tree: (W, W) bool, the window is a draft tree (:mod:`jacobix.core.tree`), passed to the
+                model as a 4-D mask; token i is written at slot ``positions[:, 0] + i``. Needs a cache
+                and full attention.
         """
         if tokens is None and embeds is None:
             raise ValueError("forward needs tokens or embeds")
+        if tree is not None and (cache is None or self.sliding_window is not None):
+            raise ValueError(f"{type(self.model).__name__}: draft trees (Decoding.tree) need a cache and full attention; "
+                             + ("this model attends through a sliding window" if cache is not None else "pass the cache")
+                             + ", so decode it without Decoding.tree")
         dtype = next(self.model.parameters()).dtype
         if cache is None:
             mask, caching = self._window_mask(positions, dtype), dict(use_cache=False)  # (B, 1, W, W)
         else:
             self.last_cache = cache
             recorded = tokens if tokens is not None else torch.full_like(positions, UNKNOWN_TOKEN)  # (B, W)
-            mask = cache.begin(recorded, positions, dtype)  # (B, 1, W, kv)
+            mask = cache.begin(recorded, positions, dtype, tree)  # (B, 1, W, kv)
             caching = {"use_cache": True, self.cache_keyword: cache}
         out = self._run(tokens, embeds, positions, mask, caching, return_hidden)
         if cache is not None and cache.layers_written != self.num_layers:

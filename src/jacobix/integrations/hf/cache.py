@@ -75,15 +75,25 @@ class PositionCacheMethods:
         self.lengths = torch.zeros(batch_size, dtype=torch.long)
         super().__init__(layers=[self.layer_class(self) for _ in range(num_layers)])
 
-    def begin(self, tokens: Tensor, positions: Tensor, dtype: torch.dtype) -> Tensor:
-        """Record the window (B, W) and return its additive attention mask (B, 1, W, kv_length)."""
-        self.positions, self.layers_written = positions, 0
-        self.kv_length = int(positions.max()) + 1  # the one host sync of a forward
+    def begin(self, tokens: Tensor, positions: Tensor, dtype: torch.dtype, tree: Tensor | None = None) -> Tensor:
+        """Record the window (B, W) and return its additive attention mask (B, 1, W, kv_length).
+
+        With ``tree`` (W, W) bool the window is a draft tree (:mod:`jacobix.core.tree`): token i is
+        written at slot ``positions[:, 0] + i`` and sees the slots before the root's and its ancestors."""
+        slots = positions if tree is None else positions[:, :1] + torch.arange(positions.shape[1], device=positions.device)
+        self.positions, self.layers_written = slots, 0
+        self.kv_length = int(slots.max()) + 1  # the one host sync of a forward
         if self.tokens.device != positions.device:
             self.tokens, self.lengths = self.tokens.to(positions.device), self.lengths.to(positions.device)
-        self.tokens.scatter_(1, positions, tokens)
-        slots = torch.arange(self.kv_length, device=positions.device)
-        visible = slots[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, W, kv)
+        self.tokens.scatter_(1, slots, tokens)
+        every = torch.arange(self.kv_length, device=positions.device)
+        if tree is not None:
+            offset = every[None, :] - slots[:, :1]  # (B, kv) slot's offset from the root
+            n = tree.shape[0]
+            window = tree.to(positions.device)[:, offset.clamp(0, n - 1)].transpose(0, 1)  # (B, W, kv)
+            visible = ((offset < 0)[:, None, :] | ((offset >= 0) & (offset < n))[:, None, :] & window)[:, None]
+            return torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(~visible, torch.finfo(dtype).min)
+        visible = every[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, W, kv)
         if self.sliding_window is not None:
             visible &= slots[None, None, None, :] > positions[:, None, :, None] - self.sliding_window
         mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
@@ -117,6 +127,17 @@ class PositionCacheMethods:
         first three slots (row 0 copies onto itself), so both rows then continue from one prefix.
         """
         self.copy_slots_from(self, source_rows, positions)
+
+    def move_slots(self, source: Tensor, target: Tensor) -> None:
+        """Row ``i`` copies its own keys, values and tokens at slots ``source[i]`` (B, P) to ``target[i]``."""
+        rows = torch.arange(len(source), device=source.device)[:, None]  # (B, 1)
+        for layer in self.layers:
+            if layer.is_initialized:
+                for buffer in (layer.keys, layer.values):  # (B, H, C, hd)
+                    view = buffer.transpose(1, 2)  # (B, C, H, hd)
+                    view[rows, target] = view[rows, source].clone()
+        self.tokens = self.tokens.to(source.device)
+        self.tokens[rows, target] = self.tokens[rows, source].clone()
 
     def copy_slots_from(self, source: PositionCacheMethods, source_rows: Tensor, positions: Tensor) -> None:
         """Row ``i`` takes ``source`` row ``source_rows[i]``'s keys, values and tokens at ``positions[i]`` (R, P)."""
