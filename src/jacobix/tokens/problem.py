@@ -129,6 +129,7 @@ class TokenProblem:
         else:
             novel = novel_prefixes(candidates.tokens.cpu()) if candidates.count > 1 else torch.ones_like(source, dtype=torch.bool)
             began = time.perf_counter()
+            self._tell_batch(policy, state, running)
             fed = min(policy.choose(source[running], novel[running]), d)
             self.stats.policy_seconds += time.perf_counter() - began
         start = state.length - 1
@@ -179,9 +180,22 @@ class TokenProblem:
             shape = (rows, 1, drafts)
             self._plan_inputs = torch.zeros(shape, dtype=torch.long), torch.ones(shape, dtype=torch.bool)
         began = time.perf_counter()
+        self._tell_batch(self.policy, state, ~state.done)
         fed = self.policy.choose(*self._plan_inputs)
         self.stats.policy_seconds += time.perf_counter() - began
         return fed
+
+    @staticmethod
+    def _tell_batch(policy: WidthPolicy, state: FixedPointState, running: Tensor) -> None:
+        """A policy that plans for whole batches (``rows``, ``tokens_left``) learns how many rows run
+        and how many tokens the longest of them has left."""
+        if not hasattr(policy, "tokens_left"):
+            return
+        rows = int(running.sum())
+        policy.rows = rows
+        if rows > 1:
+            left = (state.limit - state.length)[running.to(state.length.device)]
+            policy.tokens_left = int(left.max())
 
     def probe(self, state: FixedPointState, width: int) -> None:
         """One throw-away pass that feeds ``width - 1`` fresh drafts (pass-cost measurement). It
@@ -210,17 +224,18 @@ class TokenProblem:
             values = torch.cat([verdict.values, rest], 1)
             return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(values),
                               n_accepted=verdict.n_accepted, finished=verdict.finished)
+        if fed == 0 and self._planned == 0:
+            # Resting at one token a pass: every draft is proposed afresh before any is fed again, so
+            # nothing is redrafted or carried (no (B, D, V) draft distributions every pass): a pass
+            # costs what a sequential one does.
+            values = torch.cat([verdict.values, rest], 1)  # the one slot fed: its value passed or was resampled
+            return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(verdict.values),
+                              n_accepted=verdict.n_accepted, finished=verdict.finished)
         positions = state.window_positions(fed + 1)  # (B, fed+1) the positions the outputs are for
         previous, fed_drafts = None, self.candidates
         if fed_drafts.p_draft is not None and fed_drafts.count == 1:  # views, no copy
             previous = Drafts(fed_drafts.tokens[:, 0, :fed], fed_drafts.p_draft[:, 0, :fed])
         redrafted = self.proposer.redraft(verdict.p_target, positions, self.generator, previous)  # (B, fed+1)
-        if fed == 0 and self._planned == 0:
-            # Resting at one token a pass: every draft is proposed afresh before any is fed again, so
-            # nothing is carried that costs a copy (no (B, D, V) draft distributions every pass).
-            values = torch.cat([verdict.values, rest], 1)  # the one slot fed: its value passed or was resampled
-            return Acceptance(n_commit=verdict.n_commit, values=values, proposals=Drafts(redrafted),
-                              n_accepted=verdict.n_accepted, finished=verdict.finished)
         p_all = self.candidates.p_draft
         p_rest = one_hot(rest, self.vocab_size) if p_all is None else p_all[rows, verdict.winner, fed + 1 :]
         proposals = Drafts(torch.cat([redrafted, rest], 1),

@@ -61,7 +61,7 @@ class CoupledProposer(JacobiProposer):
         does not depend on the batch it runs in."""
         rows = []
         for row, (need, have) in enumerate(zip(needed, self.filled)):
-            extra = max(need, have + 2 * width) - have if need > have else 0
+            extra = max(need, have + max(2 * width, 64)) - have if need > have else 0  # grow rarely: each growth copies
             g = generator[row] if isinstance(generator, (list, tuple)) else generator
             rows.append(exponential((extra, self.noise.shape[2]), self.noise, g))
             self.filled[row] = have + extra
