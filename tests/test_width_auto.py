@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -287,3 +289,42 @@ def test_each_kind_of_pass_has_its_own_costs(tmp_path, monkeypatch, capsys):
     assert pass_kind(Decoding(method="sjd-coupled", init="prior-above"), SamplingConfig(temperature=1.0), True) \
         == "sjd-coupled/prior-above/sampled/guided"
     assert main(["calibrate", "--window", "8"]) == 2 and "--window" in capsys.readouterr().err
+
+
+def _play_batch(policy, passes: int, accepts, rows: int) -> list[int]:
+    """``_play`` for a batch whose row ``r`` accepts ``accepts(fed, r)`` drafts; the laggard is
+    measured as the token problem does (the fewest drafts accepted by a row over the rows' mean)."""
+    fed_log, pending, gains = [], None, np.zeros(rows)
+    for _ in range(passes):
+        policy.rows = rows
+        policy.laggard = gains.min() / gains.mean() if gains.mean() > 0 else 1.0
+        ids = torch.zeros((rows, 1, policy.drafts), dtype=torch.long)
+        fed = policy.choose(ids, torch.ones_like(ids, dtype=torch.bool))
+        if pending is not None:
+            policy.observe(*pending)
+            gains += pending[1][:, 0].numpy()
+        pending = (ids, torch.tensor([[accepts(fed, row)] for row in range(rows)]), fed)
+        fed_log.append(fed)
+    return fed_log
+
+
+def test_in_a_batch_a_width_must_pay_for_the_slowest_row():
+    # Odd rows accept every draft, even rows none. Rows commit (k + 2) / 2 tokens on average at
+    # width k + 1 for a cost of 1 + 0.2 k, which pays for one row of the accepting kind and would
+    # pay on the batch's mean; but a batch ends with its slowest rows, which gain nothing.
+    costs = {w: 1.0 + 0.2 * (w - 1) for w in ARM_WIDTHS}
+    half = lambda fed, row: fed if row % 2 else 0  # noqa: E731
+    alone = _play_batch(_policy(costs, drafts=7), 120, lambda fed, row: fed, rows=1)
+    batch = _play_batch(_policy(costs, drafts=7), 120, half, rows=50)
+    even = _play_batch(_policy(costs, drafts=7), 120, lambda fed, row: fed, rows=50)
+    assert sum(f > 0 for f in alone[-40:]) == 40 and sum(f > 0 for f in even[-40:]) == 40
+    assert sum(f > 0 for f in batch[-60:]) <= 7  # a probe at most
+
+
+def test_the_straggler_rate_leaves_sequential_alone_and_scales_the_gain():
+    policy = _policy(linear(0.1), drafts=7)
+    rates = np.array([1.0, 1.8, 2.5, 4.0])
+    policy.laggard = 0.5
+    assert np.allclose(policy.straggle(rates), [1.0, 1.4, 1.75, 2.5])
+    policy.laggard = 1.0
+    assert np.allclose(policy.straggle(rates), rates)

@@ -217,10 +217,18 @@ def bench_images(config: ImageBenchConfig = ImageBenchConfig(), *, model: ImageM
     rows, pooled = [], {}
     generate_images(main, labels[: config.batch_size], config.settings("ar"), generator=torch.Generator().manual_seed(-1),
                     batch_size=config.batch_size)  # warm-up, untimed: the first row should not pay for first calls
+    runs = []
     for spec in config.decoders:
         name = config.model_of(spec)
         on = main if "@" not in spec or name == config.model else _load(name)
-        row, images = _run_decoder(on, labels, config.settings(spec), config, real_features, "@" in spec and name != config.model)
+        runs.append(_DecoderRun(on, config.settings(spec), "@" in spec and name != config.model))
+        runs[-1].warm(labels, config.batch_size)
+    for seed in config.seeds:  # interleaved: every decoder runs on a seed before the next seed, so drift spares no row
+        for run in runs:
+            run.add(generate_images(run.model, labels, run.settings, generator=torch.Generator().manual_seed(seed),
+                                    batch_size=config.batch_size), labels, real_features)
+    for run in runs:
+        row, images = run.row(config.batch_size, len(labels) * len(config.seeds))
         rows.append(row)
         pooled[row.name] = images
     rows = _compare_to_ar(rows, pooled, config.permutations)
@@ -260,27 +268,37 @@ def _load(name: str) -> ImageModel:
     return load_image_model(name)
 
 
-def _run_decoder(model, labels, settings, config, real_features, other_model: bool) -> tuple[BenchRow, Tensor]:
-    fids, accuracies, images, passes, batch_passes, wall = [], [], [], [], 0, 0.0
-    if settings.decoding.adaptive:  # window="auto" measures its pass costs once per batch size: outside the timings
-        for size in sorted({len(chunk) for chunk in labels.split(config.batch_size)}):
-            generate_images(model, labels[:size], settings, generator=torch.Generator().manual_seed(-1), batch_size=size)
-    for seed in config.seeds:
-        generator = torch.Generator().manual_seed(seed)
-        out = generate_images(model, labels, settings, generator=generator, batch_size=config.batch_size)
-        fids.append(quality.frechet_distance(quality.features(out.images), real_features))
-        accuracies.append(quality.class_accuracy(out.images, labels))
-        images.append(out.images)
-        passes.append(out.row_passes.double())
-        batch_passes += out.batch_passes
-        wall += out.wall_time_s
-    per_image = float(torch.cat(passes).mean())
-    name = settings.label() + (f" @{model.name}" if other_model else "")
-    row = BenchRow(name=name, model=model.name, lossless=settings.lossless, batch_size=config.batch_size,
-                   images=len(labels) * len(config.seeds), passes_per_image=per_image,
-                   batch_passes=batch_passes, wall_time_s=wall, fid=fids, accuracy=accuracies,
-                   step_compression=model.vocab.image_tokens / per_image)
-    return row, torch.cat(images)
+class _DecoderRun:
+    """One decoder's samples and counts, gathered seed by seed."""
+
+    def __init__(self, model: ImageModel, settings: ImageSampling, other_model: bool) -> None:
+        self.model, self.settings, self.other_model = model, settings, other_model
+        self.fids, self.accuracies, self.images, self.passes = [], [], [], []
+        self.batch_passes, self.wall = 0, 0.0
+
+    def warm(self, labels: Tensor, batch_size: int) -> None:
+        """window="auto" measures its pass costs once per batch size: outside the timings."""
+        if self.settings.decoding.adaptive:
+            for size in sorted({len(chunk) for chunk in labels.split(batch_size)}):
+                generate_images(self.model, labels[:size], self.settings, generator=torch.Generator().manual_seed(-1),
+                                batch_size=size)
+
+    def add(self, out, labels: Tensor, real_features: Tensor) -> None:
+        self.fids.append(quality.frechet_distance(quality.features(out.images), real_features))
+        self.accuracies.append(quality.class_accuracy(out.images, labels))
+        self.images.append(out.images)
+        self.passes.append(out.row_passes.double())
+        self.batch_passes += out.batch_passes
+        self.wall += out.wall_time_s
+
+    def row(self, batch_size: int, images: int) -> tuple[BenchRow, Tensor]:
+        per_image = float(torch.cat(self.passes).mean())
+        name = self.settings.label() + (f" @{self.model.name}" if self.other_model else "")
+        row = BenchRow(name=name, model=self.model.name, lossless=self.settings.lossless, batch_size=batch_size,
+                       images=images, passes_per_image=per_image, batch_passes=self.batch_passes, wall_time_s=self.wall,
+                       fid=self.fids, accuracy=self.accuracies,
+                       step_compression=self.model.vocab.image_tokens / per_image)
+        return row, torch.cat(self.images)
 
 
 def _compare_to_ar(rows: list[BenchRow], pooled: dict[str, Tensor], permutations: int) -> list[BenchRow]:

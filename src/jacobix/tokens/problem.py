@@ -86,6 +86,7 @@ class TokenProblem:
         self.drafts = drafts
         self.fed_per_pass: list[int] = []  # drafts fed per candidate row, one entry per sweep
         self.branch_per_pass: list[Tensor] = []  # (B,) drafts accepted on a draft tree's branches, per sweep
+        self._gains: Tensor | None = None  # (B,) drafts accepted so far by each row (the width policy's laggard)
         self._began: float | None = None  # when the previous sweep began
         self._width = 1  # tokens per row fed by the previous pass
         self._pending: tuple | None = None  # the previous pass's outcome, read one pass late
@@ -185,17 +186,16 @@ class TokenProblem:
         self.stats.policy_seconds += time.perf_counter() - began
         return fed
 
-    @staticmethod
-    def _tell_batch(policy: WidthPolicy, state: FixedPointState, running: Tensor) -> None:
-        """A policy that plans for whole batches (``rows``, ``tokens_left``) learns how many rows run
-        and how many tokens the longest of them has left."""
-        if not hasattr(policy, "tokens_left"):
+    def _tell_batch(self, policy: WidthPolicy, state: FixedPointState, running: Tensor) -> None:
+        """A policy that plans for whole batches (``rows``, ``laggard``) learns how many rows run and
+        how far the slowest of them trails in drafts accepted (its total over the rows' mean)."""
+        if not hasattr(policy, "laggard"):
             return
-        rows = int(running.sum())
-        policy.rows = rows
-        if rows > 1:
-            left = (state.limit - state.length)[running.to(state.length.device)]
-            policy.tokens_left = int(left.max())
+        running = running.cpu()
+        policy.rows = int(running.sum())
+        gains = self._gains[running] if self._gains is not None and policy.rows > 1 else None
+        mean = float(gains.mean()) if gains is not None else 0.0
+        policy.laggard = float(gains.min()) / mean if mean > 0 else 1.0
 
     def probe(self, state: FixedPointState, width: int) -> None:
         """One throw-away pass that feeds ``width - 1`` fresh drafts (pass-cost measurement). It
@@ -253,6 +253,8 @@ class TokenProblem:
     def _count(self, fed: int, source: Tensor, verdict: Verdict, running: Tensor) -> None:
         stats = self.stats
         self.fed_per_pass.append(fed)
+        accepted = verdict.n_accepted.cpu() * running  # (B,)
+        self._gains = accepted.double() if self._gains is None else self._gains + accepted
         branch = torch.zeros(len(running), dtype=torch.long)
         if verdict.off_trunk is not None:
             branch = (verdict.n_accepted - verdict.off_trunk).clamp_min(0).cpu() * running

@@ -147,7 +147,7 @@ class AdaptiveWidth:
         # forgetting is one multiplication a pass.
         self._stats = np.zeros((5, len(self.sources), len(self.arms)))
         self._scale = 1.0
-        self._plan_key, self._plan_at, self._last_plan, self._plan_context = b"", 0, None, np.zeros(1, dtype=np.int64)
+        self._plan_key, self._plan_at, self._last_plan = b"", 0, None
         self._pending: list[tuple] = []  # passes observed and not yet added to the statistics
         self.passes = 0
         self.current = 0  # index into arms of the arm played last
@@ -156,7 +156,7 @@ class AdaptiveWidth:
         self._next_probe, self._interval = 0, FIRST_PROBE_INTERVAL
         self._widened: deque[bool] = deque()  # per pass chosen and not yet observed: was it warming up?
         self._warming = 0  # passes of warm-up left after the last widening
-        self.rows, self.tokens_left = 1, 0  # the batch the next choice is for (see straggle)
+        self.rows, self.laggard = 1, 1.0  # the batch the next choice is for (see straggle)
 
     def restart(self) -> None:
         """A new generation: what was learnt stays, and so does the probe schedule (a reused spec
@@ -231,38 +231,28 @@ class AdaptiveWidth:
         else:
             share = np.bincount(context, minlength=len(self.sources)) / len(context)  # (S,)
             low, high = (share @ bound for bound in self.bounds())
-        if self.rows > 1 and self.tokens_left > 0:
-            low, high = self.straggle(low, context), self.straggle(high, context)
+        if self.rows > 1:
+            low, high = self.straggle(low), self.straggle(high)
         cautious, hopeful = low / cost, high / cost  # (K,) tokens per unit of cost
         best = float(cautious.max())
         near = tuple(int(k) for k in np.nonzero(cautious >= best * (1 - self.config.slack))[0])
         self._last_plan = _Plan(best=best, best_arm=int(cautious.argmax()), near=near, hopeful=hopeful.tolist(),
                                 cost=cost.tolist())
-        self._plan_key, self._plan_at, self._plan_context = key, self.passes, context
+        self._plan_key, self._plan_at = key, self.passes
         return self._last_plan
 
-    def straggle(self, rate: np.ndarray, context: np.ndarray) -> np.ndarray:
-        """Tokens per pass of a whole batch: a batch runs until its slowest row ends.
+    def straggle(self, rate: np.ndarray) -> np.ndarray:
+        """Tokens per pass of a whole batch, which runs until its slowest row ends.
 
-        A row that commits ``mu`` tokens per pass with per-pass variance ``var`` needs about
-        ``L / mu + z sqrt(L var / mu^3)`` passes for ``L`` tokens, its finish time being a sum of
-        passes; the slowest of ``N`` rows lies ``z = sqrt(2 ln N)`` standard deviations out. So an
-        arm's rate becomes ``L`` over that many passes (``L``: the tokens left of the longest row).
-        Sequential decoding has no variance and keeps its rate, so in large batches, where drafts
-        help every row a little, the policy rests at one token a pass unless the gain outruns the
-        stragglers (measured on the bundled image model: batch 50 of coupled SJD at width 2 made
-        142 passes where its rows' mean rate promised about 120).
+        Drafts help rows unevenly (an image that is hard to guess stays hard), and the batch's
+        passes are those of its slowest row. The token problem measures ``laggard``: the drafts
+        accepted so far by the row that accepted fewest, over the mean of all rows (1 where no row
+        has accepted any yet). An arm's gain over one token a pass is scaled by it. Sequential
+        decoding gains nothing and keeps its rate, so where the slowest rows gain little the batch
+        rests at one token a pass (measured on the bundled image model: at batch 50, coupled SJD
+        at width 2 made 142 passes where its rows' mean rate promised about 120).
         """
-        self._absorb()
-        weight, total, square = (self._stats[:3, context] * self._scale).reshape(3, -1, len(self.arms)).mean(1)
-        w = self.config.prior_weight
-        n = weight + w
-        mean = (total + w * self.prior[context].reshape(-1, len(self.arms)).mean(0)) / n
-        var = np.maximum((square + w * self.prior_square[context].reshape(-1, len(self.arms)).mean(0)) / n - mean ** 2, 0.0)
-        var[0] = 0.0
-        left, z = float(self.tokens_left), float(np.sqrt(2.0 * np.log(self.rows)))
-        mu = np.maximum(rate, 1e-9)
-        return left / (left / mu + z * np.sqrt(left * var / mu ** 3))
+        return 1.0 + (rate - 1.0) * self.laggard
 
     def _costs(self) -> np.ndarray:
         """(K,) relative cost of each arm's pass."""
@@ -292,10 +282,10 @@ class AdaptiveWidth:
         measured = passes - WARM_UP
         if measured <= 0:
             return False
-        rate = np.full(len(self.arms), tokens / measured)
-        if self.rows > 1 and self.tokens_left > 0:
-            rate = self.straggle(rate, self._plan_context)
-        return rate[self._probe_arm] / plan.cost[self._probe_arm] >= plan.best
+        rate = tokens / measured
+        if self.rows > 1:
+            rate = float(self.straggle(np.asarray(rate)))
+        return rate / plan.cost[self._probe_arm] >= plan.best
 
     def observe(self, source: Tensor, matched: Tensor, fed: int) -> None:
         """Credit the pass's committed tokens per row to its arm, and cut to every narrower arm; old
