@@ -148,6 +148,7 @@ class BenchRow:
     p_value_vs_ar: float = 1.0
     fid_pooled: float = 0.0
     fid_interval: tuple[float, float] | None = None
+    seed_walls: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,7 @@ class _DecoderRun:
     def __init__(self, model: ImageModel, settings: ImageSampling, other_model: bool) -> None:
         self.model, self.settings, self.other_model = model, settings, other_model
         self.fids, self.accuracies, self.images, self.passes = [], [], [], []
-        self.batch_passes, self.wall = 0, 0.0
+        self.batch_passes, self.wall, self.walls = 0, 0.0, []
 
     def warm(self, labels: Tensor, batch_size: int) -> None:
         """window="auto" measures its pass costs once per batch size: outside the timings."""
@@ -290,15 +291,24 @@ class _DecoderRun:
         self.passes.append(out.row_passes.double())
         self.batch_passes += out.batch_passes
         self.wall += out.wall_time_s
+        self.walls.append(out.wall_time_s)
 
     def row(self, batch_size: int, images: int) -> tuple[BenchRow, Tensor]:
         per_image = float(torch.cat(self.passes).mean())
         name = self.settings.label() + (f" @{self.model.name}" if self.other_model else "")
         row = BenchRow(name=name, model=self.model.name, lossless=self.settings.lossless, batch_size=batch_size,
                        images=images, passes_per_image=per_image, batch_passes=self.batch_passes, wall_time_s=self.wall,
-                       fid=self.fids, accuracy=self.accuracies,
+                       fid=self.fids, accuracy=self.accuracies, seed_walls=tuple(self.walls),
                        step_compression=self.model.vocab.image_tokens / per_image)
         return row, torch.cat(self.images)
+
+
+def _wall_ratio(base: BenchRow, row: BenchRow) -> float:
+    """AR's wall time over the row's: the median of the per-seed ratios where both ran the same seeds
+    (each seed runs every row back to back, so the machine's drift between seeds cancels), else the totals'."""
+    if len(base.seed_walls) == len(row.seed_walls) > 0 and base.model == row.model:
+        return float(np.median([b / r for b, r in zip(base.seed_walls, row.seed_walls)]))
+    return base.wall_time_s / row.wall_time_s
 
 
 def _compare_to_ar(rows: list[BenchRow], pooled: dict[str, Tensor], permutations: int) -> list[BenchRow]:
@@ -308,7 +318,7 @@ def _compare_to_ar(rows: list[BenchRow], pooled: dict[str, Tensor], permutations
     for row in rows:
         fid, p_value = (0.0, 1.0) if row is base else permutation_test(base_features, quality.features(pooled[row.name]), permutations)
         out.append(BenchRow(**{**row.__dict__, "pass_ratio": base.batch_passes / row.batch_passes,
-                               "wall_ratio": base.wall_time_s / row.wall_time_s, "fid_vs_ar": fid, "p_value_vs_ar": p_value}))
+                               "wall_ratio": _wall_ratio(base, row), "fid_vs_ar": fid, "p_value_vs_ar": p_value}))
     return out
 
 
@@ -366,8 +376,9 @@ def format_table(result: ImageBenchResult) -> str:
     lines.append("FID-proxy = Frechet distance in the bundled classifier's features (not Inception FID), per seed "
                  f"vs the 10k test images; {reference} (the floor at this sample size)"
                  + ("; FID pooled: all seeds' images together, with a 95% bootstrap interval" if rated else ""))
-    lines.append("passes/img: passes while each image was unfinished; pass and wall ratios: AR batch passes and "
-                 "seconds over this row's, same batches, same run; p vs AR: permutation test of pooled features; "
+    lines.append("passes/img: passes while each image was unfinished; pass ratio: AR batch passes over this row's; "
+                 "wall ratio: AR seconds over this row's, the median over seeds (each seed runs every row back to back); "
+                 "p vs AR: permutation test of pooled features; "
                  "AR is the first row (on the main model); '@model' rows run on another model")
     return "\n".join(lines)
 

@@ -79,15 +79,13 @@ def generate(
     _check_request(model, decoding, sampling, max_new_tokens, guidance, record, progress)
     prompts, prompt_length = pack_prompts(input_ids, _input_vocab(model), "input_ids")
     _check_batch(len(prompts), streamer, generator)
-    width = decoding.max_window
-    proposer = _proposer(decoding, width - 1)
+    width, proposer = decoding.max_window, _proposer(decoding, decoding.max_window - 1)
     device = model_device(model)
     prompts, prompt_length = prompts.to(device), prompt_length.to(device)
     shift, uncond, uncond_length = _guidance(model, guidance, prompt_length)
     limit = prompt_length + max_new_tokens
-    room = 0 if decoding.tree is None or decoding.spec.sequential else width + decoding.tree.extra_nodes
     verifier = _verifier(model, proposer, shift, prompt_length, limit, sampling, processors, eos_token_id, generator,
-                         room)
+                         _tree_room(decoding, width))
     start = clock(device)
     with torch.inference_mode():
         state, prefilled = _start(model, verifier, prompts, prompt_length, uncond, uncond_length, limit, width)
@@ -169,6 +167,11 @@ def _proposer(decoding: Decoding, drafts: int) -> Proposer:
     if decoding.spec.sequential or not decoding.lookahead:
         return base
     return NGramProposer(base, LookaheadConfig() if decoding.lookahead is True else decoding.lookahead, drafts)
+
+
+def _tree_room(decoding: Decoding, width: int) -> int:
+    """Cache slots a draft tree writes past the last position: its whole window at the last root."""
+    return 0 if decoding.tree is None or decoding.spec.sequential else width + decoding.tree.extra_nodes
 
 
 def _eos_ids(eos_token_id: int | Sequence[int] | None, vocab_size: int) -> tuple[int, ...]:
