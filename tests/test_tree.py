@@ -223,3 +223,23 @@ def _hf_joint(lm, sampling) -> dict:
             probs = reference_probs(lm.model(ids).logits[0, len(PROMPT) - 1 : -1], temperature=sampling.temperature)
             joint[sequence] = float(torch.prod(probs[torch.arange(LENGTH), torch.tensor(sequence)]))
     return joint
+
+
+def test_a_tree_decodes_with_one_generator_per_row(toy):
+    decoding = Decoding(method="sjd-pac", window=4, tree=DraftTree(branches=3, depth=3))
+    generators = [torch.Generator().manual_seed(row) for row in range(3)]
+    out = jacobix.generate(toy, [PROMPT] * 3, decoding=decoding, sampling=SamplingConfig(temperature=1.0),
+                           max_new_tokens=12, generator=generators)
+    again = jacobix.generate(toy, [PROMPT], decoding=decoding, sampling=SamplingConfig(temperature=1.0),
+                             max_new_tokens=12, generator=[torch.Generator().manual_seed(1)])
+    assert [len(t) for t in out.tokens] == [12, 12, 12] and out.stats.branch_per_pass is not None
+    assert len(again.tokens[0]) == 12
+
+
+def test_the_tree_flag_is_derived_from_the_spec(capsys):
+    from jacobix.cli.main import main
+
+    assert main(["generate", "ROMEO:", "--model", "shakespeare", "--method", "sjd-pac", "--temperature", "0.8",
+                 "--tree", "3,3", "--window", "8", "--max-new-tokens", "12", "--no-progress"]) == 0
+    assert main(["generate", "ROMEO:", "--model", "shakespeare", "--method", "sjd", "--temperature", "1", "--tree", "4"]) == 2
+    assert "BRANCHES,DEPTH" in capsys.readouterr().err

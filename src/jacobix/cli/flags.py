@@ -67,6 +67,7 @@ class FieldFlag:
     switch: bool  # a flag without a value (bool fields)
     parse: Callable[[str], Any] | None
     help: str
+    metavar: str | None = None
 
     @property
     def option(self) -> str:
@@ -84,7 +85,39 @@ def field_flags(spec: type) -> list[FieldFlag]:
             out.append(FieldFlag(spec, f.name, True, None, helps.get(f.name, f.name)))
         elif options and all(o in (int, float, str) or isinstance(o, str) for o in options):
             out.append(FieldFlag(spec, f.name, False, _parser_of(spec, f.name, options), helps.get(f.name, f.name)))
+        elif (nested := _integer_spec(hints[f.name])) is not None:  # a small spec of whole numbers: "4,3"
+            names = [g.name for g in dataclasses.fields(nested)]
+            out.append(FieldFlag(spec, f.name, False, _nested_parser(spec, f.name, nested), helps.get(f.name, f.name),
+                                 metavar=",".join(n.upper() for n in names)))
     return out
+
+
+def _integer_spec(hint: Any) -> type | None:
+    """The frozen dataclass of int fields that ``hint`` allows (``X | None``), or None."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for arg in args:
+        if dataclasses.is_dataclass(arg) and all(t is int for t in typing.get_type_hints(arg).values()):
+            return arg
+    return None
+
+
+def _nested_parser(spec: type, name: str, nested: type) -> Callable[[str], Any]:
+    names = [g.name for g in dataclasses.fields(nested)]
+
+    def parse(text: str) -> Any:
+        parts = text.split(",")
+        if len(parts) != len(names) or not all(p.strip().lstrip("-").isdigit() for p in parts):
+            raise argparse.ArgumentTypeError(f"expected {len(names)} whole numbers {','.join(n.upper() for n in names)}, "
+                                             f"e.g. {','.join(str(_default(g) or 1) for g in dataclasses.fields(nested))}, "
+                                             f"got {text!r}")
+        try:
+            value = nested(**{n: int(p) for n, p in zip(names, parts)})
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return value
+
+    parse.__name__ = name
+    return parse
 
 
 def _options(hint: Any) -> list[Any]:
@@ -175,7 +208,8 @@ def add_spec_arguments(parser: argparse.ArgumentParser, *, defaults: dict[str, A
                 group.add_argument(flag.option, dest="method", choices=(*(methods or METHODS), *more_methods), default=default,
                                    help=flag.help)
             else:
-                group.add_argument(flag.option, dest=flag.name, type=flag.parse, default=default, help=flag.help)
+                group.add_argument(flag.option, dest=flag.name, type=flag.parse, default=default, help=flag.help,
+                                   metavar=flag.metavar)
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -144,7 +144,7 @@ def alternatives(p_draft: Tensor, first: Tensor, branches: int, generator: Rando
         total = left.sum(-1, keepdim=True)
         law = torch.where(total > 0, left / total.clamp_min(torch.finfo(left.dtype).tiny), 0.0)
         drawable = torch.where(total > 0, law, p_draft)  # an exhausted law draws anything: it is never accepted
-        tokens.append(sample(drawable.flatten(0, 1), generator).view(first.shape))
+        tokens.append(sample(drawable, generator))  # (B, P)
         laws.append(law)
     return torch.stack(tokens, 2), torch.stack(laws, 2)
 

@@ -128,7 +128,7 @@ class Decoding:
         _check_types(self)
         if self.tree is not None and (self.spec.sampled is not True or self.method == "sjd2"):
             raise ValueError(f"Decoding.tree draws alternatives from each draft's law, so it needs a sampling method "
-                             f"('sjd' or 'sjd-coupled'), not method={self.method!r}")
+                             f"('sjd', 'sjd-coupled' or 'sjd-pac'), not method={self.method!r}")
         if self.tree is not None and (self.block or self.lookahead):
             raise ValueError("Decoding.tree grows from one chain of drafts; it does not combine with block or lookahead")
         if self.block and self.window == "auto":
