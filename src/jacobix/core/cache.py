@@ -16,6 +16,12 @@ import torch
 from torch import Tensor
 
 
+def slot_mask(positions: Tensor, span: int) -> Tensor:
+    """Boolean mask (B, 1, W, span): a query at ``positions`` (B, W) sees the slots at or before it."""
+    slots = torch.arange(span, device=positions.device)
+    return slots[None, None, None, :] <= positions[:, None, :, None]
+
+
 class KVCache:
     """Keys and values of every layer, written by absolute position.
 
@@ -65,13 +71,13 @@ class KVCache:
         self.values[layer].scatter_(2, index, v)
         return self.keys[layer], self.values[layer]
 
-    def attention_mask(self, positions: Tensor) -> Tensor:
-        """Boolean mask (B, 1, W, capacity): a query sees the slots at or before its position."""
-        slots = torch.arange(self.capacity, device=positions.device)
-        return slots[None, None, None, :] <= positions[:, None, :, None]
+    def attention_mask(self, positions: Tensor, span: int | None = None) -> Tensor:
+        """Boolean mask (B, 1, W, span): a query sees the slots at or before its position (of the first
+        ``span``, by default all)."""
+        return slot_mask(positions, self.capacity if span is None else span)
 
-    def tree_mask(self, root_slot: Tensor, ancestors: Tensor) -> Tensor:
-        """Boolean mask (B, 1, N, capacity) of a tree window written at slots ``root_slot + i``.
+    def tree_mask(self, root_slot: Tensor, ancestors: Tensor, span: int | None = None) -> Tensor:
+        """Boolean mask (B, 1, N, span) of a tree window written at slots ``root_slot + i``.
 
         Args:
             root_slot: (B,) the slot of each row's first node (the root).
@@ -79,7 +85,8 @@ class KVCache:
         A node sees the committed slots before the root and, from the window, its ancestors only.
         """
         n = ancestors.shape[0]
-        offset = torch.arange(self.capacity, device=root_slot.device)[None, :] - root_slot[:, None]  # (B, C)
+        every = torch.arange(self.capacity if span is None else span, device=root_slot.device)
+        offset = every[None, :] - root_slot[:, None]  # (B, S)
         inside = (offset >= 0) & (offset < n)
         window = ancestors.to(root_slot.device)[:, offset.clamp(0, n - 1)]  # (N, B, C)
         return ((offset < 0)[:, None, :] | (inside[:, None, :] & window.transpose(0, 1)))[:, None]  # (B, 1, N, C)

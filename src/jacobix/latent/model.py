@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from jacobix.core.cache import slot_mask
 from jacobix.core.checkpoints import METADATA, WEIGHTS, build_config, load_weights, read_metadata, save_checkpoint
 from jacobix.models.llama import Llama, LlamaConfig
 
@@ -119,10 +120,10 @@ class FunctionalCache:
         self.values[layer] = self.values[layer].scatter(2, index, v)
         return self.keys[layer], self.values[layer]
 
-    def attention_mask(self, positions: Tensor) -> Tensor:
-        """Boolean mask (B, 1, W, capacity): a query sees the slots at or before its position."""
-        slots = torch.arange(self.capacity, device=positions.device)
-        return slots[None, None, None, :] <= positions[:, None, :, None]
+    def attention_mask(self, positions: Tensor, span: int | None = None) -> Tensor:
+        """Boolean mask (B, 1, W, span): a query sees the slots at or before its position (of the first
+        ``span``, by default all)."""
+        return slot_mask(positions, self.capacity if span is None else span)
 
     def rollback(self, lengths: Tensor) -> None:
         self.lengths = lengths.clone()

@@ -85,24 +85,21 @@ class Attention(nn.Module):
         self.wv = nn.Linear(config.dim, config.num_kv_heads * config.head_dim, bias=False)
         self.wo = nn.Linear(config.num_heads * config.head_dim, config.dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None,
-                tree: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, cache: KVCache | None,
+                mask: Tensor | None = None) -> Tensor:
+        """Attention of a window written at ``slots`` (B, W) of ``cache``, seeing what ``mask``
+        (B, 1, W, S) allows among the first S slots; without a cache, causal (or ``mask`` (W, W))."""
         b, w, _ = x.shape
         q = self.wq(x).view(b, w, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, W, hd)
         k = self.wk(x).view(b, w, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, W, hd)
         v = self.wv(x).view(b, w, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, W, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is None:
-            causal = tree is None
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=tree, is_causal=causal, enable_gqa=True)
-        elif tree is not None:  # a draft tree: nodes at consecutive slots from the root's; tree is its (B, 1, N, C) mask
-            slots = positions[:, :1] + torch.arange(w, device=x.device)  # (B, N)
-            keys, values = cache.write(self.layer, slots, k, v)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=tree, enable_gqa=True)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         else:
-            keys, values = cache.write(self.layer, positions, k, v)  # (B, Hkv, C, hd)
-            mask = cache.attention_mask(positions)  # (B, 1, W, C)
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
+            keys, values = cache.write(self.layer, slots, k, v)  # (B, Hkv, C, hd)
+            span = mask.shape[-1]  # slots in use: attention never pays for the cache's unused room
+            out = F.scaled_dot_product_attention(q, keys[:, :, :span], values[:, :, :span], attn_mask=mask, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(b, w, -1))  # (B, W, dim)
 
 
@@ -125,9 +122,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, positions: Tensor, cache: KVCache | None,
-                tree: Tensor | None = None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, positions, cache, tree)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, slots: Tensor, cache: KVCache | None,
+                mask: Tensor | None = None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, slots, cache, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -202,17 +199,32 @@ class Llama(nn.Module):
             positions = torch.arange(w, device=x.device).expand(b, w)
         cos = self.rope_cos[positions][:, None].to(x.dtype)  # (B, 1, W, hd/2)
         sin = self.rope_sin[positions][:, None].to(x.dtype)
-        if tree is not None and cache is not None:  # the tree's mask over the cache, made once for every layer
-            tree = cache.tree_mask(positions[:, 0], tree)  # (B, 1, W, C)
+        slots, mask = self._slots_and_mask(positions, cache, tree)
         hidden = [x]
         for layer in self.layers:
-            x = layer(x, cos, sin, positions, cache, tree)
+            x = layer(x, cos, sin, slots, cache, mask)
             hidden.append(x)
         x = self.norm(x)
         logits = self.output(x)  # (B, W, V)
         if not return_hidden:
             return logits
         return LMOutput(logits=logits, hidden_states=(*hidden[:-1], x))
+
+    @staticmethod
+    def _slots_and_mask(positions: Tensor, cache: KVCache | None, tree: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Where the window is written and what it sees, made once for every layer: a chain is written at
+        its positions, a tree at consecutive slots from its root's; the mask covers the slots in use."""
+        if cache is None:
+            return positions, tree
+        if tree is None:
+            return positions, cache.attention_mask(positions, _attention_span(positions))  # (B, 1, W, S)
+        slots = positions[:, :1] + torch.arange(positions.shape[1], device=positions.device)  # (B, N)
+        return slots, cache.tree_mask(positions[:, 0], tree, _attention_span(slots))
+
+
+def _attention_span(slots: Tensor) -> int:
+    """Cache slots a window's attention reads: up to its last slot (the one host sync of a forward)."""
+    return int(slots.max()) + 1
 
 
 def save_llama(model: Llama, directory: str | Path, *, extra: dict | None = None) -> None:

@@ -95,7 +95,7 @@ class PositionCacheMethods:
             return torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(~visible, torch.finfo(dtype).min)
         visible = every[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, W, kv)
         if self.sliding_window is not None:
-            visible &= slots[None, None, None, :] > positions[:, None, :, None] - self.sliding_window
+            visible &= every[None, None, None, :] > positions[:, None, :, None] - self.sliding_window
         mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
         return mask.masked_fill_(~visible, torch.finfo(dtype).min)
 
