@@ -188,14 +188,16 @@ class TokenProblem:
 
     def _tell_batch(self, policy: WidthPolicy, state: FixedPointState, running: Tensor) -> None:
         """A policy that plans for whole batches (``rows``, ``laggard``) learns how many rows run and
-        how far the slowest of them trails in drafts accepted (its total over the rows' mean)."""
+        how far the slowest of them trails in drafts accepted (its total over the rows' mean). A policy
+        is kept per batch size, so a new generation starts from what the last one measured."""
         if not hasattr(policy, "laggard"):
             return
         running = running.cpu()
         policy.rows = int(running.sum())
         gains = self._gains[running] if self._gains is not None and policy.rows > 1 else None
         mean = float(gains.mean()) if gains is not None else 0.0
-        policy.laggard = float(gains.min()) / mean if mean > 0 else 1.0
+        if mean > 0:  # else the policy keeps what the last batch of its size measured (1 at first)
+            policy.laggard = float(gains.min()) / mean
 
     def probe(self, state: FixedPointState, width: int) -> None:
         """One throw-away pass that feeds ``width - 1`` fresh drafts (pass-cost measurement). It
