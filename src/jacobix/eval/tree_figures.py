@@ -39,9 +39,7 @@ def kinds_figure(samples: Mapping[str, np.ndarray], kinds: Mapping[str, np.ndarr
                 a.set_xticks([]), a.set_yticks([])
         axes[0, 2 * column].set_title(name, fontsize=9, loc="left")
     handles = [Patch(color=KIND_COLOURS[i], label=kind) for i, kind in enumerate(kind_names)]
-    height = figure.get_figheight()
-    figure.subplots_adjust(bottom=0.5 / height, top=1.0 - 0.7 / height)  # room for the legend and the titles
-    figure.legend(handles=handles, loc="lower center", ncol=len(kind_names), fontsize=8, frameon=False)
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(kind_names), fontsize=8, frameon=False)
     figure.suptitle(title, fontsize=11)
     return figure
 
