@@ -179,7 +179,7 @@ class Verifier:
         self._moves = path_moves(verdict.repeat(len(roots) // b), roots)
         rows = torch.arange(b, device=device)
         values, n_accepted = verdict.values, verdict.n_accepted
-        matched = torch.minimum(leading_true(drafts == values[:, :fed]), n_accepted + 1)[:, None]  # (B, 1)
+        matched = n_accepted[:, None]  # (B, 1) the width policy's reward: drafts accepted, branches included
         p_target = probs[rows[:, None], verdict.path]  # (B, W, V) along the path, the trunk past it
         n_commit, finished = self._stop_at_eos(values, n_accepted + 1)
         return Verdict(torch.zeros_like(n_accepted), n_accepted, values, n_commit, finished, matched, None, p_target,
