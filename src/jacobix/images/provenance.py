@@ -31,7 +31,6 @@ def _batch_kinds(records: list, branch_per_pass: Tensor | None, prompt_length: i
     b = records[0].start.shape[0]
     out = torch.full((b, tokens), RECOVERED, dtype=torch.long)
     rows = torch.arange(b)[:, None]
-    previous: dict[int, int] = {}  # absolute position -> draft fed there by the pass before, per row (packed)
     for sweep, record in enumerate(records):
         d = record.drafts.shape[1]
         offsets = torch.arange(d)[None]  # (1, D)
