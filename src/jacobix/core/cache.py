@@ -22,6 +22,28 @@ def slot_mask(positions: Tensor, span: int) -> Tensor:
     return slots[None, None, None, :] <= positions[:, None, :, None]
 
 
+def tree_slots(positions: Tensor) -> Tensor:
+    """(B, N) slots of a draft tree's nodes (:mod:`jacobix.core.tree`): consecutive from the root's,
+    ``positions[:, 0]``, so trunk nodes land at their own positions and branch nodes past the trunk."""
+    return positions[:, :1] + torch.arange(positions.shape[1], device=positions.device)
+
+
+def tree_slot_mask(root_slot: Tensor, ancestors: Tensor, span: int) -> Tensor:
+    """Boolean mask (B, 1, N, span) of a tree window written at slots ``root_slot + i``.
+
+    Args:
+        root_slot: (B,) the slot of each row's first node (the root).
+        ancestors: (N, N) bool, node i sees node j (j is i or an ancestor of i).
+        span: slots covered.
+    A node sees the committed slots before the root and, from the window, its ancestors only.
+    """
+    n = ancestors.shape[0]
+    offset = torch.arange(span, device=root_slot.device)[None, :] - root_slot[:, None]  # (B, S)
+    inside = (offset >= 0) & (offset < n)
+    window = ancestors.to(root_slot.device)[:, offset.clamp(0, n - 1)]  # (N, B, S)
+    return ((offset < 0)[:, None, :] | (inside[:, None, :] & window.transpose(0, 1)))[:, None]  # (B, 1, N, S)
+
+
 class KVCache:
     """Keys and values of every layer, written by absolute position.
 
@@ -77,19 +99,8 @@ class KVCache:
         return slot_mask(positions, self.capacity if span is None else span)
 
     def tree_mask(self, root_slot: Tensor, ancestors: Tensor, span: int | None = None) -> Tensor:
-        """Boolean mask (B, 1, N, span) of a tree window written at slots ``root_slot + i``.
-
-        Args:
-            root_slot: (B,) the slot of each row's first node (the root).
-            ancestors: (N, N) bool, node i sees node j (j is i or an ancestor of i).
-        A node sees the committed slots before the root and, from the window, its ancestors only.
-        """
-        n = ancestors.shape[0]
-        every = torch.arange(self.capacity if span is None else span, device=root_slot.device)
-        offset = every[None, :] - root_slot[:, None]  # (B, S)
-        inside = (offset >= 0) & (offset < n)
-        window = ancestors.to(root_slot.device)[:, offset.clamp(0, n - 1)]  # (N, B, C)
-        return ((offset < 0)[:, None, :] | (inside[:, None, :] & window.transpose(0, 1)))[:, None]  # (B, 1, N, C)
+        """:func:`tree_slot_mask` over the first ``span`` slots (by default all)."""
+        return tree_slot_mask(root_slot, ancestors, self.capacity if span is None else span)
 
     def move_slots(self, source: Tensor, target: Tensor) -> None:
         """Row ``i`` copies its own keys and values at slots ``source[i]`` (B, P) to ``target[i]``

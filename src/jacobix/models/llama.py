@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jacobix.core.cache import KVCache
+from jacobix.core.cache import KVCache, tree_slots
 from jacobix.models.protocol import LMOutput
 from jacobix.core.checkpoints import METADATA, WEIGHTS, build_config, load_weights, read_metadata, save_checkpoint
 
@@ -218,7 +218,7 @@ class Llama(nn.Module):
             return positions, tree
         if tree is None:
             return positions, cache.attention_mask(positions, _attention_span(positions))  # (B, 1, W, S)
-        slots = positions[:, :1] + torch.arange(positions.shape[1], device=positions.device)  # (B, N)
+        slots = tree_slots(positions)  # (B, N)
         return slots, cache.tree_mask(positions[:, 0], tree, _attention_span(slots))
 
 

@@ -82,8 +82,9 @@ class Decoding:
         block: CLLM's block mode: blocks of ``window`` tokens, each iterated to its fixed point.
         lossy: a :class:`LossyExit` (LOSSY early exit), or None (exact; the default).
         tree: a :class:`~jacobix.core.tree.DraftTree` (SJD-PAC's proactive drafting, sampling
-            methods): at each of the first ``depth - 1`` drafts, ``branches - 1`` alternatives drawn
-            from the draft's law are verified in the same pass; a pass feeds ``window`` trunk tokens
+            methods): at each of the first ``depth - 1`` drafts, ``branches - 1`` alternatives (drawn
+            from the draft rule's law mixed with the draft's own, :mod:`jacobix.tokens.proposers.tree`)
+            are verified in the same pass; a pass feeds ``window`` trunk tokens
             plus ``tree.extra_nodes`` (18 for 4 branches, depth 3). Lossless. None: a chain.
         proposer: your own :class:`~jacobix.tokens.proposers.base.Proposer` (``init`` is then unused).
         width_policy: your own width policy (default: every draft, or adaptive with ``window="auto"``).

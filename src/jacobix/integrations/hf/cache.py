@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jacobix.core.cache import slot_mask, tree_slot_mask, tree_slots
 from jacobix.integrations.hf._deps import require_transformers
 
 UNKNOWN_TOKEN = -1  # token history of a position fed by ``embeds`` without token ids
@@ -80,22 +81,19 @@ class PositionCacheMethods:
 
         With ``tree`` (W, W) bool the window is a draft tree (:mod:`jacobix.core.tree`): token i is
         written at slot ``positions[:, 0] + i`` and sees the slots before the root's and its ancestors."""
-        slots = positions if tree is None else positions[:, :1] + torch.arange(positions.shape[1], device=positions.device)
+        slots = positions if tree is None else tree_slots(positions)
         self.positions, self.layers_written = slots, 0
         self.kv_length = int(slots.max()) + 1  # the one host sync of a forward
         if self.tokens.device != positions.device:
             self.tokens, self.lengths = self.tokens.to(positions.device), self.lengths.to(positions.device)
         self.tokens.scatter_(1, slots, tokens)
-        every = torch.arange(self.kv_length, device=positions.device)
         if tree is not None:
-            offset = every[None, :] - slots[:, :1]  # (B, kv) slot's offset from the root
-            n = tree.shape[0]
-            window = tree.to(positions.device)[:, offset.clamp(0, n - 1)].transpose(0, 1)  # (B, W, kv)
-            visible = ((offset < 0)[:, None, :] | ((offset >= 0) & (offset < n))[:, None, :] & window)[:, None]
-            return torch.zeros(visible.shape, dtype=dtype, device=positions.device).masked_fill_(~visible, torch.finfo(dtype).min)
-        visible = every[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, W, kv)
-        if self.sliding_window is not None:
-            visible &= every[None, None, None, :] > positions[:, None, :, None] - self.sliding_window
+            visible = tree_slot_mask(slots[:, 0], tree, self.kv_length)  # (B, 1, W, kv)
+        else:
+            visible = slot_mask(positions, self.kv_length)  # (B, 1, W, kv)
+            if self.sliding_window is not None:
+                every = torch.arange(self.kv_length, device=positions.device)
+                visible &= every[None, None, None, :] > positions[:, None, :, None] - self.sliding_window
         mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)
         return mask.masked_fill_(~visible, torch.finfo(dtype).min)
 
