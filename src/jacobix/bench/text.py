@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,9 @@ class TextBenchConfig:
     sampling: SamplingConfig = SamplingConfig(temperature=0.8)  # of the sampled rows
     seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "cpu"
+    suite: str | None = None  # a task suite (jacobix.bench.text_suites): quality measured per model
+    quality_problems: int = 1000  # held-out problems the suite's quality figure is measured on
+    data: Path | None = None  # the plays, for the shakespeare suite's validation loss
 
     def __post_init__(self) -> None:
         if not self.prompts or not self.seeds:
@@ -80,6 +84,21 @@ class TextBenchResult:
     rows: list[BenchRow] = field(default_factory=list)
     pass_costs: dict[int, float] = field(default_factory=dict)  # pass cost by width / one-token pass cost
     samples: list[tuple[str, str, str, int]] = field(default_factory=list)  # prompt, teacher, student, agreeing tokens
+    quality: dict[str, dict] = field(default_factory=dict)  # per model: the suite's quality record (greedy AR)
+
+    def role(self, model: str) -> str:
+        """``teacher`` for the teacher run beside the model, else ``student`` (with a teacher) or ``model``."""
+        if self.config.teacher is None:
+            return "model"
+        return "teacher" if model == self.config.teacher else "student"
+
+    def quality_table(self) -> str:
+        """The suite's quality figure per model (greedy sequential decoding; Jacobi rows are exact, so equal)."""
+        lines = []
+        for model, record in self.quality.items():
+            figures = ", ".join(f"{k} {v}" for k, v in record.items())
+            lines.append(f"{self.role(model)} {model}: {figures}")
+        return "\n".join(lines)
 
     def reference(self, row: BenchRow) -> BenchRow:
         """The sequential row that ``row`` is compared with (greedy or sampling AR)."""
@@ -149,9 +168,12 @@ class TextBenchResult:
         for row in self.rows:
             ref = self.reference(row)
             prompts = range(len(row.per_prompt))
+            quality = self.quality.get(row.model, {}) if row.setting.method == "ar" and not row.setting.sampled else {}
             out.append({
+                **({"suite": self.config.suite} if self.config.suite else {}),
                 "setting": row.setting.label,
                 "model": row.model,
+                "role": self.role(row.model),
                 "device": self.config.device,
                 "tokens": row.tokens,
                 "forward_passes": row.passes,
@@ -166,6 +188,7 @@ class TextBenchResult:
                 "seeds": len(self.config.seeds),
                 "batch_size": 1,
                 **_convergence_record(row),
+                **quality,
                 **({"auto_vs_best_fixed": round(self.auto_vs_best_fixed(row), 4),
                     "best_fixed": self.best_fixed(row).setting.label} if row.setting.adaptive else {}),
             })
@@ -260,7 +283,14 @@ def bench_text(config: TextBenchConfig = TextBenchConfig(), *, text_model: TextM
                 row.convergence += [convergence_counts(b) for b in split_blocks(
                     result.trajectory, result.tokens, torch.tensor([len(prompt)]), int(row.setting.window))]
     samples = _samples(models, prompts, greedy, config) if config.teacher is not None else []
-    return TextBenchResult(config=config, rows=rows, pass_costs=pass_costs, samples=samples)
+    quality = {}
+    if config.suite is not None:  # outside the timings
+        from jacobix.bench.text_suites import QualityInputs, get_suite
+
+        quality = {name: get_suite(config.suite).quality(m, QualityInputs(
+            problems=config.quality_problems, data=config.data, outputs=[g[name].tolist() for g in greedy if name in g]))
+            for name, m in models.items()}
+    return TextBenchResult(config=config, rows=rows, pass_costs=pass_costs, samples=samples, quality=quality)
 
 
 def _samples(models: dict[str, TextModel], prompts: list, greedy: list[dict[str, torch.Tensor]],

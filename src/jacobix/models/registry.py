@@ -70,4 +70,9 @@ def load_llama_text(name: str) -> TextModel:
     tokenizer_meta = meta.get("tokenizer", {})
     if tokenizer_meta.get("kind") != "char":
         raise ValueError(f"{directory}/config.json names no character tokenizer; jacobix cannot encode text for it")
-    return TextModel(name=name, model=model, tokenizer=CharTokenizer(tokenizer_meta["alphabet"]))
+    tokenizer = CharTokenizer(tokenizer_meta["alphabet"])
+    end = tokenizer_meta.get("end")  # a character that ends a text (the worked-arithmetic model's newline)
+    if end is not None and (not isinstance(end, str) or len(end) != 1 or end not in tokenizer.alphabet):
+        raise ValueError(f"{directory}/config.json: tokenizer.end must be one character of the alphabet, got {end!r}")
+    eos = None if end is None else tokenizer.alphabet.index(end)
+    return TextModel(name=name, model=model, tokenizer=tokenizer, eos_token_id=eos)

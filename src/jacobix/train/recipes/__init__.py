@@ -15,11 +15,11 @@ from jacobix.train.recipe import Recipe
 
 def _recipes() -> dict[str, Recipe]:
     """Target name -> recipe, in the order ``jacobix train --help`` lists them."""
-    from jacobix.train.recipes import (ceed, classifier, cllm, image_ar, pccot, policy, shakespeare, sjd2, tarflow,
-                                       vq)
+    from jacobix.train.recipes import (arith, ceed, classifier, cllm, forcing, image_ar, pccot, policy, shakespeare,
+                                       sjd2, tarflow, vq)
 
     return {recipe.name: recipe for recipe in (
-        shakespeare.RECIPE, cllm.RECIPE, vq.RECIPE, image_ar.RECIPE, sjd2.RECIPE, classifier.RECIPE, tarflow.FASHION,
+        shakespeare.RECIPE, arith.RECIPE, cllm.RECIPE, forcing.RECIPE, vq.RECIPE, image_ar.RECIPE, sjd2.RECIPE, classifier.RECIPE, tarflow.FASHION,
         tarflow.DIGITS, pccot.RECIPE, policy.RECIPE, ceed.RECIPE)}
 
 

@@ -67,10 +67,25 @@ def train(data_root: str | Path, out_dir: str | Path, config: TrainConfig = Trai
         config: optimisation settings and model size.
         options: resume, checkpoint frequency, early stop, FSDP (:class:`RunOptions`).
     """
+    text = read_plays(Path(data_root))
+    return train_char_lm(text, "".join(sorted(set(text))), out_dir, config, options)
+
+
+def train_char_lm(text: str, alphabet: str, out_dir: str | Path, config: TrainConfig, options: RunOptions,
+                  *, finish=None, end: str | None = None) -> Path:
+    """Train a character-level Llama on ``text`` (98% train, the last 2% validation) and save it.
+
+    Args:
+        text: the training text; every character must be in ``alphabet``.
+        alphabet: the tokenizer's characters (one token each).
+        out_dir, config, options: as :func:`train`.
+        finish: ``finish(model) -> dict`` called on the trained model (eval mode) on the main process;
+            its entries are stored in the checkpoint's config (e.g. a task accuracy).
+        end: the character that ends a text (generation stops there), recorded with the tokenizer.
+    """
     run = distributed.setup()
     torch.manual_seed(config.seed)
-    text = read_plays(Path(data_root))
-    tokenizer = CharTokenizer("".join(sorted(set(text))))
+    tokenizer = CharTokenizer(alphabet)
     data = tokenizer.encode(text)
     split = int(0.98 * len(data))
     train_data, val_data = data[:split], data[split:]
@@ -87,11 +102,14 @@ def train(data_root: str | Path, out_dir: str | Path, config: TrainConfig = Trai
     if run.is_main and result.finished:
         final = Llama(model_config)
         final.load_state_dict(weights)
+        final.eval()
         val_loss = evaluate(final, val_data, config)
         log.info("validation loss %.3f nats/char", val_loss)
-        save_llama(final.eval(), out_dir, extra={
-            "tokenizer": {"kind": "char", "alphabet": tokenizer.alphabet}, "validation_loss": round(val_loss, 4),
-            "train": {k: v for k, v in config.__dict__.items() if k != "model"}})
+        more = finish(final) if finish is not None else {}
+        save_llama(final, out_dir, extra={
+            "tokenizer": {"kind": "char", "alphabet": tokenizer.alphabet, **({"end": end} if end else {})},
+            "validation_loss": round(val_loss, 4),
+            **more, "train": {k: v for k, v in config.__dict__.items() if k != "model"}})
     run.close()
     return Path(out_dir)
 
@@ -147,7 +165,7 @@ RECIPE = Recipe(name="shakespeare", help="the bundled character-level Shakespear
 parse_args, main = RECIPE.parse_args, RECIPE.main
 
 __all__ = ["RECIPE", "TrainConfig", "evaluate", "main", "next_token_loss", "parse_args", "read_plays", "text_batch",
-           "train"]
+           "train", "train_char_lm"]
 
 if __name__ == "__main__":  # python -m jacobix.train.recipes.shakespeare (what torchrun starts)
     main()
