@@ -232,7 +232,7 @@ def solve(
             trajectory.append(_record(state, drafts, decision, n_commit))
         _commit(state, decision.values, n_commit)
         fresh_block = _advance(state, n_commit, running, window)
-        state.done |= _finished(state, decision, running)
+        state.done |= _finished(state, decision, running, n_commit)
         problem.rollback(state)
         carried, fresh = decision.proposals.shift(n_commit, drafts_per_window)
         drafts = problem.draft(state, carried, fresh if fresh_block is None else fresh | fresh_block[:, None])
@@ -242,11 +242,12 @@ def solve(
     return log.stats(state.length.shape[0], window, trajectory)
 
 
-def _finished(state: FixedPointState, decision: Acceptance, running: Tensor) -> Tensor:
-    """(B,) rows that reached their limit or committed a stop value this sweep."""
+def _finished(state: FixedPointState, decision: Acceptance, running: Tensor, n_commit: Tensor) -> Tensor:
+    """(B,) rows that reached their limit or committed a stop value this sweep (a stop value past a block's
+    end, where the commit was cut, is not committed and ends nothing)."""
     finished = state.length >= state.limit
     if decision.finished is not None:
-        finished |= decision.finished & running
+        finished |= decision.finished & running & (n_commit >= decision.n_commit)
     return finished
 
 
