@@ -167,3 +167,14 @@ def test_trajectories_that_start_converged_are_refused(trajectories):
     converged = dataclasses.replace(data, states=data.fixed_points[data.state_block].clone())
     with pytest.raises(ValueError, match="starts at its fixed point"):
         check_noisy(converged)
+
+
+def test_the_teacher_target_is_the_kl_to_the_frozen_teacher_on_the_clean_stream():
+    model, other = tiny_model(3, vocab=11), tiny_model(4, vocab=11)
+    t = torch.tensor
+    batch = collate([pack(2, t([1, 2, 3]), [t([4, 9, 6]), t([7, 9])], [t([4, 5, 6]), t([7, 8])])])
+    same = step_losses(packed_forward(model), batch, teacher=packed_forward(model))
+    assert float(same["ar"]) == pytest.approx(0.0, abs=1e-9)  # a model is its own teacher: nothing to learn
+    assert float(step_losses(packed_forward(model), batch, teacher=packed_forward(other))["ar"]) > 1e-3
+    with pytest.raises(ValueError, match="needs the teacher's packed forward"):
+        train_forcing(model, packed_forward(model), None, ForcingConfig(ar_target="teacher"))

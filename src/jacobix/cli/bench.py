@@ -193,24 +193,13 @@ def _text(args: argparse.Namespace) -> int:
 
 
 def _suite_config(args: argparse.Namespace):
-    """The bench of a task suite: its prompts and settings, the student (``--model`` if given) beside the teacher."""
+    """The bench of a suite: its prompts and settings, the student (``--model`` if given) beside the teacher."""
     from jacobix.bench.text import TextBenchConfig
-    from jacobix.bench.text_suites import get_suite
-    from jacobix.eval.plays import check_plays
+    from jacobix.bench.text_suites import suite_config
 
-    suite = get_suite(args.suite)
-    if suite.needs_data:
-        check_plays(args.data)
-    model = args.model if "model" in args.explicit else suite.model
-    quick, full = SUITE_PROMPTS[suite.name]
-    count = args.prompts or (quick if args.quick else full)
-    problems = args.quality_problems or {"arith": 1000, "humaneval": 164}.get(suite.name, 0)
-    return TextBenchConfig(model=model, teacher=args.teacher or suite.teacher, prompts=suite.prompts(count),
-                           settings=suite.settings, max_new_tokens=suite.max_new_tokens, seeds=_seeds(args),
-                           device=args.device, suite=suite.name, quality_problems=problems, data=args.data)
-
-
-SUITE_PROMPTS = {"arith": (8, 40), "shakespeare": (2, 4), "humaneval": (2, 10)}  # timed prompts: --quick, else
+    return TextBenchConfig(**suite_config(args.suite, model=args.model if "model" in args.explicit else None, teacher=args.teacher,
+                        prompts=args.prompts, quick=args.quick, problems=args.quality_problems, data=args.data,
+                        seeds=_seeds(args), device=args.device))
 
 
 def _images_options(sub: argparse.ArgumentParser) -> None:

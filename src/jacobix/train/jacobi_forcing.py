@@ -19,7 +19,11 @@ CLLM's successor. Trajectories are the model's own (block-mode greedy Jacobi,
 - **Loss.** ``ar_weight`` x cross-entropy on the clean stream (the context after the prompt and the
   clean blocks; targets are the model's own fixed points, never prompt tokens: the authors' code
   trains on the prompt) plus ``consistency_weight`` x KL(detached clean || noisy) at every noisy
-  slot from the block's first mismatch to its end (KL has soft cross-entropy's gradient).
+  slot from the block's first mismatch to its end (KL has soft cross-entropy's gradient). With
+  ``ar_target="teacher"`` the clean stream's term is instead KL(frozen teacher || model) over the
+  whole next-token distribution: hard targets on greedy text sharpen a model whose distribution
+  matters (on the Shakespeare model they raised the validation loss from 1.47 to 3.69 nats/char
+  while keeping its greedy text).
 
 Worked layout (context ``a b``, blocks of 2, fixed points ``c d | e f``, noisy states ``c X | Y Z``)::
 
@@ -62,7 +66,10 @@ class ForcingConfig:
             the first included, is trained at every noise level; for responses of few blocks, whose
             first block is the one decoding starts from scratch).
         lr, warmup, weight_decay: AdamW with linear warm-up and cosine decay.
-        ar_weight: weight of the clean stream's cross-entropy (the paper: 10).
+        ar_weight: weight of the clean stream's term (the paper: 10).
+        ar_target: "fixed-point" (the paper: cross-entropy on the model's own greedy fixed points)
+            or "teacher" (KL to the frozen teacher's distributions at the same slots; keeps the
+            model's whole distribution, not only its greedy text).
         consistency_weight: weight of the noisy-to-clean KL (the paper: 1, over blocks per sequence).
         seed: seed of batch sampling.
     """
@@ -76,12 +83,15 @@ class ForcingConfig:
     warmup: int = 30
     weight_decay: float = 0.0
     ar_weight: float = 10.0
+    ar_target: str = "fixed-point"
     consistency_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if min(self.steps, self.batch_size, self.blocks) < 1 or self.warmup < 0 or not 0 < self.lr < math.inf:
             raise ValueError(f"ForcingConfig needs steps, batch_size, blocks >= 1, warmup >= 0 and lr > 0, got {self}")
+        if self.ar_target not in ("fixed-point", "teacher"):
+            raise ValueError(f"ForcingConfig.ar_target must be 'fixed-point' or 'teacher', got {self.ar_target!r}")
         if self.ramp_start not in ("zero", "random"):
             raise ValueError(f"ForcingConfig.ramp_start must be 'zero' or 'random', got {self.ramp_start!r}")
         if self.ramp is not None and self.ramp < 1:
@@ -96,7 +106,9 @@ FORCING_HELP = {
     "blocks": "most blocks per packed sequence", "ramp": "noise ramp length in blocks (default: half the block size)",
     "ramp_start": "where a packed sequence starts the ramp: zero (the paper) or random (every block at every level)",
     "lr": "peak learning rate (linear warm-up, cosine decay)", "warmup": "warm-up steps",
-    "weight_decay": "AdamW weight decay", "ar_weight": "weight of cross-entropy on the clean stream",
+    "weight_decay": "AdamW weight decay", "ar_weight": "weight of the clean stream's term",
+    "ar_target": "the clean stream's target: fixed-point (the paper: the model's own greedy text) or teacher (KL to "
+                 "the frozen teacher's distributions, for models whose whole distribution matters)",
     "consistency_weight": "weight of the noisy-to-clean consistency loss", "seed": "seed of the batch sampling",
 }
 
@@ -254,7 +266,7 @@ def sample_batch(data: Trajectories, responses: list[list[int]], config: Forcing
     return collate(rows)
 
 
-def step_losses(forward, batch: Packed, share=None) -> dict[str, Tensor]:
+def step_losses(forward, batch: Packed, share=None, teacher=None) -> dict[str, Tensor]:
     """The clean stream's cross-entropy and the noisy-to-clean consistency of one packed batch.
 
     Args:
@@ -262,13 +274,21 @@ def step_losses(forward, batch: Packed, share=None) -> dict[str, Tensor]:
         batch: packed sequences.
         share: turns a rank's count of trained positions into its share of the global count (see
             :func:`jacobix.train.cllm.step_losses`); None on one process.
+        teacher: a frozen model's forward of the same signature: the clean stream's term is then
+            KL(teacher || model) at its slots instead of cross-entropy on the fixed points.
     """
     share = share or (lambda count: count)
     logits = forward(batch.tokens, batch.positions, batch.visible)  # (B, L, V)
     clean = batch.targets != IGNORE  # (B, L)
     pick = lambda index: logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # noqa: E731
+    if teacher is not None:
+        with torch.no_grad():
+            target = teacher(batch.tokens, batch.positions, batch.visible)  # (B, L, V)
+        ar = consistency_loss(logits, target, clean, count=share(clean.sum()))
+    else:
+        ar = ar_loss(logits, batch.targets.clamp_min(0), clean, label_smoothing=0.0, count=share(clean.sum()))
     return {
-        "ar": ar_loss(logits, batch.targets.clamp_min(0), clean, label_smoothing=0.0, count=share(clean.sum())),
+        "ar": ar,
         "consistency": consistency_loss(pick(batch.student), pick(batch.teacher), batch.trained,
                                         count=share(batch.trained.sum())),
     }
@@ -276,7 +296,7 @@ def step_losses(forward, batch: Packed, share=None) -> dict[str, Tensor]:
 
 def train_forcing(model: torch.nn.Module, forward, data: Trajectories, config: ForcingConfig = ForcingConfig(), *,
                   run: distributed.Run | None = None, options: distributed.RunOptions = distributed.RunOptions(),
-                  out: Path | None = None, log_every: int = 50) -> TrainLog:
+                  out: Path | None = None, log_every: int = 50, teacher=None) -> TrainLog:
     """Train ``model`` in place on ``data`` with :func:`jacobix.train.loop.fit` (alone or as one rank of a torchrun job).
 
     Args:
@@ -286,9 +306,12 @@ def train_forcing(model: torch.nn.Module, forward, data: Trajectories, config: F
         data: the model's own trajectories (:func:`jacobix.train.trajectories.collect`).
         config: steps, batch, schedule, weights.
         run, options, out, log_every: as :func:`jacobix.train.cllm.train_cllm`.
+        teacher: with ``config.ar_target == "teacher"``, :func:`packed_forward` of the frozen teacher.
     Returns:
         per-step losses (global-batch means) and the wall time.
     """
+    if (teacher is None) != (config.ar_target == "fixed-point"):
+        raise ValueError("ForcingConfig.ar_target='teacher' needs the teacher's packed forward (and only it does)")
     check_noisy(data)
     run = run or distributed.Run()
     responses = blocks_by_response(data)
@@ -296,7 +319,7 @@ def train_forcing(model: torch.nn.Module, forward, data: Trajectories, config: F
     share = (lambda count: run.sum(count) / run.world_size) if run.distributed else None
 
     def loss_fn(module: torch.nn.Module, batch: Packed) -> tuple[Tensor, dict[str, Tensor]]:
-        losses = step_losses(forward, batch, share)
+        losses = step_losses(forward, batch, share, teacher)
         total = sum(weights[k] * v for k, v in losses.items() if weights[k])
         return total, {**{k: v.detach() for k, v in losses.items()}, "total": total.detach()}
 

