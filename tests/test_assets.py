@@ -45,7 +45,7 @@ def test_teachers_are_registered_and_agree_with_the_students_config():
     for asset in students:
         assert assets.get(asset.teacher).kind == asset.kind
         meta = json.loads((asset.path / "config.json").read_text())
-        recorded = (meta.get("cllm") or meta.get("ceed"))["teacher"]
+        recorded = (meta.get("cllm") or meta.get("ceed") or meta.get("jacobi_forcing"))["teacher"]
         assert recorded == asset.teacher, asset.name
 
 

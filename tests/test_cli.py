@@ -82,7 +82,7 @@ def test_bench_on_a_missing_device_is_a_clear_error(checkpoint, capsys):
 
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["generate", "--model", "no-such-model", "x"]) == 2
-    assert "not a known name (arith, arith-jf, shakespeare, shakespeare-cllm, shakespeare-cllm-ar1, shakespeare-jf, smollm2)" in capsys.readouterr().err
+    assert "not a known name (arith, arith-jf, shakespeare, shakespeare-cllm, shakespeare-cllm-ar1, smollm2)" in capsys.readouterr().err
 
 
 def test_bench_suite_shakespeare_without_the_plays_names_data_and_the_fix(capsys):

@@ -178,3 +178,31 @@ def test_the_teacher_target_is_the_kl_to_the_frozen_teacher_on_the_clean_stream(
     assert float(step_losses(packed_forward(model), batch, teacher=packed_forward(other))["ar"]) > 1e-3
     with pytest.raises(ValueError, match="needs the teacher's packed forward"):
         train_forcing(model, packed_forward(model), None, ForcingConfig(ar_target="teacher"))
+
+
+def test_the_bundled_student_is_exact_under_every_greedy_decoder():
+    from jacobix import LookaheadConfig, MultiBlock
+    from jacobix.eval import worked_arith
+
+    student = jacobix.load_text_model("arith-jf")
+    prompts = [student.tokenizer.encode(p.prompt) for p in worked_arith.problems(20, worked_arith.HELDOUT_SEED)]
+    reference = jacobix.generate(student.model, prompts, method="ar", max_new_tokens=57, eos_token_id=student.eos_token_id)
+    recycle = LookaheadConfig(verify=4)
+    for fields in (dict(window=16), dict(window=32, lookahead=recycle), dict(multiblock=MultiBlock(block=16, blocks=2)),
+                   dict(multiblock=MultiBlock(block=16, blocks=2), lookahead=recycle)):
+        for prompt, expected in zip(prompts, reference.tokens):  # batch 1, as the student is benchmarked
+            out = jacobix.generate(student.model, prompt, method="jacobi", init="context", max_new_tokens=57,
+                                   eos_token_id=student.eos_token_id, generator=torch.Generator().manual_seed(0), **fields)
+            assert torch.equal(out.tokens[0], expected), fields
+
+
+def test_empty_trajectories_are_refused():
+    with pytest.raises(ValueError, match="hold no blocks"):
+        from jacobix.train.trajectories import Trajectories
+
+        e = torch.zeros(0, dtype=torch.long)
+        Trajectories(prompts=torch.zeros(1, 1, dtype=torch.long), prompt_length=torch.ones(1, dtype=torch.long),
+                     generated=torch.zeros(1, 1, dtype=torch.long), generated_length=torch.ones(1, dtype=torch.long),
+                     truth=torch.zeros(1, 1, dtype=torch.long), truth_length=torch.ones(1, dtype=torch.long),
+                     block_prompt=e, block_start=e, block_length=e, fixed_points=torch.zeros(0, 4, dtype=torch.long),
+                     states=torch.zeros(0, 4, dtype=torch.long), state_block=e, block_size=4)

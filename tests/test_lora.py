@@ -87,6 +87,9 @@ def test_the_forcing_recipe_trains_a_transformers_model_whole_or_through_lora(tm
     if lora:
         assert (out / "adapter_model.safetensors").is_file()
         student = load_lora(load_text_model(str(teacher)).model, out)
+        by_name = load_text_model(str(out)).model  # the base loaded by the name the folder records, adapters merged
+        with torch.no_grad():
+            assert torch.allclose(by_name(torch.tensor([[1, 2, 3]])).logits, student(torch.tensor([[1, 2, 3]])).logits)
     else:
         student = load_text_model(str(out)).model
     tokens = torch.tensor([[1, 2, 3, 4]])

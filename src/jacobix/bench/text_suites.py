@@ -4,9 +4,9 @@ Jacobi row equals it token for token, so it is the quality of every greedy row).
 
 - ``arith``: the worked-arithmetic model (:mod:`jacobix.eval.worked_arith`) and its Jacobi Forcing
   student; quality = greedy accuracy on the held-out problems, with a 95% Wilson interval.
-- ``shakespeare``: the Shakespeare model and its Jacobi Forcing student; quality = validation loss
-  on the plays' held-out split (``--data``) and the rate of repeated 4-grams in the timed prompts'
-  greedy outputs.
+- ``shakespeare``: the Shakespeare model and a distilled student (``shakespeare-cllm``, or a Jacobi
+  Forcing student given as ``--model``); quality = validation loss on the plays' held-out split
+  (``--data``) and the rate of repeated 4-grams in the timed prompts' greedy outputs.
 - ``humaneval``: SmolLM2-135M-Instruct (or a model folder); quality = pass@1 of its greedy
   completions, each run by :mod:`jacobix.eval.humaneval`'s sandboxed runner.
 """
@@ -139,7 +139,7 @@ SUITES = {
     "arith": Suite(name="arith", model="arith-jf", teacher="arith", prompts=_arith_prompts,
                    settings=JACOBI_FORCING_SETTINGS, max_new_tokens=worked_arith.max_worked_length(),
                    quality=_arith_quality, problems=1000),
-    "shakespeare": Suite(name="shakespeare", model="shakespeare-jf", teacher="shakespeare", prompts=_plays_prompts,
+    "shakespeare": Suite(name="shakespeare", model="shakespeare-cllm", teacher="shakespeare", prompts=_plays_prompts,
                          settings=JACOBI_FORCING_SETTINGS, max_new_tokens=200, quality=_plays_quality, needs_data=True,
                          timed=(2, 4)),
     "humaneval": Suite(name="humaneval", model="smollm2", teacher=None, prompts=_humaneval_prompts,

@@ -158,7 +158,7 @@ def _text_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--per-prompt", action="store_true", help="also print passes and wall ratios per prompt")
     sub.add_argument("--suite", choices=SUITE_NAMES, help="prompts whose output is checked, the student (default "
                      "--model) beside its teacher, and each model's quality: arith (arith-jf beside arith; accuracy), "
-                     "shakespeare (shakespeare-jf beside shakespeare; validation loss and repeated 4-grams; needs "
+                     "shakespeare (shakespeare-cllm or --model beside shakespeare; validation loss and repeated 4-grams; needs "
                      "--data), humaneval (smollm2 or --model; pass@1 of completions run in a sandboxed process)")
     sub.add_argument("--prompts", type=positive, default=None,
                      help="with --suite: timed prompts (default: arith 40, shakespeare 4, humaneval 10; --quick: 8, 2, 2)")

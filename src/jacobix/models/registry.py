@@ -29,7 +29,8 @@ def distilled_teacher(name: str) -> str | None:
     """The teacher of a consistency-distilled text model (None for other models).
 
     A bundled name answers from :mod:`jacobix.assets`; a checkpoint folder from the ``cllm.teacher``
-    its ``config.json`` records (the registry test checks that the two agree on the bundled ones).
+    or ``jacobi_forcing.teacher`` its ``config.json`` records (the registry test checks that the two
+    agree on the bundled ones).
     """
     asset = assets.find(name)
     if asset is not None and asset.kind == "text":
@@ -38,7 +39,8 @@ def distilled_teacher(name: str) -> str | None:
     if not config.is_file():
         return None
     try:
-        teacher = json.loads(config.read_text()).get("cllm", {}).get("teacher")
+        meta = json.loads(config.read_text())
+        teacher = (meta.get("cllm") or meta.get("jacobi_forcing") or {}).get("teacher")
     except (ValueError, AttributeError):
         return None
     return teacher if isinstance(teacher, str) else None

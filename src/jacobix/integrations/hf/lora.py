@@ -10,6 +10,7 @@ the folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,27 @@ def add_lora(model: Any, *, rank: int = 16, alpha: int = 32, targets: tuple[str,
     return peft.get_peft_model(model, config)
 
 
-def save_lora(model: Any, directory: str | Path) -> Path:
-    """Write the adapters of a :func:`add_lora` model (safetensors) and the base's shape into ``directory``."""
+def save_lora(model: Any, directory: str | Path, *, base: str | None = None) -> Path:
+    """Write the adapters of a :func:`add_lora` model (safetensors), the base's shape and (``base``) the name
+    :func:`jacobix.load_text_model` loads the base by into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
-    (directory / BASE_FILE).write_text(json.dumps(base_shape(model.get_base_model()), indent=2) + "\n")
+    record = {**base_shape(model.get_base_model()), **({"name": base} if base else {})}
+    (directory / BASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return directory
+
+
+def load_lora_text_model(directory: str | Path, load_text_model) -> Any:
+    """The :class:`~jacobix.models.registry.TextModel` of a folder :func:`save_lora` wrote with a base name: the
+    base loaded by ``load_text_model(name)``, the adapters merged into it."""
+    directory = Path(directory)
+    recorded = json.loads((directory / BASE_FILE).read_text()) if (directory / BASE_FILE).is_file() else {}
+    if "name" not in recorded:
+        raise ValueError(f"{directory} holds LoRA adapters but names no base model ({BASE_FILE}); load the base and "
+                         "call jacobix.integrations.hf.lora.load_lora(base, folder)")
+    base = load_text_model(recorded["name"])
+    return dataclasses.replace(base, model=load_lora(base.model, directory), name=str(directory))
 
 
 def load_lora(base: Any, directory: str | Path, *, merge: bool = True) -> Any:
@@ -78,6 +93,7 @@ def load_lora(base: Any, directory: str | Path, *, merge: bool = True) -> Any:
         raise FileNotFoundError(f"{directory} holds no LoRA adapter (adapter_model.safetensors and adapter_config.json); "
                                 "write one with jacobix.integrations.hf.lora.save_lora")
     recorded = json.loads((directory / BASE_FILE).read_text()) if (directory / BASE_FILE).is_file() else None
+    recorded = None if recorded is None else {k: recorded.get(k) for k in _SHAPE}
     actual = base_shape(base)
     if recorded is not None and recorded != actual:
         differ = {k: (recorded.get(k), actual.get(k)) for k in _SHAPE if recorded.get(k) != actual.get(k)}
@@ -88,4 +104,4 @@ def load_lora(base: Any, directory: str | Path, *, merge: bool = True) -> Any:
     return model.merge_and_unload() if merge else model
 
 
-__all__ = ["DEFAULT_TARGETS", "add_lora", "base_shape", "load_lora", "save_lora"]
+__all__ = ["DEFAULT_TARGETS", "add_lora", "base_shape", "load_lora", "load_lora_text_model", "save_lora"]

