@@ -170,6 +170,7 @@ def test_sjd_through_hf_matches_exact_joint(lookahead):
     assert chi_square_pvalue(samples, joint) > 1e-3
 
 
+@pytest.mark.slow  # 3,000 sampled rows through the n-gram pool: about 4.5 minutes on a 2-core CPU
 def test_lookahead_generate_samples_the_tempered_filtered_joint():
     """Sampling through transformers with temperature, top-k and top-p: the joint of three tokens
     against the one computed from the model's raw logits with the test's own filters."""
