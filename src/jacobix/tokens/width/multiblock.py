@@ -10,7 +10,8 @@ On jacobix's engine this is a rule for how many drafts a pass feeds: the window 
 the committed text and every pass commits the longest verified prefix, so a pseudo block's drafts
 are committed as soon as everything before them is (Jacobi Forcing commits only the real-active
 block and verifies its successor again from scratch). The choice reads only past passes, so greedy
-decoding stays exact (tested token for token).
+decoding stays exact (tested token for token). Like every width policy here it learns a pass's
+outcome one pass late (when the engine has synced anyway), so its window lags the blocks by a pass.
 
 Worked example (block 4, 2 blocks, spawn at 75%): the first pass feeds 4 drafts, accepts 2 and
 commits 3 tokens: 3 of the block's 4 are settled, so a second block starts, and the next pass feeds
